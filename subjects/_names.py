@@ -1,0 +1,128 @@
+"""Every subject, stream and bucket name, built from one prefix.
+
+Actors never spell a subject themselves: they ask a :class:`Subjects` built from
+the configured prefix, so two deployments can share one NATS account by picking
+different prefixes, and a rename happens in exactly one place.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = ("DEFAULT_PREFIX", "Subjects", "validate_token")
+
+DEFAULT_PREFIX = "rag"
+
+# A subject token: no whitespace, no dots, no wildcards (NATS would split or match on them).
+_TOKEN = re.compile(r"^[A-Za-z0-9_\-:]+$")
+_PREFIX = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
+
+
+def validate_token(value: str, what: str) -> str:
+    """Refuse a value that would change a subject's shape when spliced into it."""
+    if not _TOKEN.match(value):
+        raise ValueError(
+            f"{what} {value!r} cannot be used in a subject: use letters, digits, '_', '-' or ':'"
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Subjects:
+    """The subject tree under one prefix (see the table in README.md)."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        if not _PREFIX.match(self.prefix):
+            raise ValueError(
+                f"subject prefix {self.prefix!r} is invalid: use dot-separated tokens of "
+                "letters, digits, '_' or '-', e.g. 'rag' or 'team1.rag'"
+            )
+
+    def _s(self, *tokens: str) -> str:
+        return ".".join((self.prefix, *tokens))
+
+    # -- query path (core NATS, request/reply or choreography) -------------------------
+    @property
+    def query(self) -> str:
+        return self._s("query")
+
+    @property
+    def embed(self) -> str:
+        return self._s("embed")
+
+    def search(self, shard: str) -> str:
+        return self._s("search", validate_token(shard, "shard"))
+
+    @property
+    def search_all(self) -> str:
+        return self._s("search", "*")
+
+    @property
+    def trim(self) -> str:
+        return self._s("trim")
+
+    @property
+    def generate(self) -> str:
+        return self._s("generate")
+
+    # -- control (core NATS, fan-out to every instance) ---------------------------------
+    def cancel(self, request_id: str) -> str:
+        return self._s("cancel", validate_token(request_id, "request_id"))
+
+    @property
+    def cancel_all(self) -> str:
+        return self._s("cancel", "*")
+
+    def breaker(self, provider: str) -> str:
+        return self._s("breaker", validate_token(provider, "provider"))
+
+    @property
+    def breaker_all(self) -> str:
+        return self._s("breaker", "*")
+
+    @property
+    def corpus_version(self) -> str:
+        return self._s("corpus", "version")
+
+    # -- ingestion (JetStream work queue + core progress events) ------------------------
+    @property
+    def ingest_submit(self) -> str:
+        return self._s("ingest", "submit")
+
+    def ingest_progress(self, job_id: str) -> str:
+        return self._s("ingest", "progress", validate_token(job_id, "job_id"))
+
+    @property
+    def index_apply(self) -> str:
+        return self._s("index", "apply")
+
+    # -- audit (JetStream) ---------------------------------------------------------------
+    def audit(self, kind: str) -> str:
+        # kinds are dotted ("query.received"), which keeps them filterable by wildcard
+        tokens = kind.split(".")
+        for token in tokens:
+            validate_token(token, "audit kind")
+        return self._s("audit", *tokens)
+
+    @property
+    def audit_all(self) -> str:
+        return self._s("audit", ">")
+
+    # -- JetStream resources (names may not contain dots) ------------------------------
+    def _resource(self, name: str) -> str:
+        return f"{self.prefix.replace('.', '_').upper()}_{name}"
+
+    @property
+    def ingest_stream(self) -> str:
+        return self._resource("INGEST")
+
+    @property
+    def audit_stream(self) -> str:
+        return self._resource("AUDIT")
+
+    def bucket(self, name: str) -> str:
+        """A KV bucket name, e.g. ``bucket("jobs")`` -> ``rag_jobs``."""
+        return f"{self.prefix.replace('.', '_')}_{validate_token(name, 'bucket')}"

@@ -1,0 +1,47 @@
+"""Fixtures: a real nats-server per test on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+
+import pytest
+import structlog
+
+from config import NatsSettings, RuntimeSettings, Settings
+from runtime import EmbeddedNats, connect
+from runtime.connection import NATS
+
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+
+@pytest.fixture
+async def nats_server() -> AsyncIterator[EmbeddedNats]:
+    async with EmbeddedNats() as server:
+        yield server
+
+
+@pytest.fixture
+def nats_url(nats_server: EmbeddedNats) -> str:
+    return nats_server.url
+
+
+@pytest.fixture
+def settings(nats_url: str) -> Settings:
+    return Settings(
+        nats=NatsSettings(url=nats_url, max_reconnect_attempts=2, reconnect_time_wait_s=0.1),
+        runtime=RuntimeSettings(concurrency=8, default_timeout_s=5.0, drain_grace_s=2.0),
+    )
+
+
+@pytest.fixture
+async def nc(settings: Settings) -> AsyncIterator[NATS]:
+    conn = await connect(settings.nats, name="test-client")
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> None:
+    """A test that configures logging to a capture stream must not leak it into the next."""
+    structlog.reset_defaults()

@@ -1,0 +1,282 @@
+"""The actor base: what every actor does with every message."""
+
+from __future__ import annotations
+
+import json
+
+import anyio
+import msgspec
+import pytest
+
+from config import NatsSettings, RuntimeSettings, Settings
+from runtime import (
+    BadRequest,
+    Cancelled,
+    Client,
+    DeadlineExceeded,
+    InternalError,
+    TooLarge,
+    Unavailable,
+    UnsupportedVersion,
+)
+from runtime.connection import NATS
+from subjects import ERROR_HEADER, Done, Failed, Subjects, Token, deadline_after, now_ms
+from subjects import Cancelled as CancelledEvent
+from tests.support import Echo, Ping, Pong, StreamPing, running
+from tests.support.echo import echo_subject, stream_subject
+
+ECHO = echo_subject(Subjects())
+STREAM = stream_subject(Subjects())
+
+
+async def test_a_request_gets_its_reply(settings: Settings, nc: NATS) -> None:
+    async with running(Echo(settings)) as (echo,):
+        pong = await Client(nc).request(ECHO, Ping(text="hello"), Pong)
+    assert pong.text == "hello"
+    assert pong.instance == echo.id
+
+
+async def test_malformed_message_gets_bad_request_and_actor_keeps_serving(
+    settings: Settings, nc: NATS
+) -> None:
+    async with running(Echo(settings)):
+        for garbage in (b"not json", b'{"text": 42}', b"[1,2]", b""):
+            reply = await nc.request(ECHO, garbage, timeout=2)
+            assert reply.headers is not None
+            assert reply.headers[ERROR_HEADER] == "BAD_REQUEST"
+            body = json.loads(reply.data)
+            assert body["code"] == "BAD_REQUEST"
+            assert "Ping" in body["message"]
+        pong = await Client(nc).request(ECHO, Ping(text="still here"), Pong)
+    assert pong.text == "still here"
+
+
+async def test_bad_message_with_reply_to_also_gets_a_failed_event(
+    settings: Settings, nc: NATS
+) -> None:
+    sub = await nc.subscribe("inbox.bad")
+    async with running(Echo(settings)):
+        await nc.publish(STREAM, b'{"request_id": "r1", "reply_to": "inbox.bad", "tokens": "x"}')
+        msg = await sub.next_msg(timeout=2)
+    event = msgspec.json.decode(msg.data, type=Failed)
+    assert event.request_id == "r1"
+    assert event.code == "BAD_REQUEST"
+
+
+async def test_oversized_message_is_refused_with_too_large(nats_url: str, nc: NATS) -> None:
+    settings = Settings(nats=NatsSettings(url=nats_url),
+                        runtime=RuntimeSettings(max_message_bytes=1000))
+    async with running(Echo(settings)):
+        with pytest.raises(TooLarge, match="limit is 1000"):
+            await Client(nc).request(ECHO, Ping(text="x" * 2000), Pong)
+        assert (await Client(nc).request(ECHO, Ping(text="small"), Pong)).text == "small"
+
+
+async def test_handler_errors_keep_their_code(settings: Settings, nc: NATS) -> None:
+    async with running(Echo(settings)):
+        with pytest.raises(BadRequest, match="you asked for it") as info:
+            await Client(nc).request(ECHO, Ping(fail="bad_request"), Pong)
+        assert info.value.details == {"field": "fail"}
+
+
+async def test_unexpected_exception_is_internal_and_does_not_leak(
+    settings: Settings, nc: NATS
+) -> None:
+    async with running(Echo(settings)):
+        with pytest.raises(InternalError) as info:
+            await Client(nc).request(ECHO, Ping(fail="crash"), Pong)
+        assert "hunter2" not in info.value.message
+        assert info.value.trace_id
+        assert info.value.trace_id in info.value.message
+        assert (await Client(nc).request(ECHO, Ping(text="ok"), Pong)).text == "ok"
+
+
+async def test_newer_schema_version_is_refused(settings: Settings, nc: NATS) -> None:
+    async with running(Echo(settings)):
+        with pytest.raises(UnsupportedVersion, match="upgrade"):
+            await Client(nc).request(ECHO, Ping(v=99), Pong)
+
+
+async def test_slow_requests_run_concurrently_up_to_the_limit(nats_url: str, nc: NATS) -> None:
+    settings = Settings(nats=NatsSettings(url=nats_url),
+                        runtime=RuntimeSettings(concurrency=4))
+    client = Client(nc)
+    async with running(Echo(settings)) as (echo,):
+        results: list[Pong] = []
+
+        async def one(i: int) -> None:
+            results.append(await client.request(ECHO, Ping(text=str(i), sleep_s=0.2), Pong,
+                                                timeout=10))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(12):
+                tg.start_soon(one, i)
+    assert sorted(int(p.text) for p in results) == list(range(12))
+    assert echo.max_active == 4  # concurrent, and never beyond the limit
+
+
+async def test_cancel_stops_the_handler_and_requester_sees_cancelled(
+    settings: Settings, nc: NATS
+) -> None:
+    client = Client(nc)
+    request = Ping(text="slow", sleep_s=30)
+    async with running(Echo(settings)) as (echo,):
+        outcome: list[BaseException] = []
+
+        async def ask() -> None:
+            try:
+                await client.request(ECHO, request, Pong, timeout=10)
+            except Cancelled as exc:
+                outcome.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ask)
+            await echo.started_work.wait()
+            await client.cancel(request.request_id, reason="user pressed stop")
+    assert len(outcome) == 1
+    assert "user pressed stop" in str(outcome[0])
+    assert echo.cancelled == [request.request_id]
+    assert len(echo.inflight) == 0
+
+
+async def test_cancel_of_a_stream_sends_cancelled_with_progress(
+    settings: Settings, nc: NATS
+) -> None:
+    client = Client(nc)
+    request = StreamPing(reply_to=nc.new_inbox(), tokens=1000, sleep_s=0.01)
+    events = []
+    async with running(Echo(settings)):
+        async for event in client.stream(STREAM, request, timeout=10):
+            events.append(event)
+            if isinstance(event, Token) and event.seq == 2:
+                await client.cancel(request.request_id)
+    last = events[-1]
+    assert isinstance(last, CancelledEvent)
+    assert last.tokens_used >= 3
+    assert last.partial_text_length == 3 * last.tokens_used
+    assert [e.seq for e in events if isinstance(e, Token)] == list(range(len(events) - 1))
+
+
+async def test_stream_failure_becomes_a_failed_event(settings: Settings, nc: NATS) -> None:
+    request = StreamPing(reply_to=nc.new_inbox(), tokens=5, fail_after=2)
+    async with running(Echo(settings)):
+        events = [e async for e in Client(nc).stream(STREAM, request)]
+    assert [type(e) for e in events] == [Token, Token, Failed]
+    failed = events[-1]
+    assert isinstance(failed, Failed)
+    assert failed.code == "BAD_REQUEST"
+    assert failed.trace_id
+
+
+async def test_a_stream_ends_with_done(settings: Settings, nc: NATS) -> None:
+    request = StreamPing(reply_to=nc.new_inbox(), tokens=3)
+    async with running(Echo(settings)):
+        events = [e async for e in Client(nc).stream(STREAM, request)]
+    assert [type(e) for e in events] == [Token, Token, Token, Done]
+
+
+async def test_expired_deadline_is_dropped_without_running_the_handler(
+    settings: Settings, nc: NATS
+) -> None:
+    async with running(Echo(settings)) as (echo,):
+        with pytest.raises(DeadlineExceeded, match="had passed"):
+            await Client(nc).request(ECHO, Ping(deadline=now_ms() - 1), Pong)
+    assert echo.handled == 0
+    assert echo.max_active == 0
+
+
+async def test_handler_running_past_its_deadline_is_stopped(
+    settings: Settings, nc: NATS
+) -> None:
+    async with running(Echo(settings)) as (echo,):
+        with pytest.raises(DeadlineExceeded, match="while the request was handled"):
+            await Client(nc).request(ECHO, Ping(sleep_s=30, deadline=deadline_after(0.3)), Pong)
+    assert echo.handled == 0
+
+
+async def test_request_without_deadline_gets_the_default(nats_url: str, nc: NATS) -> None:
+    settings = Settings(nats=NatsSettings(url=nats_url),
+                        runtime=RuntimeSettings(default_timeout_s=0.3))
+    async with running(Echo(settings)):
+        # published raw: no deadline in the message at all
+        reply = await nc.request(ECHO, b'{"sleep_s": 30}', timeout=5)
+    assert json.loads(reply.data)["code"] == "DEADLINE_EXCEEDED"
+
+
+async def test_drain_finishes_in_flight_work(settings: Settings, nc: NATS) -> None:
+    client = Client(nc)
+    echo = Echo(settings)
+    results: list[Pong] = []
+    async with anyio.create_task_group() as tg:
+        await tg.start(echo.serve)
+
+        async def ask() -> None:
+            results.append(await client.request(ECHO, Ping(text="finish me", sleep_s=0.3), Pong))
+
+        tg.start_soon(ask)
+        await echo.started_work.wait()
+        echo.request_stop()
+    assert [p.text for p in results] == ["finish me"]
+    with pytest.raises(Unavailable):
+        await client.request(ECHO, Ping(), Pong, timeout=1)
+
+
+async def test_drain_cancels_work_that_outlives_the_grace_period(
+    nats_url: str, nc: NATS
+) -> None:
+    settings = Settings(nats=NatsSettings(url=nats_url),
+                        runtime=RuntimeSettings(drain_grace_s=0.2))
+    client = Client(nc)
+    echo = Echo(settings)
+    errors: list[Exception] = []
+    async with anyio.create_task_group() as tg:
+        await tg.start(echo.serve)
+
+        async def ask() -> None:
+            try:
+                await client.request(ECHO, Ping(sleep_s=30), Pong, timeout=10)
+            except Unavailable as exc:
+                errors.append(exc)
+
+        tg.start_soon(ask)
+        await echo.started_work.wait()
+        echo.request_stop()
+    assert len(errors) == 1
+    assert "stopped before finishing" in str(errors[0])
+
+
+async def test_two_replicas_share_a_queue_group(settings: Settings, nc: NATS) -> None:
+    client = Client(nc)
+    async with running(Echo(settings), Echo(settings)) as (a, b):
+        pongs: list[Pong] = []
+
+        async def ask(i: int) -> None:
+            pongs.append(await client.request(ECHO, Ping(text=str(i), sleep_s=0.02), Pong))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(40):
+                tg.start_soon(ask, i)
+    by_instance = {p.instance for p in pongs}
+    assert len(pongs) == 40
+    assert by_instance == {a.id, b.id}  # both served
+    assert a.handled + b.handled == 40  # and each request was handled exactly once
+
+
+async def test_discovery_lists_the_actor_with_its_stats(settings: Settings, nc: NATS) -> None:
+    from runtime._status import discover
+
+    async with running(Echo(settings)) as (echo,):
+        await Client(nc).request(ECHO, Ping(), Pong)
+        with pytest.raises(BadRequest):
+            await Client(nc).request(ECHO, Ping(fail="bad_request"), Pong)
+        pings = await discover(nc, "PING", wait_s=0.3)
+        stats = await discover(nc, "STATS", wait_s=0.3)
+        infos = await discover(nc, "INFO", wait_s=0.3)
+    assert [(p["name"], p["id"]) for p in pings] == [("echo", echo.id)]
+    assert infos[0]["type"] == "io.nats.micro.v1.info_response"
+    ep = {e["name"]: e for e in stats[0]["endpoints"]}["ping"]
+    assert ep["subject"] == ECHO
+    assert ep["queue_group"] == "echo"
+    assert ep["num_requests"] == 2
+    assert ep["num_errors"] == 1
+    assert ep["last_error"] == "BAD_REQUEST"

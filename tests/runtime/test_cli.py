@@ -1,0 +1,83 @@
+"""The ``ragbus`` command line, run as a person would run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from runtime.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_config_show_masks_secrets_and_names_sources(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RAGBUS_NATS__PASSWORD", "very-secret-password")
+    monkeypatch.setenv("RAGBUS_RUNTIME__CONCURRENCY", "7")
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["config", "show"]) == 0
+    out = capsys.readouterr().out
+    assert "very-secret-password" not in out
+    assert "***" in out
+    row = next(line for line in out.splitlines() if "runtime.concurrency" in line)
+    assert "7" in row
+    assert "RAGBUS_RUNTIME__CONCURRENCY" in row
+
+
+def test_config_error_exits_2_with_the_reason(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RAGBUS_RUNTIME__CONCURRENCY", "many")
+    assert main(["config", "show"]) == 2
+    assert "runtime.concurrency" in capsys.readouterr().err
+
+
+def test_production_refuses_to_start(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RAGBUS_ENVIRONMENT", "production")
+    assert main(["up"]) == 2
+    assert "refusing to start in production" in capsys.readouterr().err
+
+
+def test_up_starts_embedded_nats_and_drains_on_sigint(tmp_path: Path) -> None:
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path), "RAGBUS_METRICS__PORT": "0",
+           "RAGBUS_LOGGING__FORMAT": "json"}
+    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "up", "--ephemeral"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        give_up = time.monotonic() + 30
+        while time.monotonic() < give_up:
+            line = proc.stdout.readline()
+            lines.append(line)
+            if "Ctrl-C" in line or not line:
+                break
+        text = "".join(lines)
+        assert "ragbus is up" in text, text + (proc.stderr.read() if proc.stderr else "")
+        assert "nats://127.0.0.1:" in text
+        assert "/metrics" in text
+        run = json.loads((tmp_path / "ragbus" / "run.json").read_text())
+        assert run["nats_url"].startswith("nats://127.0.0.1:")
+        status = subprocess.run([sys.executable, "-m", "runtime.cli", "status"], cwd=tmp_path,
+                                env=env, capture_output=True, text=True, timeout=30)
+        assert run["nats_url"] in status.stdout  # it found the running instance
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    assert "stopped" in out
+    assert not (tmp_path / "ragbus" / "run.json").exists()

@@ -1,0 +1,6 @@
+"""Shared test parts: real servers and small real actors, never mocks."""
+
+from .echo import Echo, Ping, Pong, StreamPing
+from .running import running
+
+__all__ = ("Echo", "Ping", "Pong", "StreamPing", "running")
