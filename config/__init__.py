@@ -5,9 +5,12 @@ from ._loader import ENV_PREFIX, Loaded, load_settings, production_problems
 from ._secret import MASK, Secret
 from ._settings import (
     BridgeSettings,
+    EmbedderSettings,
+    IngestorSettings,
     LoggingSettings,
     MetricsSettings,
     NatsSettings,
+    RetrieverSettings,
     RuntimeSettings,
     Settings,
 )
@@ -17,11 +20,14 @@ __all__ = (
     "MASK",
     "BridgeSettings",
     "ConfigError",
+    "EmbedderSettings",
+    "IngestorSettings",
     "Loaded",
     "LoggingSettings",
     "MetricsSettings",
     "NatsSettings",
     "ProductionConfigError",
+    "RetrieverSettings",
     "RuntimeSettings",
     "Secret",
     "Settings",

@@ -15,9 +15,12 @@ from ._secret import Secret
 
 __all__ = (
     "BridgeSettings",
+    "EmbedderSettings",
+    "IngestorSettings",
     "LoggingSettings",
     "MetricsSettings",
     "NatsSettings",
+    "RetrieverSettings",
     "RuntimeSettings",
     "Settings",
 )
@@ -90,6 +93,67 @@ class BridgeSettings(_Section, frozen=True, kw_only=True):
     )
 
 
+class EmbedderSettings(_Section, frozen=True, kw_only=True):
+    """The embedding model and how requests reach it.
+
+    ``batch_size`` 32 peaks at ~1.5 GB at 256 tokens; fastembed's default of 256
+    needs ~10 GB. ``max_wait_ms`` is how long a small request may wait for others
+    to share its ONNX call.
+    """
+
+    model: str = "all-MiniLM-L6-v2-int8"
+    batch_size: PositiveInt = 32
+    max_wait_ms: Annotated[float, Meta(ge=0)] = 5.0
+    threads: PositiveInt | None = None
+    cache: bool = True
+    cache_max_bytes: PositiveInt = 1024 * 1024 * 1024
+    max_texts: PositiveInt = 2048
+
+
+class IngestorSettings(_Section, frozen=True, kw_only=True):
+    """Chunking, reading and job handling.
+
+    Sizes are cl100k tokens (see actors/ingestor/_chunking.py for why 200/30/800).
+    ``max_ack_pending`` bounds jobs handed out across all ingestor replicas, so a
+    burst of submissions cannot flood the embedder.
+    """
+
+    chunk_tokens: PositiveInt = 200
+    overlap_tokens: Annotated[int, Meta(ge=0)] = 30
+    parent_tokens: PositiveInt = 800
+    max_file_bytes: PositiveInt = 10 * 1024 * 1024
+    id_fields: list[str] = msgspec.field(default_factory=lambda: ["_id", "id", "doc_id"])
+    title_fields: list[str] = msgspec.field(default_factory=lambda: ["title"])
+    text_fields: list[str] = msgspec.field(default_factory=lambda: ["text", "content", "body"])
+    concurrent_jobs: PositiveInt = 1
+    # enough documents in flight that a full batch waits while the model runs the last one
+    docs_in_flight: PositiveInt = 64
+    embed_batch: PositiveInt = 32
+    ack_wait_s: Positive = 60.0
+    max_ack_pending: PositiveInt = 4
+    max_deliver: PositiveInt = 5
+    job_timeout_s: Positive = 6 * 3600.0
+    request_timeout_s: Positive = 300.0
+    progress_interval_ms: Annotated[float, Meta(ge=0)] = 200.0
+
+
+class RetrieverSettings(_Section, frozen=True, kw_only=True):
+    """The vector store the retriever owns.
+
+    ``edge`` embeds Qdrant's engine (HNSW, data under ``data_dir``); ``server``
+    talks to a Qdrant server at ``url``. ``shards`` are the collections this
+    instance serves; each listens on its own subjects.
+    """
+
+    backend: Literal["edge", "server"] = "edge"
+    url: str | None = None
+    api_key: Secret | None = None
+    data_dir: str | None = None
+    shards: list[str] = msgspec.field(default_factory=lambda: ["default"])
+    # build HNSW once writes have been quiet this long (off the request path)
+    optimize_idle_s: Annotated[float, Meta(ge=0)] = 2.0
+
+
 class Settings(_Section, frozen=True, kw_only=True):
     environment: Literal["development", "production"] = "development"
     subject_prefix: str = "rag"
@@ -99,3 +163,6 @@ class Settings(_Section, frozen=True, kw_only=True):
     logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
     metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
     bridge: BridgeSettings = msgspec.field(default_factory=BridgeSettings)
+    embedder: EmbedderSettings = msgspec.field(default_factory=EmbedderSettings)
+    retriever: RetrieverSettings = msgspec.field(default_factory=RetrieverSettings)
+    ingestor: IngestorSettings = msgspec.field(default_factory=IngestorSettings)

@@ -95,9 +95,16 @@ class Subjects:
     def ingest_progress(self, job_id: str) -> str:
         return self._s("ingest", "progress", validate_token(job_id, "job_id"))
 
-    @property
-    def index_apply(self) -> str:
-        return self._s("index", "apply")
+    def index_apply(self, shard: str) -> str:
+        return self._s("index", "apply", validate_token(shard, "shard"))
+
+    def docs(self, verb: str) -> str:
+        """``docs.list``, ``docs.get``, ``docs.delete``: the ingestor's document API."""
+        return self._s("docs", validate_token(verb, "docs verb"))
+
+    def jobs(self, verb: str) -> str:
+        """``jobs.list``, ``jobs.get``: the ingestor's job API."""
+        return self._s("jobs", validate_token(verb, "jobs verb"))
 
     # -- audit (JetStream) ---------------------------------------------------------------
     def audit(self, kind: str) -> str:

@@ -1,0 +1,39 @@
+"""The JetStream resources in the contract: whoever touches one first creates it.
+
+Declared here, beside the subjects, because both the actor that owns a resource
+and the clients that write to it (``ragbus ingest`` submits jobs) must agree on
+its configuration: ``ensure_stream`` turns a disagreement into an update.
+"""
+
+from __future__ import annotations
+
+from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
+
+from ._names import Subjects
+
+__all__ = ("corpus_bucket", "docs_bucket", "ingest_stream", "jobs_bucket")
+
+_DAY = 24 * 3600.0
+
+
+def ingest_stream(s: Subjects) -> StreamConfig:
+    """Submitted jobs: a work queue, so each job is taken by one ingestor and kept on disk
+    until acknowledged."""
+    return StreamConfig(name=s.ingest_stream, subjects=[s.ingest_submit],
+                        retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
+                        max_age=30 * _DAY, description="ragbus ingest jobs")
+
+
+def jobs_bucket(s: Subjects) -> KeyValueConfig:
+    return KeyValueConfig(bucket=s.bucket("jobs"), history=1, storage=StorageType.FILE,
+                          ttl=30 * _DAY, description="ingest job state by job id")
+
+
+def docs_bucket(s: Subjects) -> KeyValueConfig:
+    return KeyValueConfig(bucket=s.bucket("docs"), history=1, storage=StorageType.FILE,
+                          description="document manifests: <collection>.<sha256(doc id)>")
+
+
+def corpus_bucket(s: Subjects) -> KeyValueConfig:
+    return KeyValueConfig(bucket=s.bucket("corpus"), history=1, storage=StorageType.FILE,
+                          description="corpus version by collection")
