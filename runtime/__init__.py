@@ -19,11 +19,12 @@ from .errors import (
     UnsupportedVersion,
     error_from_reply,
 )
-from .jetstream import ensure_kv, ensure_stream
+from .jetstream import ensure_kv, ensure_stream, kv_entries
 from .logs import SecretMasker, configure_logging, get_logger
 from .metrics import Metrics
 from .server import EmbeddedNats, NatsServerError, default_data_dir, find_nats_server
 from .supervisor import Supervisor
+from .worker import WorkerThread
 
 __all__ = (
     "Actor",
@@ -48,6 +49,7 @@ __all__ = (
     "Unauthorized",
     "Unavailable",
     "UnsupportedVersion",
+    "WorkerThread",
     "configure_logging",
     "connect",
     "decode_reply",
@@ -58,4 +60,5 @@ __all__ = (
     "error_from_reply",
     "find_nats_server",
     "get_logger",
+    "kv_entries",
 )

@@ -199,7 +199,6 @@ class Actor:
         self._tg: anyio.abc.TaskGroup | None = None
         self._slots = anyio.Semaphore(self.concurrency)
         self._counters: dict[str, EndpointCounters] = {}
-        self._series: dict[str, tuple[Any, Any]] = {}
         self._inflight_gauge = self.metrics.inflight.labels(self.name)
         self._accepting = False
 
@@ -210,12 +209,24 @@ class Actor:
     async def teardown(self) -> None:
         """Release what :meth:`setup` opened; runs after in-flight work has ended."""
 
+    async def background(self) -> None:
+        """Long-running work beside the handlers (batchers, consumers, timers).
+
+        Starts after :meth:`setup`, keeps running while in-flight work drains, and is
+        cancelled after that. Returning early is fine; raising crashes the actor.
+        """
+
     # -- lifecycle --------------------------------------------------------------------
     @property
     def nc(self) -> NATS:
         if self._nc is None:
             raise RuntimeError(f"actor {self.name} is not connected: call serve() first")
         return self._nc
+
+    @property
+    def stopping(self) -> bool:
+        """True once a stop was requested: background loops should take no new work."""
+        return self._stop.is_set()
 
     def request_stop(self) -> None:
         """Begin a graceful stop: take no new work, let in-flight work finish."""
@@ -230,6 +241,7 @@ class Actor:
             await self.setup()
             async with anyio.create_task_group() as tg:
                 self._tg = tg
+                tg.start_soon(self.background)
                 subs = await self._subscribe()
                 discovery = Discovery(
                     nc=self.nc, name=self.name, id=self.id, version=self.version,
@@ -275,31 +287,41 @@ class Actor:
             with anyio.move_on_after(1.0):
                 await self.inflight.wait_idle()
 
+    def routes(self, spec: EndpointSpec) -> list[tuple[str, str]]:
+        """(subject, queue group) pairs an endpoint listens on.
+
+        One subject in the actor's queue group by default; an actor serving
+        several shards overrides this to listen once per shard.
+        """
+        return [(spec.subject(self.subjects), self.name if spec.queue else "")]
+
     async def _subscribe(self) -> list[Subscription]:
         subs: list[Subscription] = []
         for spec in self._endpoints:
-            subject = spec.subject(self.subjects)
-            queue = self.name if spec.queue else ""
-            self._counters[spec.name] = EndpointCounters(spec.name, subject, queue)
-            # label lookups take a lock; resolve each series once, not per message
-            self._series[spec.name] = (self.metrics.messages.labels(self.name, spec.name),
-                                       self.metrics.latency.labels(self.name, spec.name))
+            for subject, queue in self.routes(spec):
+                counters = EndpointCounters(spec.name, subject, queue)
+                self._counters[f"{spec.name} {subject}"] = counters
+                # label lookups take a lock; resolve each series once, not per message
+                series = (self.metrics.messages.labels(self.name, spec.name),
+                          self.metrics.latency.labels(self.name, spec.name))
 
-            async def on_msg(msg: Msg, spec: EndpointSpec = spec) -> None:
-                await self._admit(spec, msg)
+                async def on_msg(msg: Msg, spec: EndpointSpec = spec,
+                                 route: tuple[EndpointCounters, Any] = (counters, series)) -> None:
+                    await self._admit(spec, msg, route)
 
-            subs.append(await self.nc.subscribe(subject, queue=queue, cb=on_msg))
+                subs.append(await self.nc.subscribe(subject, queue=queue, cb=on_msg))
         subs.append(await self.nc.subscribe(self.subjects.cancel_all, cb=self._on_cancel))
         return subs
 
-    async def _admit(self, spec: EndpointSpec, msg: Msg) -> None:
+    async def _admit(self, spec: EndpointSpec, msg: Msg,
+                     route: tuple[EndpointCounters, Any]) -> None:
         await self._slots.acquire()
         if not self._accepting or self._tg is None:
             self._slots.release()
             await self._reply_error(msg, Unavailable(f"{self.name} is shutting down; retry"),
                                     None, None, spec)
             return
-        self._tg.start_soon(self._handle, spec, msg, time.perf_counter_ns())
+        self._tg.start_soon(self._handle, spec, msg, route, time.perf_counter_ns())
 
     async def _on_cancel(self, msg: Msg) -> None:
         request_id = msg.subject.rsplit(".", 1)[-1]
@@ -311,10 +333,10 @@ class Actor:
             self.log.info("request.cancel", request_id=request_id, reason=reason)
 
     # -- one message --------------------------------------------------------------------
-    async def _handle(self, spec: EndpointSpec, msg: Msg, received_ns: int) -> None:
+    async def _handle(self, spec: EndpointSpec, msg: Msg, route: tuple[EndpointCounters, Any],
+                      received_ns: int) -> None:
         error: str | None = None
-        counters = self._counters[spec.name]
-        messages, latency = self._series[spec.name]
+        counters, (messages, latency) = route
         messages.inc()
         self._inflight_gauge.inc()
         try:

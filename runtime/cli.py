@@ -12,7 +12,9 @@ from rich.table import Table
 
 from config import ConfigError, Loaded, load_settings, production_problems
 
+from ._cli_ingest import add_commands as add_ingest_commands
 from .connection import connect
+from .errors import RagbusError
 from .logs import configure_logging
 from .server import NatsServerError
 from .state import read_run_info
@@ -148,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--wait", type=float, default=0.5, help="seconds to collect answers")
     status.set_defaults(func=_cmd_status)
 
+    add_ingest_commands(sub)
+
     config = sub.add_parser("config", help="inspect settings")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     show = config_sub.add_parser("show", help="effective settings, secrets masked, with sources")
@@ -158,10 +162,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "needs_nats", False):
+            args.loaded = _load(args)
+            args.nats_url = _nats_url(args.loaded)
         code: int = args.func(args)
     except (ConfigError, NatsServerError, LookupError) as exc:
         err.print(f"[red]error:[/] {exc}")
         return 2
+    except RagbusError as exc:
+        err.print(f"[red]{exc.code.value}:[/] {exc.message}")
+        return 1
     except KeyboardInterrupt:
         return 130
     return code

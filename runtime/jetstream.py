@@ -11,7 +11,7 @@ from nats.js.api import KeyValueConfig, StreamConfig
 from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
-__all__ = ("ensure_kv", "ensure_stream")
+__all__ = ("ensure_kv", "ensure_stream", "kv_entries")
 
 _EXISTS = 10058  # JetStream API error code: stream name already in use
 
@@ -45,3 +45,18 @@ async def ensure_kv(nc: NATS, config: KeyValueConfig) -> KeyValue:
         if exc.err_code != _EXISTS:
             raise
         return await js.key_value(config.bucket)
+
+
+async def kv_entries(kv: KeyValue, pattern: str = ">") -> list[KeyValue.Entry]:
+    """Current values of the keys matching ``pattern``: one ordered consumer, not N gets."""
+    watcher = await kv.watch(pattern, ignore_deletes=True)
+    entries: list[KeyValue.Entry] = []
+    try:
+        async for entry in watcher:
+            if entry is None:  # the end of what is stored
+                break
+            if entry.value is not None:
+                entries.append(entry)
+    finally:
+        await watcher.stop()  # type: ignore[no-untyped-call]
+    return entries

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 __all__ = ("Metrics",)
+
+M = TypeVar("M", Counter, Gauge, Histogram)
 
 # request/reply is ~0.5 ms on loopback; embedding and generation take seconds
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -20,6 +22,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        self._extra: dict[str, Counter | Gauge | Histogram] = {}
         self.messages = Counter("ragbus_messages", "Messages received by an actor endpoint",
                                 ["actor", "endpoint"], registry=r)
         self.errors = Counter("ragbus_errors", "Error replies by code",
@@ -30,6 +33,18 @@ class Metrics:
                               registry=r)
         self.restarts = Counter("ragbus_actor_restarts", "Actor restarts by the supervisor",
                                 ["actor"], registry=r)
+
+    def get(self, kind: type[M], name: str, doc: str, labels: Sequence[str] = (),
+            **kwargs: Any) -> M:
+        """An actor-specific metric, created once per registry (replicas in one process
+        share it, told apart by their labels)."""
+        existing = self._extra.get(name)
+        if existing is None:
+            existing = kind(name, doc, list(labels), registry=self.registry, **kwargs)
+            self._extra[name] = existing
+        if not isinstance(existing, kind):
+            raise TypeError(f"metric {name} already exists as {type(existing).__name__}")
+        return existing
 
     def serve(self, host: str, port: int) -> tuple[int, Callable[[], None]]:
         """Expose /metrics over HTTP; returns the bound port and a function that stops it."""
