@@ -1,0 +1,55 @@
+"""The retriever's vector store: one small synchronous interface, two Qdrant backends.
+
+:class:`EdgeStore` embeds qdrant-edge in the process (a shard directory, no
+server); :class:`ServerStore` talks to a Qdrant server, or to qdrant-client's
+in-memory mode in tests. Both speak :class:`Record`, :class:`Filter` and
+:class:`Hit`, never the engines' own model classes, and raise only the
+:class:`StoreError` family on purpose.
+"""
+
+from ._edge import EdgeStore
+from ._errors import (
+    BackendError,
+    CollectionMissing,
+    DimensionMismatch,
+    IncompatibleCollection,
+    InvalidFilter,
+    InvalidPoint,
+    StoreClosed,
+    StoreError,
+    StoreLocked,
+    StoreUnavailable,
+)
+from ._filter import LIVE, Filter
+from ._schema import DENSE, SPARSE, Field
+from ._server import ServerStore
+from ._tuning import EdgeTuning, SearchTuning
+from ._types import Hit, Page, Record, SparseVector, StoredPoint, VectorStore
+
+__all__ = (
+    "DENSE",
+    "LIVE",
+    "SPARSE",
+    "BackendError",
+    "CollectionMissing",
+    "DimensionMismatch",
+    "EdgeStore",
+    "EdgeTuning",
+    "Field",
+    "Filter",
+    "Hit",
+    "IncompatibleCollection",
+    "InvalidFilter",
+    "InvalidPoint",
+    "Page",
+    "Record",
+    "SearchTuning",
+    "ServerStore",
+    "SparseVector",
+    "StoreClosed",
+    "StoreError",
+    "StoreLocked",
+    "StoreUnavailable",
+    "StoredPoint",
+    "VectorStore",
+)

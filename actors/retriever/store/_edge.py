@@ -1,0 +1,338 @@
+"""EdgeStore: the embedded qdrant-edge engine, in-process, one shard directory per store.
+
+qdrant-edge has no collections: the shard directory *is* the collection. It never
+optimizes on its own, so new points stay in brute-force segments until
+``optimize()`` builds HNSW; the payload indexes are created with the shard so
+that build can use them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from itertools import islice
+from os import PathLike
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, Self
+
+import qdrant_edge as qe
+
+from ._edge_filter import to_edge_filter
+from ._errors import (
+    BackendError,
+    CollectionMissing,
+    DimensionMismatch,
+    IncompatibleCollection,
+    InvalidPoint,
+    StoreClosed,
+    StoreError,
+    StoreLocked,
+)
+from ._filter import LIVE, Filter
+from ._lock import DirLock
+from ._schema import DENSE, INDEXED_FIELDS, SPARSE, IndexKind
+from ._tuning import EDGE_SEARCH, EdgeTuning, SearchTuning
+from ._types import Hit, Page, Record, SparseVector, StoredPoint, check_id, plain_payload
+
+if TYPE_CHECKING:
+    from qdrant_edge import NamedVector
+
+__all__ = ("EdgeStore",)
+
+#: Points per engine call: bounds the memory of one conversion, not a tuning knob.
+_BATCH: Final = 512
+#: Written by qdrant-edge itself; the only place an existing shard states its vector size.
+_CONFIG_FILE: Final = "edge_config.json"
+_SCHEMA: Final = {
+    IndexKind.KEYWORD: qe.PayloadSchemaType.Keyword,
+    IndexKind.BOOL: qe.PayloadSchemaType.Bool,
+    IndexKind.INTEGER: qe.PayloadSchemaType.Integer,
+    IndexKind.DATETIME: qe.PayloadSchemaType.Datetime,
+}
+_DEFAULT_TUNING: Final = EdgeTuning()
+
+
+class EdgeStore:
+    """A :class:`VectorStore` on a qdrant-edge shard directory.
+
+    Opening takes an exclusive lock on ``path`` (raising :class:`StoreLocked` if
+    another store holds it) and loads the shard if one is there; ``ensure_collection``
+    creates it otherwise. ``tuning`` applies on every open, so a restart can change
+    thresholds without rebuilding the shard.
+    """
+
+    def __init__(
+        self,
+        path: str | PathLike[str],
+        *,
+        tuning: EdgeTuning = _DEFAULT_TUNING,
+        search: SearchTuning = EDGE_SEARCH,
+    ) -> None:
+        self._path = Path(path)
+        self._tuning = tuning
+        self._params = _search_params(search)
+        self._shard: qe.EdgeShard | None = None
+        self._dim: int | None = None
+        self._closed = False
+        self._path.mkdir(parents=True, exist_ok=True)
+        self._lock = DirLock(self._path)
+        self._lock.acquire()
+        try:
+            if (self._path / _CONFIG_FILE).exists():
+                self._dim = self._read_dim()
+                self._shard = self._open(lambda: qe.EdgeShard.load(str(self._path), self._config()))
+        except BaseException:
+            self._lock.release()
+            raise
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def dim(self) -> int | None:
+        return self._dim
+
+    def ensure_collection(self, dim: int) -> None:
+        if dim <= 0:
+            raise ValueError(f"dim must be positive, got {dim}")
+        self._check_open()
+        shard = self._shard
+        if shard is None:
+            config = self._config(dim)
+            shard = self._open(lambda: qe.EdgeShard.create(str(self._path), config))
+            self._shard, self._dim = shard, dim
+        elif self._dim != dim:
+            raise DimensionMismatch(f"edge store {self._path}", self._dim or 0, dim)
+        with self._engine("create payload indexes"):
+            present = shard.info().payload_schema
+            for field, kind in INDEXED_FIELDS:
+                info = present.get(field.value)
+                if info is None:
+                    shard.update(qe.UpdateOperation.create_field_index(field.value, _SCHEMA[kind]))
+                elif info.data_type != _SCHEMA[kind]:
+                    raise IncompatibleCollection(
+                        f"{self._path} indexes {field.value!r} as {info.data_type}, not "
+                        f"{kind.value}: use a new path, or re-ingest into a fresh one"
+                    )
+
+    def upsert(self, records: Iterable[Record]) -> None:
+        shard = self._require()
+        it = iter(records)
+        while batch := list(islice(it, _BATCH)):
+            points = [self._point(record) for record in batch]
+            with self._engine("upsert points"):
+                shard.update(qe.UpdateOperation.upsert_points(points))
+
+    def delete(self, ids: Sequence[str]) -> None:
+        shard = self._require()
+        point_ids: list[qe.PointId] = [check_id(i) for i in ids]
+        if point_ids:
+            with self._engine("delete points"):
+                shard.update(qe.UpdateOperation.delete_points(point_ids))
+
+    def set_payload(self, ids: Sequence[str], payload: Mapping[str, Any]) -> None:
+        shard = self._require()
+        point_ids: list[qe.PointId] = [check_id(i) for i in ids]
+        changes = plain_payload(payload, "set_payload")
+        if point_ids:
+            with self._engine("set payload"):
+                shard.update(qe.UpdateOperation.set_payload(point_ids, changes))
+
+    def search(
+        self, query: Sequence[float] | SparseVector, *, limit: int = 10, filter: Filter = LIVE
+    ) -> list[Hit]:
+        shard = self._require()
+        params = None
+        if isinstance(query, SparseVector):
+            if not query.indices or limit <= 0:
+                return []
+            nearest = qe.Query.Nearest(qe.SparseVector(query.indices, query.values), using=SPARSE)
+        else:
+            vector = self._dense(list(query), "query")
+            if limit <= 0:
+                return []
+            nearest, params = qe.Query.Nearest(vector, using=DENSE), self._params
+        request = qe.QueryRequest(
+            limit=limit,
+            query=nearest,
+            filter=to_edge_filter(filter),
+            params=params,
+            with_payload=True,
+            with_vector=False,
+        )
+        with self._engine("search"):
+            found = shard.query(request)
+        return [Hit(id=str(p.id), score=p.score, payload=p.payload or {}) for p in found]
+
+    def retrieve(self, ids: Sequence[str]) -> list[StoredPoint]:
+        shard = self._require()
+        wanted = [check_id(i) for i in ids]
+        if not wanted:
+            return []
+        point_ids: list[qe.PointId] = list(wanted)
+        with self._engine("retrieve points"):
+            found = {str(r.id): r.payload or {} for r in shard.retrieve(point_ids, True, False)}
+        return [StoredPoint(id=i, payload=found[i]) for i in wanted if i in found]
+
+    def scroll(self, *, filter: Filter = LIVE, limit: int = 100, offset: str | None = None) -> Page:
+        shard = self._require()
+        request = qe.ScrollRequest(
+            offset=None if offset is None else check_id(offset),
+            limit=limit,
+            filter=to_edge_filter(filter),
+            with_payload=True,
+            with_vector=False,
+        )
+        with self._engine("scroll points"):
+            records, after = shard.scroll(request)
+        return Page(
+            points=[StoredPoint(id=str(r.id), payload=r.payload or {}) for r in records],
+            next_offset=None if after is None else str(after),
+        )
+
+    def count(self, filter: Filter = LIVE) -> int:
+        shard = self._require()
+        with self._engine("count points"):
+            return shard.count(qe.CountRequest(exact=True, filter=to_edge_filter(filter)))
+
+    def optimize(self) -> bool:
+        """Build HNSW for segments over the indexing threshold, merge, vacuum deletions.
+
+        Blocks for seconds at 10^4-10^5 points, but releases the GIL meanwhile.
+        Searches stay correct before it; they are just brute force.
+        """
+        shard = self._require()
+        with self._engine("optimize"):
+            return shard.optimize()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        shard, self._shard = self._shard, None
+        try:
+            if shard is not None:
+                with self._engine("close"):
+                    shard.flush()
+                    shard.close()
+        finally:
+            self._lock.release()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"dim={self._dim}"
+        return f"EdgeStore({str(self._path)!r}, {state})"
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _config(self, dim: int | None = None) -> qe.EdgeConfig:
+        """The shard's config; without ``dim`` the dense vector is inherited from disk."""
+        t = self._tuning
+        return qe.EdgeConfig(
+            vectors=None
+            if dim is None
+            else {DENSE: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)},
+            # Always given: a load needs at least one vector in its config, and this one
+            # also makes the engine check the IDF modifier of an existing shard.
+            sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
+            hnsw_config=qe.HnswIndexConfig(
+                m=t.hnsw_m,
+                ef_construct=t.hnsw_ef_construct,
+                full_scan_threshold=t.full_scan_threshold_kb,
+            ),
+            optimizers=qe.EdgeOptimizersConfig(indexing_threshold=t.indexing_threshold_kb),
+            max_search_threads=t.search_threads,
+        )
+
+    def _read_dim(self) -> int:
+        """Dense size of an existing shard, after checking it is cosine."""
+        try:
+            config = json.loads((self._path / _CONFIG_FILE).read_text())
+            dense = config["vectors"][DENSE]
+            size, distance = dense["size"], dense["distance"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise IncompatibleCollection(
+                f"{self._path} holds no dense vector named {DENSE!r}: it was not created by "
+                f"EdgeStore; use a new path"
+            ) from exc
+        if not isinstance(size, int) or distance != "Cosine":
+            raise IncompatibleCollection(
+                f"{self._path} holds {size}-dim {distance} vectors, not Cosine: it was not "
+                f"created by EdgeStore; use a new path"
+            )
+        return size
+
+    def _open(self, factory: Callable[[], qe.EdgeShard]) -> qe.EdgeShard:
+        try:
+            return factory()
+        except Exception as exc:
+            text = str(exc)
+            if "WouldBlock" in text:
+                raise StoreLocked(
+                    f"{self._path} is already open by a process that bypasses EdgeStore's lock; "
+                    f"close it first"
+                ) from exc
+            if "ncompatible" in text:
+                raise IncompatibleCollection(
+                    f"{self._path} was created with another configuration ({text}): "
+                    f"use a new path, or re-ingest into a fresh one"
+                ) from exc
+            raise BackendError(f"qdrant-edge could not open {self._path}: {text}") from exc
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosed(f"edge store {self._path} is closed: open a new EdgeStore")
+
+    def _require(self) -> qe.EdgeShard:
+        self._check_open()
+        if self._shard is None:
+            raise CollectionMissing(
+                f"no shard at {self._path} yet: call ensure_collection(dim) first"
+            )
+        return self._shard
+
+    def _dense(self, vector: list[float], what: str) -> list[float]:
+        if len(vector) != self._dim:
+            raise InvalidPoint(
+                f"{what} has {len(vector)} dimensions but {self._path} holds {self._dim}"
+            )
+        return vector
+
+    def _point(self, record: Record) -> qe.Point:
+        vectors: dict[str, NamedVector] = {DENSE: self._dense(record.dense, f"record {record.id}")}
+        if record.sparse is not None:
+            vectors[SPARSE] = qe.SparseVector(record.sparse.indices, record.sparse.values)
+        return qe.Point(record.id, vectors, plain_payload(record.payload, f"record {record.id}"))
+
+    @contextmanager
+    def _engine(self, action: str) -> Iterator[None]:
+        """Give the engine's bare ``Exception`` a class; ours pass through untouched."""
+        try:
+            yield
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise BackendError(f"qdrant-edge could not {action} in {self._path}: {exc}") from exc
+
+
+def _search_params(search: SearchTuning) -> qe.SearchParams | None:
+    if search.hnsw_ef is None and not search.acorn and not search.exact:
+        return None
+    return qe.SearchParams(
+        hnsw_ef=search.hnsw_ef,
+        exact=search.exact,
+        acorn=qe.AcornSearchParams(enable=True) if search.acorn else None,
+    )
