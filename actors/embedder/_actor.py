@@ -1,0 +1,143 @@
+"""The embedder actor: ``Embed`` in, ``Embedded`` out, cached and micro-batched."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from nats.js.api import KeyValueConfig, StorageType
+from numpy.typing import NDArray
+from prometheus_client import Counter, Histogram
+
+from runtime import (
+    Actor,
+    BadRequest,
+    Context,
+    TooLarge,
+    Unavailable,
+    WorkerThread,
+    endpoint,
+    ensure_kv,
+)
+from subjects import Embed, Embedded
+
+from ._batcher import MicroBatcher
+from ._cache import EmbeddingCache
+from ._errors import ModelLoadError
+from ._model import EmbeddingModel
+
+__all__ = ("Embedder",)
+
+
+class Embedder(Actor):
+    """Turns texts into vectors with the configured (offline by default) model."""
+
+    name = "embedder"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.config = self.settings.embedder
+        self.worker = WorkerThread("embedder")
+        self.model: EmbeddingModel | None = None
+        self.batcher: MicroBatcher | None = None
+        self.cache: EmbeddingCache | None = None
+        self._lookups = self.metrics.get(
+            Counter,
+            "ragbus_embedding_cache",
+            "Embedding cache lookups by result",
+            ["actor", "result"],
+        )
+        self._batch_sizes = self.metrics.get(
+            Histogram,
+            "ragbus_embedding_batch_texts",
+            "Texts per model call",
+            ["actor"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+        )
+
+    async def setup(self) -> None:
+        cfg = self.config
+        try:
+            self.model = await self.worker.run(
+                EmbeddingModel.load, cfg.model, batch_size=cfg.batch_size, threads=cfg.threads
+            )
+        except ModelLoadError as exc:
+            raise Unavailable(f"embedding model {cfg.model!r} cannot be loaded: {exc}") from exc
+        model = self.model
+        kv = None
+        if cfg.cache:
+            kv = await ensure_kv(
+                self.nc,
+                KeyValueConfig(
+                    bucket=self.subjects.bucket("embeddings"),
+                    history=1,
+                    max_bytes=cfg.cache_max_bytes,
+                    storage=StorageType.FILE,
+                    description="embedding cache: <model>.<sha256(text)> -> float32 vector",
+                ),
+            )
+        self.cache = EmbeddingCache(kv, model.model_id)
+
+        def embed_batch(texts: Sequence[str]) -> NDArray[np.float32]:
+            self._batch_sizes.labels(self.name).observe(len(texts))
+            return model.embed(texts)
+
+        self.batcher = MicroBatcher(
+            embed_batch,
+            self.worker,
+            dim=model.dim,
+            batch_size=cfg.batch_size,
+            max_wait_s=cfg.max_wait_ms / 1000,
+        )
+        self.log.info(
+            "embedder.model", model_id=model.model_id, dim=model.dim, batch_size=cfg.batch_size
+        )
+
+    async def background(self) -> None:
+        assert self.batcher is not None
+        await self.batcher.run()
+
+    async def teardown(self) -> None:
+        self.worker.close()
+
+    @endpoint(lambda s: s.embed, request=Embed)
+    async def embed(self, request: Embed, ctx: Context) -> Embedded:
+        model, batcher, cache = self.model, self.batcher, self.cache
+        assert model is not None
+        assert batcher is not None
+        assert cache is not None
+        if request.model is not None and request.model != model.model_id:
+            raise BadRequest(
+                f"this embedder serves {model.model_id!r}, not {request.model!r}: vectors of "
+                "different models are not comparable; send to an embedder of that model",
+                details={"served": model.model_id, "requested": request.model},
+            )
+        if len(request.texts) > self.config.max_texts:
+            raise TooLarge(
+                f"{len(request.texts)} texts in one request; the limit is "
+                f"{self.config.max_texts} (embedder.max_texts): split it"
+            )
+        keys = cache.keys(request.texts)
+        cached = await cache.get_many(keys)
+        # each distinct missing text is embedded once, however often it repeats
+        todo: dict[str, str] = {}
+        for key, text, hit in zip(keys, request.texts, cached, strict=True):
+            if hit is None:
+                todo.setdefault(key, text)
+        fresh: dict[str, bytes] = {}
+        if todo:
+            vectors = await batcher.embed(list(todo.values()))
+            fresh = {k: vectors[i].astype("<f4").tobytes() for i, k in enumerate(todo)}
+            await cache.put_many(list(fresh.items()))
+        hits = sum(1 for v in cached if v is not None)
+        self._lookups.labels(self.name, "hit").inc(hits)
+        self._lookups.labels(self.name, "miss").inc(len(keys) - hits)
+        body = b"".join(v if v is not None else fresh[k] for k, v in zip(keys, cached, strict=True))
+        return Embedded(
+            request_id=request.request_id,
+            model_id=model.model_id,
+            dim=model.dim,
+            vectors=body,
+            cache_hits=hits,
+        )

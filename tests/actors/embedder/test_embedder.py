@@ -1,0 +1,137 @@
+"""The embedder actor: real model, real NATS, real JetStream KV cache."""
+
+from __future__ import annotations
+
+import anyio
+import numpy as np
+import pytest
+
+from actors.embedder import Embedder
+from config import EmbedderSettings, NatsSettings, RuntimeSettings, Settings
+from runtime import BadRequest, Client, TooLarge
+from runtime._status import discover
+from runtime.connection import NATS
+from subjects import Embed, Embedded, Subjects
+from tests.support import running
+
+EMBED = Subjects().embed
+
+
+def make_settings(nats_url: str, **embedder: object) -> Settings:
+    return Settings(
+        nats=NatsSettings(url=nats_url),
+        runtime=RuntimeSettings(default_timeout_s=60),
+        embedder=EmbedderSettings(**embedder),
+    )  # type: ignore[arg-type]
+
+
+def vectors(reply: Embedded) -> np.ndarray:
+    return np.frombuffer(reply.vectors, dtype="<f4").reshape(-1, reply.dim)
+
+
+async def test_embed_returns_the_models_vectors_with_model_id_and_dim(
+    nats_url: str, nc: NATS
+) -> None:
+    texts = ["A man is eating food.", "A man is eating a piece of bread.", "The sky is blue."]
+    async with running(Embedder(make_settings(nats_url))) as (embedder,):
+        reply = await Client(nc).request(EMBED, Embed(texts=texts), Embedded)
+        assert embedder.model is not None
+        direct = embedder.model.embed(texts)
+    got = vectors(reply)
+    assert reply.model_id == "all-MiniLM-L6-v2-int8"
+    assert reply.dim == 384
+    assert got.shape == (3, 384)
+    np.testing.assert_allclose(got, direct, atol=1e-5)
+    assert got[0] @ got[1] > got[0] @ got[2]  # meaning survives the trip
+
+
+async def test_concurrent_small_requests_share_model_calls(nats_url: str, nc: NATS) -> None:
+    settings = make_settings(nats_url, max_wait_ms=50.0, cache=False)
+    client = Client(nc)
+    replies: list[Embedded] = []
+    async with running(Embedder(settings)) as (embedder,):
+        assert embedder.batcher is not None
+
+        async def ask(i: int) -> None:
+            replies.append(await client.request(EMBED, Embed(texts=[f"question {i}"]), Embedded))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(24):
+                tg.start_soon(ask, i)
+        calls = embedder.batcher.model_calls
+    assert len(replies) == 24
+    assert embedder.batcher.texts_embedded == 24
+    assert calls < 24 / 3, f"{calls} model calls for 24 concurrent requests: not coalesced"
+
+
+async def test_large_request_is_split_into_batches_of_the_configured_size(
+    nats_url: str, nc: NATS
+) -> None:
+    settings = make_settings(nats_url, batch_size=16, cache=False)
+    texts = [f"sentence number {i} about topic {i % 7}" for i in range(40)]
+    async with running(Embedder(settings)) as (embedder,):
+        reply = await Client(nc).request(EMBED, Embed(texts=texts), Embedded)
+        assert embedder.batcher is not None
+        assert embedder.batcher.model_calls == 3  # 16 + 16 + 8
+        assert embedder.model is not None
+        np.testing.assert_allclose(vectors(reply), embedder.model.embed(texts), atol=1e-5)
+
+
+async def test_cache_serves_repeated_text_across_replicas(nats_url: str, nc: NATS) -> None:
+    settings = make_settings(nats_url)
+    client = Client(nc)
+    async with running(Embedder(settings)) as (first,):
+        one = await client.request(EMBED, Embed(texts=["cached text", "other"]), Embedded)
+        again = await client.request(EMBED, Embed(texts=["cached text"]), Embedded)
+        assert first.batcher is not None
+        assert first.batcher.texts_embedded == 2
+    assert one.cache_hits == 0
+    assert again.cache_hits == 1
+    # a new replica has an empty local cache: the hit comes from the shared KV bucket
+    async with running(Embedder(settings)) as (second,):
+        third = await client.request(EMBED, Embed(texts=["other", "cached text", "new"]), Embedded)
+        assert second.batcher is not None
+        assert second.batcher.texts_embedded == 1
+    assert third.cache_hits == 2
+    np.testing.assert_array_equal(vectors(third)[1], vectors(one)[0])
+
+
+async def test_duplicate_texts_in_one_request_are_embedded_once(nats_url: str, nc: NATS) -> None:
+    async with running(Embedder(make_settings(nats_url, cache=False))) as (embedder,):
+        reply = await Client(nc).request(EMBED, Embed(texts=["same", "same", "same"]), Embedded)
+        assert embedder.batcher is not None
+        assert embedder.batcher.texts_embedded == 1
+    got = vectors(reply)
+    np.testing.assert_array_equal(got[0], got[2])
+
+
+async def test_wrong_model_and_too_many_texts_are_refused(nats_url: str, nc: NATS) -> None:
+    client = Client(nc)
+    async with running(Embedder(make_settings(nats_url, max_texts=4))):
+        with pytest.raises(BadRequest, match="not comparable"):
+            await client.request(EMBED, Embed(texts=["x"], model="bge-small"), Embedded)
+        with pytest.raises(TooLarge, match=r"embedder\.max_texts"):
+            await client.request(EMBED, Embed(texts=["x"] * 5), Embedded)
+        ok = await client.request(EMBED, Embed(texts=[], model="all-MiniLM-L6-v2-int8"), Embedded)
+    assert ok.vectors == b""
+
+
+async def test_actor_keeps_answering_while_the_model_runs(nats_url: str, nc: NATS) -> None:
+    long_texts = [" ".join(f"word{i}x{j}" for j in range(180)) for i in range(64)]
+    order: list[str] = []
+    async with running(Embedder(make_settings(nats_url, cache=False))) as (embedder,):
+
+        async def big() -> None:
+            await Client(nc).request(EMBED, Embed(texts=long_texts), Embedded)
+            order.append("embed")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(big)
+            with anyio.fail_after(30):
+                while not len(embedder.inflight):  # noqa: ASYNC110 - polling a counter
+                    await anyio.sleep(0.001)
+            await anyio.sleep(0.05)  # and handed to the worker thread
+            pings = await discover(nc, "PING", wait_s=0.2)
+            order.append("ping")
+    assert [p["name"] for p in pings] == ["embedder"]
+    assert order == ["ping", "embed"]  # discovery answered while inference was running
