@@ -7,6 +7,11 @@ as import paths so that running one actor never imports the others.
 from __future__ import annotations
 
 import importlib
+import os
+
+# onnxruntime phones home unless told not to at import, and qdrant-client imports it
+# (through fastembed) before the embedder could say so: every actor import passes here
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -14,7 +19,11 @@ if TYPE_CHECKING:
 
 __all__ = ("ACTORS", "load_actor")
 
-ACTORS: dict[str, str] = {}
+ACTORS: dict[str, str] = {
+    "embedder": "actors.embedder:Embedder",
+    "ingestor": "actors.ingestor:Ingestor",
+    "retriever": "actors.retriever:Retriever",
+}
 
 
 def load_actor(name: str) -> type[Actor]:

@@ -1,0 +1,325 @@
+"""One ingest job: read sources, chunk, embed what is new, write the index, keep manifests.
+
+Per document the work is a diff against its manifest: chunks whose hash is
+known are kept (their payload is patched to the new version), new chunks are
+embedded and upserted under deterministic ids, vanished chunks are deleted. An
+unchanged document costs one KV read. Documents run concurrently (bounded), so
+the embedder's micro-batcher always has work queued.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+from nats.aio.client import Client as NATS
+
+from config import IngestorSettings
+from runtime import Client
+from subjects import (
+    Embed,
+    Embedded,
+    FileError,
+    IndexApplied,
+    IndexUpdate,
+    IngestRequest,
+    PayloadPatch,
+    PointUpsert,
+    Subjects,
+    deadline_after,
+    now_ms,
+)
+
+from ._chunking import ChunkingConfig, chunk_text
+from ._manifest import ChunkRef, Manifest, Manifests, VersionEntry
+from ._points import chunk_payload, point_id
+from ._progress import Progress
+from ._read_errors import ReaderError
+from ._read_types import ReaderOptions, RecordFields, SourceDocument
+from ._readers import read_file, walk_folder
+
+__all__ = ("Doc", "JobRunner", "inline_documents")
+
+# points per IndexUpdate: ~6 KB each with parent text, well under the 1 MiB message limit
+_UPSERT_BATCH = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Doc:
+    """A document ready to sync, whatever it was read from."""
+
+    doc_id: str
+    title: str
+    text: str
+    source: str
+    markdown: bool
+    tags: list[str]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def content_sha256(self) -> str:
+        h = hashlib.sha256()
+        for part in (self.title, self.text, "\x1f".join(sorted(self.tags))):
+            h.update(part.encode("utf-8", "surrogatepass"))
+            h.update(b"\x00")
+        return h.hexdigest()
+
+
+def _from_source(source: SourceDocument, tags: list[str]) -> Doc:
+    return Doc(
+        doc_id=source.doc_id,
+        title=source.title,
+        text=source.text,
+        source=source.source_path,
+        markdown=source.markdown,
+        tags=tags,
+        metadata=dict(source.metadata),
+    )
+
+
+def inline_documents(request: IngestRequest) -> list[Doc]:
+    return [
+        Doc(
+            doc_id=d.id,
+            title=d.title or d.id,
+            text=d.text,
+            source="inline",
+            markdown=False,
+            tags=sorted({*request.tags, *d.tags}),
+            metadata=d.metadata,
+        )
+        for d in request.documents
+    ]
+
+
+class JobRunner:
+    def __init__(
+        self,
+        nc: NATS,
+        subjects: Subjects,
+        config: IngestorSettings,
+        manifests: Manifests,
+        progress: Progress,
+        request: IngestRequest,
+    ) -> None:
+        self.client = Client(nc, subjects)
+        self.subjects = subjects
+        self.config = config
+        self.manifests = manifests
+        self.progress = progress
+        self.request = request
+        self.collection = request.collection
+        self.chunking = ChunkingConfig(
+            chunk_tokens=config.chunk_tokens,
+            overlap_tokens=config.overlap_tokens,
+            parent_tokens=config.parent_tokens,
+        )
+        self.reader = ReaderOptions(
+            max_bytes=config.max_file_bytes,
+            records=RecordFields(
+                id_fields=tuple(config.id_fields),
+                title_fields=tuple(config.title_fields),
+                text_fields=tuple(config.text_fields),
+            ),
+        )
+        self._slots = anyio.Semaphore(config.docs_in_flight)
+        self.model_id: str | None = None
+        self.dim = 0
+
+    # -- the job ------------------------------------------------------------------------
+    async def run(self) -> None:
+        inline = inline_documents(self.request)
+        files = list(self._files()) if self.request.path else []
+        self.progress.files_total = len(files) + (1 if inline else 0)
+        await self.progress.publish(force=True)
+        if inline:
+            await self._sync_all(inline)
+            self.progress.files_done += 1
+        for path, error in files:
+            if error is not None:
+                self._error(path, error.code, str(error))
+            else:
+                await self._ingest_file(path)
+            self.progress.files_done += 1
+            self.progress.file_progress(0, 0)
+            await self.progress.publish()
+
+    def _files(self) -> Iterator[tuple[Path, ReaderError | None]]:
+        assert self.request.path is not None
+        root = Path(self.request.path)
+        if root.is_dir():
+            for entry in walk_folder(root):
+                yield entry.path, entry.error
+        else:
+            yield root, None
+
+    async def _ingest_file(self, path: Path) -> None:
+        try:
+            result = await anyio.to_thread.run_sync(read_file, path, self.reader)
+        except ReaderError as exc:
+            self._error(path, exc.code, str(exc))
+            return
+        for bad in result.bad_records:
+            self._error(path, "bad_record", f"record {bad.position}: {bad.message}")
+        tags = sorted(set(self.request.tags))
+        await self._sync_all([_from_source(d, tags) for d in result.documents])
+
+    def _error(self, path: Path | str, code: str, message: str) -> None:
+        self.progress.errors.append(FileError(path=str(path), code=code, message=message))
+
+    async def _sync_all(self, docs: list[Doc]) -> None:
+        done = 0
+
+        async def one(doc: Doc) -> None:
+            nonlocal done
+            try:
+                await self.sync(doc)
+            finally:
+                self._slots.release()
+                done += 1
+                self.progress.docs_done += 1
+                self.progress.file_progress(done, len(docs))
+                await self.progress.publish()
+
+        async with anyio.create_task_group() as tg:
+            for doc in docs:
+                await self._slots.acquire()
+                tg.start_soon(one, doc)
+
+    # -- one document ---------------------------------------------------------------------
+    async def sync(self, doc: Doc) -> None:
+        old = await self.manifests.get(self.collection, doc.doc_id)
+        content = doc.content_sha256
+        if old is not None and not old.deleted and old.content_sha256 == content:
+            self.progress.chunks_total += len(old.chunks)
+            self.progress.chunks_done += len(old.chunks)
+            self.progress.embeddings_reused += len(old.chunks)
+            return
+        if len(doc.text) > 50_000:  # keep the loop responsive for long documents
+            chunked = await anyio.to_thread.run_sync(
+                functools.partial(chunk_text, doc.text, self.chunking, markdown=doc.markdown)
+            )
+        else:
+            chunked = chunk_text(doc.text, self.chunking, markdown=doc.markdown)
+        unique = {c.sha256: c for c in chunked.chunks}  # a repeated passage is indexed once
+        known = {ref.sha256: ref.id for ref in old.chunks} if old else {}
+        fresh = [c for sha, c in unique.items() if sha not in known]
+        kept = [known[sha] for sha in unique if sha in known]
+        vanished = [pid for sha, pid in known.items() if sha not in unique]
+        version = old.version + 1 if old else 1
+        self.progress.chunks_total += len(unique)
+
+        vectors, hits = await self._embed([c.text for c in fresh])
+        self.progress.embeddings_computed += len(fresh) - hits
+        self.progress.embeddings_reused += len(kept) + hits
+        created = datetime.now(UTC).isoformat()
+        upserts = [
+            PointUpsert(
+                id=point_id(self.collection, doc.doc_id, c.sha256),
+                vector=vectors[i].astype("<f4").tobytes(),
+                payload=chunk_payload(
+                    doc_id=doc.doc_id,
+                    title=doc.title,
+                    source=doc.source,
+                    chunk=c,
+                    parent=chunked.parent_of(c),
+                    version=version,
+                    tags=doc.tags,
+                    created_at=created,
+                    metadata=doc.metadata,
+                ),
+            )
+            for i, c in enumerate(fresh)
+        ]
+        for start in range(0, len(upserts), _UPSERT_BATCH):
+            await self._apply(upserts=upserts[start : start + _UPSERT_BATCH])
+        patches = [
+            PayloadPatch(
+                ids=kept,
+                payload={
+                    "version": version,
+                    "tags": doc.tags,
+                    "deleted": False,
+                    "title": doc.title,
+                },
+            )
+        ]
+        await self._apply(deletes=vanished, patches=patches if kept else [])
+        chunk_refs = [ChunkRef(point_id(self.collection, doc.doc_id, sha), sha) for sha in unique]
+        history = [
+            *(old.history if old else []),
+            VersionEntry(
+                version=version, content_sha256=content, chunks=len(chunk_refs), at=now_ms()
+            ),
+        ]
+        await self.manifests.put(
+            Manifest(
+                doc_id=doc.doc_id,
+                collection=self.collection,
+                version=version,
+                content_sha256=content,
+                chunks=chunk_refs,
+                title=doc.title,
+                source=doc.source,
+                tags=doc.tags,
+                deleted=False,
+                updated_at=now_ms(),
+                history=history,
+            )
+        )
+        self.progress.chunks_done += len(unique)
+        self.progress.docs_changed += 1
+
+    async def _embed(self, texts: list[str]) -> tuple[np.ndarray[Any, Any], int]:
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32), 0
+        parts, hits = [], 0
+        for start in range(0, len(texts), self.config.embed_batch):
+            reply = await self.client.request(
+                self.subjects.embed,
+                Embed(
+                    texts=texts[start : start + self.config.embed_batch], deadline=self._deadline()
+                ),
+                Embedded,
+            )
+            self.model_id, self.dim = reply.model_id, reply.dim
+            parts.append(np.frombuffer(reply.vectors, dtype="<f4").reshape(-1, reply.dim))
+            hits += reply.cache_hits
+        return np.concatenate(parts), hits
+
+    async def _apply(
+        self,
+        *,
+        upserts: list[PointUpsert] | None = None,
+        deletes: list[str] | None = None,
+        patches: list[PayloadPatch] | None = None,
+    ) -> IndexApplied | None:
+        if not (upserts or deletes or patches):
+            return None
+        if self.model_id is None:
+            await self._embed(["dimension probe"])  # the index is created from the model's size
+        assert self.model_id is not None
+        update = IndexUpdate(
+            collection=self.collection,
+            model_id=self.model_id,
+            dim=self.dim,
+            upserts=upserts or [],
+            deletes=deletes or [],
+            patches=patches or [],
+            deadline=self._deadline(),
+        )
+        return await self.client.request(
+            self.subjects.index_apply(self.collection), update, IndexApplied
+        )
+
+    def _deadline(self) -> int:
+        job = self.request.deadline
+        mine = deadline_after(self.config.request_timeout_s)
+        return min(job, mine) if job else mine

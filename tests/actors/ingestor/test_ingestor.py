@@ -1,0 +1,265 @@
+"""The ingestion path end to end: ingestor, embedder and retriever on a real bus."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from actors.embedder import Embedder
+from actors.ingestor import Ingestor
+from actors.ingestor._chunking import ChunkingConfig, chunk_text
+from actors.retriever import Retriever
+from actors.retriever.store import Filter
+from config import (
+    IngestorSettings,
+    NatsSettings,
+    RetrieverSettings,
+    RuntimeSettings,
+    Settings,
+)
+from runtime import Client, NotFound
+from runtime.connection import NATS
+from runtime.jobs import follow_job, submit_job
+from subjects import (
+    DocChanged,
+    DocDelete,
+    DocGet,
+    DocList,
+    DocListed,
+    IngestRequest,
+    InlineDocument,
+    JobProgress,
+    JobState,
+    Subjects,
+)
+from tests.support import running
+
+S = Subjects()
+
+
+def make_settings(nats_url: str, tmp_path: Path, **ingestor: object) -> Settings:
+    return Settings(
+        nats=NatsSettings(url=nats_url),
+        runtime=RuntimeSettings(default_timeout_s=60),
+        retriever=RetrieverSettings(data_dir=str(tmp_path / "qdrant"), optimize_idle_s=0.5),
+        ingestor=IngestorSettings(progress_interval_ms=0, **ingestor),  # type: ignore[arg-type]
+    )
+
+
+@asynccontextmanager
+async def pipeline(nats_url: str, tmp_path: Path) -> AsyncIterator[Retriever]:
+    """The three actors of the ingestion path (a task group cannot span a fixture's yield)."""
+    settings = make_settings(nats_url, tmp_path, max_file_bytes=20_000)
+    async with running(Embedder(settings), Retriever(settings), Ingestor(settings)) as (
+        _, retriever, _ingestor
+    ):
+        yield retriever
+
+
+async def ingest(nc: NATS, request: IngestRequest) -> JobProgress:
+    await submit_job(nc, request)
+    last = None
+    async for progress in follow_job(nc, request.job_id, timeout_s=120):
+        last = progress
+    assert last is not None
+    return last
+
+
+async def points(retriever: Retriever, **flt: object) -> list[dict[str, object]]:
+    store = retriever.stores["default"]
+    page = await retriever.worker.run(store.scroll, filter=Filter(**flt), limit=10_000)
+    return [p.payload for p in page.points]
+
+
+def paragraphs(n: int, topic: str = "rivers") -> list[str]:
+    return [
+        f"Paragraph {i} is about {topic}. " + " ".join(
+            f"Sentence {j} of paragraph {i} says something specific about {topic} number {i}."
+            for j in range(6))
+        for i in range(n)
+    ]
+
+
+def expected_chunks(text: str, config: ChunkingConfig | None = None) -> set[str]:
+    return {c.sha256 for c in chunk_text(text, config or ChunkingConfig()).chunks}
+
+
+async def test_folder_of_mixed_files_indexes_good_ones_and_reports_bad_ones(
+    nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
+    async with pipeline(nats_url, tmp_path) as retriever:
+        docs = tmp_path / "docs"
+        docs.mkdir()
+        (docs / "rivers.txt").write_text("\n\n".join(paragraphs(3)))
+        (docs / "guide.md").write_text("# Guide\n\nIntro text about setup.\n\n## Install\n\n"
+                                       "Run the installer and wait for it to finish.\n")
+        (docs / "page.html").write_text(
+            "<html><head><title>Page</title><script>var x=1;</script></head>"
+            "<body><p>Hello from HTML.</p></body></html>")
+        (docs / "records.jsonl").write_text(
+            json.dumps({"_id": "r1", "title": "First", "text": "Record one text."}) + "\n"
+            + "{not json}\n"
+            + json.dumps({"_id": "r2", "title": "Second", "text": "Record two text."}) + "\n")
+        (docs / "empty.txt").write_text("   \n")
+        (docs / "blob.txt").write_bytes(b"\x00\x01\x02binary\x00" * 100)
+        (docs / "huge.txt").write_text("word " * 10_000)  # over the 20 kB limit of this test
+        (docs / "tool.exe").write_bytes(b"MZ")
+
+        job = await ingest(nc, IngestRequest(path=str(docs), tags=["handbook"]))
+
+        assert job.state == JobState.SUCCEEDED
+        assert job.files_total == 8
+        assert job.files_done == 8
+        assert job.progress == 1.0
+        codes = {Path(e.path).name: e.code for e in job.errors}
+        assert codes == {"records.jsonl": "bad_record", "empty.txt": "empty",
+                         "blob.txt": "binary", "huge.txt": "too_large", "tool.exe": "unsupported"}
+        listed = await Client(nc).request(S.docs("list"), DocList(), DocListed)
+        assert listed.total == 5  # rivers, guide, page, r1, r2
+        indexed = await points(retriever)
+        assert len(indexed) == job.chunks_total == job.embeddings_computed
+        assert {p["tags"] == ["handbook"] for p in indexed} == {True}
+        assert {"r1", "r2"} <= {p["doc_id"] for p in indexed}
+        assert not any("var x" in str(p["text"]) for p in indexed)
+
+
+async def test_editing_one_paragraph_re_embeds_only_what_changed(
+    nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
+    async with pipeline(nats_url, tmp_path) as retriever:
+        before = paragraphs(12)
+        after = list(before)
+        after[7] = after[7].replace("something specific", "an entirely different thing")
+        v1, v2 = "\n\n".join(before), "\n\n".join(after)
+        changed = expected_chunks(v2) - expected_chunks(v1)
+        assert 0 < len(changed) < len(expected_chunks(v2)) / 2  # the edit is local
+
+        first = await ingest(nc, IngestRequest(documents=[InlineDocument(id="doc", text=v1)]))
+        old_ids = {p["chunk_sha256"] for p in await points(retriever)}
+        second = await ingest(nc, IngestRequest(documents=[InlineDocument(id="doc", text=v2)]))
+
+        assert first.embeddings_computed == len(expected_chunks(v1))
+        assert second.embeddings_computed == len(changed)
+        assert second.embeddings_reused == len(expected_chunks(v2)) - len(changed)
+        indexed = await points(retriever)
+        assert {p["chunk_sha256"] for p in indexed} == expected_chunks(v2)  # old chunk gone
+        assert (old_ids - expected_chunks(v2))
+        assert not (old_ids - expected_chunks(v2)) & {
+            p["chunk_sha256"] for p in indexed}
+        assert {p["version"] for p in indexed} == {2}
+        got = await Client(nc).request(S.docs("get"), DocGet(doc_id="doc"), DocListed)
+        assert got.docs[0].version == 2
+
+
+async def test_reingesting_unchanged_documents_embeds_nothing(
+    nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
+    async with pipeline(nats_url, tmp_path):
+        docs = [InlineDocument(id=f"d{i}", text="\n\n".join(paragraphs(3, f"topic {i}")))
+                for i in range(5)]
+        first = await ingest(nc, IngestRequest(documents=docs))
+        again = await ingest(nc, IngestRequest(documents=docs))
+        assert first.embeddings_computed > 0
+        assert again.embeddings_computed == 0
+        assert again.docs_changed == 0
+        assert again.embeddings_reused == first.chunks_total
+
+
+async def test_delete_hides_a_document_and_purge_removes_it(
+    nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
+    async with pipeline(nats_url, tmp_path) as retriever:
+        client = Client(nc)
+        await ingest(nc, IngestRequest(documents=[
+            InlineDocument(id="keep", text="Otters hold hands while they sleep."),
+            InlineDocument(id="gone", text="Otters use rocks as tools to open shells."),
+        ]))
+        deleted = await client.request(S.docs("delete"), DocDelete(doc_id="gone"), DocChanged)
+        assert deleted.doc.deleted
+
+        assert {p["doc_id"] for p in await points(retriever)} == {"keep"}  # hidden from search
+        store = retriever.stores["default"]
+        assert await retriever.worker.run(store.count, Filter(include_deleted=True)) == 2  # kept
+        listed = await client.request(S.docs("list"), DocList(), DocListed)
+        assert [d.doc_id for d in listed.docs] == ["keep"]
+        everything = await client.request(S.docs("list"), DocList(include_deleted=True), DocListed)
+        assert [d.doc_id for d in everything.docs] == ["gone", "keep"]
+
+        await client.request(S.docs("delete"), DocDelete(doc_id="gone", purge=True), DocChanged)
+        assert await retriever.worker.run(store.count, Filter(include_deleted=True)) == 1
+        with pytest.raises(NotFound):
+            await client.request(S.docs("get"), DocGet(doc_id="gone"), DocListed)
+
+
+async def test_progress_events_are_published_until_the_job_finishes(
+    nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
+    async with pipeline(nats_url, tmp_path):
+        request = IngestRequest(documents=[InlineDocument(id=f"p{i}", text=f"Text number {i}.")
+                                           for i in range(20)])
+        await submit_job(nc, request)
+        seen = [p async for p in follow_job(nc, request.job_id, timeout_s=60)]
+        assert seen[-1].state == JobState.SUCCEEDED
+        assert seen[-1].docs_done == 20
+        fractions = [p.progress for p in seen]
+        assert fractions == sorted(fractions)  # never goes backwards
+
+
+def _ingestor_process(nats_url: str, tmp_path: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "RAGBUS_NATS__URL": nats_url, "RAGBUS_INGESTOR__ACK_WAIT_S": "2",
+           "RAGBUS_INGESTOR__DOCS_IN_FLIGHT": "2", "RAGBUS_INGESTOR__PROGRESS_INTERVAL_MS": "0",
+           "RAGBUS_METRICS__ENABLED": "false", "RAGBUS_LOGGING__LEVEL": "warning"}
+    return subprocess.Popen([sys.executable, "-m", "runtime.cli", "actor", "ingestor"],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+async def test_killed_ingestor_job_is_resumed_with_no_duplicates(
+    nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
+    settings = make_settings(nats_url, tmp_path)
+    texts = ["\n\n".join(paragraphs(4, f"subject {i}")) for i in range(40)]
+    expected = sum(len(expected_chunks(t)) for t in texts)
+    request = IngestRequest(documents=[InlineDocument(id=f"k{i}", text=t)
+                                       for i, t in enumerate(texts)])
+    async with running(Embedder(settings), Retriever(settings)) as (_, retriever):
+        victim = _ingestor_process(nats_url, tmp_path)
+        try:
+            await submit_job(nc, request)
+            async for progress in follow_job(nc, request.job_id, timeout_s=120):
+                if progress.docs_done >= 5:
+                    break
+            victim.send_signal(signal.SIGKILL)  # no drain, no ack: a crash
+            victim.wait(timeout=10)
+        finally:
+            if victim.poll() is None:
+                victim.kill()
+        assert progress.state == JobState.RUNNING
+        async with running(Ingestor(settings)):
+            seen = [p async for p in follow_job(nc, request.job_id, timeout_s=120)]
+        final = seen[-1]
+        assert final.state == JobState.SUCCEEDED
+        assert final.attempt == 2  # redelivered after the crash
+        indexed = await points(retriever)
+    assert len(indexed) == expected
+    assert len({(p["doc_id"], p["chunk_sha256"]) for p in indexed}) == expected
+
+
+async def test_an_unreadable_path_fails_no_files_but_reports_it(
+    nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
+    async with pipeline(nats_url, tmp_path):
+        job = await ingest(nc, IngestRequest(path=str(tmp_path / "missing.txt")))
+        assert job.state == JobState.SUCCEEDED
+        assert [e.code for e in job.errors] == ["unreadable"]
+        await anyio.lowlevel.checkpoint()
