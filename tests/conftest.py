@@ -12,6 +12,7 @@ from config import NatsSettings, RuntimeSettings, Settings
 from runtime import EmbeddedNats, connect
 from runtime.connection import NATS
 
+# before any test module imports onnxruntime (qdrant-client and fastembed do)
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 
