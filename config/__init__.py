@@ -1,7 +1,9 @@
 """Typed settings: defaults < TOML file < ``RAGBUS_*`` environment variables."""
 
+from ._audit import AuditSettings
 from ._errors import ConfigError, ProductionConfigError
 from ._loader import ENV_PREFIX, Loaded, load_settings, production_problems
+from ._router import RouterSettings
 from ._secret import MASK, Secret
 from ._settings import (
     BridgeSettings,
@@ -14,10 +16,12 @@ from ._settings import (
     RuntimeSettings,
     Settings,
 )
+from ._trimmer import TrimmerSettings
 
 __all__ = (
     "ENV_PREFIX",
     "MASK",
+    "AuditSettings",
     "BridgeSettings",
     "ConfigError",
     "EmbedderSettings",
@@ -28,9 +32,11 @@ __all__ = (
     "NatsSettings",
     "ProductionConfigError",
     "RetrieverSettings",
+    "RouterSettings",
     "RuntimeSettings",
     "Secret",
     "Settings",
+    "TrimmerSettings",
     "load_settings",
     "production_problems",
 )

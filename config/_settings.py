@@ -11,7 +11,12 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
+from ._audit import AuditSettings
+from ._router import RouterSettings
 from ._secret import Secret
+from ._section import Port, Positive, PositiveInt
+from ._section import Section as _Section
+from ._trimmer import TrimmerSettings
 
 __all__ = (
     "BridgeSettings",
@@ -24,15 +29,6 @@ __all__ = (
     "RuntimeSettings",
     "Settings",
 )
-
-Positive = Annotated[float, Meta(gt=0)]
-PositiveInt = Annotated[int, Meta(ge=1)]
-Port = Annotated[int, Meta(ge=0, le=65535)]
-
-
-class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    pass
-
 
 class NatsSettings(_Section, frozen=True, kw_only=True):
     """Where the bus is. No ``url`` means: start a private nats-server (embedded mode)."""
@@ -135,6 +131,10 @@ class IngestorSettings(_Section, frozen=True, kw_only=True):
     job_timeout_s: Positive = 6 * 3600.0
     request_timeout_s: Positive = 300.0
     progress_interval_ms: Annotated[float, Meta(ge=0)] = 200.0
+    # BM25 keyword weights of each chunk (pyserini's BEIR parameters)
+    bm25_k1: Positive = 0.9
+    bm25_b: Annotated[float, Meta(ge=0, le=1)] = 0.4
+    bm25_avg_len: Positive = 100.0
 
 
 class RetrieverSettings(_Section, frozen=True, kw_only=True):
@@ -152,6 +152,16 @@ class RetrieverSettings(_Section, frozen=True, kw_only=True):
     shards: list[str] = msgspec.field(default_factory=lambda: ["default"])
     # build HNSW once writes have been quiet this long (off the request path)
     optimize_idle_s: Annotated[float, Meta(ge=0)] = 2.0
+    # shards a query searches when it names none (default: the ones served here)
+    query_shards: list[str] | None = None
+    # a shard's share of the query's time; the rest is for trimming and generation
+    search_timeout_s: Positive = 2.0
+    rrf_k: PositiveInt = 60
+    # candidates fetched per ranking before fusion, at least top_k
+    candidates: PositiveInt = 30
+    max_top_k: PositiveInt = 100
+    cache: bool = True
+    cache_ttl_s: Positive = 24 * 3600.0
 
 
 class Settings(_Section, frozen=True, kw_only=True):
@@ -166,3 +176,6 @@ class Settings(_Section, frozen=True, kw_only=True):
     embedder: EmbedderSettings = msgspec.field(default_factory=EmbedderSettings)
     retriever: RetrieverSettings = msgspec.field(default_factory=RetrieverSettings)
     ingestor: IngestorSettings = msgspec.field(default_factory=IngestorSettings)
+    trimmer: TrimmerSettings = msgspec.field(default_factory=TrimmerSettings)
+    router: RouterSettings = msgspec.field(default_factory=RouterSettings)
+    audit: AuditSettings = msgspec.field(default_factory=AuditSettings)

@@ -13,7 +13,8 @@ from ._base import (
 from ._control import Cancel
 from ._embed import Embed, Embedded
 from ._errors import ERROR_HEADER, ErrorCode, ErrorReply
-from ._events import Cancelled, Done, Failed, QueryEvent, Source, Sources, Token
+from ._events import Cancelled, ContextReady, Done, Failed, QueryEvent, Source, Sources, Token
+from ._generate import ChatTurn, ContextNode, Generate, TrimInfo, TurnDone
 from ._index import (
     DEFAULT_COLLECTION,
     IndexApplied,
@@ -40,7 +41,22 @@ from ._ingest import (
     JobState,
 )
 from ._names import DEFAULT_PREFIX, Subjects, validate_token
-from ._streams import corpus_bucket, docs_bucket, ingest_stream, jobs_bucket
+from ._query import (
+    Query,
+    QueryFilters,
+    RetrievalMode,
+    Search,
+    SearchHit,
+    SearchResult,
+    Trim,
+)
+from ._streams import (
+    corpus_bucket,
+    docs_bucket,
+    ingest_stream,
+    jobs_bucket,
+    retrieval_cache_bucket,
+)
 
 __all__ = (
     "DEFAULT_COLLECTION",
@@ -49,6 +65,9 @@ __all__ = (
     "SCHEMA_VERSION",
     "Cancel",
     "Cancelled",
+    "ChatTurn",
+    "ContextNode",
+    "ContextReady",
     "CorpusVersion",
     "DocChanged",
     "DocDelete",
@@ -63,6 +82,7 @@ __all__ = (
     "ErrorReply",
     "Failed",
     "FileError",
+    "Generate",
     "IndexApplied",
     "IndexUpdate",
     "IngestRequest",
@@ -75,8 +95,14 @@ __all__ = (
     "Message",
     "PayloadPatch",
     "PointUpsert",
+    "Query",
     "QueryEvent",
+    "QueryFilters",
     "Request",
+    "RetrievalMode",
+    "Search",
+    "SearchHit",
+    "SearchResult",
     "Source",
     "Sources",
     "SparseVector",
@@ -84,6 +110,9 @@ __all__ = (
     "Subjects",
     "Token",
     "Trace",
+    "Trim",
+    "TrimInfo",
+    "TurnDone",
     "corpus_bucket",
     "deadline_after",
     "docs_bucket",
@@ -91,5 +120,6 @@ __all__ = (
     "jobs_bucket",
     "new_id",
     "now_ms",
+    "retrieval_cache_bucket",
     "validate_token",
 )

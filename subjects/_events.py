@@ -8,8 +8,10 @@ import msgspec
 
 from ._base import Message
 from ._errors import ErrorCode
+from ._generate import ContextNode, TrimInfo
 
-__all__ = ("Cancelled", "Done", "Failed", "QueryEvent", "Source", "Sources", "Token")
+__all__ = ("Cancelled", "ContextReady", "Done", "Failed", "QueryEvent", "Source", "Sources",
+           "Token")
 
 
 class _Event(Message, frozen=True, kw_only=True, tag_field="type"):
@@ -33,6 +35,13 @@ class Sources(_Event, frozen=True, kw_only=True, tag="sources"):
 
     sources: list[Source]
     missing_shards: list[str] = msgspec.field(default_factory=list)
+
+
+class ContextReady(_Event, frozen=True, kw_only=True, tag="context"):
+    """The trimmed, budgeted context the answer will be generated from."""
+
+    nodes: list[ContextNode]
+    trim_info: TrimInfo
 
 
 class Token(_Event, frozen=True, kw_only=True, tag="token"):
@@ -71,4 +80,4 @@ class Cancelled(_Event, frozen=True, kw_only=True, tag="cancelled"):
     tokens_used: int = 0
 
 
-QueryEvent = Sources | Token | Done | Failed | Cancelled
+QueryEvent = Sources | ContextReady | Token | Done | Failed | Cancelled

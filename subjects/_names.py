@@ -68,6 +68,10 @@ class Subjects:
     def generate(self) -> str:
         return self._s("generate")
 
+    @property
+    def memory_append(self) -> str:
+        return self._s("memory", "append")
+
     # -- control (core NATS, fan-out to every instance) ---------------------------------
     def cancel(self, request_id: str) -> str:
         return self._s("cancel", validate_token(request_id, "request_id"))

@@ -11,7 +11,7 @@ from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConf
 
 from ._names import Subjects
 
-__all__ = ("corpus_bucket", "docs_bucket", "ingest_stream", "jobs_bucket")
+__all__ = ("corpus_bucket", "docs_bucket", "ingest_stream", "jobs_bucket", "retrieval_cache_bucket")
 
 _DAY = 24 * 3600.0
 
@@ -37,3 +37,10 @@ def docs_bucket(s: Subjects) -> KeyValueConfig:
 def corpus_bucket(s: Subjects) -> KeyValueConfig:
     return KeyValueConfig(bucket=s.bucket("corpus"), history=1, storage=StorageType.FILE,
                           description="corpus version by collection")
+
+
+def retrieval_cache_bucket(s: Subjects, ttl_s: float = _DAY) -> KeyValueConfig:
+    """(question, filters, top_k, shards, corpus versions) -> sources. Keys carry the corpus
+    versions, so a re-ingest invalidates by construction; the TTL only reclaims space."""
+    return KeyValueConfig(bucket=s.bucket("retrieval"), history=1, ttl=ttl_s,
+                          storage=StorageType.FILE, description="retrieval cache")

@@ -1,0 +1,85 @@
+"""The query path: a question in, sources and a budgeted context out, then an answer."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from ._base import Message, Request, StreamRequest
+from ._events import Source
+from ._index import SparseVector
+
+__all__ = ("Query", "QueryFilters", "RetrievalMode", "Search", "SearchHit", "SearchResult",
+           "Trim")
+
+RetrievalMode = Literal["hybrid", "dense", "keyword"]
+
+
+class QueryFilters(msgspec.Struct, frozen=True, kw_only=True):
+    """Which chunks may answer. Dates are ISO 8601 (``2024-01-01`` or with a time and
+    offset); ``after`` is inclusive, ``before`` exclusive. Soft-deleted documents
+    never match."""
+
+    tags: list[str] | None = None
+    doc_ids: list[str] | None = None
+    version: int | None = None
+    min_version: int | None = None
+    max_version: int | None = None
+    after: str | None = None
+    before: str | None = None
+
+
+class Query(StreamRequest, frozen=True, kw_only=True):
+    """What a client publishes on ``<prefix>.query``; events arrive on ``reply_to``.
+
+    Self-query terms in the question (``tag:x``, ``doc:y``, ``after:2024-01-01``,
+    ``before:…``) become filters and are removed from the text that is searched.
+    ``collections`` names the shards to search (empty: the retriever's defaults).
+    ``generate=False`` stops after the context (a retrieval-only query).
+    """
+
+    question: str
+    session_id: str | None = None
+    filters: QueryFilters | None = None
+    collections: list[str] = msgspec.field(default_factory=list)
+    top_k: int = 5
+    retrieval: RetrievalMode = "hybrid"
+    widen: bool = False
+    generate: bool = True
+    provider: str | None = None
+
+
+class Search(Request, frozen=True, kw_only=True):
+    """One shard's part of a fan-out: dense and/or sparse query, one filter."""
+
+    shard: str
+    dense: bytes | None = None  # float32 little-endian
+    sparse: SparseVector | None = None
+    filters: QueryFilters | None = None
+    limit: int = 10
+    widen: bool = False  # include each hit's parent text (larger replies)
+
+
+class SearchHit(msgspec.Struct, frozen=True, kw_only=True):
+    chunk_id: str
+    score: float
+    payload: dict[str, object]
+
+
+class SearchResult(Message, frozen=True, kw_only=True):
+    request_id: str
+    shard: str
+    dense: list[SearchHit] = msgspec.field(default_factory=list)
+    sparse: list[SearchHit] = msgspec.field(default_factory=list)
+
+
+class Trim(StreamRequest, frozen=True, kw_only=True):
+    """Retriever -> context-trimmer: the hits, best first, to fit into the budget."""
+
+    question: str
+    sources: list[Source]
+    session_id: str | None = None
+    generate: bool = True
+    provider: str | None = None
+    timings_ms: dict[str, float] = msgspec.field(default_factory=dict)
