@@ -415,6 +415,16 @@ class Actor:
         except RagbusError as exc:
             exc.trace_id = exc.trace_id or trace.trace_id
             return await self._reply_error(msg, exc, request_id, reply_to, spec, log)
+        except ExceptionGroup as group:
+            # a handler's task group wraps what its children raised; a coded error inside
+            # is still the answer (a fan-out's BAD_REQUEST must not become INTERNAL)
+            coded = _first_coded(group)
+            if coded is None:
+                log.exception("handler.failed")
+                coded = RagbusError(f"internal error in {self.name}; see its logs for trace "
+                                    f"{trace.trace_id}")
+            coded.trace_id = coded.trace_id or trace.trace_id
+            return await self._reply_error(msg, coded, request_id, reply_to, spec, log)
         except anyio.get_cancelled_exc_class():
             # shutdown: tell the requester now rather than let it wait for its deadline
             with anyio.CancelScope(shield=True):
@@ -471,6 +481,17 @@ class Actor:
             await self.nc.publish(subject, data, headers=headers)
         except Exception as exc:  # a reply subject from a bad message may be unusable
             self.log.warning("reply.failed", subject=subject, error=str(exc))
+
+
+def _first_coded(group: BaseExceptionGroup[Exception]) -> RagbusError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, RagbusError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first_coded(exc)
+            if found is not None:
+                return found
+    return None
 
 
 def _loose(data: bytes) -> _Loose:

@@ -79,6 +79,14 @@ async def test_handler_errors_keep_their_code(settings: Settings, nc: NATS) -> N
         assert info.value.details == {"field": "fail"}
 
 
+async def test_a_coded_error_from_a_child_task_keeps_its_code(
+    settings: Settings, nc: NATS
+) -> None:
+    async with running(Echo(settings)):
+        with pytest.raises(BadRequest, match="raised by a child task"):
+            await Client(nc).request(ECHO, Ping(fail="group"), Pong)
+
+
 async def test_unexpected_exception_is_internal_and_does_not_leak(
     settings: Settings, nc: NATS
 ) -> None:

@@ -11,7 +11,7 @@ from subjects import Request, StreamRequest, Subjects, Token
 class Ping(Request, frozen=True, kw_only=True):
     text: str = ""
     sleep_s: float = 0.0
-    fail: str | None = None  # "bad_request" | "crash"
+    fail: str | None = None  # "bad_request" | "crash" | "group"
 
 
 class Pong(Request, frozen=True, kw_only=True):
@@ -23,6 +23,10 @@ class StreamPing(StreamRequest, frozen=True, kw_only=True):
     tokens: int = 3
     sleep_s: float = 0.0
     fail_after: int | None = None
+
+
+async def _raise_bad_request() -> None:
+    raise BadRequest("raised by a child task")
 
 
 def echo_subject(s: Subjects) -> str:
@@ -56,6 +60,9 @@ class Echo(Actor):
                 await anyio.sleep(request.sleep_s)
             if request.fail == "bad_request":
                 raise BadRequest("you asked for it", details={"field": "fail"})
+            if request.fail == "group":
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(_raise_bad_request)
             if request.fail == "crash":
                 raise RuntimeError("secret internals: password=hunter2")
             self.handled += 1
