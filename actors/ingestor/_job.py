@@ -23,6 +23,7 @@ from nats.aio.client import Client as NATS
 
 from config import IngestorSettings
 from runtime import Client
+from runtime.bm25 import BM25Encoder
 from subjects import (
     Embed,
     Embedded,
@@ -32,6 +33,7 @@ from subjects import (
     IngestRequest,
     PayloadPatch,
     PointUpsert,
+    SparseVector,
     Subjects,
     deadline_after,
     now_ms,
@@ -132,6 +134,7 @@ class JobRunner:
         self._slots = anyio.Semaphore(config.docs_in_flight)
         self.model_id: str | None = None
         self.dim = 0
+        self.bm25 = BM25Encoder(k1=config.bm25_k1, b=config.bm25_b, avg_len=config.bm25_avg_len)
 
     # -- the job ------------------------------------------------------------------------
     async def run(self) -> None:
@@ -224,6 +227,7 @@ class JobRunner:
             PointUpsert(
                 id=point_id(self.collection, doc.doc_id, c.sha256),
                 vector=vectors[i].astype("<f4").tobytes(),
+                sparse=self._sparse(c.text),
                 payload=chunk_payload(
                     doc_id=doc.doc_id,
                     title=doc.title,
@@ -276,6 +280,11 @@ class JobRunner:
         )
         self.progress.chunks_done += len(unique)
         self.progress.docs_changed += 1
+
+    def _sparse(self, text: str) -> SparseVector | None:
+        weights = self.bm25.document(text)
+        return SparseVector(indices=weights.indices, values=weights.values) if weights.indices \
+            else None
 
     async def _embed(self, texts: list[str]) -> tuple[np.ndarray[Any, Any], int]:
         if not texts:
