@@ -7,16 +7,46 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 import numpy as np
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from prometheus_client import Counter
 
-from runtime import Actor, BadRequest, Context, Unavailable, WorkerThread, endpoint
+from runtime import (
+    Actor,
+    BadRequest,
+    Client,
+    Context,
+    Unavailable,
+    WorkerThread,
+    endpoint,
+    ensure_kv,
+    kv_entries,
+)
 from runtime.actor import EndpointSpec
 from runtime.state import data_root
-from subjects import IndexApplied, IndexUpdate
+from subjects import (
+    CorpusVersion,
+    IndexApplied,
+    IndexUpdate,
+    Query,
+    Search,
+    SearchHit,
+    SearchResult,
+    Sources,
+    Trim,
+    corpus_bucket,
+    retrieval_cache_bucket,
+)
 
+from ._cache import CachedSources, RetrievalCache, retrieval_key
+from ._filters import to_store_filter
+from ._query import dense_array, gather, prepare, to_sources
 from .store import (
     DimensionMismatch,
     EdgeStore,
+    Hit,
     InvalidPoint,
     Record,
     ServerStore,
@@ -41,12 +71,19 @@ class Retriever(Actor):
         self._last_write: dict[str, float] = {}
         self._optimized: dict[str, bool] = {}
         self.optimizations = 0
+        self.corpus_versions: dict[str, int] = {}
+        self.cache: RetrievalCache | None = None
+        self._corpus_sub: Subscription | None = None
+        self._cache_lookups = self.metrics.get(Counter, "ragbus_retrieval_cache",
+                                               "Retrieval cache lookups by result",
+                                               ["actor", "result"])
 
     def routes(self, spec: EndpointSpec) -> list[tuple[str, str]]:
-        if spec.name == "index_apply":
+        if spec.name in ("index_apply", "search"):
             # one subscription per shard; replicas of a shard share its queue group
-            return [(self.subjects.index_apply(shard), f"{self.name}-{shard}")
-                    for shard in self.config.shards]
+            subject = self.subjects.index_apply if spec.name == "index_apply" \
+                else self.subjects.search
+            return [(subject(shard), f"{self.name}-{shard}") for shard in self.config.shards]
         return super().routes(spec)
 
     def _open(self, shard: str) -> VectorStore:
@@ -68,8 +105,26 @@ class Retriever(Actor):
                 self.stores[shard] = await self.worker.run(self._open, shard)
             except StoreError as exc:
                 raise Unavailable(f"shard {shard!r} cannot be opened: {exc}") from exc
+        corpus = await ensure_kv(self.nc, corpus_bucket(self.subjects))
+        for entry in await kv_entries(corpus):
+            self.corpus_versions[entry.key] = int(entry.value or b"0")
+        self._corpus_sub = await self.nc.subscribe(self.subjects.corpus_version,
+                                                   cb=self._on_corpus_version)
+        if self.config.cache:
+            self.cache = RetrievalCache(await ensure_kv(
+                self.nc, retrieval_cache_bucket(self.subjects, self.config.cache_ttl_s)))
+
+    async def _on_corpus_version(self, msg: Msg) -> None:
+        try:
+            change = msgspec.json.decode(msg.data, type=CorpusVersion)
+        except msgspec.DecodeError:
+            return
+        if change.version > self.corpus_versions.get(change.collection, 0):
+            self.corpus_versions[change.collection] = change.version
 
     async def teardown(self) -> None:
+        if self._corpus_sub is not None and not self.nc.is_closed:
+            await self._corpus_sub.unsubscribe()
         for store in self.stores.values():
             await self.worker.run(store.close)
         self.worker.close()
@@ -132,3 +187,74 @@ class Retriever(Actor):
         return IndexApplied(request_id=request.request_id, upserted=len(records),
                             deleted=len(request.deletes),
                             patched=sum(len(p.ids) for p in request.patches), points=points)
+
+    @endpoint(lambda s: s.search("default"), request=Search)
+    async def search(self, request: Search, ctx: Context) -> SearchResult:
+        """One shard's dense and keyword rankings for a query (the scatter target)."""
+        store = self._store(request.shard)
+        flt = to_store_filter(request.filters)
+        limit = max(1, min(request.limit, 1000))
+        dense = dense_array(request.dense) if request.dense else None
+        sparse = (StoreSparse(indices=request.sparse.indices, values=request.sparse.values)
+                  if request.sparse and request.sparse.indices else None)
+
+        def run() -> tuple[list[Hit], list[Hit]]:
+            if store.dim is None:
+                return [], []  # nothing ingested into this shard yet
+            if dense is not None and len(dense) != store.dim:
+                raise BadRequest(f"query vector has {len(dense)} dimensions; shard "
+                                 f"{request.shard!r} holds {store.dim}")
+            d = store.search(dense, limit=limit, filter=flt) if dense is not None else []
+            s = store.search(sparse, limit=limit, filter=flt) if sparse is not None else []
+            return d, s
+
+        d, s = await self.worker.run(run)
+
+        def hits(found: list[Hit]) -> list[SearchHit]:
+            out = []
+            for h in found:
+                payload = dict(h.payload)
+                if not request.widen:
+                    payload.pop("parent_text", None)
+                payload["_shard"] = request.shard
+                out.append(SearchHit(chunk_id=h.id, score=h.score, payload=payload))
+            return out
+
+        return SearchResult(request_id=request.request_id, shard=request.shard, dense=hits(d),
+                            sparse=hits(s))
+
+    @endpoint(lambda s: s.query, request=Query)
+    async def query(self, request: Query, ctx: Context) -> None:
+        """A question in; ``Sources`` to the client, ``Trim`` on to the context-trimmer."""
+        cfg = self.config
+        started = time.perf_counter()
+        prepared = prepare(request, cfg.max_top_k)
+        shards = request.collections or cfg.query_shards or cfg.shards
+        key = retrieval_key(question=prepared.text, filters=prepared.filters,
+                            top_k=request.top_k, mode=request.retrieval, widen=request.widen,
+                            shards={s: self.corpus_versions.get(s, 0) for s in shards})
+        cached = await self.cache.get(key) if self.cache is not None else None
+        timings: dict[str, float] = {}
+        if cached is not None:
+            self._cache_lookups.labels(self.name, "hit").inc()
+            sources, missing = cached.sources, cached.missing_shards
+            timings["retrieval_cache_hit"] = 1.0
+        else:
+            if self.cache is not None:
+                self._cache_lookups.labels(self.name, "miss").inc()
+            gathered = await gather(ctx, Client(self.nc, self.subjects), self.subjects,
+                                    request, prepared, shards, candidates=cfg.candidates,
+                                    search_timeout_s=cfg.search_timeout_s, rrf_k=cfg.rrf_k)
+            sources = to_sources(gathered.hits, request.top_k, widen=request.widen)
+            missing = gathered.missing
+            timings.update(gathered.timings_ms)
+            if self.cache is not None:
+                await self.cache.put(key, CachedSources(sources=sources, missing_shards=missing))
+        timings["retrieval"] = (time.perf_counter() - started) * 1000
+        await ctx.publish(request.reply_to, Sources(request_id=request.request_id,
+                                                    sources=sources, missing_shards=missing))
+        await ctx.publish(self.subjects.trim, Trim(
+            request_id=request.request_id, deadline=ctx.deadline, trace=ctx.trace,
+            reply_to=request.reply_to, question=prepared.text, sources=sources,
+            session_id=request.session_id, generate=request.generate,
+            provider=request.provider, timings_ms=timings))

@@ -1,0 +1,46 @@
+"""The retrieval cache, shared by replicas through a JetStream KV bucket."""
+
+from __future__ import annotations
+
+import hashlib
+
+import msgspec
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
+
+from subjects import QueryFilters, Source
+
+__all__ = ("CachedSources", "RetrievalCache", "retrieval_key")
+
+
+class CachedSources(msgspec.Struct, frozen=True, kw_only=True):
+    sources: list[Source]
+    missing_shards: list[str]
+
+
+def retrieval_key(*, question: str, filters: QueryFilters | None, top_k: int, mode: str,
+                  widen: bool, shards: dict[str, int]) -> str:
+    """``shards`` maps each searched shard to its corpus version."""
+    canonical = msgspec.json.encode({
+        "q": " ".join(question.lower().split()), "f": filters, "k": top_k, "m": mode,
+        "w": widen, "s": sorted(shards.items()),
+    })
+    return hashlib.sha256(canonical).hexdigest()
+
+
+class RetrievalCache:
+    def __init__(self, kv: KeyValue) -> None:
+        self._kv = kv
+        self._decoder = msgspec.json.Decoder(CachedSources)
+
+    async def get(self, key: str) -> CachedSources | None:
+        try:
+            entry = await self._kv.get(key)
+        except KeyNotFoundError:
+            return None
+        return self._decoder.decode(entry.value) if entry.value else None
+
+    async def put(self, key: str, value: CachedSources) -> None:
+        # only complete answers are cached: a shard that missed its deadline may answer next time
+        if not value.missing_shards:
+            await self._kv.put(key, msgspec.json.encode(value))

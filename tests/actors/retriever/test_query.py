@@ -1,0 +1,264 @@
+"""The retriever's search side: fan-out, hybrid fusion, filters, widening, cache."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import msgspec
+import pytest
+
+from actors.embedder import Embedder
+from actors.ingestor import Ingestor
+from actors.retriever import Retriever
+from config import IngestorSettings, NatsSettings, RetrieverSettings, RuntimeSettings, Settings
+from runtime import Client, Context
+from runtime.connection import NATS
+from runtime.jobs import follow_job, submit_job
+from subjects import (
+    DocChanged,
+    DocDelete,
+    Failed,
+    IngestRequest,
+    InlineDocument,
+    JobState,
+    Query,
+    QueryFilters,
+    Search,
+    Sources,
+    Subjects,
+    Trim,
+)
+from tests.support import running
+
+S = Subjects()
+
+DOCS = {
+    "otters": ("Sea otters hold hands while sleeping so they do not drift apart. "
+               "Otters use rocks as tools to crack open shellfish.", ["animals"]),
+    "volcano": ("Volcanic eruptions release ash and sulfur dioxide into the stratosphere, "
+                "cooling the climate for a year or two.", ["geology"]),
+    "bread": ("Sourdough bread rises because wild yeast and lactobacilli ferment the dough, "
+              "producing carbon dioxide and acids.", ["food"]),
+    "zyx": ("The Zyxqwerty protocol is an obscure handshake used by legacy modems.",
+            ["tech"]),
+}
+
+
+def make_settings(nats_url: str, root: Path, shards: list[str] | None = None,
+                  **retriever: object) -> Settings:
+    return Settings(
+        nats=NatsSettings(url=nats_url),
+        runtime=RuntimeSettings(default_timeout_s=30),
+        retriever=RetrieverSettings(data_dir=str(root / "qdrant"), shards=shards or ["default"],
+                                    **retriever),  # type: ignore[arg-type]
+        ingestor=IngestorSettings(progress_interval_ms=0),
+    )
+
+
+async def ingest(nc: NATS, docs: dict[str, tuple[str, list[str]]],
+                 collection: str = "default") -> None:
+    request = IngestRequest(collection=collection, documents=[
+        InlineDocument(id=doc_id, text=text, tags=tags) for doc_id, (text, tags) in docs.items()])
+    await submit_job(nc, request)
+    final = [p async for p in follow_job(nc, request.job_id, timeout_s=60)][-1]
+    assert final.state == JobState.SUCCEEDED, final
+
+
+async def ask(nc: NATS, query: Query) -> tuple[Sources | Failed, Trim | None]:
+    """Publish a query; return its first event and the hand-off to the trimmer (if any)."""
+    trims = await nc.subscribe(S.trim)
+    events = await nc.subscribe(query.reply_to)
+    await nc.publish(S.query, msgspec.json.encode(query))
+    first = msgspec.json.decode((await events.next_msg(timeout=10)).data,
+                                type=Sources | Failed)
+    trim = None
+    if isinstance(first, Sources):
+        trim = msgspec.json.decode((await trims.next_msg(timeout=10)).data, type=Trim)
+    await trims.unsubscribe()
+    await events.unsubscribe()
+    return first, trim
+
+
+@asynccontextmanager
+async def system(nats_url: str, root: Path, **retriever: object) -> AsyncIterator[Retriever]:
+    settings = make_settings(nats_url, root, **retriever)  # type: ignore[arg-type]
+    async with running(Embedder(settings), Retriever(settings), Ingestor(settings)) as (
+        _, r, _i
+    ):
+        yield r
+
+
+def q(nc: NATS, question: str, **kw: object) -> Query:
+    return Query(question=question, reply_to=nc.new_inbox(), **kw)  # type: ignore[arg-type]
+
+
+async def test_query_answers_with_sources_then_hands_off_to_the_trimmer(
+    nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
+    async with system(nats_url, tmp_path):
+        await ingest(nc, DOCS)
+        query = q(nc, "why do sea otters hold hands?", top_k=2, session_id="s1")
+        sources, trim = await ask(nc, query)
+    assert isinstance(sources, Sources)
+    assert sources.sources[0].doc_id == "otters"
+    assert len(sources.sources) == 2
+    assert sources.missing_shards == []
+    assert trim is not None
+    assert trim.request_id == query.request_id
+    assert trim.reply_to == query.reply_to
+    assert trim.session_id == "s1"
+    assert [s.chunk_id for s in trim.sources] == [s.chunk_id for s in sources.sources]
+    assert trim.deadline is not None
+    assert "retrieval" in trim.timings_ms
+
+
+async def test_dense_keyword_and_hybrid_each_find_what_they_are_good_at(
+    nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
+    async with system(nats_url, tmp_path, cache=False):
+        await ingest(nc, DOCS)
+        # a paraphrase with no shared rare word: meaning carries it
+        dense, _ = await ask(nc, q(nc, "fermentation makes loaves rise", retrieval="dense"))
+        # an invented word: only the keyword signal can match it
+        keyword, _ = await ask(nc, q(nc, "Zyxqwerty", retrieval="keyword"))
+        hybrid, _ = await ask(nc, q(nc, "Zyxqwerty handshake", retrieval="hybrid"))
+        nothing, _ = await ask(nc, q(nc, "unrelatedwordzzz", retrieval="keyword"))
+    assert isinstance(dense, Sources)
+    assert dense.sources[0].doc_id == "bread"
+    assert isinstance(keyword, Sources)
+    assert [s.doc_id for s in keyword.sources] == ["zyx"]
+    assert isinstance(hybrid, Sources)
+    assert hybrid.sources[0].doc_id == "zyx"
+    assert isinstance(nothing, Sources)
+    assert nothing.sources == []
+
+
+async def test_filters_and_self_query_terms(nats_url: str, nc: NATS, tmp_path: Path) -> None:
+    async with system(nats_url, tmp_path, cache=False):
+        await ingest(nc, DOCS)
+        by_tag, _ = await ask(nc, q(nc, "what happens?", filters=QueryFilters(tags=["food"])))
+        lifted, trim = await ask(nc, q(nc, "tag:geology what happens after an eruption?"))
+        by_doc, _ = await ask(nc, q(nc, "doc:otters anything"))
+        future, _ = await ask(nc, q(nc, "after:2999-01-01 otters"))
+        past, _ = await ask(nc, q(nc, "before:2999-01-01 otters", top_k=1))
+    assert isinstance(by_tag, Sources)
+    assert {s.doc_id for s in by_tag.sources} == {"bread"}
+    assert isinstance(lifted, Sources)
+    assert {s.doc_id for s in lifted.sources} == {"volcano"}
+    assert trim is not None
+    assert trim.question == "what happens after an eruption?"
+    assert isinstance(by_doc, Sources)
+    assert {s.doc_id for s in by_doc.sources} == {"otters"}
+    assert isinstance(future, Sources)
+    assert future.sources == []
+    assert isinstance(past, Sources)
+    assert [s.doc_id for s in past.sources] == ["otters"]
+
+
+async def test_soft_deleted_documents_never_appear(
+    nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
+    async with system(nats_url, tmp_path):
+        await ingest(nc, DOCS)
+        before, _ = await ask(nc, q(nc, "otters", top_k=4))
+        await Client(nc).request(S.docs("delete"), DocDelete(doc_id="otters"), DocChanged)
+        after, _ = await ask(nc, q(nc, "otters", top_k=4))
+    assert isinstance(before, Sources)
+    assert "otters" in {s.doc_id for s in before.sources}
+    assert isinstance(after, Sources)
+    assert "otters" not in {s.doc_id for s in after.sources}
+
+
+async def test_widening_replaces_chunks_by_their_parent_sections(
+    nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
+    long_doc = "\n\n".join(
+        f"Section {i} on glaciers. " + " ".join(f"Glacier fact {i}.{j} about ice flow and "
+                                                  f"moraines number {j}." for j in range(12))
+        for i in range(3))
+    async with system(nats_url, tmp_path, cache=False):
+        await ingest(nc, {"glaciers": (long_doc, [])})
+        narrow, _ = await ask(nc, q(nc, "glacier moraines ice flow", top_k=5))
+        wide, _ = await ask(nc, q(nc, "glacier moraines ice flow", top_k=5, widen=True))
+    assert isinstance(narrow, Sources)
+    assert isinstance(wide, Sources)
+    assert len(narrow.sources) > len(wide.sources)  # siblings collapsed into their parent
+    parents = [s.metadata["parent_id"] for s in wide.sources]
+    assert len(parents) == len(set(parents))
+    assert all(len(w.text) > max(len(n.text) for n in narrow.sources) for w in wide.sources)
+
+
+class SlowRetriever(Retriever):
+    """A real shard that answers late: its store is fine, its searches are slow."""
+
+    async def search(self, request: Search, ctx: Context):  # type: ignore[no-untyped-def,override]
+        await anyio.sleep(5)
+        return await super().search(request, ctx)
+
+
+SlowRetriever._endpoints = Retriever._endpoints  # same endpoints, slowed handler by name
+
+
+async def test_fan_out_answers_with_partial_sources_when_a_shard_is_slow_or_dead(
+    nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
+    def shard(name: str, cls: type[Retriever] = Retriever) -> Retriever:
+        return cls(make_settings(nats_url, tmp_path / name, shards=[name],
+                                 search_timeout_s=1.0, cache=False))
+
+    base = make_settings(nats_url, tmp_path / "ingest")
+    async with running(Embedder(base), Ingestor(base), shard("a"), shard("b"),
+                       shard("slow", SlowRetriever)):
+        await ingest(nc, {"otters": DOCS["otters"]}, collection="a")
+        await ingest(nc, {"bread": DOCS["bread"]}, collection="b")
+        await ingest(nc, {"volcano": DOCS["volcano"]}, collection="slow")
+        query = q(nc, "otters and bread", collections=["a", "b", "slow", "dead"], top_k=5)
+        started = anyio.current_time()
+        sources, trim = await ask(nc, query)
+        waited = anyio.current_time() - started
+    assert isinstance(sources, Sources)
+    assert {s.doc_id for s in sources.sources} == {"otters", "bread"}
+    assert sorted(sources.missing_shards) == ["dead", "slow"]
+    assert trim is not None  # the answer goes on with what arrived
+    assert waited < 5  # it did not wait for the slow shard
+
+
+async def test_retrieval_cache_serves_repeats_and_invalidates_on_reingest(
+    nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
+    async with system(nats_url, tmp_path):
+        await ingest(nc, DOCS)
+        _, first = await ask(nc, q(nc, "sourdough"))
+        _, second = await ask(nc, q(nc, "sourdough"))
+        await ingest(nc, {"bread": ("Rye bread is dense and sour.", ["food"])})
+        third_sources, third = await ask(nc, q(nc, "sourdough"))
+    assert first is not None
+    assert "retrieval_cache_hit" not in first.timings_ms
+    assert second is not None
+    assert second.timings_ms.get("retrieval_cache_hit") == 1.0
+    assert third is not None
+    assert "retrieval_cache_hit" not in third.timings_ms
+    assert isinstance(third_sources, Sources)
+    assert "Rye" in next(s.text for s in third_sources.sources if s.doc_id == "bread")
+
+
+@pytest.mark.parametrize(("body", "needle"), [
+    ({"question": "x", "top_k": 0}, "top_k"),
+    ({"question": "tag:foo"}, "empty"),
+    ({"question": "x", "filters": {"after": "last tuesday"}}, "ISO 8601"),
+    ({"question": 42}, "Query"),
+])
+async def test_bad_queries_get_bad_request_on_the_reply_subject(
+    nats_url: str, nc: NATS, tmp_path: Path, body: dict[str, object], needle: str
+) -> None:
+    async with system(nats_url, tmp_path):
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        await nc.publish(S.query, msgspec.json.encode({**body, "reply_to": inbox,
+                                                       "request_id": "bad1"}))
+        event = msgspec.json.decode((await sub.next_msg(timeout=10)).data, type=Failed)
+    assert event.code == "BAD_REQUEST"
+    assert needle in event.message
