@@ -12,6 +12,7 @@ from rich.table import Table
 
 from config import ConfigError, Loaded, load_settings, production_problems
 
+from ._cli_cache import add_commands as add_cache_commands
 from ._cli_ingest import add_commands as add_ingest_commands
 from .connection import connect
 from .errors import RagbusError
@@ -151,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=_cmd_status)
 
     add_ingest_commands(sub)
+    add_cache_commands(sub)
 
     config = sub.add_parser("config", help="inspect settings")
     config_sub = config.add_subparsers(dest="config_command", required=True)

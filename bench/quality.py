@@ -1,0 +1,186 @@
+"""Retrieval quality on BEIR SciFact through the real query path.
+
+Ingests the corpus through the actors (ingestor -> embedder -> retriever), then
+asks each of the 300 judged test queries as a ``Query`` on the bus, once per
+retrieval mode, and scores nDCG@10 against the qrels. Chunks are ranked, so a
+document's rank is that of its best chunk. ``compression_ratio`` is the share of
+context tokens the context-trimmer removes at top_k 10 (null until that actor
+exists).
+
+    python -m bench.quality [--data DIR] [--queries N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib
+import json
+import math
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import structlog
+
+from actors.embedder import Embedder
+from actors.ingestor import Ingestor
+from actors.retriever import Retriever
+from config import (
+    IngestorSettings,
+    NatsSettings,
+    RetrieverSettings,
+    RuntimeSettings,
+    Settings,
+)
+from runtime import Actor, EmbeddedNats, connect
+from runtime.connection import NATS
+from runtime.jobs import follow_job, submit_job
+from subjects import (
+    ContextReady,
+    Failed,
+    IngestRequest,
+    JobState,
+    Query,
+    QueryEvent,
+    RetrievalMode,
+    Sources,
+    Subjects,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "beir-scifact"
+MODES: tuple[RetrievalMode, ...] = ("dense", "hybrid", "keyword")
+
+
+def load_qrels(path: Path) -> dict[str, dict[str, int]]:
+    qrels: dict[str, dict[str, int]] = defaultdict(dict)
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f, delimiter="\t"):
+            qrels[row["query-id"].strip()][row["corpus-id"].strip()] = int(row["score"])
+    return dict(qrels)
+
+
+def ndcg_at_10(ranked: list[str], relevant: dict[str, int]) -> float:
+    dcg = sum(relevant.get(doc, 0) / math.log2(i + 2) for i, doc in enumerate(ranked[:10]))
+    ideal = sorted(relevant.values(), reverse=True)[:10]
+    idcg = sum(rel / math.log2(i + 2) for i, rel in enumerate(ideal))
+    return dcg / idcg if idcg else 0.0
+
+
+async def _ask(nc: NATS, s: Subjects, question: str, mode: RetrievalMode,
+               top_k: int, want_context: bool) -> tuple[list[str], ContextReady | None]:
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    query = Query(question=question, reply_to=inbox, top_k=top_k, retrieval=mode,
+                  generate=False)
+    await nc.publish(s.query, msgspec.json.encode(query))
+    docs: list[str] = []
+    context = None
+    decoder: msgspec.json.Decoder[QueryEvent] = msgspec.json.Decoder(QueryEvent)
+    try:
+        while True:
+            event = decoder.decode((await sub.next_msg(timeout=60)).data)
+            if isinstance(event, Failed):
+                raise SystemExit(f"query failed: {event.code} {event.message}")
+            if isinstance(event, Sources):
+                for source in event.sources:
+                    if source.doc_id not in docs:
+                        docs.append(source.doc_id)
+                if not want_context:
+                    return docs, None
+            if isinstance(event, ContextReady):
+                context = event
+                return docs, context
+    finally:
+        await sub.unsubscribe()
+
+
+def _trimmer() -> type[Actor] | None:
+    """The context-trimmer, if this checkout has it (it came after the retriever)."""
+    try:
+        module = importlib.import_module("actors.trimmer")
+    except ImportError:
+        return None
+    cls: type[Actor] | None = getattr(module, "ContextTrimmer", None)
+    return cls
+
+
+async def run(data: Path, limit: int | None) -> dict[str, Any]:
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
+    qrels = load_qrels(data / "qrels" / "test.tsv")
+    queries = {}
+    with (data / "queries.jsonl").open() as f:
+        for line in f:
+            record = json.loads(line)
+            if record["_id"] in qrels:
+                queries[record["_id"]] = record["text"]
+    ids = sorted(queries, key=int)[:limit]
+    trimmer_cls = _trimmer()
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="ragbus-quality-") as tmp:
+        async with EmbeddedNats() as server:
+            settings = Settings(
+                nats=NatsSettings(url=server.url),
+                runtime=RuntimeSettings(default_timeout_s=120),
+                retriever=RetrieverSettings(data_dir=f"{tmp}/qdrant", cache=False,
+                                            search_timeout_s=30, optimize_idle_s=1),
+                ingestor=IngestorSettings(progress_interval_ms=1000),
+            )
+            nc = await connect(settings.nats, name="bench-quality")
+            s = Subjects()
+            actors: list[Actor] = [Embedder(settings), Retriever(settings), Ingestor(settings)]
+            if trimmer_cls is not None:
+                actors.append(trimmer_cls(settings))
+            async with anyio.create_task_group() as tg:
+                for actor in actors:
+                    await tg.start(actor.serve)
+                started = time.perf_counter()
+                request = IngestRequest(path=str(data / "corpus.jsonl"))
+                await submit_job(nc, request)
+                final = [p async for p in follow_job(nc, request.job_id, timeout_s=7200)][-1]
+                if final.state != JobState.SUCCEEDED:
+                    raise SystemExit(f"ingest failed: {final.message}")
+                results["ingest_s"] = round(time.perf_counter() - started, 1)
+                await anyio.sleep(3)  # let the retriever build HNSW once writes are quiet
+                for mode in MODES:
+                    scores = []
+                    for qid in ids:
+                        docs, _ = await _ask(nc, s, queries[qid], mode, 30, False)
+                        scores.append(ndcg_at_10(docs, qrels[qid]))
+                    results[f"{mode}_ndcg10"] = round(sum(scores) / len(scores), 4)
+                ratios = []
+                if trimmer_cls is not None:
+                    for qid in ids:
+                        _, ctx = await _ask(nc, s, queries[qid], "hybrid", 10, True)
+                        info = ctx.trim_info if ctx else None
+                        if info and info.context_tokens_before:
+                            ratios.append(1 - info.context_tokens_after
+                                          / info.context_tokens_before)
+                tg.cancel_scope.cancel()
+            await nc.close()
+    return {
+        "dense_ndcg10": results["dense_ndcg10"],
+        "hybrid_ndcg10": results["hybrid_ndcg10"],
+        "keyword_ndcg10": results["keyword_ndcg10"],
+        "queries": len(ids),
+        "compression_ratio": round(sum(ratios) / len(ratios), 3) if ratios else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--queries", type=int, default=None, help="score only the first N")
+    args = parser.parse_args()
+    if not (args.data / "corpus.jsonl").is_file():
+        raise SystemExit(f"BEIR SciFact not found in {args.data}")
+    print(json.dumps(anyio.run(run, args.data, args.queries)))
+
+
+if __name__ == "__main__":
+    main()
