@@ -62,6 +62,10 @@ class Generate(StreamRequest, frozen=True, kw_only=True):
     trim_info: TrimInfo = msgspec.field(default_factory=TrimInfo)
     timings_ms: dict[str, float] = msgspec.field(default_factory=dict)
     provider: str | None = None  # pin a provider (tests, A/B); None lets the router choose
+    # the answer cache's partition (filters + corpus versions) and the question's vector;
+    # None disables the cache for this request
+    cache_scope: str | None = None
+    question_vector: bytes | None = None
 
 
 class TurnDone(Message, frozen=True, kw_only=True):

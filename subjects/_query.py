@@ -83,3 +83,7 @@ class Trim(StreamRequest, frozen=True, kw_only=True):
     generate: bool = True
     provider: str | None = None
     timings_ms: dict[str, float] = msgspec.field(default_factory=dict)
+    # for the router's answer cache: what the answer depends on besides the question
+    # (filters and the searched shards' corpus versions), and the question's vector
+    cache_scope: str | None = None
+    question_vector: bytes | None = None

@@ -40,7 +40,7 @@ from subjects import (
     retrieval_cache_bucket,
 )
 
-from ._cache import CachedSources, RetrievalCache, retrieval_key
+from ._cache import CachedSources, RetrievalCache, answer_scope, retrieval_key
 from ._filters import to_store_filter
 from ._query import dense_array, gather, prepare, to_sources
 from .store import (
@@ -230,14 +230,15 @@ class Retriever(Actor):
         started = time.perf_counter()
         prepared = prepare(request, cfg.max_top_k)
         shards = request.collections or cfg.query_shards or cfg.shards
+        versions = {s: self.corpus_versions.get(s, 0) for s in shards}
         key = retrieval_key(question=prepared.text, filters=prepared.filters,
                             top_k=request.top_k, mode=request.retrieval, widen=request.widen,
-                            shards={s: self.corpus_versions.get(s, 0) for s in shards})
+                            shards=versions)
         cached = await self.cache.get(key) if self.cache is not None else None
         timings: dict[str, float] = {}
         if cached is not None:
             self._cache_lookups.labels(self.name, "hit").inc()
-            sources, missing = cached.sources, cached.missing_shards
+            sources, missing, vector = cached.sources, cached.missing_shards, cached.vector
             timings["retrieval_cache_hit"] = 1.0
         else:
             if self.cache is not None:
@@ -246,10 +247,11 @@ class Retriever(Actor):
                                     request, prepared, shards, candidates=cfg.candidates,
                                     search_timeout_s=cfg.search_timeout_s, rrf_k=cfg.rrf_k)
             sources = to_sources(gathered.hits, request.top_k, widen=request.widen)
-            missing = gathered.missing
+            missing, vector = gathered.missing, gathered.vector
             timings.update(gathered.timings_ms)
             if self.cache is not None:
-                await self.cache.put(key, CachedSources(sources=sources, missing_shards=missing))
+                await self.cache.put(key, CachedSources(sources=sources, missing_shards=missing,
+                                                        vector=vector))
         timings["retrieval"] = (time.perf_counter() - started) * 1000
         await ctx.publish(request.reply_to, Sources(request_id=request.request_id,
                                                     sources=sources, missing_shards=missing))
@@ -257,4 +259,8 @@ class Retriever(Actor):
             request_id=request.request_id, deadline=ctx.deadline, trace=ctx.trace,
             reply_to=request.reply_to, question=prepared.text, sources=sources,
             session_id=request.session_id, generate=request.generate,
-            provider=request.provider, timings_ms=timings))
+            provider=request.provider, timings_ms=timings,
+            # a partial answer (a shard missing) is not worth caching
+            cache_scope=None if missing else answer_scope(filters=prepared.filters,
+                                                          shards=versions),
+            question_vector=vector))

@@ -10,12 +10,20 @@ from nats.js.kv import KeyValue
 
 from subjects import QueryFilters, Source
 
-__all__ = ("CachedSources", "RetrievalCache", "retrieval_key")
+__all__ = ("CachedSources", "RetrievalCache", "answer_scope", "retrieval_key")
 
 
 class CachedSources(msgspec.Struct, frozen=True, kw_only=True):
     sources: list[Source]
     missing_shards: list[str]
+    vector: bytes | None = None
+
+
+def answer_scope(*, filters: QueryFilters | None, shards: dict[str, int]) -> str:
+    """What an answer depends on besides its question: the filters and the corpus versions
+    of the shards searched. Answers are cached within one scope only."""
+    return hashlib.sha256(msgspec.json.encode({"f": filters, "s": sorted(shards.items())})
+                          ).hexdigest()[:32]
 
 
 def retrieval_key(*, question: str, filters: QueryFilters | None, top_k: int, mode: str,

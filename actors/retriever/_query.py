@@ -61,6 +61,7 @@ class Gathered:
     hits: list[SearchHit]
     missing: list[str]
     timings_ms: dict[str, float]
+    vector: bytes | None  # the question's embedding, when one was made
 
 
 async def gather(ctx: Context, client: Client, subjects: Subjects, query: Query,
@@ -111,7 +112,7 @@ async def gather(ctx: Context, client: Client, subjects: Subjects, query: Query,
         hits = by_score(sparse_lists)
     else:
         hits = rrf([by_score(dense_lists), by_score(sparse_lists)], k=rrf_k)
-    return Gathered(hits=hits, missing=missing, timings_ms=timings)
+    return Gathered(hits=hits, missing=missing, timings_ms=timings, vector=dense)
 
 
 def to_sources(hits: Sequence[SearchHit], top_k: int, *, widen: bool) -> list[Source]:

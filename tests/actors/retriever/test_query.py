@@ -113,6 +113,9 @@ async def test_query_answers_with_sources_then_hands_off_to_the_trimmer(
     assert [s.chunk_id for s in trim.sources] == [s.chunk_id for s in sources.sources]
     assert trim.deadline is not None
     assert "retrieval" in trim.timings_ms
+    assert trim.question_vector is not None
+    assert len(trim.question_vector) == 384 * 4  # for the router's semantic answer cache
+    assert trim.cache_scope
 
 
 async def test_dense_keyword_and_hybrid_each_find_what_they_are_good_at(
@@ -241,6 +244,9 @@ async def test_retrieval_cache_serves_repeats_and_invalidates_on_reingest(
     assert second.timings_ms.get("retrieval_cache_hit") == 1.0
     assert third is not None
     assert "retrieval_cache_hit" not in third.timings_ms
+    assert first.cache_scope == second.cache_scope  # same corpus: answers may be reused
+    assert second.question_vector == first.question_vector
+    assert third.cache_scope != first.cache_scope  # the corpus changed: they may not
     assert isinstance(third_sources, Sources)
     assert "Rye" in next(s.text for s in third_sources.sources if s.doc_id == "bread")
 
