@@ -165,7 +165,8 @@ class Retriever(Actor):
 
         def apply() -> int:
             if records:
-                store.ensure_collection(request.dim)
+                if store.dim != request.dim:  # creates, or raises DimensionMismatch
+                    store.ensure_collection(request.dim)
                 store.upsert(records)
             if store.dim is None:
                 return 0  # nothing was ever written: nothing to delete or patch
