@@ -1,0 +1,280 @@
+"""The context-trimmer actor: the retriever's hits in, a budgeted prompt out.
+
+It sits between the retriever and the router in the query choreography: a
+``Trim`` arrives with the hits; the trimmed context goes to the query's
+``reply_to`` as ``ContextReady``; then either ``Done`` (a retrieval-only query)
+or a ``Generate`` to the router, which streams the answer to the same
+``reply_to``. It also keeps each session's conversation memory, fed by the
+router's ``TurnDone`` after every answer.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+import anyio
+import numpy as np
+from msgspec.structs import replace
+from nats.js.errors import Error as JetStreamError
+from prometheus_client import Counter, Histogram
+
+from runtime import (
+    Actor,
+    BadRequest,
+    Context,
+    TooLarge,
+    Unavailable,
+    codec,
+    endpoint,
+)
+from runtime.tokens import count_tokens
+from subjects import ContextReady, Done, Failed, Generate, Trim, TrimInfo, TurnDone, now_ms
+
+from ._brief import fallback_brief, summarize
+from ._budget import Budget
+from ._compress import compress, embed, sentences, similarities
+from ._handoff import Handoffs, Unserved
+from ._locks import KeyedLocks
+from ._memory import (
+    MemoryStore,
+    Recalled,
+    SessionMemory,
+    StoredTurn,
+    open_memory,
+    overflow,
+    recall,
+)
+from ._trim import Node, context_tokens, dedupe, fit, from_sources, response_mode, shortlist
+
+__all__ = ("ContextTrimmer",)
+
+_TOKEN_BUCKETS = (0, 50, 100, 250, 500, 750, 1000, 1500, 2000, 3000, 4000, 8000, 16000,
+                  32000, 128000)
+_RATIO_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+# reads of memory on the query path give up quickly: an answer without memory beats none
+_MEMORY_READ_S = 1.0
+_CAS_ATTEMPTS = 20
+
+
+class ContextTrimmer(Actor):
+    """Fits retrieved hits and conversation memory into the model's token budget."""
+
+    name = "context-trimmer"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.config = self.settings.trimmer
+        self._memory: MemoryStore | None = None
+        self._sessions = KeyedLocks()
+        self._handoffs: Handoffs | None = None
+        m = self.metrics
+        self._briefs = m.get(Counter, "ragbus_memory_briefs",
+                             "Session briefs written, by who wrote them",
+                             ["actor", "via"])
+        self._used = m.get(Histogram, "ragbus_token_budget_used",
+                           "Prompt tokens used by a trimmed query", ["actor"],
+                           buckets=_TOKEN_BUCKETS).labels(self.name)
+        self._remaining = m.get(Histogram, "ragbus_token_budget_remaining",
+                                "Prompt tokens left unused by a trimmed query", ["actor"],
+                                buckets=_TOKEN_BUCKETS).labels(self.name)
+        self._overflows = m.get(Histogram, "ragbus_token_budget_overflows",
+                                "Tokens a query's context was over its budget before "
+                                "trimming (observed only when it was)", ["actor"],
+                                buckets=_TOKEN_BUCKETS).labels(self.name)
+        self._ratio = m.get(Histogram, "ragbus_context_compression_ratio",
+                            "Context tokens after / before trimming, per query that had context",
+                            ["actor"], buckets=_RATIO_BUCKETS).labels(self.name)
+
+    @property
+    def memory(self) -> MemoryStore:
+        assert self._memory is not None, "setup() has not run"
+        return self._memory
+
+    @property
+    def handoffs(self) -> Handoffs:
+        assert self._handoffs is not None, "setup() has not run"
+        return self._handoffs
+
+    async def setup(self) -> None:
+        kv = await open_memory(self.nc, self.subjects, self.config.memory_ttl_s)
+        self._memory = MemoryStore(kv)
+        self._handoffs = Handoffs(self.nc, self._unserved)
+        await self._handoffs.start()
+
+    # -- the query path -------------------------------------------------------------------
+    @endpoint(lambda s: s.trim, request=Trim)
+    async def trim(self, request: Trim, ctx: Context) -> None:
+        started = time.perf_counter()
+        cfg = self.config
+        if not request.question.strip():
+            raise BadRequest("the question is empty: send the text to answer in `question`")
+        budget = Budget.from_settings(cfg, request.provider)
+        q_tokens = count_tokens(request.question)
+        if q_tokens > budget.question:
+            raise TooLarge(
+                f"the question is {q_tokens} tokens; trimmer.question_tokens allows "
+                f"{budget.question}: shorten it (or raise the setting)",
+                details={"tokens": q_tokens, "limit": budget.question},
+            )
+        recalled = await self._recall(request.session_id, budget.memory_for(q_tokens), ctx)
+        room = budget.context_for(q_tokens, recalled.tokens)
+
+        nodes = from_sources(request.sources)
+        before = context_tokens(nodes)
+        ratio = cfg.compression_ratio if cfg.compression else 1.0
+        nodes = shortlist(dedupe(nodes, cfg.near_duplicate), room, ratio=ratio,
+                          min_nodes=cfg.min_nodes)
+        compressed = False
+        if cfg.compression and room > 0 and context_tokens(nodes) > min(
+                room, cfg.compress_above_tokens):
+            nodes, compressed = await self._compress(nodes, request, ctx)
+        kept = fit(nodes, room, min_nodes=cfg.min_nodes, min_node_tokens=cfg.min_node_tokens)
+        after = context_tokens(kept)
+
+        used = q_tokens + recalled.tokens + after
+        mode = response_mode(len(kept), cfg.tree_summarize_nodes)
+        info = TrimInfo(
+            nodes_before=len(request.sources), nodes_after=len(kept),
+            tokens_used=used, tokens_available=budget.prompt, tokens_removed=before - after,
+            context_tokens_before=before, context_tokens_after=after, compressed=compressed,
+            mode=mode, memory_turns=recalled.turns, memory_tokens=recalled.tokens,
+        )
+        self._observe(info, overflow_tokens=before - room)
+        timings = {**request.timings_ms, "trim": (time.perf_counter() - started) * 1000}
+        context = [node.to_context() for node in kept]
+        ctx.log.debug("trim.done", nodes_before=info.nodes_before, nodes_after=info.nodes_after,
+                      context_before=before, context_after=after, compressed=compressed)
+        await ctx.publish(request.reply_to, ContextReady(request_id=ctx.request_id,
+                                                         nodes=context, trim_info=info))
+        if not request.generate:
+            await ctx.publish(request.reply_to, Done(request_id=ctx.request_id,
+                                                     timings_ms=timings))
+            return
+        generate = Generate(
+            request_id=ctx.request_id, deadline=ctx.deadline, trace=ctx.trace,
+            reply_to=request.reply_to, question=request.question, context=context,
+            session_id=request.session_id, history=recalled.history, brief=recalled.brief,
+            mode=mode, max_tokens=budget.response, prompt_tokens=used, trim_info=info,
+            timings_ms=timings, provider=request.provider, cache_scope=request.cache_scope,
+            question_vector=request.question_vector,
+        )
+        await self.handoffs.publish(self.subjects.generate, codec.encode(generate),
+                                    request_id=ctx.request_id, reply_to=request.reply_to,
+                                    trace_id=ctx.trace.trace_id, headers=ctx.headers())
+
+    async def _unserved(self, lost: Unserved) -> None:
+        """No router took a Generate: the query fails now rather than at its deadline."""
+        err = Unavailable(f"no router is serving {lost.subject}: start the router actor "
+                          "(or send the query with generate=false)", trace_id=lost.trace_id)
+        self.metrics.errors.labels(self.name, "trim", err.code.value).inc()
+        self.log.info("trim.unserved", request_id=lost.request_id, subject=lost.subject)
+        await self.nc.publish(lost.reply_to, codec.encode(Failed(
+            request_id=lost.request_id, code=err.code, message=err.message,
+            trace_id=lost.trace_id)))
+
+    def _observe(self, info: TrimInfo, overflow_tokens: int) -> None:
+        self._used.observe(info.tokens_used)
+        self._remaining.observe(max(0, info.tokens_available - info.tokens_used))
+        if overflow_tokens > 0:
+            self._overflows.observe(overflow_tokens)
+        if info.context_tokens_before:
+            self._ratio.observe(info.context_tokens_after / info.context_tokens_before)
+
+    async def _recall(self, session_id: str | None, budget: int, ctx: Context) -> Recalled:
+        if not session_id:
+            return Recalled()
+        memory: SessionMemory | None = None
+        with anyio.move_on_after(min(_MEMORY_READ_S, ctx.remaining())) as scope:
+            try:
+                memory, _ = await self.memory.get(session_id)
+            except JetStreamError as exc:
+                ctx.log.warning("trim.memory_unreadable", error=str(exc))
+        if scope.cancelled_caught:
+            ctx.log.warning("trim.memory_timeout", timeout_s=_MEMORY_READ_S)
+        return recall(memory, budget, self.config.brief_tokens)
+
+    async def _compress(self, nodes: list[Node], request: Trim,
+                        ctx: Context) -> tuple[list[Node], bool]:
+        """Nodes cut to their sentences most similar to the question, if the embedder
+        answers in time; else the nodes as they were.
+
+        The retriever's vector of the question is reused when it came along (same
+        embedder, so the same space); otherwise the question is embedded with the
+        sentences, in the same call.
+        """
+        cfg = self.config
+        parts = [sentences(n.text) if n.tokens > cfg.min_node_tokens else [] for n in nodes]
+        flat = [p for ps in parts for p in ps]
+        if not flat:
+            return nodes, False
+        given = np.frombuffer(request.question_vector, dtype="<f4") \
+            if request.question_vector else None
+        texts = flat if given is not None else [request.question, *flat]
+        vectors = await embed(ctx, texts, cfg.embed_timeout_s)
+        if vectors is None:
+            return nodes, False
+        if given is None:
+            question, vectors = vectors[0], vectors[1:]
+        elif given.shape[0] == vectors.shape[1]:
+            question = given
+        else:
+            ctx.log.warning("trim.question_vector_mismatch", dim=given.shape[0],
+                            expected=vectors.shape[1])
+            return nodes, False
+        sims = similarities(question, vectors).tolist()
+        scores: list[list[float]] = []
+        start = 0
+        for ps in parts:
+            scores.append(sims[start:start + len(ps)])
+            start += len(ps)
+        return compress(nodes, parts, scores, cfg.compression_ratio,
+                        keep_below=cfg.min_node_tokens), True
+
+    # -- conversation memory --------------------------------------------------------------
+    @endpoint(lambda s: s.memory_append, request=TurnDone)
+    async def memory_append(self, turn: TurnDone, ctx: Context) -> None:
+        """Store a finished turn; fold the oldest into the brief when over the limits."""
+        if not turn.session_id:
+            raise BadRequest("TurnDone without a session_id: there is no session to remember")
+        cfg = self.config
+        stored = StoredTurn(request_id=turn.request_id, question=turn.question,
+                            answer=turn.answer, at=turn.at)
+        async with self._sessions.hold(turn.session_id):
+            for attempt in range(_CAS_ATTEMPTS):
+                current, revision = await self.memory.get(turn.session_id)
+                memory = current or SessionMemory(session_id=turn.session_id)
+                if turn.request_id in memory.seen:
+                    ctx.log.debug("memory.duplicate_turn")
+                    return
+                memory = memory.with_turn(stored)
+                n = overflow(memory.turns, cfg.memory_turns,
+                             cfg.memory_tokens - cfg.brief_tokens)
+                if n:
+                    brief = await self._brief(memory.brief, memory.turns[:n], ctx)
+                    memory = replace(memory, turns=memory.turns[n:], brief=brief,
+                                     folded=memory.folded + n)
+                memory = replace(memory, updated_at=now_ms())
+                if await self.memory.put(memory, revision):
+                    return
+                # another replica wrote first: read again after a jittered pause
+                await anyio.sleep(random.uniform(0, min(0.2, 0.005 * 2**attempt)))
+        raise Unavailable(f"session memory kept changing during {_CAS_ATTEMPTS} attempts; "
+                          "resend the turn")
+
+    async def _brief(self, brief: str | None, turns: list[StoredTurn], ctx: Context) -> str:
+        cfg = self.config
+        if cfg.summarizer:
+            # keep time to write the fallback and the entry before this message's deadline
+            timeout = min(cfg.summarizer_timeout_s, ctx.remaining() - 1.0)
+            if timeout > 0:
+                summary = await summarize(ctx.nc, self.subjects, brief, turns,
+                                          max_tokens=cfg.brief_tokens, timeout=timeout,
+                                          trace=ctx.trace)
+                if summary is not None:
+                    self._briefs.labels(self.name, "llm").inc()
+                    return summary
+        self._briefs.labels(self.name, "fallback").inc()
+        ctx.log.info("memory.brief_fallback", turns=len(turns))
+        return fallback_brief(brief, turns, cfg.brief_tokens)

@@ -1,0 +1,188 @@
+"""Conversation memory: the last turns of each session, and a brief of the older ones.
+
+One KV entry per session, in a bucket whose TTL (``trimmer.memory_ttl_s``)
+counts from the session's last turn: a session nobody continues disappears by
+itself, with no sweeper to run. Replicas of the trimmer share the bucket and
+write with compare-and-set, so two turns stored at once are both kept.
+
+The rules here are pure (what to fold, what to recall within a budget); the
+brief's text comes from ``_brief``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from runtime import ensure_kv
+from runtime.tokens import count_tokens, truncate
+from subjects import ChatTurn, Subjects
+
+__all__ = (
+    "MemoryStore",
+    "Recalled",
+    "SessionMemory",
+    "StoredTurn",
+    "memory_bucket",
+    "memory_key",
+    "open_memory",
+    "overflow",
+    "recall",
+    "transcript",
+    "turn_tokens",
+)
+
+# request ids remembered to ignore a repeated TurnDone, including turns already folded
+_SEEN = 64
+
+
+class StoredTurn(msgspec.Struct, frozen=True, kw_only=True):
+    request_id: str
+    question: str
+    answer: str
+    at: int
+
+
+class SessionMemory(msgspec.Struct, frozen=True, kw_only=True):
+    """What is stored per session; ``folded`` counts turns that went into the brief."""
+
+    session_id: str
+    turns: list[StoredTurn] = msgspec.field(default_factory=list)
+    brief: str | None = None
+    folded: int = 0
+    seen: list[str] = msgspec.field(default_factory=list)
+    updated_at: int = 0
+
+    def with_turn(self, turn: StoredTurn) -> SessionMemory:
+        return msgspec.structs.replace(self, turns=[*self.turns, turn],
+                                       seen=[*self.seen, turn.request_id][-_SEEN:])
+
+
+@dataclass(frozen=True, slots=True)
+class Recalled:
+    """Memory fitted into a prompt: ``history`` oldest first, ``tokens`` all it costs."""
+
+    history: list[ChatTurn] = field(default_factory=list)
+    brief: str | None = None
+    tokens: int = 0
+    turns: int = 0
+
+
+def memory_bucket(subjects: Subjects, ttl_s: float) -> KeyValueConfig:
+    return KeyValueConfig(bucket=subjects.bucket("memory"), history=1, ttl=ttl_s,
+                          storage=StorageType.FILE,
+                          description="conversation memory: <sha256(session id)> -> turns, brief")
+
+
+async def open_memory(nc: NATS, subjects: Subjects, ttl_s: float) -> KeyValue:
+    """The memory bucket, created if missing, its TTL set to ``ttl_s`` if it was created
+    with another (the setting would otherwise only apply to a fresh deployment)."""
+    kv = await ensure_kv(nc, memory_bucket(subjects, ttl_s))
+    stream = f"KV_{subjects.bucket('memory')}"
+    js = nc.jetstream()
+    info = await js.stream_info(stream)
+    config = info.config
+    if config.max_age != ttl_s:
+        # JetStream refuses a duplicate window longer than the maximum age
+        window = min(config.duplicate_window or ttl_s, ttl_s)
+        await js.update_stream(replace(config, max_age=ttl_s, duplicate_window=window))
+    return kv
+
+
+def memory_key(session_id: str) -> str:
+    """A KV-safe key for any session id (clients choose them; KV keys are restricted)."""
+    return hashlib.sha256(session_id.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def turn_tokens(turn: StoredTurn) -> int:
+    return count_tokens(turn.question) + count_tokens(turn.answer)
+
+
+def overflow(turns: Sequence[StoredTurn], max_turns: int, max_tokens: int) -> int:
+    """How many of the oldest turns must fold into the brief so that at most ``max_turns``
+    remain and they hold at most ``max_tokens`` (possibly all of them)."""
+    sizes = [turn_tokens(t) for t in turns]
+    n = max(0, len(turns) - max_turns)
+    total = sum(sizes[n:])
+    while n < len(turns) and total > max_tokens:
+        total -= sizes[n]
+        n += 1
+    return n
+
+
+def transcript(brief: str | None, turns: Sequence[StoredTurn]) -> str:
+    """The brief followed by the turns as plain dialogue: what the summarizer reads, and
+    (cut to its tail) the brief when no summarizer answers."""
+    lines = [f"Earlier: {brief}"] if brief else []
+    for turn in turns:
+        lines.append(f"User: {turn.question}")
+        lines.append(f"Assistant: {turn.answer}")
+    return "\n".join(lines)
+
+
+def recall(memory: SessionMemory | None, budget: int, brief_tokens: int) -> Recalled:
+    """The brief and the most recent turns that fit ``budget`` tokens.
+
+    The brief is cut to its tail (the most recent part) if it is over its own cap;
+    turns are taken newest first and stop at the first that does not fit, so the
+    history never has a hole in it.
+    """
+    if memory is None or budget <= 0:
+        return Recalled()
+    brief = truncate(memory.brief, min(brief_tokens, budget), keep="tail") \
+        if memory.brief else ""
+    used = count_tokens(brief) if brief else 0
+    recent: list[StoredTurn] = []
+    for turn in reversed(memory.turns):
+        size = turn_tokens(turn)
+        if used + size > budget:
+            break
+        recent.append(turn)
+        used += size
+    recent.reverse()
+    history: list[ChatTurn] = []
+    for t in recent:
+        history.append(ChatTurn(role="user", content=t.question))
+        history.append(ChatTurn(role="assistant", content=t.answer))
+    return Recalled(history=history, brief=brief or None, tokens=used, turns=len(recent))
+
+
+class MemoryStore:
+    """Sessions in the KV bucket, read and written with their revision."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+
+    async def get(self, session_id: str) -> tuple[SessionMemory | None, int | None]:
+        """The session's memory and its revision; ``(None, None)`` if none (or expired)."""
+        try:
+            entry = await self.kv.get(memory_key(session_id))
+        except KeyNotFoundError:
+            return None, None
+        if not entry.value:
+            return None, None
+        try:
+            memory = msgspec.json.decode(entry.value, type=SessionMemory)
+        except msgspec.DecodeError:
+            return None, entry.revision  # unreadable: overwrite it rather than fail forever
+        return memory, entry.revision
+
+    async def put(self, memory: SessionMemory, revision: int | None) -> bool:
+        """Store ``memory`` if the entry is still at ``revision``; False if it moved on."""
+        key = memory_key(memory.session_id)
+        data = msgspec.json.encode(memory)
+        try:
+            if revision is None:
+                await self.kv.create(key, data)
+            else:
+                await self.kv.update(key, data, last=revision)
+        except KeyWrongLastSequenceError:
+            return False
+        return True
