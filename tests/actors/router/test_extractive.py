@@ -1,0 +1,64 @@
+"""The extractive answer: real sentences of the context, cited by passage number."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from actors.router._errors import NothingToExtract
+from actors.router._extractive import ExtractiveProvider, extract
+from actors.router._provider import Prompt, Usage
+from subjects import ContextNode
+from tests.actors.router._fixtures import CONTEXT, extractive
+
+CITED = re.compile(r"(.+?) \[(\d+)\](?: |$)")
+
+
+def prompt(question: str, context: list[ContextNode]) -> Prompt:
+    return Prompt(messages=[], question=question, context=context, max_tokens=None,
+                  template="t:1")
+
+
+async def answer(question: str, context: list[ContextNode], sentences: int = 3) -> str:
+    provider = ExtractiveProvider(extractive(), sentences=sentences)
+    usage = Usage()
+    text = "".join([t async for t in provider.stream(prompt(question, context), usage,
+                                                     first_token_timeout_s=1)])
+    assert usage.deltas > 1  # streamed in pieces, not as one block
+    return text
+
+
+async def test_answer_is_cited_sentences_taken_verbatim_from_the_cited_passage() -> None:
+    text = await answer("How many vacation days do new employees get?", CONTEXT)
+    pairs = CITED.findall(text)
+    assert pairs, text
+    assert "".join(f"{s} [{n}] " for s, n in pairs).strip() == text.strip()
+    for sentence, number in pairs:
+        assert sentence in CONTEXT[int(number) - 1].text
+    best, number = pairs[0]
+    assert best == "New employees receive 25 days of paid vacation per year."
+    assert number == "1"
+
+
+async def test_a_question_about_another_passage_cites_that_passage() -> None:
+    text = await answer("How often must passwords be rotated?", CONTEXT, sentences=1)
+    assert text.strip() == "Passwords must be rotated every 90 days. [3]"
+
+
+def test_rare_question_words_outweigh_common_ones() -> None:
+    context = [ContextNode(chunk_id="a", doc_id="a", score=1.0,
+                           text="The policy covers the office. The policy covers the office "
+                                "again. Parking permits cost 40 euros a month.")]
+    assert extract("What does a parking permit cost under the policy?", context, 1) == [
+        ("Parking permits cost 40 euros a month.", 1)]
+
+
+def test_without_any_shared_word_the_best_ranked_passage_stands_in() -> None:
+    picked = extract("zebra?", CONTEXT, 2)
+    assert [n for _, n in picked] == [1, 1]
+
+
+async def test_no_context_means_nothing_to_extract() -> None:
+    with pytest.raises(NothingToExtract):
+        await answer("anything?", [])
