@@ -1,0 +1,54 @@
+"""The WebSocket bridge: a browser page and a JSON protocol to ask, stream and stop."""
+
+from ._actor import WS_PATH, Bridge
+from ._auth import Authenticator, Identity
+from ._errors import AuthDenied, CannotListen, OriginNotAllowed, Unauthenticated
+from ._limits import Denied, LimitState, RateLimits
+from ._protocol import (
+    AskFrame,
+    AuthFrame,
+    CancelFrame,
+    CancelledFrame,
+    ClientFrame,
+    CloseCode,
+    DoneFrame,
+    ErrorFrame,
+    FailedFrame,
+    LimitsFrame,
+    ReadyFrame,
+    ServerFrame,
+    SourcesFrame,
+    StatusFrame,
+    StatusRequest,
+    TokenFrame,
+)
+
+__all__ = (
+    "WS_PATH",
+    "AskFrame",
+    "AuthDenied",
+    "AuthFrame",
+    "Authenticator",
+    "Bridge",
+    "CancelFrame",
+    "CancelledFrame",
+    "CannotListen",
+    "ClientFrame",
+    "CloseCode",
+    "Denied",
+    "DoneFrame",
+    "ErrorFrame",
+    "FailedFrame",
+    "Identity",
+    "LimitState",
+    "LimitsFrame",
+    "OriginNotAllowed",
+    "RateLimits",
+    "ReadyFrame",
+    "ServerFrame",
+    "SourcesFrame",
+    "StatusFrame",
+    "StatusRequest",
+    "TokenFrame",
+    "Unauthenticated",
+)

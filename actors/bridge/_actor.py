@@ -1,0 +1,277 @@
+"""The bridge: a WebSocket server for browsers and apps that is a NATS client.
+
+It is an :class:`~runtime.Actor` without endpoints, so ``ragbus up`` supervises
+it, ``ragbus status`` and ``/readyz`` find it, and it stops like every actor. One
+port serves the page, ``/healthz``, ``/readyz`` and the WebSocket (``/ws``).
+Every ask becomes a ``Query`` whose ``reply_to`` is ``<inbox>.ev.<request_id>``;
+one wildcard subscription receives the events of every ask and routes them by
+request id, so an ask costs no subscription of its own.
+"""
+
+from __future__ import annotations
+
+import http
+from typing import Any
+
+import anyio
+import msgspec
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from prometheus_client import Counter, Gauge, Histogram
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request, Response
+
+from runtime import Actor, codec
+from runtime.actor import REQUEST_ID_HEADER, TRACE_HEADER
+from runtime.audit import AuditPublisher
+from subjects import Cancel, Query, QueryEvent
+from subjects._audit import AuditKind, AuditOutcome
+
+from ._auth import Authenticator
+from ._errors import AuthDenied, CannotListen
+from ._http import load_pages, response
+from ._limits import Denied, RateLimits
+from ._readiness import ReadinessProbe
+from ._session import Ask, Session
+
+__all__ = ("Bridge",)
+
+_TTFT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                 30.0)
+WS_PATH = "/ws"
+
+
+class Bridge(Actor):
+    """Relays questions from WebSockets to the query path and its events back."""
+
+    name = "bridge"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.config = self.settings.bridge
+        self.auth = Authenticator(self.config,
+                                  development=self.settings.environment == "development")
+        self.limits = RateLimits(self.config.asks_per_minute, self.config.concurrent_asks,
+                                 max_identities=self.config.max_identities)
+        self.readiness = ReadinessProbe(self.config.ready_actors, wait_s=self.config.ready_wait_s)
+        self.pages = load_pages()
+        self.open_asks: dict[str, Ask] = {}
+        self.sessions: set[Session] = set()
+        self.accepting = False
+        self.port: int | None = None
+        secrets = [k.get() for k in self.config.api_keys]
+        if self.config.jwt_secret is not None:
+            secrets.append(self.config.jwt_secret.get())
+        self.audit = AuditPublisher(self.settings, actor=self.name, instance=self.id,
+                                    metrics=self.metrics, secrets=secrets)
+        self._server: Server | None = None
+        self._subs: list[Subscription] = []
+        self._inbox = ""
+        self._idle: anyio.Event | None = None  # set when the last ask ends, while stopping
+        self._decoder = msgspec.json.Decoder(QueryEvent)
+        m = self.metrics
+        self._connections = m.get(Gauge, "ragbus_bridge_connections", "Open WebSockets",
+                                  ["actor"]).labels(self.name)
+        self._closes = m.get(Counter, "ragbus_bridge_closes",
+                             "WebSockets closed, by why", ["actor", "reason"])
+        self._asks = m.get(Counter, "ragbus_bridge_asks", "Asks by how they ended",
+                           ["actor", "outcome"])
+        self._refused = m.get(Counter, "ragbus_bridge_refused",
+                              "Sockets and asks refused, by why", ["actor", "reason"])
+        self._coalesced = m.get(Counter, "ragbus_bridge_coalesced_tokens",
+                                "Tokens merged into a frame already queued for a slow reader",
+                                ["actor"]).labels(self.name)
+        self._ttft = m.get(Histogram, "ragbus_bridge_first_token_seconds",
+                           "From an ask arriving to its first token arriving",
+                           ["actor"], buckets=_TTFT_BUCKETS).labels(self.name)
+
+    # -- where it listens ----------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        """The page's address (the bound port, which matters when ``port`` is 0)."""
+        host = self.config.host
+        shown = f"[{host}]" if ":" in host else host
+        return f"http://{shown}:{self.port if self.port is not None else self.config.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return "ws" + self.url.removeprefix("http") + WS_PATH
+
+    def event_subject(self, request_id: str) -> str:
+        return f"{self._inbox}.ev.{request_id}"
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def setup(self) -> None:
+        nc = self.nc
+        self._inbox = nc.new_inbox()
+        self._subs = [
+            await nc.subscribe(f"{self._inbox}.ev.*", cb=self._on_event),
+            await nc.subscribe(f"{self._inbox}.nr.*", cb=self._on_no_responders),
+        ]
+        cfg = self.config
+        try:
+            self._server = await serve(
+                self._serve_socket, cfg.host, cfg.port, process_request=self._http,
+                # frames up to 4x the limit get an error frame; beyond, reading them costs
+                max_size=cfg.max_frame_bytes * 4, write_limit=cfg.send_buffer_bytes,
+                compression=None, close_timeout=cfg.close_timeout_s, server_header=None,
+            )
+        except OSError as exc:
+            raise CannotListen(
+                f"the bridge cannot listen on {cfg.host}:{cfg.port} ({exc.strerror or exc}): "
+                "stop what holds the port, or set bridge.port / bridge.host "
+                "(RAGBUS_BRIDGE__PORT, `ragbus bridge --port`)") from exc
+        self.port = int(next(iter(self._server.sockets)).getsockname()[1])
+        self.auth.allow_own_origin(cfg.host, self.port)
+        self.accepting = True
+        self.log.info("bridge.listening", url=self.url, websocket=self.ws_url)
+        if self.auth.weak_jwt_secret:
+            self.log.warning("bridge.weak_jwt_secret",
+                             advice="bridge.jwt_secret is shorter than 32 bytes: use a random "
+                                    "secret of 32 bytes or more")
+
+    async def background(self) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.audit.run, self.nc)
+            tg.start_soon(self._watch_writes)
+
+    async def _watch_writes(self) -> None:
+        """One timer for every socket: find writes stuck behind a reader that stopped."""
+        tick = min(1.0, self.config.slow_reader_timeout_s / 4)
+        while True:
+            await anyio.sleep(tick)
+            now = anyio.current_time()
+            for session in list(self.sessions):
+                session.check_stuck(now)
+
+    async def teardown(self) -> None:
+        """Take no new asks, let running ones finish (``runtime.drain_grace_s``), then
+        close every socket with 1001, which cancels what is left on the bus."""
+        self.accepting = False
+        if self._server is not None:
+            if self.open_asks:
+                self._idle = anyio.Event()
+                with anyio.move_on_after(self.settings.runtime.drain_grace_s):
+                    await self._idle.wait()
+            for session in list(self.sessions):
+                session.shutdown()
+            self._server.close()
+            with anyio.move_on_after(self.config.close_timeout_s + 2.0):
+                await self._server.wait_closed()
+            self._server = None
+        for sub in self._subs:
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:  # the connection may already be closed
+                self.log.debug("bridge.unsubscribe_failed", error=str(exc))
+        self._subs = []
+
+    # -- HTTP ------------------------------------------------------------------------------------
+    async def _http(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.partition("?")[0]
+        if path == WS_PATH:
+            if not self.accepting:
+                return response(http.HTTPStatus.SERVICE_UNAVAILABLE,
+                                b"the bridge is stopping\n", "text/plain; charset=utf-8")
+            return None  # the WebSocket handshake goes on
+        page = self.pages.get(path)
+        if page is not None:
+            return response(http.HTTPStatus.OK, page.body, page.content_type)
+        if path == "/healthz":
+            return response(http.HTTPStatus.OK, b'{"status": "ok"}', "application/json")
+        if path == "/readyz":
+            if not self.accepting:  # stopping: a load balancer should look elsewhere now
+                return response(http.HTTPStatus.SERVICE_UNAVAILABLE,
+                                b'{"ready": false, "stopping": true}', "application/json")
+            state = await self.readiness.check(self._nc)
+            status = http.HTTPStatus.OK if state.ready else http.HTTPStatus.SERVICE_UNAVAILABLE
+            return response(status, state.to_json(), "application/json")
+        return response(http.HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
+
+    # -- sockets ---------------------------------------------------------------------------------
+    async def _serve_socket(self, ws: ServerConnection) -> None:
+        session = Session(self, ws)
+        session.tune_socket()
+        self.sessions.add(session)
+        self._connections.inc()
+        try:
+            await session.serve()
+        except Exception:
+            self.log.exception("bridge.session_failed")
+            self._closes.labels(self.name, "error").inc()
+        finally:
+            self._connections.dec()
+            self.sessions.discard(session)
+
+    # -- the bus -----------------------------------------------------------------------------
+    async def publish_query(self, query: Query) -> None:
+        headers = {REQUEST_ID_HEADER: query.request_id}
+        if query.trace is not None:
+            headers[TRACE_HEADER] = query.trace.trace_id
+        # a reply subject makes the server answer "no responders" when no retriever listens
+        await self.nc.publish(self.subjects.query, codec.encode(query),
+                              reply=f"{self._inbox}.nr.{query.request_id}", headers=headers)
+
+    async def cancel_on_bus(self, request_id: str, reason: str) -> None:
+        try:
+            await self.nc.publish(self.subjects.cancel(request_id),
+                                  codec.encode(Cancel(request_id=request_id, reason=reason)))
+        except Exception as exc:  # a closed connection cancels nothing; the deadline will
+            self.log.warning("bridge.cancel_failed", request_id=request_id, error=str(exc))
+
+    async def _on_event(self, msg: Msg) -> None:
+        ask = self.open_asks.get(msg.subject.rpartition(".")[2])
+        if ask is None:
+            return  # finished, abandoned, or not ours
+        try:
+            event: QueryEvent = self._decoder.decode(msg.data)
+        except msgspec.DecodeError as exc:
+            self.log.warning("bridge.bad_event", request_id=ask.request_id, error=str(exc))
+            return
+        ask.session.relay(ask, event)
+
+    async def _on_no_responders(self, msg: Msg) -> None:
+        if not msg.headers or msg.headers.get("Status") != "503":
+            return  # error replies also come here; their `failed` event goes to reply_to
+        ask = self.open_asks.get(msg.subject.rpartition(".")[2])
+        if ask is not None:
+            ask.session.no_responders(ask)
+
+    def forget(self, request_id: str) -> None:
+        """An ask has ended: its events are no longer routed."""
+        self.open_asks.pop(request_id, None)
+        if not self.open_asks and self._idle is not None:
+            self._idle.set()
+
+    # -- accounting (metrics and audit) ------------------------------------------------------
+    def count_ask(self, outcome: str) -> None:
+        self._asks.labels(self.name, outcome).inc()
+
+    def count_close(self, reason: str) -> None:
+        self._closes.labels(self.name, reason).inc()
+
+    def count_coalesced(self) -> None:
+        self._coalesced.inc()
+
+    def observe_first_token(self, seconds: float) -> None:
+        self._ttft.observe(seconds)
+
+    def on_denied(self, exc: AuthDenied, session: Session) -> None:
+        self._refused.labels(self.name, exc.label).inc()
+        self.log.info("bridge.auth_denied", reason=exc.reason, method=exc.method,
+                      origin=session.origin)
+        self.audit.emit_nowait(AuditKind.AUTH_DENIED, outcome=AuditOutcome.DENIED,
+                               code=exc.audit_code,
+                               details={"reason": exc.reason, "method": exc.method,
+                                        "origin": session.origin, "address": session.address})
+
+    def on_rate_limited(self, session: Session, denied: Denied) -> None:
+        self._refused.labels(self.name, f"rate_limit_{denied.scope}").inc()
+        identity = session.identity.key if session.identity is not None else None
+        state = denied.state
+        self.audit.emit_nowait(AuditKind.RATE_LIMITED, outcome=AuditOutcome.DENIED,
+                               code="RATE_LIMIT", subject=identity,
+                               details={"scope": denied.scope, "limit": state.limit,
+                                        "concurrent_limit": state.concurrent_limit,
+                                        "remaining": state.remaining,
+                                        "reset_in_seconds": state.reset_in_seconds})

@@ -1,0 +1,465 @@
+"""One WebSocket: who it is, what it asked, and a writer that never holds up the bus.
+
+A socket runs in one task group: a reader that handles client frames, a writer
+that takes frames from the :class:`Outbox`, and a watcher per ask that enforces
+its deadline. Events from the bus are put into the outbox by the bridge's one
+subscription callback, which never waits on a socket. When the socket closes,
+for whatever reason, the task group is cancelled and every ask it started is
+cancelled on the bus: nothing keeps generating for a reader who is gone.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import anyio
+import anyio.abc
+import msgspec
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from subjects import (
+    Cancelled,
+    Done,
+    ErrorCode,
+    Failed,
+    Query,
+    QueryEvent,
+    Sources,
+    Token,
+    Trace,
+    new_id,
+    now_ms,
+)
+
+from ._auth import Identity
+from ._errors import AuthDenied, Unauthenticated
+from ._limits import Denied, LimitState
+from ._outbox import Outbox, TokenStream
+from ._protocol import (
+    AskFrame,
+    AuthFrame,
+    CancelFrame,
+    CancelledFrame,
+    CloseCode,
+    DoneFrame,
+    ErrorFrame,
+    FailedFrame,
+    LimitsFrame,
+    ReadyFrame,
+    ServerFrame,
+    SourcesFrame,
+    StatusFrame,
+    StatusRequest,
+    decode_client_frame,
+    encode_frame,
+    loose_id,
+)
+
+if TYPE_CHECKING:
+    from ._actor import Bridge
+
+__all__ = ("Ask", "Session")
+
+# how long after an ask's deadline the bridge waits for the actors' own DEADLINE_EXCEEDED
+_DEADLINE_GRACE_S = 0.5
+_NORMAL_CLOSE = 1000
+
+
+@dataclass(slots=True, eq=False)
+class Ask:
+    """One question in flight on one socket."""
+
+    id: str
+    request_id: str
+    identity: str
+    session: Session
+    started: float                 # time.perf_counter()
+    give_up_at: float              # anyio.current_time()
+    stream: TokenStream
+    chars: int = 0                 # answer text relayed to the client
+    tokens: int = 0                # token events relayed
+    first_token_at: float | None = None
+    cancel_requested: bool = False
+    finished: bool = False
+    wake: anyio.Event = field(default_factory=anyio.Event)
+
+
+def _limits(state: LimitState) -> LimitsFrame:
+    return LimitsFrame(limit=state.limit, remaining=state.remaining,
+                       reset_in_seconds=state.reset_in_seconds,
+                       concurrent_limit=state.concurrent_limit, in_flight=state.in_flight)
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+class Session:
+    def __init__(self, bridge: Bridge, ws: ServerConnection) -> None:
+        self.bridge = bridge
+        self.ws = ws
+        self.config = bridge.config
+        self.identity: Identity | None = None
+        self.asks: dict[str, Ask] = {}
+        self.outbox = Outbox(self.config.max_buffered_bytes, self._overflow)
+        self.address = str((ws.remote_address or ("unknown",))[0])
+        self.origin = ws.request.headers.get("Origin") if ws.request is not None else None
+        self.sending_since: float | None = None  # when the send in progress began
+        self._scope: anyio.CancelScope | None = None
+        self._close: tuple[int, str, str] | None = None  # code, reason, metric label
+
+    # -- the socket's life ----------------------------------------------------------------
+    async def serve(self) -> None:
+        b = self.bridge
+        try:
+            identity = await self._authenticate()
+        except AuthDenied as exc:
+            b.on_denied(exc, self)
+            b.count_close(exc.label)
+            await self._close_socket(exc.code, exc.close_reason)
+            return
+        except ConnectionClosed:
+            return
+        if identity is None:  # the client left before saying who it is
+            return
+        self._set_identity(identity)
+        async with anyio.create_task_group() as tg:
+            self._scope = tg.cancel_scope
+            tg.start_soon(self._write)
+            if identity.expires_at is not None:
+                tg.start_soon(self._expire, identity)
+            await self._read(tg)
+            tg.cancel_scope.cancel()
+        code, reason, label = self._close or (_NORMAL_CLOSE, "", "client")
+        b.count_close(label)
+        await self._close_socket(code, reason)
+
+    async def _close_socket(self, code: int, reason: str) -> None:
+        # close() waits for the write buffer to drain before its own timeout starts, so a
+        # peer that reads nothing would hold it forever: bound it, then drop the connection
+        with anyio.move_on_after(self.config.close_timeout_s, shield=True) as scope:
+            await self.ws.close(code, reason)
+        if scope.cancelled_caught:
+            self.ws.transport.abort()
+
+    def _abort(self, code: CloseCode, reason: str, label: str) -> None:
+        """End the socket from anywhere (the bus callback included): cancel its tasks."""
+        if self._close is None:
+            self._close = (int(code), reason, label)
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def shutdown(self) -> None:
+        """The bridge is stopping: close with 1001 (its asks are cancelled on the way)."""
+        self._abort(CloseCode.GOING_AWAY, "the bridge is stopping: reconnect", "shutdown")
+
+    def _overflow(self) -> None:
+        self._abort(CloseCode.SLOW_READER,
+                    f"slow reader: over {self.config.max_buffered_bytes} bytes waiting "
+                    "to be read (bridge.max_buffered_bytes)", "slow_reader")
+
+    async def _expire(self, identity: Identity) -> None:
+        assert identity.expires_at is not None
+        await anyio.sleep(max(0.0, identity.expires_at + self.config.jwt_leeway_s - time.time()))
+        if self.identity is identity:
+            self._abort(CloseCode.UNAUTHORIZED, "token expired: reconnect with a new one",
+                        "token_expired")
+
+    # -- auth ------------------------------------------------------------------------------
+    async def _authenticate(self) -> Identity | None:
+        auth = self.bridge.auth
+        request = self.ws.request
+        assert request is not None
+        auth.check_origin(self.origin)
+        presented = auth.presented(request.headers, request.path)
+        if presented is not None:
+            return auth.verify(presented)
+        if auth.anonymous_allowed:
+            return auth.anonymous(self.address)
+        timeout = self.config.auth_timeout_s
+        with anyio.move_on_after(timeout):
+            raw = await self.ws.recv(decode=False)
+            try:
+                frame = decode_client_frame(raw)
+            except msgspec.DecodeError:
+                frame = None
+            if not isinstance(frame, AuthFrame):
+                raise Unauthenticated("credentials required: the first frame must be "
+                                      '{"type": "auth", "token": ...}, or use ?token=')
+            return auth.verify(frame.token)
+        raise Unauthenticated(f"no credentials within {timeout:g}s: send an auth frame "
+                              "first, or use ?token=")
+
+    def _set_identity(self, identity: Identity) -> None:
+        self.identity = identity
+        state = self.bridge.limits.state(identity.key)
+        self._send(ReadyFrame(identity=identity.key, method=identity.method,
+                              expires_at=identity.expires_at,
+                              max_question_chars=self.config.max_question_chars,
+                              limits=_limits(state)))
+
+    # -- reading -----------------------------------------------------------------------------
+    async def _read(self, tg: anyio.abc.TaskGroup) -> None:
+        try:
+            while True:
+                await self.outbox.wait_for_room()  # a client that does not read, is not read
+                raw = await self.ws.recv(decode=False)
+                await self._on_frame(raw, tg)
+        except ConnectionClosed:
+            return
+
+    async def _on_frame(self, raw: bytes, tg: anyio.abc.TaskGroup) -> None:
+        limit = self.config.max_frame_bytes
+        if len(raw) > limit:
+            self._error(ErrorCode.TOO_LARGE,
+                        f"frame is {len(raw)} bytes; the limit is {limit} "
+                        "(bridge.max_frame_bytes)", {"size": len(raw), "limit": limit},
+                        loose_id(raw))
+            return
+        try:
+            frame = decode_client_frame(raw)
+        except msgspec.DecodeError as exc:
+            self._error(ErrorCode.BAD_REQUEST,
+                        f"invalid frame: {exc}. Frames are JSON objects with a type: ask, "
+                        "cancel, status or auth", {}, loose_id(raw))
+            return
+        if isinstance(frame, AskFrame):
+            await self._ask(frame, tg)
+        elif isinstance(frame, CancelFrame):
+            await self._cancel(frame)
+        elif isinstance(frame, StatusRequest):
+            assert self.identity is not None
+            state = self.bridge.limits.state(self.identity.key)
+            self._send(StatusFrame(limit=state.limit, remaining=state.remaining,
+                                   reset_in_seconds=state.reset_in_seconds,
+                                   concurrent_limit=state.concurrent_limit,
+                                   in_flight=state.in_flight))
+        else:
+            await self._reauthenticate(frame, tg)
+
+    async def _reauthenticate(self, frame: AuthFrame, tg: anyio.abc.TaskGroup) -> None:
+        """A later ``auth`` frame switches the socket's identity (e.g. a fresh JWT)."""
+        try:
+            identity = self.bridge.auth.verify(frame.token)
+        except AuthDenied as exc:
+            self.bridge.on_denied(exc, self)
+            self._abort(exc.code, exc.close_reason, exc.label)
+            return
+        self._set_identity(identity)
+        if identity.expires_at is not None:
+            tg.start_soon(self._expire, identity)
+
+    # -- asks ----------------------------------------------------------------------------------
+    async def _ask(self, frame: AskFrame, tg: anyio.abc.TaskGroup) -> None:
+        b = self.bridge
+        identity = self.identity
+        assert identity is not None
+        if not b.accepting:
+            self._error(ErrorCode.UNAVAILABLE, "the bridge is stopping: reconnect and ask again",
+                        {}, frame.id)
+            return
+        if not frame.question.strip():
+            self._error(ErrorCode.BAD_REQUEST, "the question is empty", {}, frame.id)
+            return
+        limit = self.config.max_question_chars
+        if len(frame.question) > limit:
+            self._error(ErrorCode.TOO_LARGE,
+                        f"the question is {len(frame.question)} characters; the limit is "
+                        f"{limit}: shorten it", {"size": len(frame.question), "limit": limit},
+                        frame.id)
+            return
+        if frame.id in self.asks:
+            self._error(ErrorCode.BAD_REQUEST,
+                        f"ask {frame.id!r} is still running: give each ask a new id", {},
+                        frame.id)
+            return
+        admitted = await b.limits.admit(identity.key)
+        if isinstance(admitted, Denied):
+            self._refuse(frame, admitted)
+            return
+        request_id = new_id()
+        ask = Ask(id=frame.id, request_id=request_id, identity=identity.key, session=self,
+                  started=time.perf_counter(),
+                  give_up_at=anyio.current_time() + self.config.ask_timeout_s
+                  + _DEADLINE_GRACE_S,
+                  stream=TokenStream(frame.id))
+        self.asks[ask.id] = ask
+        b.open_asks[request_id] = ask
+        session_id = f"{identity.key}:{frame.session_id}" if frame.session_id else None
+        query = Query(request_id=request_id, trace=Trace(),
+                      deadline=now_ms() + int(self.config.ask_timeout_s * 1000),
+                      reply_to=b.event_subject(request_id), question=frame.question,
+                      session_id=session_id, filters=frame.filters, top_k=frame.top_k)
+        try:
+            await b.publish_query(query)
+        except Exception as exc:  # the bus is gone: say so now rather than at the deadline
+            b.log.warning("bridge.publish_failed", error=str(exc), request_id=request_id)
+            self.finish(ask, FailedFrame(id=ask.id, request_id=request_id,
+                                         code=ErrorCode.UNAVAILABLE,
+                                         message="the bridge cannot reach NATS; retry"),
+                        "failed")
+            return
+        tg.start_soon(self._watch, ask)
+
+    def _refuse(self, frame: AskFrame, denied: Denied) -> None:
+        state = denied.state
+        details: dict[str, object] = {"limit": state.limit if denied.scope == "per_minute"
+                   else state.concurrent_limit,
+                   "remaining": state.remaining if denied.scope == "per_minute" else 0,
+                   "reset_in_seconds": state.reset_in_seconds if denied.scope == "per_minute"
+                   else None,
+                   "scope": denied.scope}
+        if denied.retry_after_s is not None:
+            message = f"Rate limit exceeded. Retry after {denied.retry_after_s} seconds."
+        else:
+            message = (f"Rate limit exceeded: {state.concurrent_limit} asks at once is the "
+                       "limit. Retry when one has finished.")
+        self._error(ErrorCode.RATE_LIMIT, message, details, frame.id)
+        self.bridge.on_rate_limited(self, denied)
+
+    async def _cancel(self, frame: CancelFrame) -> None:
+        ask = self.asks.get(frame.id)
+        if ask is None:
+            self._error(ErrorCode.NOT_FOUND,
+                        f"no running ask {frame.id!r} (it may have just finished)", {}, frame.id)
+            return
+        if ask.cancel_requested:
+            return
+        ask.cancel_requested = True
+        # the actors answer with `cancelled`; if none does soon, the bridge says it itself
+        ask.give_up_at = min(ask.give_up_at, anyio.current_time() + self.config.cancel_grace_s)
+        ask.wake.set()
+        await self.bridge.cancel_on_bus(ask.request_id, "the client cancelled")
+
+    async def _watch(self, ask: Ask) -> None:
+        """Hold the ask to its deadline; when the socket goes, cancel it on the bus."""
+        try:
+            while not ask.finished:
+                left = ask.give_up_at - anyio.current_time()
+                if left <= 0:
+                    await self._give_up(ask)
+                    return
+                with anyio.move_on_after(left):
+                    await ask.wake.wait()
+                ask.wake = anyio.Event()
+        finally:
+            if not ask.finished:
+                self.finish(ask, None, "abandoned")
+                with anyio.CancelScope(shield=True):
+                    await self.bridge.cancel_on_bus(ask.request_id, "the client went away")
+
+    async def _give_up(self, ask: Ask) -> None:
+        if ask.cancel_requested:
+            self.finish(ask, CancelledFrame(id=ask.id, request_id=ask.request_id,
+                                            partial_text_length=ask.chars,
+                                            tokens_used=ask.tokens), "cancelled")
+            return
+        self.finish(ask, FailedFrame(id=ask.id, request_id=ask.request_id,
+                                     code=ErrorCode.DEADLINE_EXCEEDED,
+                                     message="no answer before the deadline "
+                                             "(bridge.ask_timeout_s)",
+                                     partial_text_length=ask.chars), "failed")
+        await self.bridge.cancel_on_bus(ask.request_id, "the deadline passed")
+
+    def finish(self, ask: Ask, frame: ServerFrame | None, outcome: str) -> None:
+        """End an ask once: its last frame, its limits back, its route gone."""
+        if ask.finished:
+            return
+        ask.finished = True
+        if frame is not None:
+            self.outbox.put(encode_frame(frame), ask.stream)
+        if self.asks.get(ask.id) is ask:
+            del self.asks[ask.id]
+        b = self.bridge
+        b.forget(ask.request_id)
+        b.limits.release(ask.identity)
+        b.count_ask(outcome)
+        ask.wake.set()
+
+    # -- events from the bus ------------------------------------------------------------------
+    def relay(self, ask: Ask, event: QueryEvent) -> None:
+        """Called by the bus callback: queue the event's frame, never wait."""
+        if ask.finished:
+            return
+        if isinstance(event, Token):
+            if ask.cancel_requested:
+                return  # the client pressed stop: the answer stops now
+            if ask.first_token_at is None:
+                ask.first_token_at = time.perf_counter()
+                self.bridge.observe_first_token(ask.first_token_at - ask.started)
+            ask.tokens += 1
+            ask.chars += len(event.text)
+            before = self.outbox.coalesced
+            self.outbox.put_token(ask.stream, event.text)
+            if self.outbox.coalesced != before:
+                self.bridge.count_coalesced()
+        elif isinstance(event, Sources):
+            self.outbox.put(encode_frame(SourcesFrame(id=ask.id, sources=event.sources,
+                                                      missing_shards=event.missing_shards)),
+                            ask.stream)
+        elif isinstance(event, Done):
+            now = time.perf_counter()
+            ttft = None if ask.first_token_at is None else _ms(ask.first_token_at - ask.started)
+            self.finish(ask, DoneFrame(
+                id=ask.id, request_id=ask.request_id, text_length=event.text_length,
+                provider=event.provider, model=event.model, usage=event.usage,
+                timings_ms=event.timings_ms, cache_hit=event.cache_hit, ttft_ms=ttft,
+                total_ms=_ms(now - ask.started)), "done")
+        elif isinstance(event, Failed):
+            self.finish(ask, FailedFrame(
+                id=ask.id, request_id=ask.request_id, code=event.code, message=event.message,
+                trace_id=event.trace_id, partial_text_length=ask.chars), "failed")
+        elif isinstance(event, Cancelled):
+            self.finish(ask, CancelledFrame(
+                id=ask.id, request_id=ask.request_id, partial_text_length=ask.chars,
+                tokens_used=event.tokens_used), "cancelled")
+        # a `context` event (the trimmed passages) is for other consumers: not relayed
+
+    def no_responders(self, ask: Ask) -> None:
+        self.finish(ask, FailedFrame(
+            id=ask.id, request_id=ask.request_id, code=ErrorCode.UNAVAILABLE,
+            message="no retriever is serving queries: is it running?"), "failed")
+
+    # -- writing ---------------------------------------------------------------------------------
+    def _send(self, frame: ServerFrame) -> None:
+        self.outbox.put(encode_frame(frame))
+
+    def _error(self, code: ErrorCode, message: str, details: dict[str, object],
+               ask_id: str | None) -> None:
+        self._send(ErrorFrame(code=code, message=message, details=details, id=ask_id))
+
+    async def _write(self) -> None:
+        try:
+            while True:
+                data = await self.outbox.get()
+                # a send waits only while the send buffer is full; the bridge's watchdog
+                # ends sockets stuck here (a cancel scope per frame would triple its cost)
+                self.sending_since = anyio.current_time()
+                await self.ws.send(data, text=True)
+                self.sending_since = None
+        except ConnectionClosed:
+            if self._scope is not None:
+                self._scope.cancel()
+
+    def check_stuck(self, now: float) -> None:
+        """Called by the bridge's watchdog: close the socket if its send buffer has
+        stayed full for longer than ``slow_reader_timeout_s``."""
+        timeout = self.config.slow_reader_timeout_s
+        if self.sending_since is not None and now - self.sending_since > timeout:
+            self._abort(CloseCode.SLOW_READER,
+                        f"slow reader: the send buffer stayed full for {timeout:g}s "
+                        "(bridge.slow_reader_timeout_s)", "slow_reader")
+
+    def tune_socket(self) -> None:
+        """Bound the kernel's send buffer too, when configured, so a stuck reader is seen
+        after ``send_buffer_bytes`` plus this, not after megabytes of autotuned buffer."""
+        size = self.config.socket_send_buffer_bytes
+        if size is None:
+            return
+        sock = self.ws.transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)

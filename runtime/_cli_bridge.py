@@ -1,0 +1,60 @@
+"""``ragbus bridge``: the WebSocket bridge and its page, on its own, against the running NATS."""
+
+from __future__ import annotations
+
+import argparse
+
+import anyio
+import msgspec
+from rich.console import Console
+
+from config import Loaded, Settings
+
+__all__ = ("add_commands", "bridge_settings")
+
+out = Console()
+
+
+def bridge_settings(settings: Settings, host: str | None, port: int | None) -> Settings:
+    """``settings`` with the command line's ``--host``/``--port`` applied."""
+    changes: dict[str, object] = {}
+    if host is not None:
+        changes["host"] = host
+    if port is not None:
+        changes["port"] = port
+    if not changes:
+        return settings
+    return msgspec.structs.replace(settings,
+                                   bridge=msgspec.structs.replace(settings.bridge, **changes))
+
+
+def _cmd_bridge(args: argparse.Namespace) -> int:
+    from actors.bridge import WS_PATH, Bridge
+
+    from ._run import run_actors
+
+    loaded: Loaded = args.loaded
+    settings = bridge_settings(loaded.settings, args.host, args.port)
+    cfg = settings.bridge
+    host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
+
+    def ready(url: str, metrics_port: int | None, started: list[str]) -> None:
+        out.print(f"[bold green]bridge is up[/] on NATS [cyan]{url}[/]")
+        if cfg.port:
+            out.print(f"page at http://{host}:{cfg.port}/ — WebSocket ws://{host}:{cfg.port}"
+                      f"{WS_PATH} — Ctrl-C stops")
+        else:
+            out.print("port 0: the bound address is in the `bridge.listening` log line")
+
+    anyio.run(lambda: run_actors(settings, {"bridge": Bridge}, embedded=False,
+                                 nats_url=args.nats_url, on_ready=ready))
+    out.print("stopped")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bridge = sub.add_parser("bridge", help="serve the WebSocket bridge and the browser page")
+    bridge.add_argument("--host", help="address to listen on (default: bridge.host)")
+    bridge.add_argument("--port", type=int, help="port to listen on (default: bridge.port; "
+                        "0 picks a free one)")
+    bridge.set_defaults(func=_cmd_bridge, needs_nats=True)

@@ -1,0 +1,103 @@
+"""``ragbus bridge``: the command runs the bridge against the configured NATS until a signal.
+
+Until ``runtime/cli.py`` registers the command, the test builds the same parser
+around ``runtime._cli_bridge.add_commands`` and runs it the way ``ragbus`` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import anyio
+import httpx
+from anyio.abc import ByteReceiveStream
+
+from config import Settings
+from runtime._cli_bridge import add_commands, bridge_settings
+
+ROOT = Path(__file__).resolve().parents[3]
+HARNESS = """
+import argparse, sys
+from runtime.cli import _load, _nats_url
+from runtime._cli_bridge import add_commands
+parser = argparse.ArgumentParser(prog="ragbus")
+parser.add_argument("--config")
+add_commands(parser.add_subparsers(dest="command", required=True))
+args = parser.parse_args(sys.argv[1:])
+args.loaded = _load(args)
+args.nats_url = _nats_url(args.loaded)
+sys.exit(args.func(args))
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def test_host_and_port_on_the_command_line_override_the_settings() -> None:
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["bridge", "--host", "0.0.0.0", "--port", "9000"])
+    assert args.needs_nats
+    changed = bridge_settings(Settings(), args.host, args.port)
+    assert (changed.bridge.host, changed.bridge.port) == ("0.0.0.0", 9000)
+    unchanged = bridge_settings(Settings(), None, None)
+    assert unchanged.bridge == Settings().bridge
+
+
+async def read_all(stream: ByteReceiveStream | None) -> str:
+    chunks: list[bytes] = []
+    if stream is not None:
+        with contextlib.suppress(anyio.EndOfStream, anyio.ClosedResourceError):
+            while True:
+                chunks.append(await stream.receive())
+    return b"".join(chunks).decode()
+
+
+async def test_ragbus_bridge_serves_until_interrupted(nats_url: str, tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "RAGBUS_NATS__URL": nats_url, "RAGBUS_DATA_DIR": str(tmp_path),
+           "RAGBUS_METRICS__ENABLED": "false", "RAGBUS_LOGGING__FORMAT": "json",
+           "RAGBUS_BRIDGE__READY_ACTORS": "bridge"}
+    output: dict[str, str] = {}
+    async with await anyio.open_process(
+        [sys.executable, "-c", HARNESS, "bridge", "--port", str(port)], cwd=ROOT, env=env
+    ) as proc, anyio.create_task_group() as tg:
+
+        async def collect(name: str, stream: ByteReceiveStream | None) -> None:
+            output[name] = await read_all(stream)
+
+        tg.start_soon(collect, "out", proc.stdout)
+        tg.start_soon(collect, "err", proc.stderr)
+        ready = None
+        try:
+            async with httpx.AsyncClient(timeout=1) as http:
+                with anyio.fail_after(20):
+                    while ready is None:
+                        try:
+                            ready = await http.get(f"http://127.0.0.1:{port}/readyz")
+                        except httpx.TransportError:
+                            assert proc.returncode is None
+                            await anyio.sleep(0.1)
+            proc.send_signal(signal.SIGINT)
+            with anyio.fail_after(15):
+                code = await proc.wait()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+    assert ready is not None
+    assert ready.status_code == 200
+    assert ready.json()["actors"]["bridge"] == 1
+    assert code == 0, output.get("err")
+    assert "bridge is up" in output["out"]
+    assert f"http://127.0.0.1:{port}/" in output["out"]
+    assert "stopped" in output["out"]
