@@ -91,7 +91,8 @@ class EmbeddedNats:
             f"jetstream {{ store_dir: {json.dumps(str(store))} }}",
         ]
         if self._include is not None:
-            lines.append(f"include {json.dumps(str(self._include))}")
+            # nats-server reads include paths relative to the including file, even absolute ones
+            lines.append(f"include {json.dumps(os.path.relpath(self._include, root))}")
         conf = root / "embedded.conf"
         conf.write_text("\n".join(lines) + "\n", encoding="utf-8")
         return conf

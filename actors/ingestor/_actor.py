@@ -10,6 +10,7 @@ all replicas.
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any
 
 import anyio
@@ -32,6 +33,7 @@ from runtime import (
     ensure_stream,
     kv_entries,
 )
+from runtime.audit import AuditPublisher
 from subjects import (
     CorpusVersion,
     DocChanged,
@@ -55,6 +57,7 @@ from subjects import (
     jobs_bucket,
     now_ms,
 )
+from subjects._audit import AuditKind, AuditOutcome
 
 from ._job import JobRunner
 from ._manifest import Manifests
@@ -77,6 +80,9 @@ class Ingestor(Actor):
         self._corpus_kv: KeyValue | None = None
         self._manifests: Manifests | None = None
         self.jobs_run = 0
+        # the ingestor's own publisher until the Actor base offers one to every actor
+        self.audit = AuditPublisher(self.settings, actor=self.name, instance=self.id,
+                                    metrics=self.metrics)
 
     @property
     def manifests(self) -> Manifests:
@@ -97,6 +103,14 @@ class Ingestor(Actor):
 
     # -- jobs ---------------------------------------------------------------------------
     async def background(self) -> None:
+        async with anyio.create_task_group() as tg:
+            # outlives the job loop: events of draining jobs and handlers still go out,
+            # and what is queued when the actor stops is flushed (bounded)
+            await tg.start(self.audit.run, self.nc)
+            await self._take_jobs()
+            await anyio.sleep_forever()
+
+    async def _take_jobs(self) -> None:
         js = self.nc.jetstream()
         cfg = self.config
         sub = await js.pull_subscribe(
@@ -164,6 +178,22 @@ class Ingestor(Actor):
             self.inflight.add(request.job_id, scope),
         ]
         log.info("ingest.job.started", path=request.path, documents=len(request.documents))
+        started = time.monotonic()
+
+        async def audit(outcome: AuditOutcome, message: str, code: str | None = None) -> None:
+            snapshot = progress.snapshot()
+            await self.audit.emit(
+                AuditKind.INGEST_JOB, subject=request.job_id, request_id=request.request_id,
+                trace_id=request.trace.trace_id if request.trace else None, outcome=outcome,
+                code=code, duration_ms=(time.monotonic() - started) * 1000,
+                sizes={"files": snapshot.files_done, "docs": snapshot.docs_done,
+                       "docs_changed": snapshot.docs_changed, "chunks": snapshot.chunks_total,
+                       "embeddings_computed": snapshot.embeddings_computed,
+                       "embeddings_reused": snapshot.embeddings_reused,
+                       "file_errors": len(snapshot.errors)},
+                details={"collection": request.collection, "attempt": attempt,
+                         "path": request.path, "message": message})
+
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._keep_alive, msg)
@@ -181,6 +211,9 @@ class Ingestor(Actor):
                 await progress.finish(JobState.FAILED, why)
                 await msg.ack()
                 log.info("ingest.job.failed", reason=why)
+                cancelled = any(w.cancel_requested for w in works)
+                await audit(AuditOutcome.CANCELLED if cancelled else AuditOutcome.FAILED, why,
+                            "CANCELLED" if cancelled else "DEADLINE_EXCEEDED")
                 return
         except RagbusError as exc:
             # the embedder or retriever failed: retry later unless this was the last try
@@ -189,6 +222,7 @@ class Ingestor(Actor):
             if last:
                 await progress.finish(JobState.FAILED, message)
                 await msg.term()
+                await audit(AuditOutcome.FAILED, message, exc.code.value)
             else:
                 progress.message = f"attempt {attempt} failed ({message}); will retry"
                 await progress.publish(force=True)
@@ -200,8 +234,13 @@ class Ingestor(Actor):
                 self.inflight.remove(work)
         if progress.docs_changed:
             await self._bump_corpus(request.collection, request.job_id)
+            await self.audit.emit(
+                AuditKind.DOC_CHANGED, subject=request.collection,
+                request_id=request.request_id, sizes={"docs": progress.docs_changed},
+                details={"job_id": request.job_id})
         snapshot = await progress.finish(JobState.SUCCEEDED, "done")
         await msg.ack()
+        await audit(AuditOutcome.OK, "done")
         self.jobs_run += 1
         log.info(
             "ingest.job.succeeded",
@@ -280,6 +319,24 @@ class Ingestor(Actor):
 
     @endpoint(lambda s: s.docs("delete"), request=DocDelete)
     async def docs_delete(self, request: DocDelete, ctx: Context) -> DocChanged:
+        kind = AuditKind.DOC_PURGED if request.purge else AuditKind.DOC_DELETED
+        started = time.monotonic()
+        try:
+            changed = await self._delete(request, ctx)
+        except RagbusError as exc:
+            await self.audit.emit(
+                kind, subject=request.doc_id, request_id=request.request_id,
+                trace_id=ctx.trace.trace_id, outcome=AuditOutcome.FAILED, code=exc.code.value,
+                duration_ms=(time.monotonic() - started) * 1000,
+                details={"collection": request.collection})
+            raise
+        await self.audit.emit(
+            kind, subject=request.doc_id, request_id=request.request_id,
+            trace_id=ctx.trace.trace_id, duration_ms=(time.monotonic() - started) * 1000,
+            sizes={"chunks": changed.doc.chunks}, details={"collection": request.collection})
+        return changed
+
+    async def _delete(self, request: DocDelete, ctx: Context) -> DocChanged:
         manifest = await self.manifests.get(request.collection, request.doc_id)
         if manifest is None:
             raise NotFound(f"no document {request.doc_id!r} in {request.collection!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import nats
 import pytest
 from nats.js.api import KeyValueConfig, RetentionPolicy, StreamConfig
 
+from config._audit import ROLES
 from runtime import EmbeddedNats, NatsServerError, ensure_kv, ensure_stream, find_nats_server
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,6 +84,9 @@ async def test_jetstream_setup_is_idempotent_even_when_concurrent(
 
 
 def test_shipped_nats_server_conf_is_valid() -> None:
+    # role passwords are $RAGBUS_SECURITY__<ROLE>_PASSWORD references, resolved at start
+    env = {**os.environ, **{f"RAGBUS_SECURITY__{role.upper()}_PASSWORD": "placeholder"
+                            for role in ROLES}}
     result = subprocess.run([find_nats_server(), "-t", "-c", str(REPO / "nats-server.conf")],
-                            capture_output=True, text=True, timeout=30)
+                            capture_output=True, text=True, timeout=30, env=env)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,344 @@
+"""Least privilege on the bus: one NATS user per role, allowed only its own subjects.
+
+Each role's allow-lists come from the subject table (README): an actor may
+subscribe to what it serves and publish what it sends, nothing else. Replies to
+requests need no grant (``allow_responses``); streamed events go to a
+``reply_to`` inbox, so only the actors that stream (retriever, trimmer, router)
+may publish into inboxes. Every role reads only its own inbox prefix
+(``_INBOX.<role>.``), so no one can listen to another's replies. Only the
+audit-logger and the auditor role may read the audit stream; nobody but the
+actors may write to it.
+
+:func:`authorization_config` renders the ``authorization { users = [...] }``
+block for nats-server, with the passwords from the settings (the embedded
+server's include file) or as ``$RAGBUS_SECURITY__<ROLE>_PASSWORD`` references
+(the shipped ``nats-server.conf``). :func:`credentials` tells a connection which
+user, password and inbox prefix to use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from config import NatsSettings, Secret, Settings
+from config._audit import ROLES, SecuritySettings
+from subjects import Subjects
+
+from .connection import NATS, connect
+
+__all__ = (
+    "ACTOR_ROLES",
+    "ROLES",
+    "Credentials",
+    "MissingCredentialsError",
+    "Role",
+    "UnsafePasswordError",
+    "authorization_config",
+    "connect_as",
+    "credentials",
+    "inbox_prefix",
+    "role_for_actor",
+    "roles",
+    "secret_values",
+    "write_server_include",
+)
+
+#: The role each actor (by its ``Actor.name``) connects as.
+ACTOR_ROLES: dict[str, str] = {
+    "audit-logger": "audit",
+    "bridge": "bridge",
+    "context-trimmer": "trimmer",
+    "embedder": "embedder",
+    "ingestor": "ingestor",
+    "retriever": "retriever",
+    "router": "router",
+}
+
+
+class MissingCredentialsError(LookupError):
+    """Security is on but a role has no password to log in with."""
+
+
+class UnsafePasswordError(ValueError):
+    """A password that cannot be written into a nats-server configuration as is."""
+
+
+@dataclass(frozen=True, slots=True)
+class Role:
+    """A NATS user's permissions: subjects it may publish to and subscribe to."""
+
+    name: str
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+    deny_publish: tuple[str, ...] = ()
+    allow_responses: bool = False
+
+    def permissions(self) -> dict[str, Any]:
+        publish: dict[str, Any] = {"allow": list(self.publish)}
+        if self.deny_publish:
+            publish["deny"] = list(self.deny_publish)
+        perms: dict[str, Any] = {"publish": publish, "subscribe": {"allow": list(self.subscribe)}}
+        if self.allow_responses:
+            perms["allow_responses"] = True
+        return perms
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    user: str
+    password: Secret = field(repr=False)
+    inbox_prefix: str
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments for ``nats.connect`` / ``runtime.connect``."""
+        return {"user": self.user, "password": self.password.get(),
+                "inbox_prefix": self.inbox_prefix}
+
+
+def inbox_prefix(role: str) -> str:
+    return f"_INBOX.{role}"
+
+
+def role_for_actor(actor: str) -> str:
+    try:
+        return ACTOR_ROLES[actor]
+    except KeyError:
+        raise LookupError(
+            f"actor {actor!r} has no bus role: add it to runtime.security.ACTOR_ROLES and give "
+            "the role its allow-lists in roles()") from None
+
+
+# -- JetStream API grants ---------------------------------------------------------------
+def _stream_admin(stream: str) -> list[str]:
+    """Create, update and look at one stream (what ``ensure_stream`` does)."""
+    return [f"$JS.API.STREAM.{op}.{stream}" for op in ("INFO", "CREATE", "UPDATE")]
+
+
+def _bucket(bucket: str) -> list[str]:
+    """Open, read, write and watch one KV bucket."""
+    stream = f"KV_{bucket}"
+    return [
+        *_stream_admin(stream),
+        f"$KV.{bucket}.>",
+        f"$JS.API.DIRECT.GET.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}.>",
+        f"$JS.API.STREAM.MSG.GET.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}",  # watchers are ordered, unnamed consumers
+        f"$JS.API.CONSUMER.CREATE.{stream}.>",
+        f"$JS.API.CONSUMER.INFO.{stream}.>",
+        f"$JS.API.CONSUMER.DELETE.{stream}.>",
+    ]
+
+
+def _bucket_reader(bucket: str) -> list[str]:
+    """Read and watch one KV bucket that someone else writes."""
+    stream = f"KV_{bucket}"
+    return [
+        f"$JS.API.STREAM.INFO.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}.>",
+        f"$JS.API.STREAM.MSG.GET.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.>",
+        f"$JS.API.CONSUMER.INFO.{stream}.>",
+        f"$JS.API.CONSUMER.DELETE.{stream}.>",
+    ]
+
+
+def _durable(stream: str, durable: str) -> list[str]:
+    """Create, pull from and acknowledge one durable consumer, and no other."""
+    return [
+        f"$JS.API.CONSUMER.INFO.{stream}.{durable}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.{durable}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.{durable}.>",
+        f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{durable}",
+        f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}",
+        f"$JS.ACK.{stream}.{durable}.>",
+    ]
+
+
+def _readers(stream: str, protected: str) -> tuple[list[str], list[str]]:
+    """Any consumer of ``stream`` except the ``protected`` durable (allow, deny)."""
+    allow = [
+        f"$JS.API.STREAM.INFO.{stream}",
+        f"$JS.API.STREAM.MSG.GET.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}.>",
+        f"$JS.API.CONSUMER.CREATE.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.>",
+        f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.>",
+        f"$JS.API.CONSUMER.INFO.{stream}.>",
+        f"$JS.API.CONSUMER.DELETE.{stream}.>",
+        f"$JS.API.CONSUMER.MSG.NEXT.{stream}.>",
+        f"$JS.ACK.{stream}.>",
+    ]
+    deny = [
+        f"$JS.API.CONSUMER.*.{stream}.{protected}",
+        f"$JS.API.CONSUMER.*.{stream}.{protected}.>",
+        f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{protected}",
+        f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{protected}",
+        f"$JS.ACK.{stream}.{protected}.>",
+    ]
+    return allow, deny
+
+
+def roles(s: Subjects, *, audit_durable: str = "audit-logger",
+          ingest_durable: str = "ingestor") -> dict[str, Role]:
+    """Every role's permissions under the prefix of ``s``."""
+    p = s.prefix
+    audit = s.audit_all
+    ingest = s.ingest_stream
+    serving = ["$SRV.>", s.cancel_all]  # every actor: discovery and cancellation
+
+    def inbox(role: str) -> str:
+        return inbox_prefix(role) + ".>"
+
+    any_inbox = "_INBOX.>"  # streamed events go to whichever inbox a requester named
+    auditor_allow, auditor_deny = _readers(s.audit_stream, audit_durable)
+    table = [
+        Role("embedder", allow_responses=True,
+             publish=(audit, *_bucket(s.bucket("embeddings"))),
+             subscribe=(s.embed, *serving, inbox("embedder"))),
+        Role("retriever", allow_responses=True,
+             publish=(s.embed, s.search_all, s.trim, any_inbox, audit,
+                      *_bucket(s.bucket("corpus")), *_bucket(s.bucket("retrieval"))),
+             subscribe=(s.query, s.search_all, f"{p}.index.apply.*", s.corpus_version,
+                        *serving, inbox("retriever"))),
+        Role("trimmer", allow_responses=True,
+             publish=(s.generate, s.embed, any_inbox, audit, *_bucket(s.bucket("memory"))),
+             subscribe=(s.trim, s.memory_append, s.corpus_version, *serving,
+                        inbox("trimmer"))),
+        Role("router", allow_responses=True,
+             publish=(s.breaker_all, s.memory_append, any_inbox, audit,
+                      *_bucket(s.bucket("breakers"))),
+             subscribe=(s.generate, s.breaker_all, *serving, inbox("router"))),
+        Role("ingestor", allow_responses=True,
+             publish=(s.embed, f"{p}.index.apply.*", f"{p}.ingest.progress.*",
+                      s.corpus_version, audit, *_stream_admin(ingest),
+                      *_durable(ingest, ingest_durable), *_bucket(s.bucket("jobs")),
+                      *_bucket(s.bucket("docs")), *_bucket(s.bucket("corpus"))),
+             subscribe=(f"{p}.docs.*", f"{p}.jobs.*", *serving, inbox("ingestor"))),
+        Role("audit", allow_responses=True,
+             publish=(audit, *_stream_admin(s.audit_stream),
+                      *_durable(s.audit_stream, audit_durable)),
+             subscribe=(*serving, inbox("audit"))),
+        Role("auditor", publish=tuple(auditor_allow), deny_publish=tuple(auditor_deny),
+             subscribe=(inbox("auditor"),)),
+        Role("bridge", allow_responses=True,
+             publish=(s.query, s.cancel_all, audit),
+             subscribe=(*serving, inbox("bridge"))),
+        Role("client",
+             publish=(s.query, s.cancel_all),
+             subscribe=(inbox("client"),)),
+        Role("admin",
+             publish=(s.query, s.cancel_all, s.ingest_submit, f"{p}.docs.*", f"{p}.jobs.*",
+                      "$SRV.>", *_stream_admin(ingest), *_bucket(s.bucket("jobs")),
+                      *_bucket(s.bucket("retrieval")), *_bucket_reader(s.bucket("breakers"))),
+             subscribe=(f"{p}.ingest.progress.*", inbox("admin"))),
+    ]
+    by_name = {role.name: role for role in table}
+    assert set(by_name) == set(ROLES), "config._audit.ROLES and the role table disagree"
+    return by_name
+
+
+# -- credentials --------------------------------------------------------------------
+def credentials(security: SecuritySettings, role: str) -> Credentials:
+    """Who to log in as for ``role`` (its password comes from the settings)."""
+    password = security.password(role)
+    if password is None or not password.get():
+        raise MissingCredentialsError(
+            f"security is enabled but role {role!r} has no password: set "
+            f"security.{role}_password (RAGBUS_SECURITY__{role.upper()}_PASSWORD)")
+    return Credentials(user=role, password=password, inbox_prefix=inbox_prefix(role))
+
+
+async def connect_as(nats: NatsSettings, security: SecuritySettings, role: str, *,
+                     url: str | None = None, name: str = "ragbus", **options: Any) -> NATS:
+    """Connect as ``role`` when security is on, as ``nats`` says otherwise."""
+    if security.enabled:
+        options = {**credentials(security, role).options(), **options}
+    return await connect(nats, url=url, name=name, **options)
+
+
+# -- nats-server configuration ------------------------------------------------------
+def _quoted(password: str, role: str) -> str:
+    if any(c in password for c in '"\\\n\r\t') or not password.isprintable():
+        raise UnsafePasswordError(
+            f"the password of role {role!r} contains a quote, backslash or control "
+            "character: use letters, digits and other punctuation")
+    return json.dumps(password)
+
+
+def authorization_config(s: Subjects, security: SecuritySettings, *,
+                         passwords: Literal["settings", "env"] = "settings",
+                         audit_durable: str = "audit-logger") -> str:
+    """The ``authorization { users = [...] }`` block for nats-server.
+
+    ``passwords="env"`` writes ``$RAGBUS_SECURITY__<ROLE>_PASSWORD`` references,
+    which nats-server resolves from its environment when it starts.
+    """
+    lines = ["authorization {", "  users = ["]
+    for role in roles(s, audit_durable=audit_durable).values():
+        if passwords == "env":
+            secret = f"$RAGBUS_SECURITY__{role.name.upper()}_PASSWORD"
+        else:
+            secret = _quoted(credentials(security, role.name).password.get(), role.name)
+        perms = role.permissions()
+        lines.append("    {")
+        lines.append(f"      user: {json.dumps(role.name)}")
+        lines.append(f"      password: {secret}")
+        lines.append("      permissions: {")
+        for direction in ("publish", "subscribe"):
+            lists = perms[direction]
+            lines.append(f"        {direction}: {{")
+            for kind in ("allow", "deny"):
+                if kind in lists:
+                    lines.append(f"          {kind}: [")
+                    lines.extend(f"            {json.dumps(subject)}" for subject in lists[kind])
+                    lines.append("          ]")
+            lines.append("        }")
+        if role.allow_responses:
+            lines.append("        allow_responses: true")
+        lines.append("      }")
+        lines.append("    }")
+    lines += ["  ]", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_server_include(path: Path, settings: Settings, security: SecuritySettings) -> Path:
+    """Write the authorization block, readable by this user only, for ``EmbeddedNats(include=)``."""
+    text = authorization_config(Subjects(settings.subject_prefix), security,
+                                audit_durable=settings.audit.durable)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    return path
+
+
+# -- secrets ------------------------------------------------------------------------
+def secret_values(settings: msgspec.Struct) -> list[str]:
+    """Every ``Secret`` in the settings tree, revealed: what logs and events must not show."""
+    return sorted(set(_secrets(settings)), key=len, reverse=True)
+
+
+def _secrets(value: object) -> Iterator[str]:
+    if isinstance(value, Secret):
+        if value.get():
+            yield value.get()
+    elif isinstance(value, msgspec.Struct):
+        for name in value.__struct_fields__:
+            yield from _secrets(getattr(value, name))
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _secrets(item)
+    elif isinstance(value, Iterable) and not isinstance(value, str | bytes):
+        for item in value:
+            yield from _secrets(item)

@@ -1,0 +1,231 @@
+"""The audit-logger on a real bus: every event once, in a chain that survives crashes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import msgspec
+import pytest
+
+from actors.audit import AuditLogger, StoreLockedError, read_entries, verify_store
+from actors.audit._files import read_head
+from config import AuditSettings, NatsSettings, RuntimeSettings, Settings
+from runtime import Metrics
+from runtime._cli_audit import main as audit_cli
+from runtime.audit import AuditPublisher, ensure_audit_stream
+from runtime.connection import NATS
+from subjects import Subjects
+from subjects._audit import MSG_ID_HEADER, AuditEvent
+from tests.support import running
+
+S = Subjects()
+
+
+def make_settings(nats_url: str, store: Path, **audit: object) -> Settings:
+    return Settings(
+        nats=NatsSettings(url=nats_url, max_reconnect_attempts=2, reconnect_time_wait_s=0.1),
+        runtime=RuntimeSettings(default_timeout_s=5.0, drain_grace_s=1.0),
+        audit=AuditSettings(store_dir=str(store), **audit),  # type: ignore[arg-type]
+    )
+
+
+def stored(store: Path) -> int:
+    """Records written so far (from HEAD: cheap enough to poll)."""
+    head = read_head(store)
+    return head.seq if head is not None else 0
+
+
+def recorded(store: Path) -> list[AuditEvent]:
+    """This test's events: actors may also record their own start (``config.loaded``)."""
+    return [e.event for e in read_entries(store) if e.event.kind != "config.loaded"]
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Poll a condition on the disk or in another process (there is no event to wait on)."""
+    with anyio.fail_after(timeout):
+        while True:
+            if predicate():
+                return
+            await anyio.sleep(0.05)
+
+
+async def test_events_of_several_publishers_are_stored_once_in_a_valid_chain(
+    nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
+    settings = make_settings(nats_url, tmp_path / "audit")
+    metrics = Metrics()
+    publishers = [AuditPublisher(settings, actor=f"actor{i}") for i in range(3)]
+    async with running(AuditLogger(settings, metrics=metrics)) as (logger,), \
+            anyio.create_task_group() as tg:
+        for p in publishers:
+            await tg.start(p.run, nc)
+        for i in range(200):
+            for p in publishers:
+                await p.emit("query.received", request_id=f"{i:032x}")
+        await wait_for(lambda: len(recorded(logger.store.directory)) >= 600)
+        tg.cancel_scope.cancel()
+    report = verify_store(tmp_path / "audit")
+    assert (report.ok, report.duplicates) == (True, 0)
+    actors = [e.actor for e in recorded(tmp_path / "audit")]
+    assert {a: actors.count(a) for a in set(actors)} == {"actor0": 200, "actor1": 200,
+                                                         "actor2": 200}
+    assert metrics.registry.get_sample_value(
+        "ragbus_audit_records_total", {"actor": "audit-logger", "result": "written"}
+    ) == report.records
+
+
+async def test_a_message_that_is_not_an_event_is_recorded_and_the_logger_goes_on(
+    nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
+    settings = make_settings(nats_url, tmp_path / "audit")
+    async with running(AuditLogger(settings)) as (logger,):
+        js = nc.jetstream()
+        await js.publish(S.audit("query.received"), b"\xff not json")
+        await js.publish(S.audit("doc.deleted"), msgspec.json.encode(
+            AuditEvent(kind="doc.deleted", actor="third-party")))
+        await wait_for(lambda: len(recorded(logger.store.directory)) >= 2)
+    kinds = [e.kind for e in recorded(tmp_path / "audit")]
+    assert kinds == ["audit.rejected", "doc.deleted"]
+
+
+async def test_a_consumer_reset_redelivers_everything_and_writes_nothing_new(
+    nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
+    store = tmp_path / "audit"
+    settings = make_settings(nats_url, store)
+    audit = AuditPublisher(settings, actor="tester")
+    async with running(AuditLogger(settings)) as (logger,), anyio.create_task_group() as tg:
+        await tg.start(audit.run, nc)
+        for i in range(300):
+            await audit.emit("answer.done", request_id=f"{i:032x}")
+        await wait_for(lambda: len(recorded(logger.store.directory)) >= 300)
+        tg.cancel_scope.cancel()
+    before = stored(store)
+    await nc.jetstream().delete_consumer(S.audit_stream, "audit-logger")
+    metrics = Metrics()
+    async with running(AuditLogger(settings, metrics=metrics)):
+        # the new consumer starts at the beginning of the stream: everything again
+        await wait_for(lambda: metrics.registry.get_sample_value(
+            "ragbus_audit_records_total", {"actor": "audit-logger", "result": "duplicate"})
+            == before)
+    report = verify_store(store)
+    assert (report.ok, report.duplicates) == (True, 0)
+    assert len(recorded(store)) == 300
+
+
+async def test_an_event_repeated_after_the_duplicate_window_is_stored_once(
+    nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
+    store = tmp_path / "audit"
+    settings = make_settings(nats_url, store, duplicate_window_s=0.5, publish_retry_s=0.2)
+    await ensure_audit_stream(nc, settings)
+    event = AuditEvent(kind="rate.limited", actor="bridge")
+    js = nc.jetstream()
+    await js.publish(S.audit(event.kind), msgspec.json.encode(event),
+                     headers={MSG_ID_HEADER: event.event_id})
+    async with running(AuditLogger(settings)) as (logger,):
+        await wait_for(lambda: len(recorded(logger.store.directory)) >= 1)
+    await anyio.sleep(0.7)  # past the server's window: a very late retry becomes a 2nd message
+    await js.publish(S.audit(event.kind), msgspec.json.encode(event),
+                     headers={MSG_ID_HEADER: event.event_id})
+    info = await js.stream_info(S.audit_stream, subjects_filter=S.audit(event.kind))
+    assert info.state.subjects == {S.audit(event.kind): 2}
+    metrics = Metrics()
+    async with running(AuditLogger(settings, metrics=metrics)):  # a restarted logger
+        await wait_for(lambda: metrics.registry.get_sample_value(
+            "ragbus_audit_records_total", {"actor": "audit-logger", "result": "duplicate"})
+            == 1)
+    assert [e.event_id for e in recorded(store)] == [event.event_id]
+
+
+async def test_a_second_logger_on_the_same_store_refuses_to_start(
+    nats_url: str, tmp_path: Path
+) -> None:
+    settings = make_settings(nats_url, tmp_path / "audit")
+    async with running(AuditLogger(settings)):
+        with pytest.raises(StoreLockedError):
+            await AuditLogger(settings).serve()
+
+
+# -- a crash in the middle of a stream of events --------------------------------------------
+def logger_process(nats_url: str, store: Path, cwd: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "RAGBUS_NATS__URL": nats_url, "RAGBUS_AUDIT__STORE_DIR": str(store),
+           "RAGBUS_AUDIT__ACK_WAIT_S": "2", "RAGBUS_AUDIT__BATCH_SIZE": "200",
+           "RAGBUS_METRICS__ENABLED": "false", "RAGBUS_LOGGING__LEVEL": "warning"}
+    return subprocess.Popen([sys.executable, "-m", "actors.audit"], cwd=cwd, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def verify_cli(store: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = audit_cli(["verify", "--store", str(store)])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+async def test_killing_the_logger_mid_stream_loses_and_duplicates_nothing(
+    nats_url: str, nc: NATS, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGKILL of a real process: no drain, no acks, possibly a batch written but not
+    acknowledged. (Cancelling an in-process task would let shielded code finish; a
+    killed process cannot.)"""
+    total = 10_000
+    store = tmp_path / "audit"
+    settings = make_settings(nats_url, store, ack_wait_s=2.0, batch_size=200)
+    audit = AuditPublisher(settings, actor="tester")
+    victim = logger_process(nats_url, store, tmp_path)
+
+    async def kill_mid_stream() -> None:
+        await wait_for(lambda: stored(store) >= 3000, timeout=30)
+        victim.send_signal(signal.SIGKILL)  # while events keep coming
+        await anyio.to_thread.run_sync(victim.wait)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(audit.run, nc)
+            async with anyio.create_task_group() as crash:
+                crash.start_soon(kill_mid_stream)
+                for sent in range(total):
+                    await audit.emit("query.received", request_id=f"{sent:032x}")
+                    if sent % 100 == 99:
+                        await anyio.sleep(0.02)  # a steady stream, not one burst
+            assert await audit.flush(30)
+            tg.cancel_scope.cancel()
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+    crashed_at = stored(store)
+    assert 3000 <= crashed_at < total
+    async with running(AuditLogger(settings)):
+        await wait_for(lambda: len(recorded(store)) >= total, timeout=30)
+        await anyio.sleep(2.5)  # past ack_wait: any late redelivery would show now
+    report = verify_store(store)
+    assert (report.ok, report.duplicates) == (True, 0), report
+    events = recorded(store)
+    assert len(events) == total
+    assert {e.request_id for e in events} == {f"{i:032x}" for i in range(total)}
+    code, text = verify_cli(store, capsys)
+    assert code == 0, text
+
+    # edit, delete or reorder any line: verify fails at that line
+    [path] = sorted(store.glob("audit-*.jsonl"))
+    lines = path.read_bytes().splitlines(keepends=True)
+    edited = lines[4999].replace(b'"outcome":"ok"', b'"outcome":"denied"')
+    assert edited != lines[4999]
+    for name, changed, line in (
+        ("edited", [*lines[:4999], edited, *lines[5000:]], 5000),
+        ("deleted", [*lines[:6999], *lines[7000:]], 7000),
+        ("reordered", [*lines[:99], lines[100], lines[99], *lines[101:]], 100),
+    ):
+        copy = tmp_path / name
+        shutil.copytree(store, copy, ignore=shutil.ignore_patterns(".lock"))
+        (copy / path.name).write_bytes(b"".join(changed))
+        code, text = verify_cli(copy, capsys)
+        assert code == 1, (name, text)
+        assert f"{path.name} line {line} " in text, (name, text)

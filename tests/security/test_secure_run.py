@@ -1,0 +1,65 @@
+"""Real actors on a least-privilege bus: each logs in as its role and still does its job.
+
+Needs the proposed wiring (``Settings.security``, the Actor base connecting with
+``connect_as`` and publishing through ``Actor.audit``); skipped until it lands.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import msgspec
+import pytest
+
+from actors.audit import AuditLogger, read_entries, verify_store
+from actors.embedder import Embedder
+from actors.ingestor import Ingestor
+from actors.retriever import Retriever
+from config import Settings
+from runtime import Client, EmbeddedNats
+from runtime.jobs import follow_job, submit_job
+from runtime.security import connect_as, write_server_include
+from subjects import DocChanged, DocDelete, IngestRequest, InlineDocument, JobState, Subjects
+from tests.security._roles import SECURITY
+from tests.support import running
+
+pytestmark = pytest.mark.skipif(
+    "security" not in Settings.__struct_fields__,
+    reason="needs Settings.security and the Actor base's role login (proposed in issue #6)")
+
+S = Subjects()
+
+
+async def test_the_ingestion_path_works_with_every_actor_in_its_role(tmp_path: Path) -> None:
+    include = write_server_include(tmp_path / "auth" / "users.conf", Settings(), SECURITY)
+    async with EmbeddedNats(include=include) as server:
+        settings = msgspec.convert({
+            "nats": {"url": server.url},
+            "retriever": {"data_dir": str(tmp_path / "qdrant"), "optimize_idle_s": 0.5},
+            "ingestor": {"progress_interval_ms": 0},
+            "audit": {"store_dir": str(tmp_path / "audit")},
+        }, Settings)
+        settings = msgspec.structs.replace(settings, security=SECURITY)
+        admin = await connect_as(settings.nats, SECURITY, "admin")
+        try:
+            async with running(AuditLogger(settings), Embedder(settings), Retriever(settings),
+                               Ingestor(settings)):
+                request = IngestRequest(documents=[InlineDocument(id="a", text="Rivers.")])
+                await submit_job(admin, request)
+                seen = [p async for p in follow_job(admin, request.job_id, timeout_s=60)]
+                assert seen[-1].state == JobState.SUCCEEDED
+                await Client(admin, S).request(S.docs("delete"), DocDelete(doc_id="a"),
+                                               DocChanged)
+                with anyio.fail_after(20):
+                    while True:
+                        if {"doc.deleted", "ingest.job"} <= {
+                                e.event.kind for e in read_entries(tmp_path / "audit")}:
+                            break
+                        await anyio.sleep(0.05)
+        finally:
+            await admin.close()
+    kinds = {e.event.kind for e in read_entries(tmp_path / "audit")}
+    # the actors' own starts, then the work
+    assert kinds == {"config.loaded", "doc.changed", "doc.deleted", "ingest.job"}
+    assert verify_store(tmp_path / "audit").ok
