@@ -23,6 +23,9 @@ ACTORS: dict[str, str] = {
     "embedder": "actors.embedder:Embedder",
     "ingestor": "actors.ingestor:Ingestor",
     "retriever": "actors.retriever:Retriever",
+    "context-trimmer": "actors.trimmer:ContextTrimmer",
+    "router": "actors.router:Router",
+    "bridge": "actors.bridge:Bridge",
 }
 
 

@@ -172,7 +172,7 @@ def _explain(exc: msgspec.ValidationError, merged: Mapping[str, Any],
     value: Any = merged
     for part in path:
         value = value.get(part) if isinstance(value, dict) else None
-    shown = MASK if "password" in key or "secret" in key or "token" in key else repr(value)
+    shown = MASK if re.search(r"password|secret|token|api_key|providers", key) else repr(value)
     src = _describe(sources.get(key, "default"))
     return ConfigError(f"setting `{key}` = {shown} (from {src}) is invalid: {what}")
 

@@ -77,7 +77,16 @@ class MetricsSettings(_Section, frozen=True, kw_only=True):
 
 
 class BridgeSettings(_Section, frozen=True, kw_only=True):
-    """The browser-facing WebSocket bridge: its auth secrets are checked at start."""
+    """The browser-facing WebSocket bridge: its auth secrets are checked at start.
+
+    Anonymous sockets are allowed only in development (and only with
+    ``allow_anonymous``); a presented credential that does not verify is always
+    refused. Rate limits are per client identity (an API key, a JWT subject, or
+    an anonymous address), shared by all of its sockets. A socket whose send
+    buffer stays above ``send_buffer_bytes`` for ``slow_reader_timeout_s``, or
+    whose coalesced backlog passes ``max_buffered_bytes``, is closed and its
+    asks cancelled. ``ready_actors`` are the actors ``/readyz`` wants to see.
+    """
 
     host: str = "127.0.0.1"
     port: Port = 8765
@@ -87,6 +96,30 @@ class BridgeSettings(_Section, frozen=True, kw_only=True):
     allowed_origins: list[str] = msgspec.field(
         default_factory=lambda: ["http://127.0.0.1:8765", "http://localhost:8765"]
     )
+    allow_anonymous: bool = True
+    jwt_leeway_s: Annotated[float, Meta(ge=0)] = 5.0
+    auth_timeout_s: Positive = 5.0
+    # rate limits per client identity
+    asks_per_minute: PositiveInt = 30
+    concurrent_asks: PositiveInt = 4
+    max_identities: PositiveInt = 100_000
+    # input limits
+    max_frame_bytes: PositiveInt = 64 * 1024
+    max_question_chars: PositiveInt = 4000
+    # asks
+    ask_timeout_s: Positive = 60.0
+    cancel_grace_s: Positive = 2.0
+    # back-pressure: tokens are coalesced while a socket's writes wait
+    send_buffer_bytes: PositiveInt = 64 * 1024
+    socket_send_buffer_bytes: PositiveInt | None = None
+    slow_reader_timeout_s: Positive = 10.0
+    max_buffered_bytes: PositiveInt = 1024 * 1024
+    close_timeout_s: Positive = 2.0
+    # readiness
+    ready_actors: list[str] = msgspec.field(
+        default_factory=lambda: ["embedder", "retriever", "context-trimmer", "router"]
+    )
+    ready_wait_s: Positive = 0.5
 
 
 class EmbedderSettings(_Section, frozen=True, kw_only=True):

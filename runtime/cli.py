@@ -5,13 +5,19 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import anyio
+import msgspec
 from rich.console import Console
 from rich.table import Table
 
 from config import ConfigError, Loaded, load_settings, production_problems
+from subjects import Subjects
 
+from ._cli_ask import add_commands as add_ask_commands
+from ._cli_ask import breaker_states, breaker_table
+from ._cli_bridge import add_commands as add_bridge_commands
 from ._cli_cache import add_commands as add_cache_commands
 from ._cli_ingest import add_commands as add_ingest_commands
 from .connection import connect
@@ -28,7 +34,8 @@ err = Console(stderr=True)
 
 def _secrets(loaded: Loaded) -> list[object]:
     s = loaded.settings
-    values: list[object] = [s.nats.password, s.nats.token, s.bridge.jwt_secret, *s.bridge.api_keys]
+    values: list[object] = [s.nats.password, s.nats.token, s.bridge.jwt_secret, *s.bridge.api_keys,
+                            *(p.api_key for p in s.router.providers)]
     return [v for v in values if v is not None]
 
 
@@ -44,6 +51,11 @@ def _cmd_up(args: argparse.Namespace) -> int:
     from ._run import run_actors
 
     loaded = _load(args)
+    settings = loaded.settings
+    if args.local_llm:
+        r = settings.router
+        settings = msgspec.structs.replace(settings, router=msgspec.structs.replace(
+            r, local=msgspec.structs.replace(r.local, enabled=True)))
     names = args.only.split(",") if args.only else sorted(ACTORS)
     classes = {name: load_actor(name) for name in names}
     embedded = loaded.settings.nats.url is None
@@ -53,9 +65,12 @@ def _cmd_up(args: argparse.Namespace) -> int:
         out.print(f"[bold green]ragbus is up[/]: {where} at [cyan]{url}[/]")
         if metrics_port is not None:
             out.print(f"metrics at http://{loaded.settings.metrics.host}:{metrics_port}/metrics")
+        if "bridge" in started:
+            b = settings.bridge
+            out.print(f"page at http://{b.host}:{b.port}/ (WebSocket ws://{b.host}:{b.port}/ws)")
         out.print(f"actors: {', '.join(started) or '(none)'} — Ctrl-C drains and stops")
 
-    anyio.run(lambda: run_actors(loaded.settings, classes, embedded=embedded,
+    anyio.run(lambda: run_actors(settings, classes, embedded=embedded,
                                  ephemeral=args.ephemeral, on_ready=ready))
     out.print("stopped")
     return 0
@@ -91,15 +106,16 @@ def _cmd_status(args: argparse.Namespace) -> int:
     loaded = _load(args)
     url = _nats_url(loaded)
 
-    async def run() -> list[dict[str, object]]:
+    async def run() -> tuple[list[dict[str, object]], Any]:
         nc = await connect(loaded.settings.nats, url=url, name="ragbus-status",
                            max_reconnect_attempts=0)
         try:
-            return await discover(nc, wait_s=args.wait)
+            services = await discover(nc, wait_s=args.wait)
+            return services, await breaker_states(nc, Subjects(loaded.settings.subject_prefix))
         finally:
             await nc.close()
 
-    services = anyio.run(run)
+    services, breakers = anyio.run(run)
     table = Table(title=f"actors on {url}")
     for col in ("actor", "id", "version", "endpoint", "requests", "errors", "avg ms",
                 "last error"):
@@ -113,6 +129,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
                           str(ep.get("num_requests", 0)), str(ep.get("num_errors", 0)),
                           f"{avg:.2f}", str(ep.get("last_error", "")))
     out.print(table if services else f"no actors answered on {url}")
+    if breakers:
+        out.print(breaker_table(breakers))
     return 0 if services else 1
 
 
@@ -141,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--ephemeral", action="store_true",
                     help="keep the embedded server's JetStream data in a temporary directory")
     up.add_argument("--only", help="comma-separated actor names to start (default: all)")
+    up.add_argument("--local-llm", action="store_true",
+                    help="start the embedded llama.cpp server (SmolLM2-135M) for the router")
     up.set_defaults(func=_cmd_up)
 
     actor = sub.add_parser("actor", help="run one actor against the configured NATS")
@@ -153,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_ingest_commands(sub)
     add_cache_commands(sub)
+    add_ask_commands(sub)
+    add_bridge_commands(sub)
 
     config = sub.add_parser("config", help="inspect settings")
     config_sub = config.add_subparsers(dest="config_command", required=True)

@@ -10,6 +10,7 @@ from ._base import (
     new_id,
     now_ms,
 )
+from ._breaker import BreakerState, BreakerTransition, breakers_bucket
 from ._control import Cancel
 from ._embed import Embed, Embedded
 from ._errors import ERROR_HEADER, ErrorCode, ErrorReply
@@ -63,6 +64,8 @@ __all__ = (
     "DEFAULT_PREFIX",
     "ERROR_HEADER",
     "SCHEMA_VERSION",
+    "BreakerState",
+    "BreakerTransition",
     "Cancel",
     "Cancelled",
     "ChatTurn",
@@ -113,6 +116,7 @@ __all__ = (
     "Trim",
     "TrimInfo",
     "TurnDone",
+    "breakers_bucket",
     "corpus_bucket",
     "deadline_after",
     "docs_bucket",
