@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 __all__ = ("ACTORS", "load_actor")
 
 ACTORS: dict[str, str] = {
+    "audit-logger": "actors.audit:AuditLogger",
     "embedder": "actors.embedder:Embedder",
     "ingestor": "actors.ingestor:Ingestor",
     "retriever": "actors.retriever:Retriever",

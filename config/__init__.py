@@ -1,6 +1,6 @@
 """Typed settings: defaults < TOML file < ``RAGBUS_*`` environment variables."""
 
-from ._audit import AuditSettings
+from ._audit import AuditSettings, SecuritySettings
 from ._errors import ConfigError, ProductionConfigError
 from ._loader import ENV_PREFIX, Loaded, load_settings, production_problems
 from ._router import RouterSettings
@@ -35,6 +35,7 @@ __all__ = (
     "RouterSettings",
     "RuntimeSettings",
     "Secret",
+    "SecuritySettings",
     "Settings",
     "TrimmerSettings",
     "load_settings",

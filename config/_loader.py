@@ -179,8 +179,8 @@ def _explain(exc: msgspec.ValidationError, merged: Mapping[str, Any],
 
 def production_problems(settings: Settings) -> list[str]:
     """What makes these settings unsafe to run in production (empty when safe)."""
-    problems: list[str] = []
-    if not settings.nats.has_credentials:
+    problems: list[str] = list(settings.security.problems())
+    if not settings.nats.has_credentials and not settings.security.enabled:
         problems.append(
             "no NATS credentials: set nats.creds_file, nats.token, or nats.user and "
             "nats.password (e.g. RAGBUS_NATS__PASSWORD)"

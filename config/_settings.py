@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from ._audit import AuditSettings
+from ._audit import AuditSettings, SecuritySettings
 from ._router import RouterSettings
 from ._secret import Secret
 from ._section import Port, Positive, PositiveInt
@@ -212,3 +212,4 @@ class Settings(_Section, frozen=True, kw_only=True):
     trimmer: TrimmerSettings = msgspec.field(default_factory=TrimmerSettings)
     router: RouterSettings = msgspec.field(default_factory=RouterSettings)
     audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
+    security: SecuritySettings = msgspec.field(default_factory=SecuritySettings)

@@ -1,6 +1,7 @@
 """What every actor stands on: the actor base, NATS, JetStream set-up, logs, metrics."""
 
 from .actor import Actor, Context, EndpointSpec, endpoint
+from .audit import AuditPublisher, ensure_audit_stream
 from .client import Client, decode_reply
 from .connection import connect
 from .errors import (
@@ -22,12 +23,14 @@ from .errors import (
 from .jetstream import ensure_kv, ensure_stream, kv_entries
 from .logs import SecretMasker, configure_logging, get_logger
 from .metrics import Metrics
+from .security import connect_as, credentials, secret_values
 from .server import EmbeddedNats, NatsServerError, default_data_dir, find_nats_server
 from .supervisor import Supervisor
 from .worker import WorkerThread
 
 __all__ = (
     "Actor",
+    "AuditPublisher",
     "BadRequest",
     "Cancelled",
     "Client",
@@ -52,13 +55,17 @@ __all__ = (
     "WorkerThread",
     "configure_logging",
     "connect",
+    "connect_as",
+    "credentials",
     "decode_reply",
     "default_data_dir",
     "endpoint",
+    "ensure_audit_stream",
     "ensure_kv",
     "ensure_stream",
     "error_from_reply",
     "find_nats_server",
     "get_logger",
     "kv_entries",
+    "secret_values",
 )

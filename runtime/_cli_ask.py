@@ -42,8 +42,9 @@ from subjects import (
 from subjects._breaker import BreakerState, BreakerTransition, breakers_bucket
 
 from . import codec
-from .connection import NATS, connect
+from .connection import NATS
 from .jetstream import kv_entries
+from .security import connect_as
 
 __all__ = ("add_commands", "ask", "breaker_states", "breaker_table", "parse_filters")
 
@@ -243,8 +244,8 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     out = Console(highlight=False)
 
     async def run() -> int:
-        nc = await connect(settings.nats, url=args.nats_url, name="ragbus-ask",
-                           max_reconnect_attempts=2)
+        nc = await connect_as(settings.nats, settings.security, "admin", url=args.nats_url,
+                              name="ragbus-ask", max_reconnect_attempts=2)
         interrupted = anyio.Event()
         code = EXIT_CANCELLED  # unless ask() returns: a second Ctrl-C leaves at once
         try:

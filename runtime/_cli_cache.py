@@ -12,7 +12,7 @@ from rich.table import Table
 from config import Loaded
 from subjects import Subjects
 
-from .connection import connect
+from .security import connect_as
 
 __all__ = ("CACHES", "add_commands")
 
@@ -27,8 +27,8 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     names = list(CACHES) if args.which in (None, "all") else [args.which]
 
     async def run() -> None:
-        nc = await connect(loaded.settings.nats, url=args.nats_url, name="ragbus-cache",
-                           max_reconnect_attempts=2)
+        nc = await connect_as(loaded.settings.nats, loaded.settings.security, "admin",
+                              url=args.nats_url, name="ragbus-cache", max_reconnect_attempts=2)
         js = nc.jetstream()
         table = Table("cache", "bucket", "entries", "bytes", title="caches")
         try:

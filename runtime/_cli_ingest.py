@@ -31,8 +31,9 @@ from subjects import (
 )
 
 from .client import Client
-from .connection import NATS, connect
+from .connection import NATS
 from .jobs import follow_job, submit_job
+from .security import connect_as
 
 __all__ = ("add_commands",)
 
@@ -51,8 +52,8 @@ def _with_nats(args: argparse.Namespace, work: Callable[[NATS, Subjects], Awaita
     url: str = args.nats_url
 
     async def run() -> T:
-        nc = await connect(loaded.settings.nats, url=url, name="ragbus-cli",
-                           max_reconnect_attempts=2)
+        nc = await connect_as(loaded.settings.nats, loaded.settings.security, "admin", url=url,
+                              name="ragbus-cli", max_reconnect_attempts=2)
         try:
             return await work(nc, Subjects(loaded.settings.subject_prefix))
         finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import tempfile
 from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
 from functools import partial
@@ -17,6 +18,7 @@ from config import Settings
 
 from .actor import Actor
 from .metrics import Metrics
+from .security import write_server_include
 from .server import EmbeddedNats
 from .state import RunInfo, clear_run_info, data_root, write_run_info
 from .supervisor import Supervisor
@@ -59,7 +61,13 @@ async def run_actors(
             nats_dir: Path | None = None
             if not (ephemeral or settings.nats.ephemeral):
                 nats_dir = Path(settings.nats.data_dir or data_root(settings) / "nats")
-            server = EmbeddedNats(nats_dir, max_payload_bytes=settings.nats.max_payload_bytes)
+            include: Path | None = None
+            if settings.security.enabled:  # one user per role, passwords from the settings
+                auth_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="ragbus-auth-"))
+                include = write_server_include(Path(auth_dir) / "users.conf", settings,
+                                               settings.security)
+            server = EmbeddedNats(nats_dir, max_payload_bytes=settings.nats.max_payload_bytes,
+                                  include=include)
             url = await server.start()
             stack.push_async_callback(server.stop)
         assert url is not None

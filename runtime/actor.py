@@ -13,7 +13,8 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from functools import partial
+from typing import Any, ClassVar, TypeVar, Unpack
 
 import anyio
 import anyio.lowlevel
@@ -45,7 +46,7 @@ from subjects import (
 from . import codec
 from ._discovery import Discovery, EndpointCounters
 from ._inflight import InFlight, Work
-from .connection import connect
+from .audit import AuditFields, AuditPublisher, config_summary
 from .errors import (
     BadRequest,
     DeadlineExceeded,
@@ -55,6 +56,7 @@ from .errors import (
     UnsupportedVersion,
 )
 from .metrics import Metrics
+from .security import connect_as, role_for_actor
 
 __all__ = ("Actor", "Context", "EndpointSpec", "endpoint")
 
@@ -142,6 +144,12 @@ class Context:
     async def publish(self, subject: str, message: Message) -> None:
         await self.nc.publish(subject, codec.encode(message), headers=self.headers())
 
+    async def audit(self, kind: str, **fields: Unpack[AuditFields]) -> bool:
+        """Record an audited action of this request (its request and trace ids filled in)."""
+        fields.setdefault("request_id", self.request_id)
+        fields.setdefault("trace_id", self.trace.trace_id)
+        return await self._actor.audit.emit(kind, **fields)
+
     async def request(self, subject: str, message: Message, reply: type[R]) -> R:
         """Ask another actor, within this request's deadline; error replies raise."""
         from .client import decode_reply  # circular: client builds on the same codec
@@ -165,6 +173,8 @@ class Actor:
     """Subclass, set ``name``, and declare handlers with :func:`endpoint`."""
 
     name: ClassVar[str] = "actor"
+    #: the bus role it logs in as when security is on (default: runtime.security.ACTOR_ROLES)
+    role: ClassVar[str | None] = None
     version: ClassVar[str] = "0.1.0"
     description: ClassVar[str] = ""
     _endpoints: ClassVar[tuple[EndpointSpec, ...]] = ()
@@ -201,6 +211,8 @@ class Actor:
         self._counters: dict[str, EndpointCounters] = {}
         self._inflight_gauge = self.metrics.inflight.labels(self.name)
         self._accepting = False
+        self.audit = AuditPublisher(self.settings, actor=self.name, instance=self.id,
+                                    metrics=self.metrics)
 
     # -- hooks ------------------------------------------------------------------------
     async def setup(self) -> None:
@@ -234,13 +246,20 @@ class Actor:
 
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Connect, set up, serve until :meth:`request_stop`, then drain and tear down."""
-        self._nc = await connect(self.settings.nats, url=self.nats_url,
-                                 name=f"{self.name}-{self.id}")
+        security = self.settings.security
+        role = (self.role or role_for_actor(self.name)) if security.enabled else ""
+        self._nc = await connect_as(self.settings.nats, security, role, url=self.nats_url,
+                                    name=f"{self.name}-{self.id}")
         discovery: Discovery | None = None
         try:
             await self.setup()
             async with anyio.create_task_group() as tg:
                 self._tg = tg
+                # before any handler runs; cancelled with background, then flushes (bounded)
+                await tg.start(partial(self.audit.run, self.nc,
+                                       ensure_stream=not security.enabled))
+                await self.audit.emit("config.loaded", subject=self.name,
+                                      details=config_summary(self.settings))
                 tg.start_soon(self.background)
                 subs = await self._subscribe()
                 discovery = Discovery(
@@ -447,6 +466,10 @@ class Actor:
         code = ErrorCode.CANCELLED
         self.metrics.errors.labels(self.name, spec.name, code.value).inc()
         ctx.log.info("request.cancelled", reason=reason)
+        await ctx.audit("request.cancelled", outcome="cancelled", code=code.value,
+                        subject=spec.name, details={"reason": reason},
+                        sizes={"partial_text_length": ctx.partial_text_length,
+                               "tokens_used": ctx.tokens_used})
         if msg.reply:
             body = ErrorReply(code=code, message=f"cancelled{': ' + reason if reason else ''}",
                               request_id=ctx.request_id, trace_id=ctx.trace.trace_id)
@@ -464,6 +487,11 @@ class Actor:
         self.metrics.errors.labels(self.name, spec.name, code.value).inc()
         (log or self.log).info("request.error", code=code.value, message=err.message,
                                endpoint=spec.name, request_id=request_id)
+        kind = _AUDITED_ERRORS.get(code)
+        if kind is not None:
+            await self.audit.emit(kind, request_id=request_id, trace_id=err.trace_id,
+                                  outcome="denied", code=code.value, subject=spec.name,
+                                  details={"message": err.message})
         if msg.reply:
             await self._publish_error(msg.reply, err.to_reply(request_id))
         if reply_to and request_id:
@@ -492,6 +520,13 @@ def _first_coded(group: BaseExceptionGroup[Exception]) -> RagbusError | None:
             if found is not None:
                 return found
     return None
+
+
+_AUDITED_ERRORS = {
+    ErrorCode.RATE_LIMIT: "rate.limited",
+    ErrorCode.UNAUTHORIZED: "auth.denied",
+    ErrorCode.FORBIDDEN: "auth.denied",
+}
 
 
 def _loose(data: bytes) -> _Loose:

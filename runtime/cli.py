@@ -17,12 +17,13 @@ from subjects import Subjects
 
 from ._cli_ask import add_commands as add_ask_commands
 from ._cli_ask import breaker_states, breaker_table
+from ._cli_audit import add_commands as add_audit_commands
 from ._cli_bridge import add_commands as add_bridge_commands
 from ._cli_cache import add_commands as add_cache_commands
 from ._cli_ingest import add_commands as add_ingest_commands
-from .connection import connect
 from .errors import RagbusError
 from .logs import configure_logging
+from .security import connect_as, secret_values
 from .server import NatsServerError
 from .state import read_run_info
 
@@ -32,16 +33,13 @@ out = Console()
 err = Console(stderr=True)
 
 
-def _secrets(loaded: Loaded) -> list[object]:
-    s = loaded.settings
-    values: list[object] = [s.nats.password, s.nats.token, s.bridge.jwt_secret, *s.bridge.api_keys,
-                            *(p.api_key for p in s.router.providers)]
-    return [v for v in values if v is not None]
+def _secrets(loaded: Loaded) -> list[str]:
+    return secret_values(loaded.settings)  # every Secret in the tree, whoever added it
 
 
 def _load(args: argparse.Namespace, *, check: bool = True) -> Loaded:
     loaded = load_settings(args.config, check=check)
-    configure_logging(loaded.settings.logging, secrets=_secrets(loaded))  # type: ignore[arg-type]
+    configure_logging(loaded.settings.logging, secrets=_secrets(loaded))
     return loaded
 
 
@@ -107,8 +105,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     url = _nats_url(loaded)
 
     async def run() -> tuple[list[dict[str, object]], Any]:
-        nc = await connect(loaded.settings.nats, url=url, name="ragbus-status",
-                           max_reconnect_attempts=0)
+        nc = await connect_as(loaded.settings.nats, loaded.settings.security, "admin", url=url,
+                              name="ragbus-status", max_reconnect_attempts=0)
         try:
             services = await discover(nc, wait_s=args.wait)
             return services, await breaker_states(nc, Subjects(loaded.settings.subject_prefix))
@@ -172,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=_cmd_status)
 
     add_ingest_commands(sub)
+    add_audit_commands(sub)
     add_cache_commands(sub)
     add_ask_commands(sub)
     add_bridge_commands(sub)

@@ -33,7 +33,6 @@ from runtime import (
     ensure_stream,
     kv_entries,
 )
-from runtime.audit import AuditPublisher
 from subjects import (
     CorpusVersion,
     DocChanged,
@@ -80,9 +79,6 @@ class Ingestor(Actor):
         self._corpus_kv: KeyValue | None = None
         self._manifests: Manifests | None = None
         self.jobs_run = 0
-        # the ingestor's own publisher until the Actor base offers one to every actor
-        self.audit = AuditPublisher(self.settings, actor=self.name, instance=self.id,
-                                    metrics=self.metrics)
 
     @property
     def manifests(self) -> Manifests:
@@ -103,14 +99,6 @@ class Ingestor(Actor):
 
     # -- jobs ---------------------------------------------------------------------------
     async def background(self) -> None:
-        async with anyio.create_task_group() as tg:
-            # outlives the job loop: events of draining jobs and handlers still go out,
-            # and what is queued when the actor stops is flushed (bounded)
-            await tg.start(self.audit.run, self.nc)
-            await self._take_jobs()
-            await anyio.sleep_forever()
-
-    async def _take_jobs(self) -> None:
         js = self.nc.jetstream()
         cfg = self.config
         sub = await js.pull_subscribe(

@@ -116,21 +116,33 @@ def test_production_refuses_without_credentials_auth_and_with_wildcard_origin() 
         load_settings(env={"RAGBUS_ENVIRONMENT": "production",
                            "RAGBUS_BRIDGE__ALLOWED_ORIGINS": "*"})
     problems = info.value.problems
-    assert len(problems) == 3
+    assert len(problems) == 4
+    assert any("security.enabled is false" in p for p in problems)
     assert any("NATS credentials" in p for p in problems)
     assert any("auth secret" in p for p in problems)
     assert any("wildcard" in p for p in problems)
 
 
 def test_production_starts_when_safe() -> None:
+    from config._audit import ROLES
+
     loaded = load_settings(env={
         "RAGBUS_ENVIRONMENT": "production",
-        "RAGBUS_NATS__USER": "router",
-        "RAGBUS_NATS__PASSWORD": "s3cret-pass",
+        "RAGBUS_SECURITY__ENABLED": "true",
+        **{f"RAGBUS_SECURITY__{role.upper()}_PASSWORD": f"{role}-0123456789abcdef"
+           for role in ROLES},
         "RAGBUS_BRIDGE__JWT_SECRET": "jwt-secret-value",
         "RAGBUS_BRIDGE__ALLOWED_ORIGINS": "https://app.example.com",
     })
     assert production_problems(loaded.settings) == []
+
+
+def test_production_refuses_a_secured_bus_with_missing_role_passwords() -> None:
+    with pytest.raises(ProductionConfigError) as info:
+        load_settings(env={"RAGBUS_ENVIRONMENT": "production",
+                           "RAGBUS_SECURITY__ENABLED": "true",
+                           "RAGBUS_BRIDGE__JWT_SECRET": "jwt-secret-value"})
+    assert any("security.embedder_password is not set" in p for p in info.value.problems)
 
 
 def test_development_needs_nothing_even_with_wildcard() -> None:
