@@ -1,5 +1,6 @@
 """The wire contract: every subject name and every message type, declared once."""
 
+from ._audit import AuditEvent, AuditKind, AuditOutcome, audit_stream
 from ._base import (
     SCHEMA_VERSION,
     Message,
@@ -64,6 +65,9 @@ __all__ = (
     "DEFAULT_PREFIX",
     "ERROR_HEADER",
     "SCHEMA_VERSION",
+    "AuditEvent",
+    "AuditKind",
+    "AuditOutcome",
     "BreakerState",
     "BreakerTransition",
     "Cancel",
@@ -116,6 +120,7 @@ __all__ = (
     "Trim",
     "TrimInfo",
     "TurnDone",
+    "audit_stream",
     "breakers_bucket",
     "corpus_bucket",
     "deadline_after",

@@ -39,6 +39,7 @@ from subjects import (
     corpus_bucket,
     retrieval_cache_bucket,
 )
+from subjects._audit import AuditKind
 
 from ._cache import CachedSources, RetrievalCache, answer_scope, retrieval_key
 from ._filters import to_store_filter
@@ -229,6 +230,10 @@ class Retriever(Actor):
         """A question in; ``Sources`` to the client, ``Trim`` on to the context-trimmer."""
         cfg = self.config
         started = time.perf_counter()
+        await ctx.audit(AuditKind.QUERY_RECEIVED, session=request.session_id,
+                        question=request.question,
+                        sizes={"top_k": request.top_k, "shards": len(request.collections)},
+                        details={"retrieval": request.retrieval, "generate": request.generate})
         prepared = prepare(request, cfg.max_top_k)
         shards = request.collections or cfg.query_shards or cfg.shards
         versions = {s: self.corpus_versions.get(s, 0) for s in shards}

@@ -22,6 +22,8 @@ from prometheus_client import Counter, Histogram
 from config._router import ProviderSettings, RouterSettings
 from runtime import Actor, BadRequest, Context, Unavailable, codec, endpoint
 from subjects import Done, ErrorCode, Failed, Generate, Token, TurnDone, now_ms
+from subjects._audit import AuditKind
+from subjects._breaker import BreakerTransition
 
 from ._breaker import BreakerBoard, BreakerPolicy
 from ._coalesce import Coalescer
@@ -135,10 +137,17 @@ class Router(Actor):
                                rate_limit_cooldown_s=cfg.breaker_rate_limit_cooldown_s,
                                probe_timeout_s=cfg.breaker_probe_timeout_s)
         self._breakers = BreakerBoard(self.nc, self.subjects, self.id, policy,
-                                      metrics=self.metrics, actor=self.name, log=self.log)
+                                      metrics=self.metrics, actor=self.name, log=self.log,
+                                      on_transition=self._audit_transition)
         await self._breakers.start([p.name for p in self.providers])
         self.log.info("router.providers", chain=[p.name for p in self.providers],
                       down=self.down, mode=cfg.mode)
+
+    async def _audit_transition(self, t: BreakerTransition) -> None:
+        await self.audit.emit(AuditKind.PROVIDER_BREAKER, subject=t.provider,
+                              outcome="ok", details={"state": str(t.state), "reason": t.reason,
+                                                     "failures": t.failures,
+                                                     "message": t.message, "until": t.until})
 
     def _build(self, s: ProviderSettings) -> Provider | None:
         if s.kind == "extractive":
@@ -323,6 +332,10 @@ class Router(Actor):
         await answer.send(Failed(
             request_id=answer.request.request_id, code=code, message=message,
             trace_id=ctx.trace.trace_id, partial_text_length=ctx.partial_text_length))
+        await ctx.audit(AuditKind.ANSWER_FAILED, outcome="failed", code=code.value,
+                        session=answer.request.session_id, question=answer.request.question,
+                        sizes={"partial_text_length": ctx.partial_text_length},
+                        details={"message": message})
 
     async def _done(self, answer: _Answer, outcome: _Outcome, prompt: Prompt) -> None:
         request, ctx = answer.request, answer.ctx
@@ -340,6 +353,12 @@ class Router(Actor):
             request_id=request.request_id, text_length=ctx.partial_text_length,
             provider=provider.name, model=provider.model, usage=usage.as_dict(),
             timings_ms=timings, cache_hit=False, prompt_version=prompt.template))
+        await ctx.audit(AuditKind.ANSWER_DONE, session=request.session_id,
+                        question=request.question, answer=answer.text,
+                        duration_ms=round(elapsed, 3),
+                        sizes={"text_length": ctx.partial_text_length, **usage.as_dict()},
+                        details={"provider": provider.name, "model": provider.model,
+                                 "prompt_version": prompt.template})
         if request.session_id:
             await ctx.publish(self.subjects.memory_append, TurnDone(
                 session_id=request.session_id, request_id=request.request_id,

@@ -18,6 +18,7 @@ per failure, and N failures seen by one replica are evidence enough.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,7 +72,10 @@ class BreakerBoard:
     """This replica's view of every provider's breaker, kept in step with the others."""
 
     def __init__(self, nc: NATS, subjects: Subjects, replica: str, policy: BreakerPolicy, *,
-                 metrics: Metrics, actor: str = "router", log: Any = None) -> None:
+                 metrics: Metrics, actor: str = "router", log: Any = None,
+                 on_transition: Callable[[BreakerTransition], Awaitable[None]] | None = None
+                 ) -> None:
+        self._on_transition = on_transition
         self.nc = nc
         self.subjects = subjects
         self.replica = replica
@@ -240,6 +244,8 @@ class BreakerBoard:
             await self.nc.publish(self.subjects.breaker(t.provider), codec.encode(t))
         except Exception as exc:
             self._warn("breaker.publish_failed", provider=t.provider, error=str(exc))
+        if self._on_transition is not None:  # only the replica that made the move reports it
+            await self._on_transition(t)
         return True
 
     def _warn(self, event: str, **fields: Any) -> None:
