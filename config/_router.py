@@ -142,6 +142,12 @@ class RouterSettings(Section, frozen=True, kw_only=True):
     extractive_sentences: PositiveInt = 3
     prompts: list[PromptTemplate] = msgspec.field(default_factory=_default_prompts)
     local: LocalLLMSettings = msgspec.field(default_factory=LocalLLMSettings)
+    # the answer cache (exact, and semantic above this cosine similarity); answers that
+    # depend on conversation memory are never cached
+    answer_cache: bool = True
+    answer_cache_threshold: Annotated[float, Meta(gt=0, le=1)] = 0.95
+    answer_cache_ttl_s: Positive = 24 * 3600.0
+    answer_cache_semantic_entries: PositiveInt = 200
 
     def __post_init__(self) -> None:
         names = [p.name for p in self.providers]

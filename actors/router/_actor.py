@@ -17,14 +17,16 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+from nats.js.api import KeyValueConfig, StorageType
 from prometheus_client import Counter, Histogram
 
 from config._router import ProviderSettings, RouterSettings
-from runtime import Actor, BadRequest, Context, Unavailable, codec, endpoint
+from runtime import Actor, BadRequest, Context, Unavailable, codec, endpoint, ensure_kv
 from subjects import Done, ErrorCode, Failed, Generate, Token, TurnDone, now_ms
 from subjects._audit import AuditKind
 from subjects._breaker import BreakerTransition
 
+from ._answer_cache import AnswerCache, CachedAnswer
 from ._breaker import BreakerBoard, BreakerPolicy
 from ._coalesce import Coalescer
 from ._errors import MidStreamFailure, ProviderError, ProviderTimeout
@@ -83,6 +85,7 @@ class Router(Actor):
         self.config: RouterSettings = self.settings.router
         self.prompts = Prompts(self.config.prompts)
         self.providers: list[Provider] = []
+        self.answers: AnswerCache | None = None
         self.down: dict[str, str] = {}  # provider -> why it is skipped (not started, not answering)
         self.limits = RateLimits({p.name: p.rate_limit_per_minute for p in self.config.providers})
         self.local_llm: LocalLLM | None = None
@@ -140,6 +143,12 @@ class Router(Actor):
                                       metrics=self.metrics, actor=self.name, log=self.log,
                                       on_transition=self._audit_transition)
         await self._breakers.start([p.name for p in self.providers])
+        if cfg.answer_cache:
+            kv = await ensure_kv(self.nc, KeyValueConfig(
+                bucket=self.subjects.bucket("answers"), history=1, ttl=cfg.answer_cache_ttl_s,
+                storage=StorageType.FILE, description="answer cache (exact and semantic)"))
+            self.answers = AnswerCache(kv, threshold=cfg.answer_cache_threshold,
+                                       semantic_entries=cfg.answer_cache_semantic_entries)
         self.log.info("router.providers", chain=[p.name for p in self.providers],
                       down=self.down, mode=cfg.mode)
 
@@ -212,6 +221,8 @@ class Router(Actor):
         # text was sent (the base's DEADLINE_EXCEEDED reply knows nothing of it)
         remaining = ctx.remaining()
         outcome = _Outcome()
+        if await self._from_cache(answer, chain, prompt):
+            return
         async with anyio.create_task_group() as tg:
             tg.start_soon(answer.sink.run_timer)
             with anyio.CancelScope(deadline=started + remaining - min(0.05, remaining / 10)) \
@@ -241,6 +252,47 @@ class Router(Actor):
                          "skipped": [{"provider": n, "reason": r} for n, r in chain.skipped]},
                 trace_id=ctx.trace.trace_id)
         await self._done(answer, outcome, prompt)
+
+    def _cacheable(self, request: Generate) -> bool:
+        # an answer shaped by this session's conversation is not anyone else's answer
+        return (self.answers is not None and request.cache_scope is not None
+                and not request.history and not request.brief)
+
+    async def _from_cache(self, answer: _Answer, chain: Plan, prompt: Prompt) -> bool:
+        """Stream a cached answer like a fresh one (marked as a hit); False on a miss."""
+        request, ctx = answer.request, answer.ctx
+        if not self._cacheable(request) or not chain.order:
+            return False
+        first = chain.order[0]
+        assert self.answers is not None
+        assert request.cache_scope is not None
+        found = await self.answers.lookup(
+            scope=request.cache_scope, question=request.question, provider=first.name,
+            model=first.model, prompt=prompt.template, vector=request.question_vector)
+        if found is None:
+            return False
+        cached, how = found
+        assert answer.sink is not None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(answer.sink.run_timer)
+            answer.parts.append(cached.text)
+            await answer.sink.add(cached.text)
+            await answer.sink.flush()
+            tg.cancel_scope.cancel()
+        elapsed = (anyio.current_time() - answer.started) * 1000
+        timings = dict(request.timings_ms)
+        timings.update(generation=round(elapsed, 3), answer_cache=1.0)
+        await answer.send(Done(
+            request_id=request.request_id, text_length=ctx.partial_text_length,
+            provider=cached.provider, model=cached.model, timings_ms=timings, cache_hit=True,
+            prompt_version=prompt.template))
+        await ctx.audit(AuditKind.ANSWER_DONE, session=request.session_id,
+                        question=request.question, answer=cached.text,
+                        duration_ms=round(elapsed, 3),
+                        details={"provider": cached.provider, "cache_hit": how,
+                                 "prompt_version": prompt.template})
+        ctx.log.info("router.cache_hit", match=how, provider=cached.provider)
+        return True
 
     async def _run_chain(self, chain: Plan, prompt: Prompt, answer: _Answer) -> _Outcome:
         outcome = _Outcome()
@@ -359,6 +411,15 @@ class Router(Actor):
                         sizes={"text_length": ctx.partial_text_length, **usage.as_dict()},
                         details={"provider": provider.name, "model": provider.model,
                                  "prompt_version": prompt.template})
+        if self._cacheable(request) and provider.is_llm:
+            assert self.answers is not None
+            assert request.cache_scope is not None
+            await self.answers.store(scope=request.cache_scope, prompt=prompt.template,
+                                     answer=CachedAnswer(question=request.question,
+                                                         text=answer.text,
+                                                         provider=provider.name,
+                                                         model=provider.model,
+                                                         vector=request.question_vector))
         if request.session_id:
             await ctx.publish(self.subjects.memory_append, TurnDone(
                 session_id=request.session_id, request_id=request.request_id,

@@ -1,0 +1,53 @@
+"""The answer cache: repeats are streamed from cache, marked as hits, within their scope."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from actors.router import Router
+from config import Settings
+from runtime.connection import NATS
+from subjects import Done, Token
+from tests.actors.router._fixtures import ask, generate, openai, with_router
+from tests.support import running
+from tests.support.fake_openai import Behaviour, FakeOpenAI
+
+
+def unit(seed: int, near: np.ndarray | None = None, noise: float = 0.0) -> bytes:
+    rng = np.random.default_rng(seed)
+    v = near + noise * rng.standard_normal(384) if near is not None \
+        else rng.standard_normal(384)
+    return (v / np.linalg.norm(v)).astype("<f4").tobytes()
+
+
+def text_of(events: list[object]) -> str:
+    return "".join(e.text for e in events if isinstance(e, Token))
+
+
+async def test_exact_and_semantic_repeats_are_served_from_cache_within_scope(
+    settings: Settings, nc: NATS
+) -> None:
+    base = np.random.default_rng(1).standard_normal(384)
+    vec = unit(1, base)
+    close = unit(2, base, noise=0.05)   # cosine ~0.998: the same question reworded
+    far = unit(3)                       # unrelated
+    async with FakeOpenAI(Behaviour.counting(5)) as fake:
+        s = with_router(settings, [openai("llm", fake.base_url)])
+        async with running(Router(s)):
+            first = await ask(nc, generate(nc, cache_scope="scope-1", question_vector=vec))
+            again = await ask(nc, generate(nc, cache_scope="scope-1", question_vector=vec))
+            reworded = await ask(nc, generate(nc, question="New staff: how much vacation?",
+                                              cache_scope="scope-1", question_vector=close))
+            unrelated = await ask(nc, generate(nc, question="Who rotates laptops?",
+                                               cache_scope="scope-1", question_vector=far))
+            other_scope = await ask(nc, generate(nc, cache_scope="scope-2",
+                                                 question_vector=vec))
+            with_memory = await ask(nc, generate(nc, cache_scope="scope-1", question_vector=vec,
+                                                 brief="we talked about travel"))
+        calls = len(fake.requests)
+    done = [e[-1] for e in (first, again, reworded, unrelated, other_scope, with_memory)]
+    assert all(isinstance(d, Done) for d in done)
+    hits = [d.cache_hit for d in done if isinstance(d, Done)]
+    assert hits == [False, True, True, False, False, False]
+    assert text_of(again) == text_of(first) == text_of(reworded)
+    assert calls == 4  # the two hits never reached the provider
