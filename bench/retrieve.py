@@ -1,0 +1,226 @@
+"""The retrieval-only path (embed + search + trim, no LLM): actors vs one process.
+
+10k chunks of BEIR SciFact text with their real BM25 sparse vectors are written
+to the retriever's qdrant-edge store; their dense vectors are random unit vectors,
+because search cost does not depend on their values and embedding 10k chunks
+would take minutes. Each test query then runs (a) in-process: the same model
+object, the same store on the same worker thread, the same fusion and trimming
+functions, and (b) as a ``Query`` (generate=false) through embedder, retriever
+and context-trimmer on the bus, timed to its ``done`` event; interleaved query by
+query. ``qps`` is measured with 16 concurrent clients through the actors.
+Caches are off so every query does the work.
+
+    python -m bench.retrieve [--chunks N] [--queries N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import numpy as np
+import structlog
+
+from actors.embedder import Embedder
+from actors.ingestor._chunking import chunk_text
+from actors.ingestor._readers import read_file
+from actors.retriever import Retriever
+from actors.retriever._fusion import rrf
+from actors.retriever._query import to_sources
+from actors.retriever.store import Filter
+from actors.retriever.store import SparseVector as StoreSparse
+from actors.trimmer import ContextTrimmer
+from actors.trimmer._budget import Budget
+from actors.trimmer._trim import dedupe, fit, from_sources, shortlist
+from bench._stats import percentile
+from config import (
+    EmbedderSettings,
+    NatsSettings,
+    RetrieverSettings,
+    RuntimeSettings,
+    Settings,
+    TrimmerSettings,
+)
+from runtime import Client, EmbeddedNats, connect
+from runtime.bm25 import BM25Encoder
+from runtime.connection import NATS
+from runtime.tokens import count_tokens
+from subjects import (
+    Done,
+    Failed,
+    IndexApplied,
+    IndexUpdate,
+    PointUpsert,
+    Query,
+    QueryEvent,
+    SearchHit,
+    SparseVector,
+    Subjects,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "beir-scifact"
+TOP_K = 5
+
+
+def _chunks(n: int) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for doc in read_file(DATA / "corpus.jsonl").documents:
+        out.extend((doc.doc_id, c.text) for c in chunk_text(doc.text).chunks)
+        if len(out) >= n:
+            break
+    return out[:n]
+
+
+async def _load(nc: NATS, s: Subjects, chunks: list[tuple[str, str]]) -> None:
+    rng = np.random.default_rng(7)
+    bm25 = BM25Encoder()
+    client = Client(nc, s)
+    for start in range(0, len(chunks), 128):
+        upserts = []
+        for i, (doc_id, text) in enumerate(chunks[start:start + 128], start=start):
+            v = rng.standard_normal(384).astype("<f4")
+            w = bm25.document(text)
+            upserts.append(PointUpsert(
+                id=str(uuid.UUID(int=i + 1)),
+                vector=(v / np.linalg.norm(v)).astype("<f4").tobytes(),
+                sparse=SparseVector(indices=w.indices, values=w.values) if w.indices else None,
+                payload={"doc_id": doc_id, "text": text, "title": doc_id, "parent_id": doc_id,
+                         "version": 1, "tags": [], "deleted": False,
+                         "created_at": "2024-01-01T00:00:00Z"}))
+        await client.request(s.index_apply("default"), IndexUpdate(
+            model_id="all-MiniLM-L6-v2-int8", dim=384, upserts=upserts), IndexApplied,
+            timeout=120)
+
+
+async def run(n_chunks: int, n_queries: int) -> dict[str, Any]:
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
+    queries = [json.loads(line)["text"] for line in (DATA / "queries.jsonl").open()][:n_queries]
+    chunks = _chunks(n_chunks)
+    with tempfile.TemporaryDirectory(prefix="ragbus-retrieve-") as tmp:
+        async with EmbeddedNats() as server:
+            settings = Settings(
+                nats=NatsSettings(url=server.url),
+                runtime=RuntimeSettings(default_timeout_s=60),
+                embedder=EmbedderSettings(cache=False),
+                retriever=RetrieverSettings(data_dir=f"{tmp}/qdrant", cache=False,
+                                            optimize_idle_s=0.5),
+                trimmer=TrimmerSettings(),
+            )
+            s = Subjects()
+            nc = await connect(settings.nats, name="bench-retrieve")
+            embedder, retriever = Embedder(settings), Retriever(settings)
+            async with anyio.create_task_group() as tg:
+                for actor in (embedder, retriever, ContextTrimmer(settings)):
+                    await tg.start(actor.serve)
+                await _load(nc, s, chunks)
+                with anyio.fail_after(600):
+                    while retriever.optimizations == 0:  # noqa: ASYNC110 - HNSW built off-path
+                        await anyio.sleep(0.2)
+                assert embedder.model is not None
+                model, store = embedder.model, retriever.stores["default"]
+                cfg = settings.trimmer
+                bm25 = BM25Encoder()
+
+                async def inproc(question: str) -> None:
+                    vec = model.embed([question])[0]
+                    w = bm25.query(question)
+                    flt = Filter()
+
+                    def search() -> tuple[list[Any], list[Any]]:
+                        d = store.search(vec.tolist(), limit=30, filter=flt)
+                        sp = store.search(StoreSparse(indices=w.indices, values=w.values),
+                                          limit=30, filter=flt) if w.indices else []
+                        return d, sp
+
+                    d, sp = await retriever.worker.run(search)
+                    hits = rrf([[SearchHit(chunk_id=h.id, score=h.score, payload=h.payload)
+                                 for h in lst] for lst in (d, sp)])
+                    sources = to_sources(hits, TOP_K, widen=False)
+                    budget = Budget.from_settings(cfg, None)
+                    room = budget.context_for(count_tokens(question), 0)
+                    nodes = shortlist(dedupe(from_sources(sources), cfg.near_duplicate), room,
+                                      ratio=cfg.compression_ratio, min_nodes=cfg.min_nodes)
+                    fit(nodes, room, min_nodes=cfg.min_nodes,
+                        min_node_tokens=cfg.min_node_tokens)
+
+                decoder: msgspec.json.Decoder[QueryEvent] = msgspec.json.Decoder(QueryEvent)
+
+                async def through_actors(question: str, conn: NATS) -> None:
+                    inbox = conn.new_inbox()
+                    sub = await conn.subscribe(inbox)
+                    await conn.publish(s.query, msgspec.json.encode(Query(
+                        question=question, reply_to=inbox, top_k=TOP_K, generate=False)))
+                    try:
+                        while True:
+                            event = decoder.decode((await sub.next_msg(timeout=30)).data)
+                            if isinstance(event, Failed):
+                                raise SystemExit(f"query failed: {event.message}")
+                            if isinstance(event, Done):
+                                return
+                    finally:
+                        await sub.unsubscribe()
+
+                for q in queries[:10]:  # warm both paths
+                    await inproc(q)
+                    await through_actors(q, nc)
+                inproc_ms: list[float] = []
+                actor_ms: list[float] = []
+                for q in queries:
+                    t = time.perf_counter()
+                    await inproc(q)
+                    inproc_ms.append((time.perf_counter() - t) * 1000)
+                    t = time.perf_counter()
+                    await through_actors(q, nc)
+                    actor_ms.append((time.perf_counter() - t) * 1000)
+
+                loaded_ms: list[float] = []
+                todo = list(queries) * 2
+                started = time.perf_counter()
+
+                async def client_loop() -> None:
+                    while todo:
+                        q = todo.pop()
+                        t = time.perf_counter()
+                        await through_actors(q, nc)
+                        loaded_ms.append((time.perf_counter() - t) * 1000)
+
+                async with anyio.create_task_group() as load:
+                    for _ in range(16):
+                        load.start_soon(client_loop)
+                qps = len(loaded_ms) / (time.perf_counter() - started)
+                tg.cancel_scope.cancel()
+            await nc.close()
+    i50, a50 = percentile(inproc_ms, 50), percentile(actor_ms, 50)
+    i99, a99 = percentile(inproc_ms, 99), percentile(actor_ms, 99)
+    return {
+        "inproc_ms_p50": round(i50, 2),
+        "actor_ms_p50": round(a50, 2),
+        "actor_ms_p99": round(a99, 2),
+        "ratio_p50": round(a50 / i50, 3),
+        "ratio_p99": round(a99 / i99, 3),
+        "qps": round(qps, 1),
+        "loaded_ms_p99": round(percentile(loaded_ms, 99), 2),
+        "chunks": len(chunks),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--chunks", type=int, default=10_000)
+    parser.add_argument("--queries", type=int, default=200)
+    args = parser.parse_args()
+    if not (DATA / "corpus.jsonl").is_file():
+        raise SystemExit(f"BEIR SciFact not found in {DATA}")
+    print(json.dumps(anyio.run(run, args.chunks, args.queries)))
+
+
+if __name__ == "__main__":
+    main()
