@@ -39,7 +39,12 @@ from subjects import (
     deadline_after,
     now_ms,
 )
-from subjects._breaker import BreakerState, BreakerTransition, breakers_bucket
+from subjects._breaker import (
+    BreakerState,
+    BreakerTransition,
+    breakers_bucket,
+    stored_transition,
+)
 
 from . import codec
 from .connection import NATS
@@ -203,16 +208,8 @@ async def breaker_states(nc: NATS, subjects: Subjects) -> list[BreakerTransition
         kv = await nc.jetstream().key_value(breakers_bucket(subjects).bucket)
     except BucketNotFoundError:
         return []
-    states: list[BreakerTransition] = []
-    for entry in await kv_entries(kv):
-        if entry.value is None:
-            continue
-        try:
-            stored = codec.decode(entry.value, BreakerTransition)
-        except msgspec.DecodeError:
-            continue
-        states.append(msgspec.structs.replace(stored, revision=entry.revision or 0))
-    return sorted(states, key=lambda t: t.provider)
+    found = (stored_transition(e.value, e.revision) for e in await kv_entries(kv))
+    return sorted((t for t in found if t is not None), key=lambda t: t.provider)
 
 
 def breaker_table(states: list[BreakerTransition]) -> Table:

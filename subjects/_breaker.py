@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+import msgspec
 from nats.js.api import KeyValueConfig, StorageType
 
 from ._base import Message
 from ._names import Subjects
 
-__all__ = ("BreakerState", "BreakerTransition", "breakers_bucket")
+__all__ = ("BreakerState", "BreakerTransition", "breakers_bucket", "stored_transition")
 
 
 class BreakerState(StrEnum):
@@ -49,3 +50,15 @@ def breakers_bucket(s: Subjects) -> KeyValueConfig:
     """One key per provider (the provider name), the latest transition as its value."""
     return KeyValueConfig(bucket=s.bucket("breakers"), history=1, storage=StorageType.FILE,
                           description="router circuit breakers: provider -> BreakerTransition")
+
+
+def stored_transition(value: bytes | None, revision: int | None) -> BreakerTransition | None:
+    """A breaker as kept in the bucket, carrying its KV revision; None for a deleted or
+    unreadable entry (a bad value must not stop a router or ``ragbus status``)."""
+    if value is None:
+        return None
+    try:
+        stored = msgspec.json.decode(value, type=BreakerTransition)
+    except msgspec.DecodeError:
+        return None
+    return msgspec.structs.replace(stored, revision=revision or 0)

@@ -33,7 +33,12 @@ from prometheus_client import Counter, Gauge
 
 from runtime import Metrics, codec, ensure_kv, kv_entries
 from subjects import Subjects, now_ms
-from subjects._breaker import BreakerState, BreakerTransition, breakers_bucket
+from subjects._breaker import (
+    BreakerState,
+    BreakerTransition,
+    breakers_bucket,
+    stored_transition,
+)
 
 from ._errors import ProviderError, ProviderRateLimited
 
@@ -104,13 +109,9 @@ class BreakerBoard:
         try:
             self._kv = await ensure_kv(self.nc, breakers_bucket(self.subjects))
             for entry in await kv_entries(self._kv):
-                if entry.value is None:
-                    continue
-                try:
-                    stored = codec.decode(entry.value, BreakerTransition)
-                except msgspec.DecodeError:
-                    continue
-                self.apply(msgspec.structs.replace(stored, revision=entry.revision or 0))
+                stored = stored_transition(entry.value, entry.revision)
+                if stored is not None:
+                    self.apply(stored)
         except Exception as exc:  # no JetStream: breakers still work, shared by messages only
             self._warn("breaker.kv_unavailable", error=str(exc))
 
