@@ -60,7 +60,8 @@ class Embedder(Actor):
         cfg = self.config
         try:
             self.model = await self.worker.run(
-                EmbeddingModel.load, cfg.model, batch_size=cfg.batch_size, threads=cfg.threads
+                EmbeddingModel.load, cfg.model, batch_size=cfg.batch_size, threads=cfg.threads,
+                spin_wait=cfg.spin_wait,
             )
         except ModelLoadError as exc:
             raise Unavailable(f"embedding model {cfg.model!r} cannot be loaded: {exc}") from exc
@@ -77,7 +78,8 @@ class Embedder(Actor):
                     description="embedding cache: <model>.<sha256(text)> -> float32 vector",
                 ),
             )
-        self.cache = EmbeddingCache(kv, model.model_id)
+        # cache off means off: no shared bucket and no in-process copy either
+        self.cache = EmbeddingCache(kv, model.model_id, local_entries=4096 if cfg.cache else 0)
 
         def embed_batch(texts: Sequence[str]) -> NDArray[np.float32]:
             self._batch_sizes.labels(self.name).observe(len(texts))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,7 @@ class Retriever(Actor):
         self._last_write: dict[str, float] = {}
         self._optimized: dict[str, bool] = {}
         self.optimizations = 0
+        self._optimizing = 0
         self.corpus_versions: dict[str, int] = {}
         self.cache: RetrievalCache | None = None
         self._corpus_sub: Subscription | None = None
@@ -139,9 +141,19 @@ class Retriever(Actor):
             for shard, last in list(self._last_write.items()):
                 if not self._optimized.get(shard, True) and now - last >= idle:
                     self._optimized[shard] = True
-                    rebuilt = await self.worker.run(self.stores[shard].optimize)
+                    self._optimizing += 1
+                    try:
+                        rebuilt = await self.worker.run(self.stores[shard].optimize)
+                    finally:
+                        self._optimizing -= 1
                     self.optimizations += int(rebuilt)
                     self.log.info("retriever.optimized", shard=shard, rebuilt=rebuilt)
+
+    @property
+    def optimized(self) -> bool:
+        """Every write so far has been followed by a finished index build (benchmarks wait
+        for it: searches of a shard still being written fall back to brute force)."""
+        return self._optimizing == 0 and all(self._optimized.values())
 
     def _store(self, shard: str) -> VectorStore:
         try:
@@ -251,7 +263,9 @@ class Retriever(Actor):
                 self._cache_lookups.labels(self.name, "miss").inc()
             gathered = await gather(ctx, Client(self.nc, self.subjects), self.subjects,
                                     request, prepared, shards, candidates=cfg.candidates,
-                                    search_timeout_s=cfg.search_timeout_s, rrf_k=cfg.rrf_k)
+                                    search_timeout_s=cfg.search_timeout_s, rrf_k=cfg.rrf_k,
+                                    local={s: partial(self.search, ctx=ctx) for s in shards
+                                           if s in self.stores})
             sources = to_sources(gathered.hits, request.top_k, widen=request.widen)
             missing, vector = gathered.missing, gathered.vector
             timings.update(gathered.timings_ms)

@@ -7,7 +7,7 @@ it to ``<prefix>.query``.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -33,7 +33,7 @@ from ._filters import to_store_filter
 from ._fusion import by_score, rrf
 from ._selfquery import merge_filters, self_query
 
-__all__ = ("Gathered", "Prepared", "dense_array", "gather", "prepare", "to_sources")
+__all__ = ("Gathered", "LocalSearch", "Prepared", "dense_array", "gather", "prepare", "to_sources")
 
 _QUERY_BM25 = BM25Encoder()
 
@@ -64,55 +64,92 @@ class Gathered:
     vector: bytes | None  # the question's embedding, when one was made
 
 
+#: a shard this retriever serves itself: searched in-process, not over the bus
+LocalSearch = Callable[[Search], Awaitable[SearchResult]]
+
+
 async def gather(ctx: Context, client: Client, subjects: Subjects, query: Query,
                  prepared: Prepared, shards: Sequence[str], *, candidates: int,
-                 search_timeout_s: float, rrf_k: int) -> Gathered:
-    timings: dict[str, float] = {}
-    dense: bytes | None = None
-    if query.retrieval != "keyword":
-        t = time.perf_counter()
-        reply = await ctx.request(subjects.embed, Embed(texts=[prepared.text],
-                                                        deadline=ctx.deadline), Embedded)
-        dense = reply.vectors
-        timings["embed"] = (time.perf_counter() - t) * 1000
-    sparse = None
-    if query.retrieval != "dense":
-        weights = _QUERY_BM25.query(prepared.text)
-        sparse = SparseVector(indices=weights.indices, values=weights.values)
+                 search_timeout_s: float, rrf_k: int,
+                 local: Mapping[str, LocalSearch] | None = None) -> Gathered:
+    """Scatter the query to its shards and fuse what comes back by the deadline.
+
+    The keyword half needs no embedding, so it goes out at once and runs while
+    the embedder works; the dense half follows the vector. Shards served by this
+    retriever are searched in-process (the same handler, without two bus hops and
+    the hits' JSON); the others get a ``Search`` each. A shard whose reply misses
+    its share of the time is reported missing, and the answer goes on without it.
+    """
+    local = local or {}
     limit = max(candidates, query.top_k)
+    timings: dict[str, float] = {}
+    dense_lists: dict[str, list[SearchHit]] = {}
+    sparse_lists: dict[str, list[SearchHit]] = {}
+    missing: set[str] = set()
 
-    # a shard gets a bounded share of the time left; what misses it is reported missing
-    budget = min(search_timeout_s, ctx.remaining() * 0.5)
-    results: dict[str, SearchResult] = {}
-    t = time.perf_counter()
-
-    async def ask(shard: str) -> None:
+    async def ask(shard: str, dense: bytes | None, sparse: SparseVector | None) -> None:
+        # a shard gets a bounded share of the time left; what misses it is reported missing
+        budget = min(search_timeout_s, ctx.remaining() * 0.5)
         search = Search(request_id=query.request_id, shard=shard, dense=dense, sparse=sparse,
                         filters=prepared.filters, limit=limit, deadline=deadline_after(budget),
                         trace=ctx.trace, widen=query.widen)
+        result: SearchResult | None = None
         try:
-            results[shard] = await client.request(subjects.search(shard), search, SearchResult,
-                                                  timeout=budget)
+            in_process = local.get(shard)
+            if in_process is None:
+                result = await client.request(subjects.search(shard), search, SearchResult,
+                                              timeout=budget)
+            else:
+                with anyio.move_on_after(budget):
+                    result = await in_process(search)
         except RagbusError as exc:
             if exc.code.value == "BAD_REQUEST":
                 raise
             ctx.log.warning("search.shard_missing", shard=shard, code=exc.code.value)
+        except Exception as exc:  # a local store failing is a missing shard, as a remote one
+            ctx.log.error("search.shard_failed", shard=shard, error=repr(exc))
+        if result is None:
+            missing.add(shard)
+            return
+        if dense is not None:
+            dense_lists[shard] = result.dense
+        if sparse is not None:
+            sparse_lists[shard] = result.sparse
 
-    with anyio.move_on_after(budget + 0.05):
-        async with anyio.create_task_group() as tg:
+    vector: bytes | None = None
+    t = time.perf_counter()
+
+    async def dense_half() -> None:
+        nonlocal vector
+        e = time.perf_counter()
+        reply = await ctx.request(subjects.embed, Embed(texts=[prepared.text],
+                                                        deadline=ctx.deadline), Embedded)
+        vector = reply.vectors
+        timings["embed"] = (time.perf_counter() - e) * 1000
+        for shard in shards:
+            tg.start_soon(ask, shard, vector, None)
+
+    async with anyio.create_task_group() as tg:
+        if query.retrieval != "keyword":
+            tg.start_soon(dense_half)
+            await anyio.lowlevel.checkpoint()  # the embed request is on its way first
+        weights = _QUERY_BM25.query(prepared.text)
+        if query.retrieval != "dense" and weights.indices:  # no known word: no keyword half
+            sparse = SparseVector(indices=weights.indices, values=weights.values)
             for shard in shards:
-                tg.start_soon(ask, shard)
-    timings["search"] = (time.perf_counter() - t) * 1000
-    missing = [s for s in shards if s not in results]
-    dense_lists = [r.dense for r in results.values()]
-    sparse_lists = [r.sparse for r in results.values()]
+                tg.start_soon(ask, shard, None, sparse)
+    timings["search"] = (time.perf_counter() - t) * 1000  # both halves, embedding included
+    answered = [s for s in shards if s not in missing]
+    dense_hits = by_score([dense_lists[s] for s in answered if s in dense_lists])
+    sparse_hits = by_score([sparse_lists[s] for s in answered if s in sparse_lists])
     if query.retrieval == "dense":
-        hits = by_score(dense_lists)
+        hits = dense_hits
     elif query.retrieval == "keyword":
-        hits = by_score(sparse_lists)
+        hits = sparse_hits
     else:
-        hits = rrf([by_score(dense_lists), by_score(sparse_lists)], k=rrf_k)
-    return Gathered(hits=hits, missing=missing, timings_ms=timings, vector=dense)
+        hits = rrf([dense_hits, sparse_hits], k=rrf_k)
+    return Gathered(hits=hits, missing=[s for s in shards if s in missing], timings_ms=timings,
+                    vector=vector)
 
 
 def to_sources(hits: Sequence[SearchHit], top_k: int, *, widen: bool) -> list[Source]:

@@ -77,6 +77,17 @@ async def test_large_request_is_split_into_batches_of_the_configured_size(
         np.testing.assert_allclose(vectors(reply), embedder.model.embed(texts), atol=1e-5)
 
 
+async def test_with_the_cache_off_every_text_is_embedded(nats_url: str, nc: NATS) -> None:
+    settings = make_settings(nats_url, cache=False)
+    client = Client(nc)
+    async with running(Embedder(settings)) as (embedder,):
+        for _ in range(3):
+            reply = await client.request(EMBED, Embed(texts=["the same text"]), Embedded)
+            assert reply.cache_hits == 0
+        assert embedder.batcher is not None
+        assert embedder.batcher.texts_embedded == 3
+
+
 async def test_cache_serves_repeated_text_across_replicas(nats_url: str, nc: NATS) -> None:
     settings = make_settings(nats_url)
     client = Client(nc)

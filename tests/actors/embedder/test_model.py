@@ -117,6 +117,15 @@ def test_model_id_and_dim(model: EmbeddingModel) -> None:
     assert model.batch_size == 32
 
 
+def test_onnxruntime_threads_do_not_spin_unless_asked(model: EmbeddingModel) -> None:
+    """Busy-waiting threads would burn a core the bus and the other actors need."""
+    assert model.spin_wait is False
+    spinning = EmbeddingModel.load(BUNDLED_MODEL_ID, spin_wait=True)
+    assert spinning.spin_wait is True
+    texts = _texts(8)
+    np.testing.assert_array_equal(spinning.embed(texts), model.embed(texts))
+
+
 def test_vectors_are_384_dim_unit_norm_float32(model: EmbeddingModel) -> None:
     vectors = model.embed(["hello world", "", "a" * 5000, PARAGRAPH * 10])
     assert vectors.shape == (4, DIM)

@@ -9,6 +9,7 @@ from pathlib import Path
 import anyio
 import msgspec
 import pytest
+from nats.aio.msg import Msg
 
 from actors.embedder import Embedder
 from actors.ingestor import Ingestor
@@ -20,6 +21,7 @@ from runtime.jobs import follow_job, submit_job
 from subjects import (
     DocChanged,
     DocDelete,
+    Embed,
     Failed,
     IngestRequest,
     InlineDocument,
@@ -227,6 +229,69 @@ async def test_fan_out_answers_with_partial_sources_when_a_shard_is_slow_or_dead
     assert sorted(sources.missing_shards) == ["dead", "slow"]
     assert trim is not None  # the answer goes on with what arrived
     assert waited < 5  # it did not wait for the slow shard
+
+
+class GatedEmbedder(Embedder):
+    """The real model, answering only once ``gate`` is set (or after 5 s)."""
+
+    gate: anyio.Event
+
+    async def embed(self, request: Embed, ctx: Context):  # type: ignore[no-untyped-def,override]
+        with anyio.move_on_after(5):
+            await self.gate.wait()
+        return await super().embed(request, ctx)
+
+
+GatedEmbedder._endpoints = Embedder._endpoints
+
+
+async def test_the_keyword_half_goes_out_while_the_question_is_being_embedded(
+    nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
+    """The embedder holds its reply until a keyword search reaches a remote shard:
+    a retriever that embedded first and searched after would wait the full 5 s."""
+    front = make_settings(nats_url, tmp_path / "a", shards=["a"], cache=False)
+    other = make_settings(nats_url, tmp_path / "b", shards=["b"], cache=False)
+    embedder = GatedEmbedder(front)
+    embedder.gate = anyio.Event()
+    embedder.gate.set()  # open while ingesting
+    seen: list[Search] = []
+
+    async def sniff(msg: Msg) -> None:
+        search = msgspec.json.decode(msg.data, type=Search)
+        seen.append(search)
+        if search.sparse is not None:
+            embedder.gate.set()
+
+    # whichever retriever takes the query, the other's shard is remote to it
+    sniffer = await nc.subscribe(f"{S.prefix}.search.*", cb=sniff)
+    async with running(embedder, Ingestor(front), Retriever(front), Retriever(other)):
+        await ingest(nc, {"zyx": DOCS["zyx"]}, collection="b")
+        embedder.gate = anyio.Event()
+        started = anyio.current_time()
+        sources, _ = await ask(nc, q(nc, "Zyxqwerty handshake", collections=["a", "b"]))
+        waited = anyio.current_time() - started
+    await sniffer.unsubscribe()
+    assert isinstance(sources, Sources)
+    assert [s.doc_id for s in sources.sources] == ["zyx"]
+    assert sources.missing_shards == []
+    assert waited < 4
+    # one shard went over the bus: the keyword half first, the dense half once the vector came
+    assert [(x.sparse is not None, x.dense is not None) for x in seen] == [
+        (True, False), (False, True)]
+
+
+async def test_a_shard_served_by_the_retriever_itself_is_searched_without_the_bus(
+    nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
+    local = await nc.subscribe(S.search("default"))
+    async with system(nats_url, tmp_path, cache=False):
+        await ingest(nc, DOCS)
+        sources, _ = await ask(nc, q(nc, "why do sea otters hold hands?"))
+    assert isinstance(sources, Sources)
+    assert sources.sources[0].doc_id == "otters"
+    assert local.pending_msgs == 0  # no Search went out for it
+    await local.unsubscribe()
 
 
 async def test_retrieval_cache_serves_repeats_and_invalidates_on_reingest(
