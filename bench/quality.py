@@ -133,9 +133,8 @@ async def run(data: Path, limit: int | None) -> dict[str, Any]:
             )
             nc = await connect(settings.nats, name="bench-quality")
             s = Subjects()
-            actors: list[Actor] = [Embedder(settings), Retriever(settings), Ingestor(settings)]
-            if trimmer_cls is not None:
-                actors.append(trimmer_cls(settings))
+            retriever = Retriever(settings)
+            actors: list[Actor] = [Embedder(settings), retriever, Ingestor(settings)]
             async with anyio.create_task_group() as tg:
                 for actor in actors:
                     await tg.start(actor.serve)
@@ -146,7 +145,9 @@ async def run(data: Path, limit: int | None) -> dict[str, Any]:
                 if final.state != JobState.SUCCEEDED:
                     raise SystemExit(f"ingest failed: {final.message}")
                 results["ingest_s"] = round(time.perf_counter() - started, 1)
-                await anyio.sleep(3)  # let the retriever build HNSW once writes are quiet
+                with anyio.fail_after(600):  # HNSW is built once writes are quiet
+                    while not retriever.optimized:  # noqa: ASYNC110
+                        await anyio.sleep(0.2)
                 for mode in MODES:
                     scores = []
                     for qid in ids:
@@ -155,6 +156,9 @@ async def run(data: Path, limit: int | None) -> dict[str, Any]:
                     results[f"{mode}_ndcg10"] = round(sum(scores) / len(scores), 4)
                 ratios = []
                 if trimmer_cls is not None:
+                    # started only now: during the nDCG runs it would compress every
+                    # top-30 hand-off nobody waits for, and load the embedder meanwhile
+                    await tg.start(trimmer_cls(settings).serve)
                     for qid in ids:
                         _, ctx = await _ask(nc, s, queries[qid], "hybrid", 10, True)
                         info = ctx.trim_info if ctx else None
