@@ -14,7 +14,10 @@ timed to its ``done`` event; interleaved query by query.
 timed from its scheduled send (so queueing counts), and ``qps`` is the highest
 rate whose p99 stays under 50 ms while keeping up (``loaded_ms_p99`` is that
 rate's p99). Closed-loop clients would hide the queueing: at 200 qps, 16 of them
-wait 80 ms on average by Little's law, whatever the system does.
+wait 80 ms on average by Little's law, whatever the system does. ``qps`` runs the
+actors in this process (as ``ragbus up`` does: one GIL); ``qps_split`` runs each in
+a process of its own (as ``ragbus actor NAME`` does), with ``cpu_ms_per_query_split``
+summed over all of them.
 
 Caches are off so every query does the work, and compression is off (context
 of top 5 stays near its 1,000-token threshold; bench.quality measures it).
@@ -26,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import sys
 import tempfile
 import time
@@ -53,6 +58,7 @@ from actors.trimmer._trim import dedupe, fit, from_sources, shortlist
 from bench._stats import percentile
 from config import (
     EmbedderSettings,
+    MetricsSettings,
     NatsSettings,
     RetrieverSettings,
     RuntimeSettings,
@@ -85,13 +91,31 @@ STEP_S = 4.0
 P99_LIMIT_MS = 50.0
 
 
+Clock = Callable[[], float]
+
+
+def _cpu_of(pids: list[int]) -> Clock:
+    """CPU seconds of this process and ``pids`` together (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def clock() -> float:
+        total = time.process_time()
+        for pid in pids:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        return total
+
+    return clock
+
+
 async def _step(questions: list[str], ask: Callable[[str], Awaitable[None]],
-                rate: int) -> tuple[float, float, float]:
+                rate: int, clock: Clock) -> tuple[float, float, float]:
     """Send ``rate`` queries a second for ``STEP_S``: p99 ms, achieved rate, and CPU ms
-    per query of this process (every actor and the client; nats-server not counted)."""
+    per query of the processes ``clock`` covers (nats-server not counted)."""
     latencies: list[float] = []
     n = int(rate * STEP_S)
-    cpu = time.process_time()
+    cpu = clock()
     start = time.perf_counter()
 
     async def one(i: int) -> None:
@@ -104,22 +128,68 @@ async def _step(questions: list[str], ask: Callable[[str], Awaitable[None]],
         for i in range(n):
             tg.start_soon(one, i)
     achieved = n / (time.perf_counter() - start)
-    return percentile(latencies, 99), achieved, (time.process_time() - cpu) * 1000 / n
+    return percentile(latencies, 99), achieved, (clock() - cpu) * 1000 / n
 
 
-async def _open_loop(questions: list[str],
-                     ask: Callable[[str], Awaitable[None]]) -> tuple[int, float, float]:
+async def _open_loop(questions: list[str], ask: Callable[[str], Awaitable[None]],
+                     clock: Clock = time.process_time,
+                     label: str = "") -> tuple[int, float, float]:
     """The highest rate of ``RATES`` served with p99 < 50 ms, that p99, and its CPU ms
     per query."""
     best, best_p99, best_cpu = 0, float("nan"), float("nan")
     for rate in RATES:
-        p99, achieved, cpu = await _step(questions, ask, rate)
-        print(f"# {rate} qps offered: p99 {p99:.1f} ms, {achieved:.0f} qps achieved, "
+        p99, achieved, cpu = await _step(questions, ask, rate, clock)
+        print(f"# {label}{rate} qps offered: p99 {p99:.1f} ms, {achieved:.0f} qps achieved, "
               f"{cpu:.1f} ms CPU per query", file=sys.stderr)
         if p99 >= P99_LIMIT_MS or achieved < 0.95 * rate:
             break
         best, best_p99, best_cpu = rate, p99, cpu
     return best, best_p99, best_cpu
+
+
+_SPLIT = {"embedder": "actors.embedder:Embedder", "retriever": "actors.retriever:Retriever",
+          "context-trimmer": "actors.trimmer:ContextTrimmer"}
+
+
+def _serve_one(settings: Settings, name: str) -> None:
+    """One actor in a process of its own, as ``ragbus actor NAME`` runs it."""
+    import importlib
+
+    from runtime._run import run_actors
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(50))
+    module, _, attr = _SPLIT[name].partition(":")
+    cls = getattr(importlib.import_module(module), attr)
+    anyio.run(lambda: run_actors(settings, {name: cls}, embedded=False,
+                                 nats_url=settings.nats.url))
+
+
+async def _split_qps(settings: Settings, questions: list[str],
+                     ask: Callable[[str], Awaitable[None]]) -> tuple[int, float, float]:
+    """The open-loop search with each actor in its own process (one GIL each)."""
+    spawn = multiprocessing.get_context("spawn")
+    processes = [spawn.Process(target=_serve_one, args=(settings, name), daemon=True)
+                 for name in _SPLIT]
+    for process in processes:
+        process.start()
+    try:
+        with anyio.fail_after(120):  # the model loads, the store reopens
+            while True:
+                try:
+                    with anyio.fail_after(5):
+                        await ask(questions[0])
+                    break
+                except (TimeoutError, SystemExit):
+                    await anyio.sleep(0.5)
+        for q in questions[:10]:
+            await ask(q)
+        pids = [p.pid for p in processes if p.pid is not None]
+        return await _open_loop(questions, ask, _cpu_of(pids), label="split: ")
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.join(15)
 
 
 def _chunks(n: int) -> list[tuple[str, str]]:
@@ -160,6 +230,7 @@ async def run(n_chunks: int, n_queries: int, threads: int | None = None) -> dict
         async with EmbeddedNats() as server:
             settings = Settings(
                 nats=NatsSettings(url=server.url),
+                metrics=MetricsSettings(enabled=False),  # three processes, one port
                 runtime=RuntimeSettings(default_timeout_s=60),
                 embedder=EmbedderSettings(cache=False, threads=threads),
                 retriever=RetrieverSettings(data_dir=f"{tmp}/qdrant", cache=False,
@@ -238,7 +309,9 @@ async def run(n_chunks: int, n_queries: int, threads: int | None = None) -> dict
                     actor_ms.append((time.perf_counter() - t) * 1000)
 
                 qps, loaded_p99, cpu_ms = await _open_loop(queries, lambda q: through_actors(q, nc))
-                tg.cancel_scope.cancel()
+                tg.cancel_scope.cancel()  # the store is closed: a retriever process opens it
+            split, split_p99, split_cpu = await _split_qps(
+                settings, queries, lambda q: through_actors(q, nc))
             await nc.close()
     i50, a50 = percentile(inproc_ms, 50), percentile(actor_ms, 50)
     i99, a99 = percentile(inproc_ms, 99), percentile(actor_ms, 99)
@@ -251,6 +324,9 @@ async def run(n_chunks: int, n_queries: int, threads: int | None = None) -> dict
         "qps": qps,
         "loaded_ms_p99": round(loaded_p99, 2),
         "cpu_ms_per_query": round(cpu_ms, 2),
+        "qps_split": split,
+        "loaded_ms_p99_split": round(split_p99, 2),
+        "cpu_ms_per_query_split": round(split_cpu, 2),
         "chunks": len(chunks),
     }
 
