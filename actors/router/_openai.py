@@ -134,8 +134,12 @@ class OpenAIProvider:
         if settings.api_key:
             headers["Authorization"] = f"Bearer {settings.api_key.get()}"
         connect = settings.connect_timeout_s
+        # one TLS context for the whole pool: a client left to make its own loads the CA
+        # bundle, 20-30 ms of CPU on the event loop each time the pool grows during a burst
+        # (0.2 ms with a shared one)
+        tls = httpx.create_ssl_context()
         self._clients = ClientPool(lambda: httpx.AsyncClient(
-            base_url=self.base_url, headers=headers,
+            base_url=self.base_url, headers=headers, verify=tls,
             timeout=httpx.Timeout(connect=connect, read=None, write=connect, pool=connect),
             limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
         ))

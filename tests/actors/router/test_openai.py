@@ -185,3 +185,23 @@ def test_retry_after_accepts_seconds_and_http_dates() -> None:
 def test_classification_reads_the_error_text(status: int, body: object,
                                              error: type[ProviderError]) -> None:
     assert isinstance(classify_error("p", status, body), error)
+
+
+async def test_concurrent_streams_share_one_tls_context() -> None:
+    """Each stream gets its own single-connection client; a client making its own TLS
+    context would load the CA bundle (20-30 ms of CPU) every time the pool grows."""
+    async with FakeOpenAI(Behaviour.counting(3, pace_s=0.02)) as fake, \
+            provider(fake.base_url) as p:
+        results: list[list[str]] = []
+
+        async def one() -> None:
+            results.append(await collect(p))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(4):
+                tg.start_soon(one)
+        clients = list(p._clients._all)
+        contexts = {id(c._transport._pool._ssl_context) for c in clients}  # type: ignore[attr-defined]
+    assert results == [[f"t{i} " for i in range(3)]] * 4
+    assert len(clients) == 4  # one client per concurrent stream
+    assert len(contexts) == 1
