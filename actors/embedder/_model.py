@@ -86,38 +86,14 @@ class EmbeddingModel:
         so give a persistent one for downloaded models); offline models never
         write to it. ``threads`` caps onnxruntime's threads (default: one per
         core). ``spin_wait`` lets onnxruntime's threads busy-wait between runs
-        (see :func:`_set_spinning`). Raises a :class:`ModelLoadError` subclass
+        (see :meth:`_with_spinning`). Raises a :class:`ModelLoadError` subclass
         that says what to fix.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be at least 1 or None, not {threads}")
-        spec = spec.strip()
-        if not spec:  # Path("") is the working directory, never what was meant
-            raise UnknownModelError(f"no embedding model given: use {BUNDLED_MODEL_ID!r}")
-        if spec.lower() == BUNDLED_MODEL_ID.lower():
-            bundled = bundled_files()
-            model = _load_offline(
-                BUNDLED_MODEL_ID, bundled, BUNDLED_DIM, batch_size, threads, cache_dir
-            )
-            return model._spinning(spin_wait)
-        path = Path(spec).expanduser()
-        if path.is_dir():
-            local = local_files(path.resolve())
-            model = _load_offline(str(local.model_dir), local, None, batch_size, threads,
-                                  cache_dir)
-            return model._spinning(spin_wait)
-        name = _fastembed_name(spec)
-        if name is not None:
-            return _load_fastembed(name, batch_size, threads, cache_dir)._spinning(spin_wait)
-        if spec.startswith(("/", "./", "../", "~")) or path.exists():
-            local_files(path.absolute())  # raises: not a directory, which it names
-        raise UnknownModelError(
-            f"unknown embedding model {spec!r}: use {BUNDLED_MODEL_ID!r} (bundled, offline), "
-            "a model name from fastembed.TextEmbedding.list_supported_models(), or a "
-            f"directory with model.onnx and its tokenizer files ({path.absolute()} is none)"
-        )
+        return _load_spec(spec, batch_size, threads, cache_dir)._with_spinning(spin_wait)
 
     @property
     def model_id(self) -> str:
@@ -160,9 +136,9 @@ class EmbeddingModel:
     @property
     def spin_wait(self) -> bool:
         """Whether onnxruntime's threads busy-wait between runs (see :meth:`load`)."""
-        return _spinning(self._backend)
+        return _allows_spinning(self._backend)
 
-    def _spinning(self, allowed: bool) -> EmbeddingModel:
+    def _with_spinning(self, allowed: bool) -> EmbeddingModel:
         """Reopen the ONNX session with spinning on or off; fastembed has no knob for it.
 
         onnxruntime's intra-op threads busy-wait after every run so the next one
@@ -171,7 +147,7 @@ class EmbeddingModel:
         here at one query per 10 ms, 18.7 ms of CPU per query spinning against
         8.4 ms not (a single query takes 4.3 ms instead of 5.8 ms).
         """
-        if _spinning(self._backend) == allowed:
+        if _allows_spinning(self._backend) == allowed:
             return self
         import onnxruntime as ort  # type: ignore[import-untyped]
 
@@ -199,6 +175,34 @@ class EmbeddingModel:
             f"EmbeddingModel(model_id={self._model_id!r}, dim={self._dim}, "
             f"batch_size={self._batch_size})"
         )
+
+
+def _load_spec(
+    spec: str, batch_size: int, threads: int | None, cache_dir: str | None
+) -> EmbeddingModel:
+    """The model ``spec`` names, as :meth:`EmbeddingModel.load` describes it."""
+    spec = spec.strip()
+    if not spec:  # Path("") is the working directory, never what was meant
+        raise UnknownModelError(f"no embedding model given: use {BUNDLED_MODEL_ID!r}")
+    if spec.lower() == BUNDLED_MODEL_ID.lower():
+        bundled = bundled_files()
+        return _load_offline(
+            BUNDLED_MODEL_ID, bundled, BUNDLED_DIM, batch_size, threads, cache_dir
+        )
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        local = local_files(path.resolve())
+        return _load_offline(str(local.model_dir), local, None, batch_size, threads, cache_dir)
+    name = _fastembed_name(spec)
+    if name is not None:
+        return _load_fastembed(name, batch_size, threads, cache_dir)
+    if spec.startswith(("/", "./", "../", "~")) or path.exists():
+        local_files(path.absolute())  # raises: not a directory, which it names
+    raise UnknownModelError(
+        f"unknown embedding model {spec!r}: use {BUNDLED_MODEL_ID!r} (bundled, offline), "
+        "a model name from fastembed.TextEmbedding.list_supported_models(), or a "
+        f"directory with model.onnx and its tokenizer files ({path.absolute()} is none)"
+    )
 
 
 def _load_offline(
@@ -237,7 +241,7 @@ def _load_offline(
     return model
 
 
-def _spinning(backend: TextEmbedding) -> bool:
+def _allows_spinning(backend: TextEmbedding) -> bool:
     holder = getattr(backend, "model", None)
     session = getattr(holder, "model", None)
     if session is None:
