@@ -12,7 +12,7 @@ import secrets
 from nats.aio.client import Client as NATS
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig, StreamConfig
 from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
-from nats.js.kv import KeyValue
+from nats.js.kv import KV_DEL, KV_MARKER_REASON, KV_OP, KV_PURGE, KeyValue
 
 __all__ = ("ensure_kv", "ensure_stream", "kv_entries")
 
@@ -95,4 +95,4 @@ def _removed(headers: dict[str, str] | None) -> bool:
     """A delete or purge tombstone, or a server marker for an expired key."""
     if not headers:
         return False
-    return headers.get("KV-Operation") in ("DEL", "PURGE") or "Nats-Marker-Reason" in headers
+    return headers.get(KV_OP) in (KV_DEL, KV_PURGE) or KV_MARKER_REASON in headers
