@@ -124,25 +124,18 @@ def _stream_admin(stream: str) -> list[str]:
 def _bucket(bucket: str) -> list[str]:
     """Open, read, write and watch one KV bucket."""
     stream = f"KV_{bucket}"
-    return [
-        *_stream_admin(stream),
-        f"$KV.{bucket}.>",
-        f"$JS.API.DIRECT.GET.{stream}",
-        f"$JS.API.DIRECT.GET.{stream}.>",
-        f"$JS.API.STREAM.MSG.GET.{stream}",
-        f"$JS.API.CONSUMER.CREATE.{stream}",  # watchers are ordered, unnamed consumers
-        f"$JS.API.CONSUMER.CREATE.{stream}.>",
-        f"$JS.API.CONSUMER.INFO.{stream}.>",
-        f"$JS.API.CONSUMER.DELETE.{stream}.>",
-        f"$JS.API.CONSUMER.MSG.NEXT.{stream}.>",  # kv_entries reads with a pull consumer
-    ]
+    return [*_stream_admin(stream), f"$KV.{bucket}.>", *_kv_reads(stream)]
 
 
 def _bucket_reader(bucket: str) -> list[str]:
     """Read and watch one KV bucket that someone else writes."""
     stream = f"KV_{bucket}"
+    return [f"$JS.API.STREAM.INFO.{stream}", *_kv_reads(stream)]
+
+
+def _kv_reads(stream: str) -> list[str]:
+    """Gets, watchers (ordered, unnamed consumers) and kv_entries' pull consumer."""
     return [
-        f"$JS.API.STREAM.INFO.{stream}",
         f"$JS.API.DIRECT.GET.{stream}",
         f"$JS.API.DIRECT.GET.{stream}.>",
         f"$JS.API.STREAM.MSG.GET.{stream}",
