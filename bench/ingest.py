@@ -29,13 +29,13 @@ from actors.ingestor._chunking import ChunkingConfig, chunk_text
 from actors.ingestor._readers import read_file
 from actors.retriever import Retriever
 from actors.retriever.store import Filter
+from bench._data import SCIFACT
 from config import NatsSettings, RetrieverSettings, Settings
 from runtime import EmbeddedNats, connect
 from runtime.jobs import follow_job, submit_job
 from subjects import IngestRequest, JobProgress, JobState
 
-REPO = Path(__file__).resolve().parents[1]
-CORPUS = REPO.parent / "shared" / "data" / "beir-scifact" / "corpus.jsonl"
+CORPUS = SCIFACT / "corpus.jsonl"
 
 
 async def _ingest(nc: object, path: Path) -> tuple[JobProgress, float]:

@@ -30,6 +30,7 @@ import structlog
 from actors.embedder import Embedder
 from actors.ingestor import Ingestor
 from actors.retriever import Retriever
+from bench._data import SCIFACT
 from config import (
     IngestorSettings,
     NatsSettings,
@@ -52,8 +53,7 @@ from subjects import (
     Subjects,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "beir-scifact"
+DATA = SCIFACT
 MODES: tuple[RetrievalMode, ...] = ("dense", "hybrid", "keyword")
 
 

@@ -55,6 +55,8 @@ from actors.retriever.store import SparseVector as StoreSparse
 from actors.trimmer import ContextTrimmer
 from actors.trimmer._budget import Budget
 from actors.trimmer._trim import dedupe, fit, from_sources, shortlist
+from bench._data import SCIFACT
+from bench._processes import serve_actors
 from bench._stats import percentile
 from config import (
     EmbedderSettings,
@@ -82,8 +84,7 @@ from subjects import (
     Subjects,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "beir-scifact"
+DATA = SCIFACT
 TOP_K = 5
 CANDIDATES = RetrieverSettings().candidates
 RATES = (25, 50, 75, 100, 125, 150, 200, 250, 300, 400, 500)
@@ -147,28 +148,14 @@ async def _open_loop(questions: list[str], ask: Callable[[str], Awaitable[None]]
     return best, best_p99, best_cpu
 
 
-_SPLIT = {"embedder": "actors.embedder:Embedder", "retriever": "actors.retriever:Retriever",
-          "context-trimmer": "actors.trimmer:ContextTrimmer"}
-
-
-def _serve_one(settings: Settings, name: str) -> None:
-    """One actor in a process of its own, as ``ragbus actor NAME`` runs it."""
-    import importlib
-
-    from runtime._run import run_actors
-
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(50))
-    module, _, attr = _SPLIT[name].partition(":")
-    cls = getattr(importlib.import_module(module), attr)
-    anyio.run(lambda: run_actors(settings, {name: cls}, embedded=False,
-                                 nats_url=settings.nats.url))
+_SPLIT = ("embedder", "retriever", "context-trimmer")
 
 
 async def _split_qps(settings: Settings, questions: list[str],
                      ask: Callable[[str], Awaitable[None]]) -> tuple[int, float, float]:
     """The open-loop search with each actor in its own process (one GIL each)."""
     spawn = multiprocessing.get_context("spawn")
-    processes = [spawn.Process(target=_serve_one, args=(settings, name), daemon=True)
+    processes = [spawn.Process(target=serve_actors, args=(settings, (name,)), daemon=True)
                  for name in _SPLIT]
     for process in processes:
         process.start()

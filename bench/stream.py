@@ -44,6 +44,7 @@ from nats.aio.subscription import Subscription
 
 from actors.router._clients import ClientPool
 from actors.router._prompts import Prompts
+from bench._processes import serve_actors
 from bench._stats import percentile
 from config import (
     IngestorSettings,
@@ -82,34 +83,8 @@ def _quiet(level: int = 40) -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))
 
 
-def _serve_router(settings: Settings) -> None:
-    """The router's own process, as ``ragbus actor router`` runs it."""
-    from actors.router import Router
-    from runtime._run import run_actors
-
-    _quiet(50)  # the output is one JSON object
-    anyio.run(lambda: run_actors(settings, {"router": Router}, embedded=False,
-                                 nats_url=settings.nats.url))
-
-
-_QUERY_PATH = {"embedder": "actors.embedder:Embedder", "ingestor": "actors.ingestor:Ingestor",
-               "retriever": "actors.retriever:Retriever",
-               "trimmer": "actors.trimmer:ContextTrimmer"}
-
-
-def _serve_query_path(settings: Settings) -> None:
-    """The rest of the query path in one process, as ``ragbus up`` would run it."""
-    import importlib
-
-    from runtime import Actor
-    from runtime._run import run_actors
-
-    _quiet(50)
-    classes: dict[str, type[Actor]] = {}
-    for name, path in _QUERY_PATH.items():
-        module, _, attr = path.partition(":")
-        classes[name] = getattr(importlib.import_module(module), attr)
-    anyio.run(lambda: run_actors(settings, classes, embedded=False, nats_url=settings.nats.url))
+#: the rest of the query path, in one process as ``ragbus up`` would run it
+_QUERY_PATH = ("embedder", "ingestor", "retriever", "context-trimmer")
 
 
 def _serve_fake(behaviour: Behaviour, ports: Queue[int]) -> None:
@@ -257,7 +232,7 @@ async def _full_query_ttfts(bench: Bench, settings: Settings, rounds: int) -> li
     from subjects import Embed, Embedded, IngestRequest, InlineDocument, JobState
 
     process = multiprocessing.get_context("spawn").Process(
-        target=_serve_query_path, args=(settings,), daemon=True)
+        target=serve_actors, args=(settings, _QUERY_PATH), daemon=True)
     process.start()
     try:
         with anyio.fail_after(120):  # the embedder loads its model first
@@ -324,7 +299,7 @@ async def _router(settings: Settings, in_process: bool) -> AsyncIterator[None]:
                 router.request_stop()
         return
     process = multiprocessing.get_context("spawn").Process(
-        target=_serve_router, args=(settings,), daemon=True)
+        target=serve_actors, args=(settings, ("router",)), daemon=True)
     process.start()
     try:
         yield
