@@ -12,7 +12,7 @@ import hashlib
 
 import msgspec
 
-__all__ = ("GENESIS", "Record", "chain_hash", "decode_line", "encode_line")
+__all__ = ("GENESIS", "Record", "chain_hash", "decode_line", "encode_line", "stored_event_id")
 
 #: The ``prev`` of the first record of a store.
 GENESIS = "0" * 64
@@ -26,8 +26,13 @@ class Record(msgspec.Struct, frozen=True, kw_only=True):
     event: msgspec.Raw
 
 
+class _EventId(msgspec.Struct):
+    event_id: str
+
+
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Record)
+_id_decoder = msgspec.json.Decoder(_EventId)
 
 
 def chain_hash(seq: int, prev: str, stream_seq: int, event: bytes) -> str:
@@ -48,3 +53,8 @@ def decode_line(line: bytes) -> Record:
     """A stored line (without its newline) as a record; ``msgspec.DecodeError`` if it is not."""
     record: Record = _decoder.decode(line)
     return record
+
+
+def stored_event_id(event: bytes) -> str:
+    """The id a stored event is deduplicated by; ``msgspec.DecodeError`` if it has none."""
+    return _id_decoder.decode(event).event_id

@@ -36,20 +36,13 @@ from ._files import (
     truncate_torn_tail,
     write_head,
 )
-from ._record import GENESIS, chain_hash, decode_line, encode_line
+from ._record import GENESIS, chain_hash, decode_line, encode_line, stored_event_id
 
 __all__ = ("AppendResult", "AuditStore", "Incoming")
 
 LOGGER = "audit-logger"
 _event_decoder = msgspec.json.Decoder(AuditEvent)
 _encoder = msgspec.json.Encoder()
-
-
-class _EventId(msgspec.Struct):
-    event_id: str
-
-
-_id_decoder = msgspec.json.Decoder(_EventId)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +142,7 @@ class AuditStore:
                     raise self._tampered(newer[0], f"record {newer[1]} does not follow record "
                                          f"{record.seq}")
                 try:
-                    ids.append(_id_decoder.decode(event).event_id)
+                    ids.append(stored_event_id(event))
                 except msgspec.DecodeError:
                     raise self._tampered(path.name, f"record {record.seq} holds no valid event") \
                         from None

@@ -15,16 +15,9 @@ from pathlib import Path
 import msgspec
 
 from ._files import Head, read_head, store_files
-from ._record import GENESIS, chain_hash, decode_line, encode_line
+from ._record import GENESIS, chain_hash, decode_line, encode_line, stored_event_id
 
 __all__ = ("Problem", "VerifyReport", "verify_store")
-
-
-class _EventId(msgspec.Struct):
-    event_id: str
-
-
-_id_decoder = msgspec.json.Decoder(_EventId)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,12 +86,12 @@ class _Walk:
             return broken(record.seq, "it differs from what HEAD recorded: the chain was "
                           "rewritten from here or earlier")
         try:
-            event_id = _id_decoder.decode(event).event_id
+            found = stored_event_id(event)
         except msgspec.DecodeError:
             return broken(record.seq, "it holds no valid audit event")
-        if event_id in self.seen:
+        if found in self.seen:
             self.duplicates += 1
-        self.seen.add(event_id)
+        self.seen.add(found)
         self.expected, self.prev = record.seq + 1, record.hash
         self.last_file, self.last_line = name, number
         return None
