@@ -17,7 +17,8 @@ rate's p99). Closed-loop clients would hide the queueing: at 200 qps, 16 of them
 wait 80 ms on average by Little's law, whatever the system does. ``qps`` runs the
 actors in this process (as ``ragbus up`` does: one GIL); ``qps_split`` runs each in
 a process of its own (as ``ragbus actor NAME`` does), with ``cpu_ms_per_query_split``
-summed over all of them.
+summed over all of them. ``qps_inproc`` is the same search against the in-process
+path, so the actors' rate can be read against what the machine allows at all.
 
 Caches are off so every query does the work, and compression is off (context
 of top 5 stays near its 1,000-token threshold; bench.quality measures it).
@@ -295,6 +296,9 @@ async def run(n_chunks: int, n_queries: int, threads: int | None = None) -> dict
                     await through_actors(q, nc)
                     actor_ms.append((time.perf_counter() - t) * 1000)
 
+                # the same schedule against the monolith: the rate this machine allows at all
+                qps_in, loaded_p99_in, cpu_ms_in = await _open_loop(queries, inproc,
+                                                                    label="in-process: ")
                 qps, loaded_p99, cpu_ms = await _open_loop(queries, lambda q: through_actors(q, nc))
                 tg.cancel_scope.cancel()  # the store is closed: a retriever process opens it
             split, split_p99, split_cpu = await _split_qps(
@@ -311,6 +315,9 @@ async def run(n_chunks: int, n_queries: int, threads: int | None = None) -> dict
         "qps": qps,
         "loaded_ms_p99": round(loaded_p99, 2),
         "cpu_ms_per_query": round(cpu_ms, 2),
+        "qps_inproc": qps_in,
+        "loaded_ms_p99_inproc": round(loaded_p99_in, 2),
+        "cpu_ms_per_query_inproc": round(cpu_ms_in, 2),
         "qps_split": split,
         "loaded_ms_p99_split": round(split_p99, 2),
         "cpu_ms_per_query_split": round(split_cpu, 2),
