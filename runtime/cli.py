@@ -79,9 +79,22 @@ def _cmd_actor(args: argparse.Namespace) -> int:
 
     from ._run import run_actors
 
+    if args.replicas < 1:
+        err.print(f"[red]error:[/] --replicas must be at least 1, not {args.replicas}")
+        return 2
     loaded = _load(args)
     url = _nats_url(loaded)
-    cls = load_actor(args.name)
+    cls = load_actor(args.name)  # an unknown name fails here, not in every replica
+    if args.replicas != 1:
+        from ._replicas import run_replicas
+
+        m, rt = loaded.settings.metrics, loaded.settings.runtime
+        anyio.run(lambda: run_replicas(
+            args.name, args.replicas, config=args.config,
+            metrics_port=m.port if m.enabled and m.port else None,
+            backoff_initial_s=rt.restart_backoff_initial_s,
+            backoff_max_s=rt.restart_backoff_max_s))
+        return 0
     anyio.run(lambda: run_actors(loaded.settings, {args.name: cls}, embedded=False,
                                  nats_url=url))
     return 0
@@ -163,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     actor = sub.add_parser("actor", help="run one actor against the configured NATS")
     actor.add_argument("name")
+    actor.add_argument("--replicas", type=int, default=1,
+                       help="run N processes of it, e.g. one per core for a CPU-bound actor "
+                       "(they share a queue group; metrics on port, port+1, ...)")
     actor.set_defaults(func=_cmd_actor)
 
     status = sub.add_parser("status", help="list running actors and their stats")

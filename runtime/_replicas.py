@@ -1,0 +1,101 @@
+"""``ragbus actor NAME --replicas N``: one actor in N processes, kept running.
+
+An asyncio process uses one core. An actor whose work is Python (the router
+relaying streams, the trimmer counting tokens) saturates that core long before
+the machine is busy; replicas of it share a queue group, so NATS spreads the
+requests over them, and what they must agree on (breakers, caches, jobs) is
+already shared over the bus. This runs the replicas as one command: each is
+``ragbus actor NAME`` in a child process of its own session (so a terminal's
+Ctrl-C reaches only this parent, which passes on exactly one drain signal); a
+replica that dies is started again with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+
+import anyio
+import structlog
+from anyio.abc import Process
+
+__all__ = ("run_replicas",)
+
+class _Replicas:
+    def __init__(self, argv: Sequence[str], envs: Sequence[Mapping[str, str]], *,
+                 backoff_initial_s: float, backoff_max_s: float, healthy_after_s: float) -> None:
+        self.argv = list(argv)
+        self.envs = envs
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self.healthy_after_s = healthy_after_s
+        self.processes: dict[int, Process] = {}
+        self.stopping = False
+        self.log = structlog.get_logger().bind(component="replicas")
+
+    async def keep(self, i: int) -> None:
+        """Run replica ``i`` until a stop, starting it again whenever it dies."""
+        delay = self.backoff_initial_s
+        while not self.stopping:
+            started = anyio.current_time()
+            process = await anyio.open_process(self.argv, env=dict(self.envs[i]),
+                                               stdin=None, stdout=None, stderr=None,
+                                               start_new_session=True)
+            self.processes[i] = process
+            self.log.info("replica.started", replica=i, pid=process.pid)
+            code = await process.wait()
+            if self.stopping:
+                self.log.info("replica.stopped", replica=i, code=code)
+                return
+            if anyio.current_time() - started >= self.healthy_after_s:
+                delay = self.backoff_initial_s
+            self.log.warning("replica.died", replica=i, code=code, restart_in_s=delay)
+            await anyio.sleep(delay)
+            delay = min(delay * 2, self.backoff_max_s)
+
+    def signal_all(self, sig: signal.Signals) -> None:
+        for process in self.processes.values():
+            if process.returncode is None:
+                process.send_signal(sig)
+
+
+async def _watch(replicas: _Replicas) -> None:
+    """First SIGINT/SIGTERM drains every replica; a second one kills them."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for sig in signals:
+            if not replicas.stopping:
+                replicas.log.info("shutdown.draining", signal=signal.Signals(sig).name)
+                replicas.stopping = True
+                replicas.signal_all(signal.SIGTERM)
+            else:
+                replicas.log.warning("shutdown.forced", signal=signal.Signals(sig).name)
+                replicas.signal_all(signal.SIGKILL)
+                return
+
+
+async def run_replicas(name: str, count: int, *, config: str | None,
+                       metrics_port: int | None, backoff_initial_s: float = 0.5,
+                       backoff_max_s: float = 30.0, healthy_after_s: float = 30.0) -> None:
+    """Run ``count`` processes of actor ``name`` until a signal drains them.
+
+    With ``metrics_port`` (metrics on, a fixed port), replica ``i`` serves its
+    metrics on ``metrics_port + i``: processes on one host cannot share a port.
+    """
+    argv = [sys.executable, "-m", "runtime.cli",
+            *(["--config", config] if config else []), "actor", name]
+    envs = []
+    for i in range(count):
+        env = dict(os.environ)
+        if metrics_port is not None:
+            env["RAGBUS_METRICS__PORT"] = str(metrics_port + i)
+        envs.append(env)
+    replicas = _Replicas(argv, envs, backoff_initial_s=backoff_initial_s,
+                         backoff_max_s=backoff_max_s, healthy_after_s=healthy_after_s)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_watch, replicas)
+        async with anyio.create_task_group() as kept:
+            for i in range(count):
+                kept.start_soon(replicas.keep, i)
+        tg.cancel_scope.cancel()  # every replica drained: stop watching signals too

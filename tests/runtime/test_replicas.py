@@ -1,0 +1,64 @@
+"""``ragbus actor NAME --replicas N``: N processes of one actor, restarted, drained as one."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+
+from runtime._status import discover
+from runtime.cli import main
+from runtime.connection import NATS
+
+
+def _children(pid: int) -> set[int]:
+    return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+async def _routers(nc: NATS, count: int) -> set[str]:
+    """The ids of running router instances, once there are ``count`` of them."""
+    with anyio.fail_after(60):
+        while True:
+            found = {str(s["id"]) for s in await discover(nc, "PING", wait_s=0.3)
+                     if s.get("name") == "router"}
+            if len(found) == count:
+                return found
+            await anyio.sleep(0.2)
+
+
+async def test_replicas_run_restart_when_killed_and_drain_on_one_signal(
+    nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
+    env = {**os.environ, "RAGBUS_NATS__URL": nats_url, "RAGBUS_METRICS__ENABLED": "false"}
+    proc = await anyio.open_process(
+        [sys.executable, "-m", "runtime.cli", "actor", "router", "--replicas", "2"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        first = await _routers(nc, 2)
+        replicas = _children(proc.pid)
+        assert len(replicas) == 2
+
+        victim = min(replicas)
+        os.kill(victim, signal.SIGKILL)
+        with anyio.fail_after(30):  # the dead replica's service entry goes with its connection
+            while (await _routers(nc, 2)) == first:  # noqa: ASYNC110 - polling another process
+                await anyio.sleep(0.2)
+        assert victim not in _children(proc.pid)
+        assert len(_children(proc.pid)) == 2
+
+        proc.send_signal(signal.SIGINT)  # as Ctrl-C: one signal drains them all
+        with anyio.fail_after(60):
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert not [s for s in await discover(nc, "PING", wait_s=0.3) if s.get("name") == "router"]
+
+
+def test_replicas_below_one_are_refused() -> None:
+    assert main(["actor", "router", "--replicas", "0"]) == 2
