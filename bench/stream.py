@@ -9,7 +9,10 @@ answered by a router in its own process (as deployed; ``--in-process`` runs it i
 this one) and relayed as ``Token``
 events to a reply subject (time to the first ``Token``). The difference is what
 the router costs: two NATS hops, decode, prompt, routing, breakers, re-encode.
-At concurrency 32 both paths run 32 requests at once.
+At concurrency 32 both paths run 32 requests at once; ``..._c32_2routers`` repeats
+that with a second router process beside the first (one per core, as ``ragbus
+actor router --replicas 2`` runs them): one asyncio process is one core, and at
+32 streams the router's is the busy one.
 
 Also: relay throughput of one long, fast stream (provider deltas per second
 arriving at the client), and cancel-to-close: from publishing a ``Cancel`` to
@@ -57,6 +60,7 @@ from config import (
 )
 from config._router import ProviderSettings, RouterSettings
 from runtime import EmbeddedNats, codec, connect
+from runtime._status import discover
 from runtime.connection import NATS
 from subjects import (
     Cancel,
@@ -298,17 +302,48 @@ async def _router(settings: Settings, in_process: bool) -> AsyncIterator[None]:
             finally:
                 router.request_stop()
         return
-    process = multiprocessing.get_context("spawn").Process(
-        target=serve_actors, args=(settings, ("router",)), daemon=True)
-    process.start()
+    async with _router_processes(settings, 1):
+        yield
+
+
+@contextlib.asynccontextmanager
+async def _router_processes(settings: Settings, n: int) -> AsyncIterator[None]:
+    """``n`` routers in processes of their own, as ``ragbus actor router --replicas n``."""
+    spawn = multiprocessing.get_context("spawn")
+    processes = [spawn.Process(target=serve_actors, args=(settings, ("router",)), daemon=True)
+                 for _ in range(n)]
+    for process in processes:
+        process.start()
     try:
         yield
     finally:
-        process.terminate()  # drains while its NATS is still there
-        process.join(15)
+        for process in processes:
+            process.terminate()  # drains while its NATS is still there
+        for process in processes:
+            process.join(15)
 
 
-async def _measure(bench: Bench, settings: Settings, rounds: int) -> dict[str, Any]:
+async def _with_second_router(bench: Bench, settings: Settings, rounds: int) -> float:
+    """p50 TTFT overhead at concurrency 32 once a second router replica shares the load
+    (one process per core, as ``ragbus actor router --replicas 2`` runs them)."""
+    async with _router_processes(settings, 1):
+        with anyio.fail_after(60):  # until the new replica answers too
+            while len([s for s in await discover(bench.nc, "PING", wait_s=0.3)  # noqa: ASYNC110
+                       if s.get("name") == "router"]) < 2:
+                await anyio.sleep(0.2)
+        for _ in range(2):
+            await _concurrently(32, bench.direct)
+            await _concurrently(32, bench.through_router)
+        direct: list[float] = []
+        routed: list[float] = []
+        for _ in range(rounds):
+            direct += await _concurrently(32, bench.direct)
+            routed += await _concurrently(32, bench.through_router)
+    return percentile(routed, 50) - percentile(direct, 50)
+
+
+async def _measure(bench: Bench, settings: Settings, rounds: int,
+                   in_process: bool) -> dict[str, Any]:
     await _wait_for_router(bench)
     for _ in range(2):  # warm both paths: connections, pools, caches
         await _concurrently(32, bench.direct)
@@ -323,6 +358,7 @@ async def _measure(bench: Bench, settings: Settings, rounds: int) -> dict[str, A
             router_1.append(await bench.through_router())
         direct_32 += await _concurrently(32, bench.direct)
         router_32 += await _concurrently(32, bench.through_router)
+    two_routers = None if in_process else await _with_second_router(bench, settings, rounds)
     rates = [await bench.relay_rate() for _ in range(3)]
     closes = [await bench.cancel_to_close() for _ in range(rounds * 5)]
     with tempfile.TemporaryDirectory(prefix="bench-stream-") as root:
@@ -336,6 +372,7 @@ async def _measure(bench: Bench, settings: Settings, rounds: int) -> dict[str, A
         "ttft_router_ms_p50": round(r1, 3),
         "ttft_overhead_ms_p50_c1": round(r1 - d1, 3),
         "ttft_overhead_ms_p50_c32": round(r32 - d32, 3),
+        "ttft_overhead_ms_p50_c32_2routers": None if two_routers is None else round(two_routers, 3),
         "ttft_full_query_ms_p50": round(percentile(full, 50), 3) if full else None,
         "tokens_per_s_relay": round(percentile(rates, 50)),
         "cancel_to_close_ms_p50": round(percentile(closes, 50), 3),
@@ -374,7 +411,7 @@ async def run(rounds: int, pace_ms: float, in_process: bool = False) -> dict[str
                 nc = await connect(settings.nats, name="bench-stream")
                 bench = Bench(nc, urls)
                 try:
-                    return await _measure(bench, settings, rounds)
+                    return await _measure(bench, settings, rounds, in_process)
                 finally:
                     await bench.aclose()
                     await nc.close()
