@@ -21,7 +21,10 @@ import anyio
 import structlog
 from anyio.abc import Process
 
+from ._run import watch_signals
+
 __all__ = ("run_replicas",)
+
 
 class _Replicas:
     def __init__(self, argv: Sequence[str], envs: Sequence[Mapping[str, str]], *,
@@ -55,24 +58,17 @@ class _Replicas:
             await anyio.sleep(delay)
             delay = min(delay * 2, self.backoff_max_s)
 
+    def drain(self) -> None:
+        self.stopping = True
+        self.signal_all(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.signal_all(signal.SIGKILL)
+
     def signal_all(self, sig: signal.Signals) -> None:
         for process in self.processes.values():
             if process.returncode is None:
                 process.send_signal(sig)
-
-
-async def _watch(replicas: _Replicas) -> None:
-    """First SIGINT/SIGTERM drains every replica; a second one kills them."""
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for sig in signals:
-            if not replicas.stopping:
-                replicas.log.info("shutdown.draining", signal=signal.Signals(sig).name)
-                replicas.stopping = True
-                replicas.signal_all(signal.SIGTERM)
-            else:
-                replicas.log.warning("shutdown.forced", signal=signal.Signals(sig).name)
-                replicas.signal_all(signal.SIGKILL)
-                return
 
 
 async def run_replicas(name: str, count: int, *, config: str | None,
@@ -94,7 +90,7 @@ async def run_replicas(name: str, count: int, *, config: str | None,
     replicas = _Replicas(argv, envs, backoff_initial_s=backoff_initial_s,
                          backoff_max_s=backoff_max_s, healthy_after_s=healthy_after_s)
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_watch, replicas)
+        tg.start_soon(watch_signals, replicas.drain, replicas.kill)
         async with anyio.create_task_group() as kept:
             for i in range(count):
                 kept.start_soon(replicas.keep, i)

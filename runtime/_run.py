@@ -23,13 +23,13 @@ from .server import EmbeddedNats
 from .state import RunInfo, clear_run_info, data_root, write_run_info
 from .supervisor import Supervisor
 
-__all__ = ("Ready", "run_actors")
+__all__ = ("Ready", "run_actors", "watch_signals")
 
 Ready = Callable[[str, int | None, list[str]], None]
 
 
-async def _watch_signals(supervisor: Supervisor, scope: anyio.CancelScope) -> None:
-    """First SIGINT/SIGTERM drains; a second one stops at once."""
+async def watch_signals(drain: Callable[[], None], force: Callable[[], None]) -> None:
+    """First SIGINT/SIGTERM calls ``drain``; a second one calls ``force`` and returns."""
     log = structlog.get_logger()
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         count = 0
@@ -37,10 +37,10 @@ async def _watch_signals(supervisor: Supervisor, scope: anyio.CancelScope) -> No
             count += 1
             if count == 1:
                 log.info("shutdown.draining", signal=signal.Signals(sig).name)
-                supervisor.stop()
+                drain()
             else:
                 log.warning("shutdown.forced", signal=signal.Signals(sig).name)
-                scope.cancel()
+                force()
                 return
 
 
@@ -92,7 +92,7 @@ async def run_actors(
                 await supervisor.run(task_status=task_status)
                 tg.cancel_scope.cancel()  # drained: stop watching signals too
 
-            tg.start_soon(_watch_signals, supervisor, tg.cancel_scope)
+            tg.start_soon(watch_signals, supervisor.stop, tg.cancel_scope.cancel)
             await tg.start(supervise)
             if on_ready is not None:
                 on_ready(url, metrics_port, list(classes))
