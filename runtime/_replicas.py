@@ -21,6 +21,7 @@ import anyio
 import structlog
 from anyio.abc import Process
 
+from ._backoff import Backoff
 from ._run import watch_signals
 
 __all__ = ("run_replicas",)
@@ -28,38 +29,37 @@ __all__ = ("run_replicas",)
 
 class _Replicas:
     def __init__(self, argv: Sequence[str], envs: Sequence[Mapping[str, str]], *,
-                 backoff_initial_s: float, backoff_max_s: float, healthy_after_s: float) -> None:
+                 backoff: tuple[float, float, float]) -> None:
         self.argv = list(argv)
         self.envs = envs
-        self.backoff_initial_s = backoff_initial_s
-        self.backoff_max_s = backoff_max_s
-        self.healthy_after_s = healthy_after_s
+        self.backoff = backoff
         self.processes: dict[int, Process] = {}
-        self.stopping = False
+        self.stopping = anyio.Event()
         self.log = structlog.get_logger().bind(component="replicas")
 
     async def keep(self, i: int) -> None:
         """Run replica ``i`` until a stop, starting it again whenever it dies."""
-        delay = self.backoff_initial_s
-        while not self.stopping:
+        backoff = Backoff(*self.backoff)
+        while not self.stopping.is_set():
             started = anyio.current_time()
             process = await anyio.open_process(self.argv, env=dict(self.envs[i]),
                                                stdin=None, stdout=None, stderr=None,
                                                start_new_session=True)
             self.processes[i] = process
+            if self.stopping.is_set():  # the drain came while it was starting
+                process.send_signal(signal.SIGTERM)
             self.log.info("replica.started", replica=i, pid=process.pid)
             code = await process.wait()
-            if self.stopping:
+            if self.stopping.is_set():
                 self.log.info("replica.stopped", replica=i, code=code)
                 return
-            if anyio.current_time() - started >= self.healthy_after_s:
-                delay = self.backoff_initial_s
+            delay = backoff.after(anyio.current_time() - started)
             self.log.warning("replica.died", replica=i, code=code, restart_in_s=delay)
-            await anyio.sleep(delay)
-            delay = min(delay * 2, self.backoff_max_s)
+            with anyio.move_on_after(delay):  # a drain must not wait out a long backoff
+                await self.stopping.wait()
 
     def drain(self) -> None:
-        self.stopping = True
+        self.stopping.set()
         self.signal_all(signal.SIGTERM)
 
     def kill(self) -> None:
@@ -87,8 +87,8 @@ async def run_replicas(name: str, count: int, *, config: str | None,
         if metrics_port is not None:
             env["RAGBUS_METRICS__PORT"] = str(metrics_port + i)
         envs.append(env)
-    replicas = _Replicas(argv, envs, backoff_initial_s=backoff_initial_s,
-                         backoff_max_s=backoff_max_s, healthy_after_s=healthy_after_s)
+    replicas = _Replicas(argv, envs,
+                         backoff=(backoff_initial_s, backoff_max_s, healthy_after_s))
     async with anyio.create_task_group() as tg:
         tg.start_soon(watch_signals, replicas.drain, replicas.kill)
         async with anyio.create_task_group() as kept:

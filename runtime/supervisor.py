@@ -7,7 +7,6 @@ request drains every actor concurrently.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -15,6 +14,7 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 
+from ._backoff import Backoff
 from .actor import Actor
 from .metrics import Metrics
 
@@ -43,9 +43,7 @@ class Supervisor:
         metrics: Metrics | None = None,
     ) -> None:
         self._slots = {name: _Slot(name, f) for name, f in factories.items()}
-        self._initial = backoff_initial_s
-        self._max = backoff_max_s
-        self._healthy_after = healthy_after_s
+        self._backoff = (backoff_initial_s, backoff_max_s, healthy_after_s)
         self._stopping = anyio.Event()
         self.metrics = metrics
         self.log = structlog.get_logger().bind(component="supervisor")
@@ -76,11 +74,11 @@ class Supervisor:
             await self._stopping.wait()  # even with no actors, run until told to stop
 
     async def _keep_running(self, slot: _Slot) -> None:
-        delay = self._initial
+        backoff = Backoff(*self._backoff)
         while not self._stopping.is_set():
             actor = slot.factory()
             slot.actor = actor
-            began = time.monotonic()
+            began = anyio.current_time()
             try:
                 async with anyio.create_task_group() as tg:
                     await tg.start(actor.serve)
@@ -89,6 +87,7 @@ class Supervisor:
                     if self._stopping.is_set():
                         actor.request_stop()
             except Exception as exc:
+                delay = backoff.after(anyio.current_time() - began)
                 root = _first_leaf(exc)
                 reason = f"{type(root).__name__}: {root}"
                 self.log.error("actor.crashed", actor=slot.name, reason=reason,
@@ -96,9 +95,8 @@ class Supervisor:
             else:
                 if self._stopping.is_set():
                     return
+                delay = backoff.after(anyio.current_time() - began)
                 self.log.warning("actor.exited", actor=slot.name, restart_in_s=delay)
-            if time.monotonic() - began > self._healthy_after:
-                delay = self._initial
             with anyio.move_on_after(delay):
                 await self._stopping.wait()
             if self._stopping.is_set():
@@ -108,7 +106,6 @@ class Supervisor:
             slot.restarts += 1
             if self.metrics is not None:
                 self.metrics.restarts.labels(slot.name).inc()
-            delay = min(delay * 2, self._max)
 
 
 def _first_leaf(exc: BaseException) -> BaseException:

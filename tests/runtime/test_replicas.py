@@ -10,6 +10,7 @@ from pathlib import Path
 
 import anyio
 
+from runtime._replicas import _Replicas
 from runtime._status import discover
 from runtime.cli import main
 from runtime.connection import NATS
@@ -62,3 +63,18 @@ async def test_replicas_run_restart_when_killed_and_drain_on_one_signal(
 
 def test_replicas_below_one_are_refused() -> None:
     assert main(["actor", "router", "--replicas", "0"]) == 2
+
+
+async def test_a_drain_does_not_wait_out_a_dying_replicas_backoff() -> None:
+    replicas = _Replicas([sys.executable, "-c", "raise SystemExit(3)"], [dict(os.environ)],
+                         backoff=(60.0, 60.0, 30.0))
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(replicas.keep, 0)
+            while 0 not in replicas.processes or replicas.processes[0].returncode is None:  # noqa: ASYNC110 - polling another process
+                await anyio.sleep(0.05)
+            await anyio.sleep(0.2)  # now in its 60 s backoff
+            began = anyio.current_time()
+            replicas.drain()
+    assert anyio.current_time() - began < 5
+    assert replicas.processes[0].returncode == 3
