@@ -60,7 +60,7 @@ from config import (
 )
 from config._router import ProviderSettings, RouterSettings
 from runtime import EmbeddedNats, codec, connect
-from runtime._status import discover
+from runtime._status import wait_for_instances
 from runtime.connection import NATS
 from subjects import (
     Cancel,
@@ -327,27 +327,31 @@ async def _with_second_router(bench: Bench, settings: Settings, rounds: int) -> 
     """p50 TTFT overhead at concurrency 32 once a second router replica shares the load
     (one process per core, as ``ragbus actor router --replicas 2`` runs them)."""
     async with _router_processes(settings, 1):
-        with anyio.fail_after(60):  # until the new replica answers too
-            while len([s for s in await discover(bench.nc, "PING", wait_s=0.3)  # noqa: ASYNC110
-                       if s.get("name") == "router"]) < 2:
-                await anyio.sleep(0.2)
-        for _ in range(2):
-            await _concurrently(32, bench.direct)
-            await _concurrently(32, bench.through_router)
+        await wait_for_instances(bench.nc, "router", 2)  # until the new replica answers too
+        await _warm(bench)
         direct: list[float] = []
         routed: list[float] = []
         for _ in range(rounds):
-            direct += await _concurrently(32, bench.direct)
-            routed += await _concurrently(32, bench.through_router)
+            await _burst(bench, direct, routed)
     return percentile(routed, 50) - percentile(direct, 50)
+
+
+async def _warm(bench: Bench) -> None:
+    """Connections, pools and caches of both paths, before anything is timed."""
+    for _ in range(2):
+        await _burst(bench, [], [])
+
+
+async def _burst(bench: Bench, direct: list[float], routed: list[float]) -> None:
+    """32 concurrent requests down each path, one path at a time."""
+    direct += await _concurrently(32, bench.direct)
+    routed += await _concurrently(32, bench.through_router)
 
 
 async def _measure(bench: Bench, settings: Settings, rounds: int,
                    in_process: bool) -> dict[str, Any]:
     await _wait_for_router(bench)
-    for _ in range(2):  # warm both paths: connections, pools, caches
-        await _concurrently(32, bench.direct)
-        await _concurrently(32, bench.through_router)
+    await _warm(bench)
     direct_1: list[float] = []
     router_1: list[float] = []
     direct_32: list[float] = []
@@ -356,8 +360,7 @@ async def _measure(bench: Bench, settings: Settings, rounds: int,
         for _ in range(10):
             direct_1.append(await bench.direct())
             router_1.append(await bench.through_router())
-        direct_32 += await _concurrently(32, bench.direct)
-        router_32 += await _concurrently(32, bench.through_router)
+        await _burst(bench, direct_32, router_32)
     two_routers = None if in_process else await _with_second_router(bench, settings, rounds)
     rates = [await bench.relay_rate() for _ in range(3)]
     closes = [await bench.cancel_to_close() for _ in range(rounds * 5)]

@@ -11,24 +11,13 @@ from pathlib import Path
 import anyio
 
 from runtime._replicas import _Replicas
-from runtime._status import discover
+from runtime._status import discover, wait_for_instances
 from runtime.cli import main
 from runtime.connection import NATS
 
 
 def _children(pid: int) -> set[int]:
     return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
-
-
-async def _routers(nc: NATS, count: int) -> set[str]:
-    """The ids of running router instances, once there are ``count`` of them."""
-    with anyio.fail_after(60):
-        while True:
-            found = {str(s["id"]) for s in await discover(nc, "PING", wait_s=0.3)
-                     if s.get("name") == "router"}
-            if len(found) == count:
-                return found
-            await anyio.sleep(0.2)
 
 
 async def test_replicas_run_restart_when_killed_and_drain_on_one_signal(
@@ -39,14 +28,14 @@ async def test_replicas_run_restart_when_killed_and_drain_on_one_signal(
         [sys.executable, "-m", "runtime.cli", "actor", "router", "--replicas", "2"],
         cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        first = await _routers(nc, 2)
+        first = await wait_for_instances(nc, "router", 2)
         replicas = _children(proc.pid)
         assert len(replicas) == 2
 
         victim = min(replicas)
         os.kill(victim, signal.SIGKILL)
         with anyio.fail_after(30):  # the dead replica's service entry goes with its connection
-            while (await _routers(nc, 2)) == first:  # noqa: ASYNC110 - polling another process
+            while (await wait_for_instances(nc, "router", 2)) == first:  # noqa: ASYNC110 - polling another process
                 await anyio.sleep(0.2)
         assert victim not in _children(proc.pid)
         assert len(_children(proc.pid)) == 2
