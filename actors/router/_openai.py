@@ -34,6 +34,7 @@ from ._errors import (
     ProviderTimeout,
 )
 from ._provider import Prompt, Usage
+from ._transport import asyncio_transport
 
 __all__ = ("OpenAIProvider", "classify_error", "parse_retry_after")
 
@@ -138,10 +139,11 @@ class OpenAIProvider:
         # bundle, 20-30 ms of CPU on the event loop each time the pool grows during a burst
         # (0.2 ms with a shared one)
         tls = httpx.create_ssl_context()
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
         self._clients = ClientPool(lambda: httpx.AsyncClient(
-            base_url=self.base_url, headers=headers, verify=tls,
+            base_url=self.base_url, headers=headers,
+            transport=asyncio_transport(ssl_context=tls, limits=limits),
             timeout=httpx.Timeout(connect=connect, read=None, write=connect, pool=connect),
-            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
         ))
 
     @property
