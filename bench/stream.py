@@ -3,16 +3,19 @@
 The provider is the loopback fake OpenAI server streaming at a fixed pace, in a
 process of its own (a provider is another machine). The same chat request is
 made two ways, in interleaved rounds so machine noise hits both alike:
-``direct`` is httpx from this process straight to the provider (time to the
-first content delta); ``router`` is a ``Generate`` published on the bus,
+``direct`` is stock httpx from this process straight to the provider (time to
+the first content delta); ``router`` is a ``Generate`` published on the bus,
 answered by a router in its own process (as deployed; ``--in-process`` runs it in
-this one) and relayed as ``Token``
-events to a reply subject (time to the first ``Token``). The difference is what
-the router costs: two NATS hops, decode, prompt, routing, breakers, re-encode.
-At concurrency 32 both paths run 32 requests at once; ``..._c32_2routers`` repeats
-that with a second router process beside the first (one per core, as ``ragbus
-actor router --replicas 2`` runs them): one asyncio process is one core, and at
-32 streams the router's is the busy one.
+this one) and relayed as ``Token`` events to a reply subject (time to the first
+``Token``). The difference is what the router costs: two NATS hops, decode,
+prompt, routing, breakers, re-encode. At concurrency 32 both paths run 32
+requests at once. The router's httpx runs over asyncio transports
+(``actors.router._transport``), cheaper than stock httpx's anyio stack, so
+``..._c32_same_stack`` also compares against a direct client on that same
+stack: what the router adds, with none of its transport's saving counted.
+``..._c32_2routers`` repeats c=32 with a second router process beside the first
+(one per core, as ``ragbus actor router --replicas 2`` runs them): one asyncio
+process is one core, and at 32 streams the router's is the busy one.
 
 Also: relay throughput of one long, fast stream (provider deltas per second
 arriving at the client), and cancel-to-close: from publishing a ``Cancel`` to
@@ -47,6 +50,7 @@ from nats.aio.subscription import Subscription
 
 from actors.router._clients import ClientPool
 from actors.router._prompts import Prompts
+from actors.router._transport import asyncio_transport
 from bench._processes import serve_actors
 from bench._stats import percentile
 from config import (
@@ -81,6 +85,7 @@ CONTEXT = [ContextNode(chunk_id=f"c{i}", doc_id=f"d{i}", score=1.0 - i / 10,
                        text=f"Passage {i} says that the answer involves fact number {i}. " * 6)
            for i in range(4)]
 QUESTION = "What does passage 2 say?"
+_ONE_CONNECTION = httpx.Limits(max_connections=1, max_keepalive_connections=1)
 
 
 def _quiet(level: int = 40) -> None:
@@ -110,12 +115,18 @@ class Bench:
         # the router's way of holding connections (one client per stream), so that the
         # direct path pays no more for httpx's pool at 32 streams than the router does
         self.direct_clients = ClientPool(lambda: httpx.AsyncClient(timeout=30))
+        # the router's own HTTP stack (httpx over asyncio transports), to tell what the
+        # router adds from what its faster transport saves
+        tls = httpx.create_ssl_context()
+        self.same_stack_clients = ClientPool(lambda: httpx.AsyncClient(
+            timeout=30, transport=asyncio_transport(ssl_context=tls, limits=_ONE_CONNECTION)))
         # the very messages the router sends, so both paths carry the same request
         self.messages = Prompts(RouterSettings().prompts).render(
             self.generate("x", "paced")).messages
 
     async def aclose(self) -> None:
         await self.direct_clients.aclose()
+        await self.same_stack_clients.aclose()
         await self.http.aclose()
 
     def generate(self, reply_to: str, provider: str) -> Generate:
@@ -124,9 +135,16 @@ class Bench:
 
     async def direct(self) -> float:
         """ms from sending the request to the first content delta, straight to the provider."""
+        return await self._direct(self.direct_clients)
+
+    async def direct_same_stack(self) -> float:
+        """:meth:`direct`, over the router's HTTP stack instead of stock httpx."""
+        return await self._direct(self.same_stack_clients)
+
+    async def _direct(self, clients: ClientPool) -> float:
         body = {"model": "fake", "stream": True, "max_tokens": 100_000, "temperature": 0.2,
                 "stream_options": {"include_usage": True}, "messages": self.messages}
-        client = self.direct_clients.acquire()
+        client = clients.acquire()
         try:
             started = time.perf_counter()
             async with client.stream("POST", f"{self.urls['paced']}/chat/completions",
@@ -138,7 +156,7 @@ class Bench:
                 assert first is not None, "no content from the provider"
                 return first
         finally:
-            self.direct_clients.release(client)
+            clients.release(client)
 
     async def _open(self, provider: str) -> tuple[Generate, Subscription]:
         reply_to = self.nc.new_inbox()
@@ -342,10 +360,13 @@ async def _warm(bench: Bench) -> None:
         await _burst(bench, [], [])
 
 
-async def _burst(bench: Bench, direct: list[float], routed: list[float]) -> None:
+async def _burst(bench: Bench, direct: list[float], routed: list[float],
+                 same_stack: list[float] | None = None) -> None:
     """32 concurrent requests down each path, one path at a time."""
     direct += await _concurrently(32, bench.direct)
     routed += await _concurrently(32, bench.through_router)
+    if same_stack is not None:
+        same_stack += await _concurrently(32, bench.direct_same_stack)
 
 
 async def _measure(bench: Bench, settings: Settings, rounds: int,
@@ -356,11 +377,12 @@ async def _measure(bench: Bench, settings: Settings, rounds: int,
     router_1: list[float] = []
     direct_32: list[float] = []
     router_32: list[float] = []
+    same_stack_32: list[float] = []
     for _ in range(rounds):
         for _ in range(10):
             direct_1.append(await bench.direct())
             router_1.append(await bench.through_router())
-        await _burst(bench, direct_32, router_32)
+        await _burst(bench, direct_32, router_32, same_stack_32)
     two_routers = None if in_process else await _with_second_router(bench, settings, rounds)
     rates = [await bench.relay_rate() for _ in range(3)]
     closes = [await bench.cancel_to_close() for _ in range(rounds * 5)]
@@ -375,6 +397,7 @@ async def _measure(bench: Bench, settings: Settings, rounds: int,
         "ttft_router_ms_p50": round(r1, 3),
         "ttft_overhead_ms_p50_c1": round(r1 - d1, 3),
         "ttft_overhead_ms_p50_c32": round(r32 - d32, 3),
+        "ttft_overhead_ms_p50_c32_same_stack": round(r32 - percentile(same_stack_32, 50), 3),
         "ttft_overhead_ms_p50_c32_2routers": None if two_routers is None else round(two_routers, 3),
         "ttft_full_query_ms_p50": round(percentile(full, 50), 3) if full else None,
         "tokens_per_s_relay": round(percentile(rates, 50)),
