@@ -140,11 +140,16 @@ class OpenAIProvider:
         # (0.2 ms with a shared one)
         tls = httpx.create_ssl_context()
         limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        self._clients = ClientPool(lambda: httpx.AsyncClient(
-            base_url=self.base_url, headers=headers,
-            transport=asyncio_transport(ssl_context=tls, limits=limits),
-            timeout=httpx.Timeout(connect=connect, read=None, write=connect, pool=connect),
-        ))
+
+        def make() -> httpx.AsyncClient:
+            transport = (asyncio_transport(ssl_context=tls, limits=limits)
+                         if settings.http_stack == "asyncio" else None)
+            return httpx.AsyncClient(
+                base_url=self.base_url, headers=headers, verify=tls, limits=limits,
+                transport=transport,
+                timeout=httpx.Timeout(connect=connect, read=None, write=connect, pool=connect))
+
+        self._clients = ClientPool(make)
 
     @property
     def model(self) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import anyio
 import pytest
@@ -22,17 +22,30 @@ from actors.router._errors import (
 )
 from actors.router._openai import OpenAIProvider, classify_error, parse_retry_after
 from actors.router._provider import Prompt, Usage
+from actors.router._transport import AsyncioBackend
 from config import Secret
-from config._router import ProviderSettings
+from config._router import HttpStack, ProviderSettings
 from tests.support.fake_openai import Behaviour, FakeOpenAI, closed_port_url
 
 PROMPT = Prompt(messages=[{"role": "user", "content": "what is up"}], question="what is up",
                 context=[], max_tokens=None, template="t:1")
 
 
+_stack: list[HttpStack] = ["asyncio"]
+
+
+@pytest.fixture(autouse=True, params=["asyncio", "httpx"])
+def http_stack(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every behaviour here holds on both HTTP stacks a provider can be set to."""
+    _stack[0] = request.param
+    yield
+    _stack[0] = "asyncio"
+
+
 @contextlib.asynccontextmanager
 async def provider(url: str, **kw: object) -> AsyncIterator[OpenAIProvider]:
-    settings = ProviderSettings(name="p", base_url=url, model="the-model", **kw)  # type: ignore[arg-type]
+    settings = ProviderSettings(name="p", base_url=url, model="the-model",  # type: ignore[arg-type]
+                                http_stack=_stack[0], **kw)
     p = OpenAIProvider(settings)
     try:
         yield p
@@ -205,3 +218,11 @@ async def test_concurrent_streams_share_one_tls_context() -> None:
     assert results == [[f"t{i} " for i in range(3)]] * 4
     assert len(clients) == 4  # one client per concurrent stream
     assert len(contexts) == 1
+
+
+async def test_the_http_stack_setting_picks_the_connections_backend() -> None:
+    async with FakeOpenAI(Behaviour.counting(1)) as fake, provider(fake.base_url) as p:
+        assert await collect(p) == ["t0 "]
+        (client,) = p._clients._all
+        backend = client._transport._pool._network_backend  # type: ignore[attr-defined]
+    assert isinstance(backend, AsyncioBackend) == (_stack[0] == "asyncio")
