@@ -28,6 +28,9 @@ __all__ = ("ExtractiveProvider", "extract")
 _SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+[\"')\]]*|\n|$)")
 _WORD = re.compile(r"\w+", re.UNICODE)
 _PIECE = re.compile(r"\S+\s*")
+# markdown structure, not prose: a heading is a title, a list or quote marker is not a word
+_HEADING = re.compile(r"^#{1,6}\s")
+_MARKER = re.compile(r"^(?:[-*+>]\s+)+")
 _MAX_SENTENCE_CHARS = 400
 _STOP = frozenset((
     "a", "an", "and", "are", "as", "at", "be", "by", "can", "did", "do", "does", "for", "from",
@@ -54,8 +57,9 @@ def _sentences(context: list[ContextNode]) -> list[_Sentence]:
     out: list[_Sentence] = []
     for number, node in enumerate(context, start=1):
         for position, match in enumerate(_SENTENCE.finditer(node.text)):
-            text = " ".join(match.group().split())
-            if len(text) < 12 or len(text) > _MAX_SENTENCE_CHARS:
+            text = _MARKER.sub("", " ".join(match.group().split()))
+            if (len(text) < 12 or len(text) > _MAX_SENTENCE_CHARS
+                    or _HEADING.match(text)):
                 continue
             out.append(_Sentence(text, number, position, _terms(text)))
     return out

@@ -62,3 +62,14 @@ def test_without_any_shared_word_the_best_ranked_passage_stands_in() -> None:
 async def test_no_context_means_nothing_to_extract() -> None:
     with pytest.raises(NothingToExtract):
         await answer("anything?", [])
+
+
+def test_markdown_headings_are_not_sentences_and_list_markers_are_dropped() -> None:
+    context = [ContextNode(chunk_id="c1", doc_id="otters", score=1.0, text=(
+        "# Sea otters and rafting\n\nSea otters hold hands while sleeping so they do not "
+        "drift apart.\n- Otters wrap themselves in kelp to stay in place.\n"))]
+    got = extract("Why do sea otters hold hands while rafting?", context, limit=3)
+    assert got == [
+        ("Sea otters hold hands while sleeping so they do not drift apart.", 1),
+        ("Otters wrap themselves in kelp to stay in place.", 1),
+    ]
