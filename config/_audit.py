@@ -6,6 +6,7 @@ durable record of what was done.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Annotated, Literal
 
 from msgspec import Meta
@@ -101,13 +102,21 @@ class SecuritySettings(Section, frozen=True, kw_only=True):
         value: Secret | None = getattr(self, f"{role}_password")
         return value
 
-    def problems(self) -> list[str]:
-        """What stops these settings from securing the bus (empty when they do)."""
+    def problems(self, roles: Collection[str] | None = None) -> list[str]:
+        """What stops these settings from securing the bus (empty when they do).
+
+        ``roles``: the roles this process logs in as (an actor's own, ``admin`` for
+        the CLI); only their passwords are needed, so a container can hold just its
+        own. ``None``: every role, as a process that writes the server's users needs.
+        """
         if not self.enabled:
             return ["security.enabled is false: every connection may publish and subscribe "
                     "anywhere (set RAGBUS_SECURITY__ENABLED=true)"]
+        unknown = sorted(set(roles or ()) - set(ROLES))
+        if unknown:
+            raise KeyError(f"no role {', '.join(map(repr, unknown))}; roles: {', '.join(ROLES)}")
         found: list[str] = []
-        for role in ROLES:
+        for role in (ROLES if roles is None else [r for r in ROLES if r in roles]):
             secret = self.password(role)
             env = f"RAGBUS_SECURITY__{role.upper()}_PASSWORD"
             if secret is None or not secret.get():

@@ -11,7 +11,7 @@ import json
 import os
 import re
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,14 +177,20 @@ def _explain(exc: msgspec.ValidationError, merged: Mapping[str, Any],
     return ConfigError(f"setting `{key}` = {shown} (from {src}) is invalid: {what}")
 
 
-def production_problems(settings: Settings) -> list[str]:
-    """What makes these settings unsafe to run in production (empty when safe)."""
-    problems: list[str] = list(settings.security.problems())
+def production_problems(settings: Settings, roles: Collection[str] | None = None) -> list[str]:
+    """What makes these settings unsafe to run in production (empty when safe).
+
+    ``roles``: the bus roles the process logs in as (see ``SecuritySettings.problems``);
+    the bridge's own checks apply only to a process that is the bridge (or to all).
+    """
+    problems: list[str] = list(settings.security.problems(roles))
     if not settings.nats.has_credentials and not settings.security.enabled:
         problems.append(
             "no NATS credentials: set nats.creds_file, nats.token, or nats.user and "
             "nats.password (e.g. RAGBUS_NATS__PASSWORD)"
         )
+    if roles is not None and "bridge" not in roles:
+        return problems
     bridge = settings.bridge
     if not bridge.api_keys and not bridge.jwt_secret:
         problems.append(
@@ -204,11 +210,13 @@ def load_settings(
     *,
     env: Mapping[str, str] | None = None,
     check: bool = True,
+    roles: Collection[str] | None = None,
 ) -> Loaded:
     """Load settings: defaults, then the TOML file, then ``RAGBUS_*`` variables.
 
     The file is ``file``, else ``$RAGBUS_CONFIG``, else ``./ragbus.toml`` if present.
-    With ``check``, production settings are refused unless they are safe.
+    With ``check``, production settings are refused unless they are safe for a
+    process logging in as ``roles`` (all roles when ``None``).
     """
     env = os.environ if env is None else env
     merged: dict[str, Any] = msgspec.to_builtins(Settings(), enc_hook=lambda o: o)
@@ -240,7 +248,7 @@ def load_settings(
     except msgspec.ValidationError as exc:
         raise _explain(exc, merged, sources) from None
     if check and settings.environment == "production":
-        problems = production_problems(settings)
+        problems = production_problems(settings, roles)
         if problems:
             raise ProductionConfigError(problems)
     return Loaded(settings=settings, sources=sources, file=path)

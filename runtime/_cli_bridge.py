@@ -57,4 +57,4 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     bridge.add_argument("--host", help="address to listen on (default: bridge.host)")
     bridge.add_argument("--port", type=int, help="port to listen on (default: bridge.port; "
                         "0 picks a free one)")
-    bridge.set_defaults(func=_cmd_bridge, needs_nats=True)
+    bridge.set_defaults(func=_cmd_bridge, needs_nats=True, roles=("bridge",))

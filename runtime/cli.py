@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import anyio
@@ -23,7 +23,7 @@ from ._cli_cache import add_commands as add_cache_commands
 from ._cli_ingest import add_commands as add_ingest_commands
 from .errors import RagbusError
 from .logs import configure_logging
-from .security import connect_as, secret_values
+from .security import connect_as, role_for_actor, secret_values
 from .server import NatsServerError
 from .state import read_run_info
 
@@ -31,14 +31,18 @@ __all__ = ("main",)
 
 out = Console()
 err = Console(stderr=True)
+#: the CLI's commands log in as admin; a command that logs in otherwise sets ``roles``
+_CLI_ROLES = ("admin",)
 
 
 def _secrets(loaded: Loaded) -> list[str]:
     return secret_values(loaded.settings)  # every Secret in the tree, whoever added it
 
 
-def _load(args: argparse.Namespace, *, check: bool = True) -> Loaded:
-    loaded = load_settings(args.config, check=check)
+def _load(args: argparse.Namespace, *, check: bool = True,
+          roles: Collection[str] | None = None) -> Loaded:
+    """Settings for this command; production checks only the ``roles`` it logs in as."""
+    loaded = load_settings(args.config, check=check, roles=roles)
     configure_logging(loaded.settings.logging, secrets=_secrets(loaded))
     return loaded
 
@@ -82,9 +86,9 @@ def _cmd_actor(args: argparse.Namespace) -> int:
     if args.replicas < 1:
         err.print(f"[red]error:[/] --replicas must be at least 1, not {args.replicas}")
         return 2
-    loaded = _load(args)
-    url = _nats_url(loaded)
     cls = load_actor(args.name)  # an unknown name fails here, not in every replica
+    loaded = _load(args, roles={role_for_actor(args.name)})
+    url = _nats_url(loaded)
     if args.replicas != 1:
         from ._replicas import run_replicas
 
@@ -114,7 +118,7 @@ def _nats_url(loaded: Loaded) -> str:
 def _cmd_status(args: argparse.Namespace) -> int:
     from ._status import discover
 
-    loaded = _load(args)
+    loaded = _load(args, roles=_CLI_ROLES)
     url = _nats_url(loaded)
 
     async def run() -> tuple[list[dict[str, object]], Any]:
@@ -202,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if getattr(args, "needs_nats", False):
-            args.loaded = _load(args)
+            args.loaded = _load(args, roles=getattr(args, "roles", _CLI_ROLES))
             args.nats_url = _nats_url(args.loaded)
         code: int = args.func(args)
     except (ConfigError, NatsServerError, LookupError) as exc:

@@ -23,12 +23,12 @@ import anyio
 import pytest
 import yaml
 
-from config import load_settings
+from config import ProductionConfigError, load_settings
 from config._audit import ROLES
 from runtime import find_nats_server
 from runtime._status import wait_for_instances
 from runtime.cli import build_parser
-from runtime.security import connect_as
+from runtime.security import connect_as, role_for_actor
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE: dict[str, Any] = yaml.safe_load((REPO / "docker-compose.yml").read_text())
@@ -45,8 +45,21 @@ def example_env() -> dict[str, str]:
     return env
 
 
+_VARIABLE = re.compile(r"\$\{(\w+)(?::\?[^}]*)?\}")  # ${NAME} and ${NAME:?message}
+
+
 def service_env(name: str) -> dict[str, str]:
-    return {**example_env(), **{k: str(v) for k, v in SERVICES[name]["environment"].items()}}
+    """A service's environment as compose would give it, with .env.example as .env."""
+    example = example_env()
+    return {key: _VARIABLE.sub(lambda m: example[m[1]], str(value))
+            for key, value in SERVICES[name]["environment"].items()}
+
+
+def role_of(name: str) -> str:
+    command = SERVICES[name]["command"]
+    if command[0] == "actor":
+        return role_for_actor(command[1])
+    return "bridge" if command == ["bridge"] else "admin"
 
 
 def test_every_actor_and_the_bridge_have_a_service() -> None:
@@ -63,10 +76,17 @@ def test_each_service_command_is_one_the_cli_accepts(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", RAGBUS)
-def test_each_service_loads_its_settings_in_production_mode(name: str) -> None:
-    settings = load_settings(file=None, env=service_env(name)).settings
+def test_each_service_loads_its_settings_in_production_mode_with_only_its_own_password(
+    name: str,
+) -> None:
+    env = service_env(name)
+    settings = load_settings(file=None, env=env, roles={role_of(name)}).settings
     assert settings.environment == "production"
     assert settings.security.enabled
+    assert [k for k in env if k.endswith("_PASSWORD")] == \
+        [f"RAGBUS_SECURITY__{role_of(name).upper()}_PASSWORD"]
+    with pytest.raises(ProductionConfigError):  # not enough to run everything: good
+        load_settings(file=None, env=env)
     if name == "retriever":
         assert (settings.retriever.backend, settings.retriever.url) == \
             ("server", "http://qdrant:6333")
@@ -113,7 +133,7 @@ async def test_an_actor_started_as_compose_starts_it_serves_on_nats_started_as_c
     actor = _start([sys.executable, "-m", "runtime.cli",
                     *SERVICES["context-trimmer"]["command"]], cwd=tmp_path, env=env)
     try:
-        admin = load_settings(file=None, env=env).settings
+        admin = load_settings(file=None, env={**example_env(), **env}, check=False).settings
         with anyio.fail_after(30):
             while True:
                 try:

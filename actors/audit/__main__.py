@@ -13,7 +13,7 @@ import anyio
 from config import ConfigError, load_settings
 from runtime import configure_logging
 from runtime._run import run_actors
-from runtime.security import secret_values
+from runtime.security import role_for_actor, secret_values
 from runtime.state import read_run_info
 
 from ._actor import AuditLogger
@@ -21,7 +21,7 @@ from ._actor import AuditLogger
 
 def main() -> int:
     try:
-        loaded = load_settings()
+        loaded = load_settings(roles={role_for_actor(AuditLogger.name)})
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -148,3 +148,20 @@ def test_production_refuses_a_secured_bus_with_missing_role_passwords() -> None:
 def test_development_needs_nothing_even_with_wildcard() -> None:
     loaded = load_settings(env={"RAGBUS_BRIDGE__ALLOWED_ORIGINS": "*"})
     assert loaded.settings.environment == "development"
+
+
+def test_production_needs_only_the_passwords_of_the_roles_a_process_logs_in_as() -> None:
+    env = {"RAGBUS_ENVIRONMENT": "production", "RAGBUS_SECURITY__ENABLED": "true",
+           "RAGBUS_SECURITY__EMBEDDER_PASSWORD": "embedder-0123456789abcdef"}
+    loaded = load_settings(env=env, roles={"embedder"})  # an embedder's container
+    assert production_problems(loaded.settings, {"embedder"}) == []
+    with pytest.raises(ProductionConfigError) as info:  # the whole system needs them all
+        load_settings(env=env)
+    assert any("security.router_password is not set" in p for p in info.value.problems)
+    assert not any("embedder_password" in p for p in info.value.problems)
+    with pytest.raises(ProductionConfigError) as info:
+        load_settings(env=env, roles={"bridge"})  # the bridge also needs its auth secret
+    assert any("security.bridge_password is not set" in p for p in info.value.problems)
+    assert any("auth secret" in p for p in info.value.problems)
+    with pytest.raises(KeyError, match="no role 'embeder'"):
+        production_problems(loaded.settings, {"embeder"})
