@@ -245,9 +245,15 @@ class Router(Actor):
         if outcome.provider is None:
             ctx.log.warning("router.all_failed", attempts=outcome.attempts,
                             skipped=chain.skipped)
+            if not request.context and not request.history and not request.brief:
+                # nothing to ground an answer in: say so, or the user retries an outage
+                why = ("no passage matched the question (try other words or filters, or "
+                       "ingest documents) and no LLM provider answered")
+            else:
+                why = "every provider failed. Please try again"
             raise Unavailable(
-                "Sorry, no answer could be generated right now: every provider failed. "
-                f"Please try again; if it keeps happening, quote trace {ctx.trace.trace_id}.",
+                f"Sorry, no answer could be generated right now: {why}; if it keeps "
+                f"happening, quote trace {ctx.trace.trace_id}.",
                 details={"attempts": outcome.attempts,
                          "skipped": [{"provider": n, "reason": r} for n, r in chain.skipped]},
                 trace_id=ctx.trace.trace_id)

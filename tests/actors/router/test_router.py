@@ -15,6 +15,7 @@ from runtime.connection import NATS
 from subjects import (
     Cancel,
     Cancelled,
+    ContextNode,
     Done,
     ErrorCode,
     Failed,
@@ -212,6 +213,24 @@ async def test_when_every_provider_fails_the_client_gets_an_apology_with_the_tra
     assert failed.trace_id is not None
     assert failed.trace_id in failed.message
     assert [a["provider"] for a in failed.details["attempts"]] == ["broken", "extractive"]
+    # with no context at all the likely cause is the question, not an outage: say so
+    assert "no passage matched the question" in failed.message
+
+
+async def test_when_every_provider_fails_despite_context_the_apology_asks_to_retry(
+    settings: Settings, nc: NATS
+) -> None:
+    unextractable = [ContextNode(chunk_id="c1", doc_id="d1", score=1.0, text="Yes. No.")]
+    async with FakeOpenAI(Behaviour.server_error()) as fake:
+        s = with_router(settings, [openai("broken", fake.base_url), extractive()])
+        async with running(Router(s)):
+            events = await ask(nc, generate(nc, context=unextractable))
+    (failed,) = events
+    assert isinstance(failed, Failed)
+    assert failed.code == ErrorCode.UNAVAILABLE
+    assert "every provider failed. Please try again" in failed.message
+    assert failed.trace_id is not None
+    assert failed.trace_id in failed.message
 
 
 async def test_extractive_answer_cites_real_chunks(settings: Settings, nc: NATS) -> None:
