@@ -159,7 +159,12 @@ class _Stream(httpcore.AsyncNetworkStream):
                 raise httpcore.WriteError(str(self._protocol.error))
 
     async def aclose(self) -> None:
-        self._transport.close()
+        if self._transport.get_extra_info("ssl_object") is not None:
+            # no TLS close_notify exchange (httpcore's anyio backend skips it too): a peer
+            # that never answers it would keep the socket, and the model, going for 30 s
+            self._transport.abort()
+        else:
+            self._transport.close()
         await asyncio.sleep(0)  # let the loop close the socket before this returns
 
     async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,

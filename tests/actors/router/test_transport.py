@@ -213,3 +213,28 @@ async def test_tls_to_a_trusted_certificate(certificate: tuple[Path, Path]) -> N
 async def test_tls_to_an_unknown_certificate_is_refused(certificate: tuple[Path, Path]) -> None:
     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
         await _tls_hello(certificate, trusted=False)
+
+
+async def test_closing_a_tls_stream_mid_response_closes_the_socket_at_once(
+    certificate: tuple[Path, Path],
+) -> None:
+    cert, key = certificate
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    client_tls = httpx.create_ssl_context()
+    client_tls.load_verify_locations(cert)
+    seen_close = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+        await writer.drain()
+        await reader.read()  # returns when the client's side is gone
+        seen_close.set()
+
+    async with serve(handler, tls=server_tls) as server, client(client_tls) as http:
+        async with http.stream("GET", f"https://127.0.0.1:{server.port}/") as response:
+            async for _ in response.aiter_raw():
+                break
+        with anyio.fail_after(2):
+            await seen_close.wait()
