@@ -189,13 +189,20 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return cert, key
 
 
-async def _tls_hello(certificate: tuple[Path, Path], trusted: bool) -> bytes:
+def tls_contexts(certificate: tuple[Path, Path], *,
+                 trusted: bool = True) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """The server's context, and a client's that trusts the certificate (or not)."""
     cert, key = certificate
     server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_tls.load_cert_chain(cert, key)
     client_tls = httpx.create_ssl_context()
     if trusted:
         client_tls.load_verify_locations(cert)
+    return server_tls, client_tls
+
+
+async def _tls_hello(certificate: tuple[Path, Path], trusted: bool) -> bytes:
+    server_tls, client_tls = tls_contexts(certificate, trusted=trusted)
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
@@ -218,11 +225,7 @@ async def test_tls_to_an_unknown_certificate_is_refused(certificate: tuple[Path,
 async def test_closing_a_tls_stream_mid_response_closes_the_socket_at_once(
     certificate: tuple[Path, Path],
 ) -> None:
-    cert, key = certificate
-    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_tls.load_cert_chain(cert, key)
-    client_tls = httpx.create_ssl_context()
-    client_tls.load_verify_locations(cert)
+    server_tls, client_tls = tls_contexts(certificate)
     seen_close = asyncio.Event()
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
