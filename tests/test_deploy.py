@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import tomllib
@@ -29,6 +28,7 @@ from runtime import find_nats_server
 from runtime._status import wait_for_instances
 from runtime.cli import build_parser
 from runtime.security import connect_as, role_for_actor
+from tests.support.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE: dict[str, Any] = yaml.safe_load((REPO / "docker-compose.yml").read_text())
@@ -111,20 +111,14 @@ def _start(argv: list[str], *, cwd: Path, env: dict[str, str]) -> subprocess.Pop
                             stderr=subprocess.PIPE)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_an_actor_started_as_compose_starts_it_serves_on_nats_started_as_compose_does(
     tmp_path: Path,
 ) -> None:
     flags = list(SERVICES["nats"]["command"])
     flags[flags.index("-c") + 1] = str(REPO / "nats-server.conf")
-    port = _free_port()
+    port = free_port()
     # in its own working directory, as compose's working_dir
-    nats = _start([find_nats_server(), *flags, "-p", str(port), "-m", str(_free_port())],
+    nats = _start([find_nats_server(), *flags, "-p", str(port), "-m", str(free_port())],
                   cwd=tmp_path, env={**os.environ, **example_env()})
     url = f"nats://127.0.0.1:{port}"
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAGBUS_")},

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from runtime.security import (
 )
 from subjects import Subjects
 from tests.security._roles import SECURITY
+from tests.support.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "nats-server.conf"
@@ -51,12 +51,6 @@ def test_the_shipped_conf_needs_the_password_variables() -> None:
                              text=True, timeout=30, env=bare)
     assert missing.returncode != 0
     assert "RAGBUS_SECURITY__" in missing.stdout + missing.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def standalone(port: int, cwd: Path) -> subprocess.Popen[bytes]:

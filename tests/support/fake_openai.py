@@ -26,13 +26,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any
+
+from .ports import free_port
 
 __all__ = ("Behaviour", "Disconnect", "FakeOpenAI", "RecordedRequest", "closed_port_url")
 
@@ -138,10 +139,7 @@ class _Counters:
 
 def closed_port_url() -> str:
     """An OpenAI base URL on a loopback port nothing listens on (connection refused)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/v1"
+    return f"http://127.0.0.1:{free_port()}/v1"
 
 
 class FakeOpenAI:

@@ -10,7 +10,6 @@ import argparse
 import contextlib
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from anyio.abc import ByteReceiveStream
 
 from config import Settings
 from runtime._cli_bridge import add_commands, bridge_settings
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[3]
 HARNESS = """
@@ -34,13 +34,6 @@ args.loaded = _load(args)
 args.nats_url = _nats_url(args.loaded)
 sys.exit(args.func(args))
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 def test_host_and_port_on_the_command_line_override_the_settings() -> None:

@@ -8,7 +8,6 @@ geometry is tiny and known: point ``i`` lies on axis ``i`` of a 16-dim space.
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +38,7 @@ from actors.retriever.store import (
     StoreUnavailable,
     VectorStore,
 )
+from tests.support.ports import free_port
 
 DIM = 16
 N = 8
@@ -487,9 +487,7 @@ def test_edge_filtered_recall_after_optimize(tmp_path: Path) -> None:
 
 
 def test_server_unreachable_raises_unavailable() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     # No version check: it runs in a thread of its own and warns from there.
     client = QdrantClient(url=f"http://127.0.0.1:{port}", timeout=2, check_compatibility=False)
     with ServerStore(client, "chunks", owns_client=True) as s:
