@@ -48,9 +48,8 @@ import msgspec
 import structlog
 from nats.aio.subscription import Subscription
 
-from actors.router._clients import ClientPool
+from actors.router._clients import ClientPool, single_connection_client
 from actors.router._prompts import Prompts
-from actors.router._transport import asyncio_transport
 from bench._processes import serve_actors
 from bench._stats import percentile
 from config import (
@@ -85,7 +84,6 @@ CONTEXT = [ContextNode(chunk_id=f"c{i}", doc_id=f"d{i}", score=1.0 - i / 10,
                        text=f"Passage {i} says that the answer involves fact number {i}. " * 6)
            for i in range(4)]
 QUESTION = "What does passage 2 say?"
-_ONE_CONNECTION = httpx.Limits(max_connections=1, max_keepalive_connections=1)
 
 
 def _quiet(level: int = 40) -> None:
@@ -118,8 +116,8 @@ class Bench:
         # the router's own HTTP stack (httpx over asyncio transports), to tell what the
         # router adds from what its faster transport saves
         tls = httpx.create_ssl_context()
-        self.same_stack_clients = ClientPool(lambda: httpx.AsyncClient(
-            timeout=30, transport=asyncio_transport(ssl_context=tls, limits=_ONE_CONNECTION)))
+        self.same_stack_clients = ClientPool(lambda: single_connection_client(
+            stack="asyncio", ssl_context=tls, timeout=30))
         # the very messages the router sends, so both paths carry the same request
         self.messages = Prompts(RouterSettings().prompts).render(
             self.generate("x", "paced")).messages

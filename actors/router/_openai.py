@@ -21,7 +21,7 @@ import msgspec
 
 from config._router import ProviderSettings
 
-from ._clients import ClientPool
+from ._clients import ClientPool, single_connection_client
 from ._errors import (
     ProviderAuthError,
     ProviderConnectError,
@@ -34,7 +34,6 @@ from ._errors import (
     ProviderTimeout,
 )
 from ._provider import Prompt, Usage
-from ._transport import asyncio_transport
 
 __all__ = ("OpenAIProvider", "classify_error", "parse_retry_after")
 
@@ -139,17 +138,10 @@ class OpenAIProvider:
         # bundle, 20-30 ms of CPU on the event loop each time the pool grows during a burst
         # (0.2 ms with a shared one)
         tls = httpx.create_ssl_context()
-        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-
-        def make() -> httpx.AsyncClient:
-            transport = (asyncio_transport(ssl_context=tls, limits=limits)
-                         if settings.http_stack == "asyncio" else None)
-            return httpx.AsyncClient(
-                base_url=self.base_url, headers=headers, verify=tls, limits=limits,
-                transport=transport,
-                timeout=httpx.Timeout(connect=connect, read=None, write=connect, pool=connect))
-
-        self._clients = ClientPool(make)
+        self._clients = ClientPool(lambda: single_connection_client(
+            stack=settings.http_stack, ssl_context=tls, base_url=self.base_url,
+            headers=headers,
+            timeout=httpx.Timeout(connect=connect, read=None, write=connect, pool=connect)))
 
     @property
     def model(self) -> str:
