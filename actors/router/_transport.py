@@ -38,9 +38,21 @@ SocketOption = (tuple[int, int, int] | tuple[int, int, bytes | bytearray]
                 | tuple[int, int, None, int])
 
 
-def _expire(waiter: asyncio.Future[None], error: Exception) -> None:
+def _expire(waiter: asyncio.Future[None], error: type[Exception], message: str) -> None:
     if not waiter.done():
-        waiter.set_exception(error)
+        waiter.set_exception(error(message))
+
+
+async def _wait(waiter: asyncio.Future[None], timeout: float | None,
+                error: type[Exception], message: str) -> None:
+    """Until ``waiter`` is done; ``error(message)`` if that takes over ``timeout``."""
+    timer = (None if timeout is None
+             else waiter.get_loop().call_later(timeout, _expire, waiter, error, message))
+    try:
+        await waiter
+    finally:
+        if timer is not None:
+            timer.cancel()
 
 
 class _Protocol(asyncio.Protocol):
@@ -107,22 +119,22 @@ class _Protocol(asyncio.Protocol):
             self.transport.resume_reading()
         return data
 
-    async def wait(self, which: str, timeout: float | None, error: Exception) -> None:
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-        if which == "read":
-            self._read_waiter = waiter
-        else:
-            self._drain_waiter = waiter
-        timer = loop.call_later(timeout, _expire, waiter, error) if timeout is not None else None
+    async def readable(self, timeout: float | None) -> None:
+        """Until data, end of stream or an error arrive."""
+        self._read_waiter = waiter = asyncio.get_running_loop().create_future()
         try:
-            await waiter
+            await _wait(waiter, timeout, httpcore.ReadTimeout, "no data within the timeout")
         finally:
-            if timer is not None:
-                timer.cancel()
-            if which == "read" and self._read_waiter is waiter:
+            if self._read_waiter is waiter:
                 self._read_waiter = None
-            elif self._drain_waiter is waiter:
+
+    async def drained(self, timeout: float | None) -> None:
+        """Until the transport takes writes again (or the connection is lost)."""
+        self._drain_waiter = waiter = asyncio.get_running_loop().create_future()
+        try:
+            await _wait(waiter, timeout, httpcore.WriteTimeout, "the peer is not reading")
+        finally:
+            if self._drain_waiter is waiter:
                 self._drain_waiter = None
 
 
@@ -138,7 +150,7 @@ class _Stream(httpcore.AsyncNetworkStream):
                 if p.error is not None:
                     raise httpcore.ReadError(str(p.error) or type(p.error).__name__)
                 return b""
-            await p.wait("read", timeout, httpcore.ReadTimeout("no data within the timeout"))
+            await p.readable(timeout)
             if not p.chunks:
                 return await self.read(max_bytes, timeout)  # woken by EOF or an error
         return p.take(max_bytes)
@@ -153,8 +165,7 @@ class _Stream(httpcore.AsyncNetworkStream):
         except (OSError, RuntimeError) as exc:
             raise httpcore.WriteError(str(exc)) from exc
         if self._protocol.writing_paused:
-            await self._protocol.wait("drain", timeout,
-                                      httpcore.WriteTimeout("the peer is not reading"))
+            await self._protocol.drained(timeout)
             if self._protocol.error is not None:
                 raise httpcore.WriteError(str(self._protocol.error))
 
