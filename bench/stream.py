@@ -9,8 +9,8 @@ answered by a router in its own process (as deployed; ``--in-process`` runs it i
 this one) and relayed as ``Token`` events to a reply subject (time to the first
 ``Token``). The difference is what the router costs: two NATS hops, decode,
 prompt, routing, breakers, re-encode. At concurrency 32 both paths run 32
-requests at once. The router's httpx runs over asyncio transports
-(``actors.router._transport``), cheaper than stock httpx's anyio stack, so
+requests at once. The router's httpx requests are carried by aiohttp
+(``actors.router._aiohttp``), far cheaper than stock httpx's own stack, so
 ``..._c32_same_stack`` also compares against a direct client on that same
 stack: what the router adds, with none of its transport's saving counted.
 ``..._c32_2routers`` repeats c=32 with a second router process beside the first
@@ -48,7 +48,7 @@ import msgspec
 import structlog
 from nats.aio.subscription import Subscription
 
-from actors.router._clients import ClientPool, single_connection_client
+from actors.router._clients import ClientPool, Clients, provider_clients
 from actors.router._prompts import Prompts
 from bench._processes import serve_actors
 from bench._stats import percentile
@@ -113,11 +113,10 @@ class Bench:
         # the router's way of holding connections (one client per stream), so that the
         # direct path pays no more for httpx's pool at 32 streams than the router does
         self.direct_clients = ClientPool(lambda: httpx.AsyncClient(timeout=30))
-        # the router's own HTTP stack (httpx over asyncio transports), to tell what the
-        # router adds from what its faster transport saves
-        tls = httpx.create_ssl_context()
-        self.same_stack_clients = ClientPool(lambda: single_connection_client(
-            stack="asyncio", ssl_context=tls, timeout=30))
+        # the router's own HTTP stack (httpx over aiohttp), to tell what the router adds
+        # from what its faster transport saves
+        self.same_stack_clients = provider_clients(
+            "aiohttp", ssl_context=httpx.create_ssl_context(), timeout=30)
         # the very messages the router sends, so both paths carry the same request
         self.messages = Prompts(RouterSettings().prompts).render(
             self.generate("x", "paced")).messages
@@ -139,7 +138,7 @@ class Bench:
         """:meth:`direct`, over the router's HTTP stack instead of stock httpx."""
         return await self._direct(self.same_stack_clients)
 
-    async def _direct(self, clients: ClientPool) -> float:
+    async def _direct(self, clients: Clients) -> float:
         body = {"model": "fake", "stream": True, "max_tokens": 100_000, "temperature": 0.2,
                 "stream_options": {"include_usage": True}, "messages": self.messages}
         client = clients.acquire()

@@ -1,40 +1,73 @@
-"""httpx clients handed out one per concurrent stream.
+"""The httpx clients a provider streams through, on the HTTP stack it is set to.
 
-httpx's connection pool walks every connection it holds on every request and
-every response close (``is_idle``, ``has_expired`` with a socket poll each):
-with 32 streams at once that is ~4 ms of CPU per request, most of the router's
-cost at that load. A client that only ever holds one connection keeps those
-walks O(1); reusing the most recently returned one keeps its connection warm.
+``aiohttp`` (the default): one client for every stream, over aiohttp's pool,
+whose per-request cost does not grow with the connections it holds.
+
+``httpx``: httpx's own stack, kept as the fallback should a network setup need
+it. Its pool walks every connection it holds on every request and every
+response close (``is_idle``, ``has_expired`` with a socket poll each): with 32
+streams at once that is ~4 ms of CPU per request. So that stack gets a free
+list of clients holding one connection each, which keeps those walks O(1);
+reusing the most recently returned one keeps its connection warm.
 """
 
 from __future__ import annotations
 
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
 from config._router import HttpStack
 
-from ._transport import asyncio_transport
+from ._aiohttp import AiohttpTransport
 
-__all__ = ("ClientPool", "single_connection_client")
+__all__ = ("ClientPool", "Clients", "SharedClient", "provider_clients")
 
 _ONE_CONNECTION = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+# no cap of its own: the actor's concurrency bounds the streams
+_UNCAPPED = httpx.Limits(max_connections=None, max_keepalive_connections=None)
 
 
-def single_connection_client(*, stack: HttpStack, ssl_context: ssl.SSLContext,
-                             **options: Any) -> httpx.AsyncClient:
-    """A client for :class:`ClientPool`: one connection, on the HTTP stack asked for.
+class Clients(Protocol):
+    """Hands out a client per stream; each acquired client is released once."""
 
-    ``ssl_context`` is shared by the caller's whole pool (a client left to make its
-    own loads the CA bundle, 20-30 ms of CPU each time the pool grows).
+    def acquire(self) -> httpx.AsyncClient: ...
+
+    def release(self, client: httpx.AsyncClient) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+def provider_clients(stack: HttpStack, *, ssl_context: ssl.SSLContext,
+                     **options: Any) -> Clients:
+    """The clients for one provider; ``options`` go to every ``httpx.AsyncClient``.
+
+    ``ssl_context`` is shared by all of them: a client left to make its own loads
+    the CA bundle, 20-30 ms of CPU each time the httpx stack's pool grows.
     """
-    transport = (asyncio_transport(ssl_context=ssl_context, limits=_ONE_CONNECTION)
-                 if stack == "asyncio" else None)
-    return httpx.AsyncClient(verify=ssl_context, limits=_ONE_CONNECTION, transport=transport,
-                             **options)
+    if stack == "aiohttp":
+        transport = AiohttpTransport(ssl_context=ssl_context, limits=_UNCAPPED)
+        return SharedClient(httpx.AsyncClient(transport=transport, **options))
+    return ClientPool(lambda: httpx.AsyncClient(verify=ssl_context, limits=_ONE_CONNECTION,
+                                                **options))
+
+
+class SharedClient:
+    """One client for all streams."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+
+    def acquire(self) -> httpx.AsyncClient:
+        return self.client
+
+    def release(self, client: httpx.AsyncClient) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
 
 
 class ClientPool:

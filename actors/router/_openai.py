@@ -21,7 +21,7 @@ import msgspec
 
 from config._router import ProviderSettings
 
-from ._clients import ClientPool, single_connection_client
+from ._clients import provider_clients
 from ._errors import (
     ProviderAuthError,
     ProviderConnectError,
@@ -134,14 +134,10 @@ class OpenAIProvider:
         if settings.api_key:
             headers["Authorization"] = f"Bearer {settings.api_key.get()}"
         connect = settings.connect_timeout_s
-        # one TLS context for the whole pool: a client left to make its own loads the CA
-        # bundle, 20-30 ms of CPU on the event loop each time the pool grows during a burst
-        # (0.2 ms with a shared one)
-        tls = httpx.create_ssl_context()
-        self._clients = ClientPool(lambda: single_connection_client(
-            stack=settings.http_stack, ssl_context=tls, base_url=self.base_url,
-            headers=headers,
-            timeout=httpx.Timeout(connect=connect, read=None, write=connect, pool=connect)))
+        self._clients = provider_clients(
+            settings.http_stack, ssl_context=httpx.create_ssl_context(),
+            base_url=self.base_url, headers=headers,
+            timeout=httpx.Timeout(connect=connect, read=None, write=connect, pool=connect))
 
     @property
     def model(self) -> str:

@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator, Iterator
 import anyio
 import pytest
 
+from actors.router._aiohttp import AiohttpTransport
+from actors.router._clients import ClientPool, SharedClient
 from actors.router._errors import (
     ProviderAuthError,
     ProviderConnectError,
@@ -22,7 +24,6 @@ from actors.router._errors import (
 )
 from actors.router._openai import OpenAIProvider, classify_error, parse_retry_after
 from actors.router._provider import Prompt, Usage
-from actors.router._transport import AsyncioBackend
 from config import Secret
 from config._router import HttpStack, ProviderSettings
 from tests.support.fake_openai import Behaviour, FakeOpenAI, closed_port_url
@@ -31,15 +32,15 @@ PROMPT = Prompt(messages=[{"role": "user", "content": "what is up"}], question="
                 context=[], max_tokens=None, template="t:1")
 
 
-_stack: list[HttpStack] = ["asyncio"]
+_stack: list[HttpStack] = ["aiohttp"]
 
 
-@pytest.fixture(autouse=True, params=["asyncio", "httpx"])
+@pytest.fixture(autouse=True, params=["aiohttp", "httpx"])
 def http_stack(request: pytest.FixtureRequest) -> Iterator[None]:
     """Every behaviour here holds on both HTTP stacks a provider can be set to."""
     _stack[0] = request.param
     yield
-    _stack[0] = "asyncio"
+    _stack[0] = "aiohttp"
 
 
 @contextlib.asynccontextmanager
@@ -201,8 +202,8 @@ def test_classification_reads_the_error_text(status: int, body: object,
 
 
 async def test_concurrent_streams_share_one_tls_context() -> None:
-    """Each stream gets its own single-connection client; a client making its own TLS
-    context would load the CA bundle (20-30 ms of CPU) every time the pool grows."""
+    """A client making its own TLS context would load the CA bundle (20-30 ms of CPU)
+    each time the httpx stack's pool grows; aiohttp's pool serves every stream."""
     async with FakeOpenAI(Behaviour.counting(3, pace_s=0.02)) as fake, \
             provider(fake.base_url) as p:
         results: list[list[str]] = []
@@ -213,16 +214,23 @@ async def test_concurrent_streams_share_one_tls_context() -> None:
         async with anyio.create_task_group() as tg:
             for _ in range(4):
                 tg.start_soon(one)
-        clients = list(p._clients._all)
-        contexts = {id(c._transport._pool._ssl_context) for c in clients}  # type: ignore[attr-defined]
+        clients = p._clients
+        if isinstance(clients, SharedClient):
+            transports = [clients.client._transport]  # type: ignore[attr-defined]
+            contexts = {id(t._ssl_context) for t in transports}
+        else:
+            assert isinstance(clients, ClientPool)
+            assert clients.size == 4  # one single-connection client per concurrent stream
+            contexts = {id(c._transport._pool._ssl_context)  # type: ignore[attr-defined]
+                        for c in clients._all}
     assert results == [[f"t{i} " for i in range(3)]] * 4
-    assert len(clients) == 4  # one client per concurrent stream
     assert len(contexts) == 1
 
 
-async def test_the_http_stack_setting_picks_the_connections_backend() -> None:
+async def test_the_http_stack_setting_picks_the_transport() -> None:
     async with FakeOpenAI(Behaviour.counting(1)) as fake, provider(fake.base_url) as p:
         assert await collect(p) == ["t0 "]
-        (client,) = p._clients._all
-        backend = client._transport._pool._network_backend  # type: ignore[attr-defined]
-    assert isinstance(backend, AsyncioBackend) == (_stack[0] == "asyncio")
+        client = p._clients.acquire()
+        p._clients.release(client)
+    transport = client._transport  # type: ignore[attr-defined]
+    assert isinstance(transport, AiohttpTransport) == (_stack[0] == "aiohttp")

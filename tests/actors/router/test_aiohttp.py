@@ -1,4 +1,4 @@
-"""httpx over asyncio transports: what httpcore expects of a network backend, on real sockets."""
+"""httpx over aiohttp: what the provider code expects of an httpx transport, on real sockets."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import anyio
 import httpx
 import pytest
 
-from actors.router._transport import asyncio_transport
+from actors.router._aiohttp import AiohttpTransport
 from tests.support.fake_openai import closed_port_url
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -54,8 +54,8 @@ async def read_request(reader: asyncio.StreamReader) -> bytes:
 
 
 def client(ssl_context: ssl.SSLContext | None = None, **kw: object) -> httpx.AsyncClient:
-    transport = asyncio_transport(ssl_context=ssl_context or httpx.create_ssl_context(),
-                                  limits=LIMITS)
+    transport = AiohttpTransport(ssl_context=ssl_context or httpx.create_ssl_context(),
+                                 limits=LIMITS)
     return httpx.AsyncClient(transport=transport, **kw)  # type: ignore[arg-type]
 
 
