@@ -48,8 +48,9 @@ import msgspec
 import structlog
 from nats.aio.subscription import Subscription
 
-from actors.router._clients import ClientPool, Clients, provider_clients
+from actors.router._aiohttp import AiohttpTransport
 from actors.router._prompts import Prompts
+from actors.router._transports import Pool
 from bench._processes import serve_actors
 from bench._stats import percentile
 from config import (
@@ -104,26 +105,41 @@ def _serve_fake(behaviour: Behaviour, ports: Queue[int]) -> None:
     anyio.run(serve)
 
 
+async def _first_content(response: httpx.Response, started: float) -> float:
+    """ms from ``started`` to the first content delta; reads the whole stream."""
+    first: float | None = None
+    async for line in response.aiter_lines():
+        if first is None and line.startswith("data: {") and '"content":"t' in line:
+            first = (time.perf_counter() - started) * 1000
+    assert first is not None, "no content from the provider"
+    return first
+
+
 class Bench:
     def __init__(self, nc: NATS, urls: dict[str, str]) -> None:
         self.nc = nc
         self.urls = urls
         self.http = httpx.AsyncClient(timeout=30)  # for the fake's records
         self.subjects = Subjects()
-        # the router's way of holding connections (one client per stream), so that the
-        # direct path pays no more for httpx's pool at 32 streams than the router does
-        self.direct_clients = ClientPool(lambda: httpx.AsyncClient(timeout=30))
-        # the router's own HTTP stack (httpx over aiohttp), to tell what the router adds
-        # from what its faster transport saves
-        self.same_stack_clients = provider_clients(
-            "aiohttp", ssl_context=httpx.create_ssl_context(), timeout=30)
+        # stock httpx as a program streaming 32 answers at once would best use it: one
+        # client per stream (httpx's pool walks all its connections on every request)
+        self.direct_clients: Pool[httpx.AsyncClient] = Pool(
+            lambda: httpx.AsyncClient(timeout=30))
+        # the router's own HTTP stack, used as the router uses it (a request straight to
+        # an aiohttp-carried transport), to tell what the router adds from what its
+        # faster transport saves
+        self.same_stack = AiohttpTransport(ssl_context=httpx.create_ssl_context(),
+                                           limits=httpx.Limits(max_connections=None))
         # the very messages the router sends, so both paths carry the same request
         self.messages = Prompts(RouterSettings().prompts).render(
             self.generate("x", "paced")).messages
+        self.body = {"model": "fake", "stream": True, "max_tokens": 100_000,
+                     "temperature": 0.2, "stream_options": {"include_usage": True},
+                     "messages": self.messages}
 
     async def aclose(self) -> None:
         await self.direct_clients.aclose()
-        await self.same_stack_clients.aclose()
+        await self.same_stack.aclose()
         await self.http.aclose()
 
     def generate(self, reply_to: str, provider: str) -> Generate:
@@ -132,28 +148,25 @@ class Bench:
 
     async def direct(self) -> float:
         """ms from sending the request to the first content delta, straight to the provider."""
-        return await self._direct(self.direct_clients)
-
-    async def direct_same_stack(self) -> float:
-        """:meth:`direct`, over the router's HTTP stack instead of stock httpx."""
-        return await self._direct(self.same_stack_clients)
-
-    async def _direct(self, clients: Clients) -> float:
-        body = {"model": "fake", "stream": True, "max_tokens": 100_000, "temperature": 0.2,
-                "stream_options": {"include_usage": True}, "messages": self.messages}
-        client = clients.acquire()
+        client = self.direct_clients.acquire()
         try:
             started = time.perf_counter()
             async with client.stream("POST", f"{self.urls['paced']}/chat/completions",
-                                     json=body) as response:
-                first: float | None = None
-                async for line in response.aiter_lines():
-                    if first is None and line.startswith("data: {") and '"content":"t' in line:
-                        first = (time.perf_counter() - started) * 1000
-                assert first is not None, "no content from the provider"
-                return first
+                                     json=self.body) as response:
+                return await _first_content(response, started)
         finally:
-            clients.release(client)
+            self.direct_clients.release(client)
+
+    async def direct_same_stack(self) -> float:
+        """:meth:`direct`, over the router's HTTP stack instead of stock httpx."""
+        started = time.perf_counter()
+        request = httpx.Request("POST", f"{self.urls['paced']}/chat/completions",
+                                json=self.body)
+        response = await self.same_stack.handle_async_request(request)
+        try:
+            return await _first_content(response, started)
+        finally:
+            await response.aclose()
 
     async def _open(self, provider: str) -> tuple[Generate, Subscription]:
         reply_to = self.nc.new_inbox()

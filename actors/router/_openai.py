@@ -21,7 +21,6 @@ import msgspec
 
 from config._router import ProviderSettings
 
-from ._clients import provider_clients
 from ._errors import (
     ProviderAuthError,
     ProviderConnectError,
@@ -34,6 +33,7 @@ from ._errors import (
     ProviderTimeout,
 )
 from ._provider import Prompt, Usage
+from ._transports import provider_transports
 
 __all__ = ("OpenAIProvider", "classify_error", "parse_retry_after")
 
@@ -64,7 +64,6 @@ class _Chunk(msgspec.Struct):
 
 _decode_chunk = msgspec.json.Decoder(_Chunk).decode
 _encode = msgspec.json.Encoder().encode
-_JSON = {"Content-Type": "application/json"}
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -130,33 +129,50 @@ class OpenAIProvider:
         self.base_url = (base_url or settings.base_url).rstrip("/")
         self._model = model or settings.model
         self._url = httpx.URL(f"{self.base_url}/chat/completions")
-        headers = {"Accept": "text/event-stream"}
+        headers = {"Accept": "text/event-stream", "User-Agent": "ragbus"}
         if settings.api_key:
             headers["Authorization"] = f"Bearer {settings.api_key.get()}"
+        self._headers = httpx.Headers(headers)
+        self._json_headers = httpx.Headers({**headers, "Content-Type": "application/json"})
         connect = settings.connect_timeout_s
-        self._clients = provider_clients(
-            settings.http_stack, ssl_context=httpx.create_ssl_context(),
-            base_url=self.base_url, headers=headers,
-            timeout=httpx.Timeout(connect=connect, read=None, write=connect, pool=connect))
+        # per phase, the waits are ours (see stream); these bound connecting and sending
+        self._timeouts = {"timeout": {"connect": connect, "read": None, "write": connect,
+                                      "pool": connect}}
+        self._transports = provider_transports(settings.http_stack,
+                                               ssl_context=httpx.create_ssl_context())
 
     @property
     def model(self) -> str:
         return self._model
 
     async def aclose(self) -> None:
-        await self._clients.aclose()
+        await self._transports.aclose()
+
+    @staticmethod
+    async def _send(transport: httpx.AsyncBaseTransport, request: httpx.Request
+                    ) -> httpx.Response:
+        response = await transport.handle_async_request(request)
+        response.request = request
+        return response
+
+    def _request(self, method: str, url: httpx.URL, content: bytes | None = None
+                 ) -> httpx.Request:
+        headers = self._headers if content is None else self._json_headers
+        return httpx.Request(method, url, headers=headers, content=content,
+                             extensions=self._timeouts)
 
     async def available(self) -> bool:
         """Whether anything answers HTTP at the endpoint (any status counts)."""
-        client = self._clients.acquire()
+        transport = self._transports.acquire()
         try:
             with anyio.fail_after(self.settings.connect_timeout_s * 2):
-                response = await client.get("/models")
+                response = await self._send(transport, self._request(
+                    "GET", httpx.URL(f"{self.base_url}/models")))
             await response.aclose()
         except (TimeoutError, httpx.HTTPError):
             return False
         finally:
-            self._clients.release(client)
+            self._transports.release(transport)
         return True
 
     def _body(self, prompt: Prompt) -> dict[str, Any]:
@@ -166,14 +182,12 @@ class OpenAIProvider:
                 "max_tokens": max_tokens, "temperature": s.temperature,
                 "stream_options": {"include_usage": True}}
 
-    async def _open(self, client: httpx.AsyncClient, prompt: Prompt,
+    async def _open(self, transport: httpx.AsyncBaseTransport, prompt: Prompt,
                     timeout_s: float) -> httpx.Response:
-        # bytes and a ready URL: httpx's own json= and URL merging cost ~0.1 ms a request
-        request = client.build_request("POST", self._url, headers=_JSON,
-                                       content=_encode(self._body(prompt)))
+        request = self._request("POST", self._url, _encode(self._body(prompt)))
         try:
             with anyio.fail_after(timeout_s):
-                response = await client.send(request, stream=True)
+                response = await self._send(transport, request)
         except TimeoutError:
             raise ProviderTimeout(self.name, f"no response within {timeout_s:.2f}s") from None
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
@@ -215,11 +229,11 @@ class OpenAIProvider:
         now = anyio.current_time()
         end = now + s.total_timeout_s
         first_by = now + min(first_token_timeout_s, s.total_timeout_s)
-        client = self._clients.acquire()
+        transport = self._transports.acquire()  # held until the response is closed
         try:
-            response = await self._open(client, prompt, first_by - now)
+            response = await self._open(transport, prompt, first_by - now)
         except BaseException:
-            self._clients.release(client)
+            self._transports.release(transport)
             raise
         try:
             # SSE lines are split here rather than by httpx's aiter_lines: one timeout scope
@@ -280,4 +294,4 @@ class OpenAIProvider:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
                     await response.aclose()
             finally:
-                self._clients.release(client)
+                self._transports.release(transport)

@@ -11,7 +11,6 @@ import anyio
 import pytest
 
 from actors.router._aiohttp import AiohttpTransport
-from actors.router._clients import ClientPool, SharedClient
 from actors.router._errors import (
     ProviderAuthError,
     ProviderConnectError,
@@ -24,6 +23,7 @@ from actors.router._errors import (
 )
 from actors.router._openai import OpenAIProvider, classify_error, parse_retry_after
 from actors.router._provider import Prompt, Usage
+from actors.router._transports import Pool, SharedTransport
 from config import Secret
 from config._router import HttpStack, ProviderSettings
 from tests.support.fake_openai import Behaviour, FakeOpenAI, closed_port_url
@@ -214,15 +214,13 @@ async def test_concurrent_streams_share_one_tls_context() -> None:
         async with anyio.create_task_group() as tg:
             for _ in range(4):
                 tg.start_soon(one)
-        clients = p._clients
-        if isinstance(clients, SharedClient):
-            transports = [clients.client._transport]  # type: ignore[attr-defined]
-            contexts = {id(t._ssl_context) for t in transports}
+        transports = p._transports
+        if isinstance(transports, SharedTransport):
+            contexts = {id(transports.transport._ssl_context)}  # type: ignore[attr-defined]
         else:
-            assert isinstance(clients, ClientPool)
-            assert clients.size == 4  # one single-connection client per concurrent stream
-            contexts = {id(c._transport._pool._ssl_context)  # type: ignore[attr-defined]
-                        for c in clients._all}
+            assert isinstance(transports, Pool)
+            assert transports.size == 4  # one single-connection transport per stream
+            contexts = {id(t._pool._ssl_context) for t in transports._all}
     assert results == [[f"t{i} " for i in range(3)]] * 4
     assert len(contexts) == 1
 
@@ -230,7 +228,6 @@ async def test_concurrent_streams_share_one_tls_context() -> None:
 async def test_the_http_stack_setting_picks_the_transport() -> None:
     async with FakeOpenAI(Behaviour.counting(1)) as fake, provider(fake.base_url) as p:
         assert await collect(p) == ["t0 "]
-        client = p._clients.acquire()
-        p._clients.release(client)
-    transport = client._transport  # type: ignore[attr-defined]
+        transport = p._transports.acquire()
+        p._transports.release(transport)
     assert isinstance(transport, AiohttpTransport) == (_stack[0] == "aiohttp")
