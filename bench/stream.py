@@ -11,8 +11,11 @@ this one) and relayed as ``Token`` events to a reply subject (time to the first
 prompt, routing, breakers, re-encode. At concurrency 32 both paths run 32
 requests at once. The router's httpx requests are carried by aiohttp
 (``actors.router._aiohttp``), far cheaper than stock httpx's own stack, so
-``..._c32_same_stack`` also compares against a direct client on that same
-stack: what the router adds, with none of its transport's saving counted.
+``..._c32_same_stack`` also compares against a direct request on that same
+stack, sent the way the router sends it: what the router adds, with none of its
+transport's saving counted. That is the stricter figure: at c=32 the stock
+httpx path is itself CPU-bound in this process, while the router's path moves
+the HTTP work into the router's process on a cheaper stack.
 ``..._c32_2routers`` repeats c=32 with a second router process beside the first
 (one per core, as ``ragbus actor router --replicas 2`` runs them): one asyncio
 process is one core, and at 32 streams the router's is the busy one.
