@@ -11,6 +11,7 @@ responses, timeouts and errors are httpx's, mapped here.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ssl
 from collections.abc import AsyncIterator, Iterator
@@ -69,15 +70,25 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     """An httpx transport over one aiohttp session (its own pool of connections).
 
     The session is made on first use, inside the event loop that will run it.
+    ``proxy`` (credentials in its URL, if any) carries every request.
     Cookies are not kept: a provider's answer to one user is no place to carry
     state into another's. Bodies are handed over as sent (compressed or not), for
     httpx to decode as it would its own.
     """
 
-    def __init__(self, *, ssl_context: ssl.SSLContext, limits: httpx.Limits) -> None:
+    def __init__(self, *, ssl_context: ssl.SSLContext, limits: httpx.Limits,
+                 proxy: str | None = None) -> None:
         self._ssl_context = ssl_context
         self._limits = limits
         self._session: aiohttp.ClientSession | None = None
+        self._proxy: str | None = None
+        self._proxy_headers: dict[str, str] | None = None
+        if proxy:  # aiohttp takes the proxy's credentials apart from its URL
+            url = httpx.URL(proxy)
+            if url.username:
+                basic = base64.b64encode(f"{url.username}:{url.password}".encode()).decode()
+                self._proxy_headers = {"Proxy-Authorization": f"Basic {basic}"}
+            self._proxy = str(url.copy_with(username=None, password=None))
 
     def _open_session(self) -> aiohttp.ClientSession:
         limits = self._limits
@@ -95,11 +106,17 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         timeout = aiohttp.ClientTimeout(
             total=None, connect=timeouts.get("pool"), sock_connect=timeouts.get("connect"),
             sock_read=timeouts.get("read"))
+        headers = request.headers.multi_items()
+        if self._proxy_headers and request.url.scheme == "http":
+            # a plain-HTTP request goes to the proxy whole, credentials included; aiohttp
+            # sends proxy_headers only with the CONNECT that tunnels HTTPS
+            headers += self._proxy_headers.items()
         with _as_httpx(request, connecting=True):
             response = await self._session.request(
-                request.method, str(request.url), headers=request.headers.multi_items(),
+                request.method, str(request.url), headers=headers,
                 data=await request.aread() or None, allow_redirects=False, timeout=timeout,
-                skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"))
+                skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
+                proxy=self._proxy, proxy_headers=self._proxy_headers)
         return httpx.Response(
             response.status, headers=response.raw_headers, stream=_Body(response, request),
             extensions={"http_version": b"HTTP/1.1",

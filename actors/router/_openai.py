@@ -33,7 +33,7 @@ from ._errors import (
     ProviderTimeout,
 )
 from ._provider import Prompt, Usage
-from ._transports import provider_transports
+from ._transports import env_proxy, provider_transports
 
 __all__ = ("OpenAIProvider", "classify_error", "parse_retry_after")
 
@@ -139,7 +139,8 @@ class OpenAIProvider:
         self._timeouts = {"timeout": {"connect": connect, "read": None, "write": connect,
                                       "pool": connect}}
         self._transports = provider_transports(settings.http_stack,
-                                               ssl_context=httpx.create_ssl_context())
+                                               ssl_context=httpx.create_ssl_context(),
+                                               proxy=env_proxy(self.base_url))
 
     @property
     def model(self) -> str:

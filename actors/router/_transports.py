@@ -15,11 +15,15 @@ response close (``is_idle``, ``has_expired`` with a socket poll each): with 32
 streams at once that is ~4 ms of CPU per request. So that stack gets a free
 list of transports holding one connection each, which keeps those walks O(1);
 reusing the most recently returned one keeps its connection warm.
+
+Both go through the proxy the standard environment variables name for the
+provider's URL, as curl, requests and a stock httpx client would.
 """
 
 from __future__ import annotations
 
 import ssl
+import urllib.request
 from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
 
@@ -29,7 +33,7 @@ from config._router import HttpStack
 
 from ._aiohttp import AiohttpTransport
 
-__all__ = ("Pool", "SharedTransport", "Transports", "provider_transports")
+__all__ = ("Pool", "SharedTransport", "Transports", "env_proxy", "provider_transports")
 
 _ONE_CONNECTION = httpx.Limits(max_connections=1, max_keepalive_connections=1)
 # no cap of its own: the actor's concurrency bounds the streams
@@ -46,15 +50,28 @@ class Transports(Protocol):
     async def aclose(self) -> None: ...
 
 
-def provider_transports(stack: HttpStack, *, ssl_context: ssl.SSLContext) -> Transports:
-    """The transports for one provider.
+def env_proxy(url: str) -> str | None:
+    """The proxy for ``url`` from ``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY`` and
+    ``NO_PROXY`` (either case); None: connect directly."""
+    proxies = urllib.request.getproxies_environment()
+    target = httpx.URL(url)
+    if "no" in proxies and urllib.request.proxy_bypass(target.host):
+        return None
+    return proxies.get(target.scheme) or proxies.get("all")
+
+
+def provider_transports(stack: HttpStack, *, ssl_context: ssl.SSLContext,
+                        proxy: str | None = None) -> Transports:
+    """The transports for one provider, through ``proxy`` if one is given.
 
     ``ssl_context`` is shared by all of them: a transport left to make its own
     loads the CA bundle, 20-30 ms of CPU each time the httpx stack's pool grows.
     """
     if stack == "aiohttp":
-        return SharedTransport(AiohttpTransport(ssl_context=ssl_context, limits=_UNCAPPED))
-    return Pool(lambda: httpx.AsyncHTTPTransport(verify=ssl_context, limits=_ONE_CONNECTION))
+        return SharedTransport(AiohttpTransport(ssl_context=ssl_context, limits=_UNCAPPED,
+                                                proxy=proxy))
+    return Pool(lambda: httpx.AsyncHTTPTransport(verify=ssl_context, limits=_ONE_CONNECTION,
+                                                 proxy=proxy))
 
 
 class SharedTransport:

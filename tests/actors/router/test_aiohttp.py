@@ -16,6 +16,7 @@ import pytest
 
 from actors.router._aiohttp import AiohttpTransport
 from tests.support.fake_openai import closed_port_url
+from tests.support.proxy import forward_proxy
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 LIMITS = httpx.Limits(max_connections=1, max_keepalive_connections=1)
@@ -241,3 +242,23 @@ async def test_closing_a_tls_stream_mid_response_closes_the_socket_at_once(
                 break
         with anyio.fail_after(2):
             await seen_close.wait()
+
+
+async def test_https_through_a_proxy_is_tunnelled_with_the_proxys_credentials(
+    certificate: tuple[Path, Path],
+) -> None:
+    server_tls, client_tls = tls_contexts(certificate)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(ok(b"tunnelled"))
+        await writer.drain()
+
+    async with serve(handler, tls=server_tls) as server, forward_proxy() as proxy:
+        transport = AiohttpTransport(ssl_context=client_tls, limits=LIMITS,
+                                     proxy=proxy.url.replace("http://", "http://me:s3cret@"))
+        async with httpx.AsyncClient(transport=transport) as http:
+            response = await http.get(f"https://127.0.0.1:{server.port}/")
+    assert response.content == b"tunnelled"
+    assert proxy.requests == [f"CONNECT 127.0.0.1:{server.port} HTTP/1.1"]
+    assert proxy.authorizations == ["Basic bWU6czNjcmV0"]

@@ -23,10 +23,11 @@ from actors.router._errors import (
 )
 from actors.router._openai import OpenAIProvider, classify_error, parse_retry_after
 from actors.router._provider import Prompt, Usage
-from actors.router._transports import Pool, SharedTransport
+from actors.router._transports import Pool, SharedTransport, env_proxy
 from config import Secret
 from config._router import HttpStack, ProviderSettings
 from tests.support.fake_openai import Behaviour, FakeOpenAI, closed_port_url
+from tests.support.proxy import forward_proxy
 
 PROMPT = Prompt(messages=[{"role": "user", "content": "what is up"}], question="what is up",
                 context=[], max_tokens=None, template="t:1")
@@ -104,6 +105,49 @@ async def test_connection_refused_is_a_connect_error() -> None:
     async with provider(closed_port_url()) as p:
         with pytest.raises(ProviderConnectError, match="cannot connect"):
             await collect(p)
+
+
+@pytest.fixture
+def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """An environment with no proxy variables, for a test to set its own."""
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    return monkeypatch
+
+
+async def test_requests_go_through_the_proxy_the_environment_names(
+    no_proxy_env: pytest.MonkeyPatch,
+) -> None:
+    async with FakeOpenAI(Behaviour.counting(3)) as fake, forward_proxy() as proxy:
+        credentials = proxy.url.replace("http://", "http://me:s3cret@")
+        no_proxy_env.setenv("HTTP_PROXY", credentials)
+        async with provider(fake.base_url) as p:
+            assert await collect(p) == ["t0 ", "t1 ", "t2 "]
+    assert proxy.requests == [f"POST {fake.base_url}/chat/completions HTTP/1.1"]
+    assert proxy.authorizations == ["Basic bWU6czNjcmV0"]  # me:s3cret
+    assert len(fake.chat_requests) == 1
+
+
+async def test_no_proxy_connects_straight_to_the_provider(
+    no_proxy_env: pytest.MonkeyPatch,
+) -> None:
+    no_proxy_env.setenv("HTTP_PROXY", closed_port_url())  # would refuse, if it were used
+    no_proxy_env.setenv("NO_PROXY", "localhost,127.0.0.1")
+    async with FakeOpenAI(Behaviour.counting(2)) as fake, provider(fake.base_url) as p:
+        assert await collect(p) == ["t0 ", "t1 "]
+
+
+def test_the_proxy_is_picked_by_scheme_then_all_proxy_and_skipped_for_no_proxy(
+    no_proxy_env: pytest.MonkeyPatch,
+) -> None:
+    assert env_proxy("https://api.groq.com/openai/v1") is None
+    no_proxy_env.setenv("ALL_PROXY", "http://all:3128")
+    no_proxy_env.setenv("https_proxy", "http://secure:3128")
+    no_proxy_env.setenv("NO_PROXY", ".internal.example")
+    assert env_proxy("https://api.groq.com/openai/v1") == "http://secure:3128"
+    assert env_proxy("http://ollama.lan:11434/v1") == "http://all:3128"
+    assert env_proxy("https://llm.internal.example/v1") is None
 
 
 async def test_stall_before_first_token_times_out_and_closes_the_connection() -> None:
