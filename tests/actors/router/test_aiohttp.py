@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import ssl
-import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 from actors.router._aiohttp import AiohttpTransport
 from tests.support.fake_openai import closed_port_url
 from tests.support.proxy import forward_proxy
+from tests.support.tls import self_signed, tls_contexts
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 LIMITS = httpx.Limits(max_connections=1, max_keepalive_connections=1)
@@ -180,26 +180,7 @@ async def test_cancelling_a_waiting_read_and_closing_closes_the_socket_at_once()
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("tls")
-    cert, key = root / "cert.pem", root / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-nodes", "-days", "1", "-subj", "/CN=localhost", "-addext",
-         "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True)
-    return cert, key
-
-
-def tls_contexts(certificate: tuple[Path, Path], *,
-                 trusted: bool = True) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """The server's context, and a client's that trusts the certificate (or not)."""
-    cert, key = certificate
-    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_tls.load_cert_chain(cert, key)
-    client_tls = httpx.create_ssl_context()
-    if trusted:
-        client_tls.load_verify_locations(cert)
-    return server_tls, client_tls
+    return self_signed(tmp_path_factory.mktemp("tls"))
 
 
 async def _tls_hello(certificate: tuple[Path, Path], trusted: bool) -> bytes:
