@@ -90,6 +90,11 @@ class BridgeSettings(_Section, frozen=True, kw_only=True):
 
     host: str = "127.0.0.1"
     port: Port = 8765
+    # TLS (https/wss): a PEM certificate chain and its key, both or neither. Without
+    # them the bridge speaks plain HTTP: fine on loopback or behind a proxy that
+    # terminates TLS, not for browsers on other machines.
+    tls_cert: str | None = None
+    tls_key: str | None = None
     api_keys: list[Secret] = msgspec.field(default_factory=list)
     jwt_secret: Secret | None = None
     jwt_audience: str = "ragbus"
@@ -120,6 +125,11 @@ class BridgeSettings(_Section, frozen=True, kw_only=True):
         default_factory=lambda: ["embedder", "retriever", "context-trimmer", "router"]
     )
     ready_wait_s: Positive = 0.5
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("set both bridge.tls_cert and bridge.tls_key (PEM files), "
+                             "or neither")
 
 
 class EmbedderSettings(_Section, frozen=True, kw_only=True):

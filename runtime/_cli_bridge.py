@@ -29,20 +29,19 @@ def bridge_settings(settings: Settings, host: str | None, port: int | None) -> S
 
 
 def _cmd_bridge(args: argparse.Namespace) -> int:
-    from actors.bridge import WS_PATH, Bridge
+    from actors.bridge import Bridge, page_url, ws_url
 
     from ._run import run_actors
 
     loaded: Loaded = args.loaded
     settings = bridge_settings(loaded.settings, args.host, args.port)
     cfg = settings.bridge
-    host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
 
     def ready(url: str, metrics_port: int | None, started: list[str]) -> None:
         out.print(f"[bold green]bridge is up[/] on NATS [cyan]{url}[/]")
         if cfg.port:
-            out.print(f"page at http://{host}:{cfg.port}/ — WebSocket ws://{host}:{cfg.port}"
-                      f"{WS_PATH} — Ctrl-C stops")
+            page = page_url(cfg)
+            out.print(f"page at {page}/ — WebSocket {ws_url(page)} — Ctrl-C stops")
         else:
             out.print("port 0: the bound address is in the `bridge.listening` log line")
 

@@ -68,8 +68,10 @@ def _cmd_up(args: argparse.Namespace) -> int:
         if metrics_port is not None:
             out.print(f"metrics at http://{loaded.settings.metrics.host}:{metrics_port}/metrics")
         if "bridge" in started:
-            b = settings.bridge
-            out.print(f"page at http://{b.host}:{b.port}/ (WebSocket ws://{b.host}:{b.port}/ws)")
+            from actors.bridge import page_url, ws_url
+
+            page = page_url(settings.bridge)
+            out.print(f"page at {page}/ (WebSocket {ws_url(page)})")
         out.print(f"actors: {', '.join(started) or '(none)'} — Ctrl-C drains and stops")
 
     anyio.run(lambda: run_actors(settings, classes, embedded=embedded,

@@ -1,8 +1,14 @@
 """The WebSocket bridge: a browser page and a JSON protocol to ask, stream and stop."""
 
-from ._actor import WS_PATH, Bridge
+from ._actor import WS_PATH, Bridge, page_url, ws_url
 from ._auth import Authenticator, Identity
-from ._errors import AuthDenied, CannotListen, OriginNotAllowed, Unauthenticated
+from ._errors import (
+    AuthDenied,
+    CannotListen,
+    CertificateUnusable,
+    OriginNotAllowed,
+    Unauthenticated,
+)
 from ._limits import Denied, LimitState, RateLimits
 from ._protocol import (
     AskFrame,
@@ -33,6 +39,7 @@ __all__ = (
     "CancelFrame",
     "CancelledFrame",
     "CannotListen",
+    "CertificateUnusable",
     "ClientFrame",
     "CloseCode",
     "Denied",
@@ -51,4 +58,6 @@ __all__ = (
     "StatusRequest",
     "TokenFrame",
     "Unauthenticated",
+    "page_url",
+    "ws_url",
 )

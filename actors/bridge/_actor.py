@@ -11,6 +11,7 @@ request id, so an ask costs no subscription of its own.
 from __future__ import annotations
 
 import http
+import ssl
 from typing import Any
 
 import anyio
@@ -21,6 +22,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
+from config import BridgeSettings
 from runtime import Actor, codec
 from runtime.actor import REQUEST_ID_HEADER, TRACE_HEADER
 from runtime.audit import AuditPublisher
@@ -28,7 +30,7 @@ from subjects import Cancel, Query, QueryEvent
 from subjects._audit import AuditKind, AuditOutcome
 
 from ._auth import Authenticator
-from ._errors import AuthDenied, CannotListen
+from ._errors import AuthDenied, CannotListen, CertificateUnusable
 from ._http import load_pages, response
 from ._limits import Denied, RateLimits
 from ._readiness import ReadinessProbe
@@ -89,13 +91,11 @@ class Bridge(Actor):
     @property
     def url(self) -> str:
         """The page's address (the bound port, which matters when ``port`` is 0)."""
-        host = self.config.host
-        shown = f"[{host}]" if ":" in host else host
-        return f"http://{shown}:{self.port if self.port is not None else self.config.port}"
+        return page_url(self.config, self.port)
 
     @property
     def ws_url(self) -> str:
-        return "ws" + self.url.removeprefix("http") + WS_PATH
+        return ws_url(self.url)
 
     def event_subject(self, request_id: str) -> str:
         return f"{self._inbox}.ev.{request_id}"
@@ -109,9 +109,10 @@ class Bridge(Actor):
             await nc.subscribe(f"{self._inbox}.nr.*", cb=self._on_no_responders),
         ]
         cfg = self.config
+        tls = _tls_context(cfg.tls_cert, cfg.tls_key)
         try:
             self._server = await serve(
-                self._serve_socket, cfg.host, cfg.port, process_request=self._http,
+                self._serve_socket, cfg.host, cfg.port, process_request=self._http, ssl=tls,
                 # frames up to 4x the limit get an error frame; beyond, reading them costs
                 max_size=cfg.max_frame_bytes * 4, write_limit=cfg.send_buffer_bytes,
                 compression=None, close_timeout=cfg.close_timeout_s, server_header=None,
@@ -122,9 +123,14 @@ class Bridge(Actor):
                 "stop what holds the port, or set bridge.port / bridge.host "
                 "(RAGBUS_BRIDGE__PORT, `ragbus bridge --port`)") from exc
         self.port = int(next(iter(self._server.sockets)).getsockname()[1])
-        self.auth.allow_own_origin(cfg.host, self.port)
+        self.auth.allow_own_origin(cfg.host, self.port, "https" if tls else "http")
         self.accepting = True
         self.log.info("bridge.listening", url=self.url, websocket=self.ws_url)
+        if tls is None and cfg.host not in ("127.0.0.1", "localhost", "::1"):
+            self.log.warning("bridge.plaintext", host=cfg.host,
+                             advice="keys, tokens and answers cross the network in clear: "
+                                    "set bridge.tls_cert and bridge.tls_key, or put a proxy "
+                                    "that terminates TLS in front")
         if self.auth.weak_jwt_secret:
             self.log.warning("bridge.weak_jwt_secret",
                              advice="bridge.jwt_secret is shorter than 32 bytes: use a random "
@@ -275,3 +281,32 @@ class Bridge(Actor):
                                         "concurrent_limit": state.concurrent_limit,
                                         "remaining": state.remaining,
                                         "reset_in_seconds": state.reset_in_seconds})
+
+
+def _tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    if cert is None or key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise CertificateUnusable(
+            f"the bridge cannot use its TLS certificate {cert!r} with key {key!r} "
+            f"({exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}): check "
+            "bridge.tls_cert and bridge.tls_key (PEM files, the key matching the "
+            "certificate)") from exc
+    return context
+
+
+def page_url(config: BridgeSettings, port: int | None = None) -> str:
+    """Where the page is served: https when the bridge has a certificate."""
+    host = config.host
+    shown = f"[{host}]" if ":" in host else host
+    scheme = "https" if config.tls_cert else "http"
+    return f"{scheme}://{shown}:{config.port if port is None else port}"
+
+
+def ws_url(page: str) -> str:
+    """The WebSocket beside a page URL (wss beside https)."""
+    return "ws" + page.removeprefix("http") + WS_PATH

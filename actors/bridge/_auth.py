@@ -51,7 +51,7 @@ class Authenticator:
         self._any_origin = development and "*" in config.allowed_origins
         self._origins = set(config.allowed_origins)
 
-    def allow_own_origin(self, host: str, port: int) -> None:
+    def allow_own_origin(self, host: str, port: int, scheme: str = "http") -> None:
         """Allow the page this bridge serves itself, at the address it is bound to.
 
         Safe against DNS rebinding: a rebinding page's origin names the attacker's
@@ -64,7 +64,7 @@ class Authenticator:
             names = ["127.0.0.1", "localhost", "[::1]"]
         else:
             names = [f"[{host}]" if ":" in host else host]
-        self._origins.update(f"http://{name}:{port}" for name in names)
+        self._origins.update(f"{scheme}://{name}:{port}" for name in names)
 
     @property
     def weak_jwt_secret(self) -> bool:

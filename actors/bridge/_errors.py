@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from ._protocol import CloseCode
 
-__all__ = ("AuthDenied", "CannotListen", "OriginNotAllowed", "Unauthenticated")
+__all__ = ("AuthDenied", "CannotListen", "CertificateUnusable", "OriginNotAllowed",
+           "Unauthenticated")
 
 _MAX_REASON_BYTES = 123  # RFC 6455: a close frame's payload is at most 125 bytes
 
@@ -44,3 +45,7 @@ class OriginNotAllowed(AuthDenied):
 
 class CannotListen(OSError):
     """The configured address cannot be bound (in use, or not this machine's)."""
+
+
+class CertificateUnusable(ValueError):
+    """``bridge.tls_cert``/``bridge.tls_key`` cannot be read or do not belong together."""
