@@ -52,7 +52,8 @@ class ProviderSettings(Section, frozen=True, kw_only=True):
     total_timeout_s: Positive = 120.0
     max_tokens: PositiveInt = 512
     temperature: Annotated[float, Meta(ge=0, le=2)] = 0.2
-    # requests per minute from one router replica; None: no limit
+    # the provider's requests per minute, split among the running router replicas;
+    # None: no limit
     rate_limit_per_minute: PositiveInt | None = None
     # httpx requests carried by aiohttp (a C parser; far less CPU per token), or
     # httpx's own stack, kept as the fallback should a network setup need it
@@ -143,6 +144,8 @@ class RouterSettings(Section, frozen=True, kw_only=True):
     # time kept back from a provider's first-token wait so the fallback can still answer
     fallback_reserve_s: NonNegative = 0.5
     probe_interval_s: Positive = 30.0
+    # how often the router replicas are counted to split providers' rate limits
+    rate_limit_recount_s: Positive = 5.0
     extractive_sentences: PositiveInt = 3
     prompts: list[PromptTemplate] = msgspec.field(default_factory=_default_prompts)
     local: LocalLLMSettings = msgspec.field(default_factory=LocalLLMSettings)

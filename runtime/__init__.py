@@ -1,5 +1,6 @@
 """What every actor stands on: the actor base, NATS, JetStream set-up, logs, metrics."""
 
+from ._status import discover
 from .actor import Actor, Context, EndpointSpec, endpoint
 from .audit import AuditPublisher, ensure_audit_stream
 from .client import Client, decode_reply
@@ -59,6 +60,7 @@ __all__ = (
     "credentials",
     "decode_reply",
     "default_data_dir",
+    "discover",
     "endpoint",
     "ensure_audit_stream",
     "ensure_kv",

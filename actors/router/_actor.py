@@ -21,7 +21,16 @@ from nats.js.api import KeyValueConfig, StorageType
 from prometheus_client import Counter, Histogram
 
 from config._router import ProviderSettings, RouterSettings
-from runtime import Actor, BadRequest, Context, Unavailable, codec, endpoint, ensure_kv
+from runtime import (
+    Actor,
+    BadRequest,
+    Context,
+    Unavailable,
+    codec,
+    discover,
+    endpoint,
+    ensure_kv,
+)
 from subjects import Done, ErrorCode, Failed, Generate, Token, TurnDone, now_ms
 from subjects._audit import AuditKind
 from subjects._breaker import BreakerTransition
@@ -178,7 +187,29 @@ class Router(Actor):
             await anyio.to_thread.run_sync(self.local_llm.stop)
             self.local_llm = None
 
+    def _limit_reached(self, provider: Provider) -> str:
+        limit = provider.settings.rate_limit_per_minute
+        replicas = self.limits.replicas
+        shared = f", shared by {replicas} router replicas" if replicas > 1 else ""
+        return f"rate limit reached ({limit}/min{shared})"
+
     async def background(self) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._share_rate_limits)
+            await self._probe_optional()
+
+    async def _share_rate_limits(self) -> None:
+        """Count the router replicas now and then, and split rate limits among them."""
+        if not self.limits.limited:
+            return
+        while not self.stopping:
+            found = await discover(self.nc, f"PING.{self.name}", wait_s=0.3)
+            replicas = len({s.get("id") for s in found if s.get("name") == self.name})
+            if self.limits.share(replicas):
+                self.log.info("router.rate_limits_shared", replicas=self.limits.replicas)
+            await anyio.sleep(self.config.rate_limit_recount_s)
+
+    async def _probe_optional(self) -> None:
         """Keep checking optional providers (e.g. Ollama): skip them while they do not answer."""
         optional = [p for p in self.providers
                     if isinstance(p, OpenAIProvider) and p.settings.optional]
@@ -304,8 +335,7 @@ class Router(Actor):
         outcome = _Outcome()
         for i, provider in enumerate(chain.order):
             name = provider.name
-            limited = {"provider": name, "skipped": "rate limit reached "
-                       f"({provider.settings.rate_limit_per_minute}/min)"}
+            limited = {"provider": name, "skipped": self._limit_reached(provider)}
             if not self.limits.has_capacity(name):  # before a probe is claimed for nothing
                 outcome.attempts.append(limited)
                 continue
