@@ -203,10 +203,14 @@ class Router(Actor):
         if not self.limits.limited:
             return
         while not self.stopping:
-            found = await discover(self.nc, f"PING.{self.name}", wait_s=0.3)
-            replicas = len({s.get("id") for s in found if s.get("name") == self.name})
-            if self.limits.share(replicas):
-                self.log.info("router.rate_limits_shared", replicas=self.limits.replicas)
+            try:
+                found = await discover(self.nc, f"PING.{self.name}", wait_s=0.3)
+            except Exception as exc:  # the bus is reconnecting: keep the last count
+                self.log.warning("router.replica_count_failed", error=repr(exc))
+            else:
+                replicas = len({s.get("id") for s in found if s.get("name") == self.name})
+                if self.limits.share(replicas):
+                    self.log.info("router.rate_limits_shared", replicas=self.limits.replicas)
             await anyio.sleep(self.config.rate_limit_recount_s)
 
     async def _probe_optional(self) -> None:
