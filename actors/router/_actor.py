@@ -208,7 +208,8 @@ class Router(Actor):
             except Exception as exc:  # the bus is reconnecting: keep the last count
                 self.log.warning("router.replica_count_failed", error=repr(exc))
             else:
-                replicas = len({s.get("id") for s in found if s.get("name") == self.name})
+                ids = {s.get("id") for s in found if s.get("name") == self.name}
+                replicas = len(ids | {self.id})  # itself too, before it answers pings
                 if self.limits.share(replicas):
                     self.log.info("router.rate_limits_shared", replicas=self.limits.replicas)
             await anyio.sleep(self.config.rate_limit_recount_s)
