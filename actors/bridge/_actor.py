@@ -29,7 +29,7 @@ from runtime.audit import AuditPublisher
 from subjects import Cancel, Query, QueryEvent
 from subjects._audit import AuditKind, AuditOutcome
 
-from ._auth import Authenticator
+from ._auth import LOOPBACK_HOSTS, Authenticator
 from ._errors import AuthDenied, CannotListen, CertificateUnusable
 from ._http import load_pages, response
 from ._limits import Denied, RateLimits
@@ -126,7 +126,7 @@ class Bridge(Actor):
         self.auth.allow_own_origin(cfg.host, self.port, "https" if tls else "http")
         self.accepting = True
         self.log.info("bridge.listening", url=self.url, websocket=self.ws_url)
-        if tls is None and cfg.host not in ("127.0.0.1", "localhost", "::1"):
+        if tls is None and cfg.host not in LOOPBACK_HOSTS:
             self.log.warning("bridge.plaintext", host=cfg.host,
                              advice="keys, tokens and answers cross the network in clear: "
                                     "set bridge.tls_cert and bridge.tls_key, or put a proxy "
@@ -290,10 +290,10 @@ def _tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         context.load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError) as exc:
+    except OSError as exc:  # ssl.SSLError is one too
         raise CertificateUnusable(
             f"the bridge cannot use its TLS certificate {cert!r} with key {key!r} "
-            f"({exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}): check "
+            f"({exc.strerror or exc}): check "
             "bridge.tls_cert and bridge.tls_key (PEM files, the key matching the "
             "certificate)") from exc
     return context

@@ -24,7 +24,7 @@ from config import BridgeSettings
 
 from ._errors import OriginNotAllowed, Unauthenticated
 
-__all__ = ("Authenticator", "Identity", "Method")
+__all__ = ("LOOPBACK_HOSTS", "Authenticator", "Identity", "Method")
 
 Method = Literal["api_key", "jwt", "anonymous"]
 
@@ -40,6 +40,10 @@ class Identity:
 
 def _fingerprint(value: str) -> str:
     return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+#: bind addresses only this machine can reach
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 class Authenticator:
@@ -60,7 +64,7 @@ class Authenticator:
         """
         if host in ("", "0.0.0.0", "::"):
             return
-        if host in ("127.0.0.1", "localhost", "::1"):
+        if host in LOOPBACK_HOSTS:
             names = ["127.0.0.1", "localhost", "[::1]"]
         else:
             names = [f"[{host}]" if ":" in host else host]
