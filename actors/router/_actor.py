@@ -187,11 +187,13 @@ class Router(Actor):
             await anyio.to_thread.run_sync(self.local_llm.stop)
             self.local_llm = None
 
-    def _limit_reached(self, provider: Provider) -> str:
+    def _limit_reached(self, provider: Provider) -> dict[str, str]:
+        """The attempt recorded for a provider skipped by its rate limit."""
         limit = provider.settings.rate_limit_per_minute
         replicas = self.limits.replicas
         shared = f", shared by {replicas} router replicas" if replicas > 1 else ""
-        return f"rate limit reached ({limit}/min{shared})"
+        return {"provider": provider.name,
+                "skipped": f"rate limit reached ({limit}/min{shared})"}
 
     async def background(self) -> None:
         async with anyio.create_task_group() as tg:
@@ -340,16 +342,15 @@ class Router(Actor):
         outcome = _Outcome()
         for i, provider in enumerate(chain.order):
             name = provider.name
-            limited = {"provider": name, "skipped": self._limit_reached(provider)}
             if not self.limits.has_capacity(name):  # before a probe is claimed for nothing
-                outcome.attempts.append(limited)
+                outcome.attempts.append(self._limit_reached(provider))
                 continue
             admission = await self.breakers.admit(name)
             if not admission.allowed:
                 outcome.attempts.append({"provider": name, "skipped": admission.reason})
                 continue
             if not await self.limits.try_acquire(name):
-                outcome.attempts.append(limited)
+                outcome.attempts.append(self._limit_reached(provider))
                 continue
             has_fallback = i + 1 < len(chain.order)
             left = answer.ctx.remaining()

@@ -28,7 +28,7 @@ class RateLimits:
     def __init__(self, per_minute: dict[str, int | None]) -> None:
         self._per_minute = {name: limit for name, limit in per_minute.items() if limit}
         self.replicas = 1
-        self._limiters = {name: _limiter(limit) for name, limit in self._per_minute.items()}
+        self._limiters = self._split()
 
     @property
     def limited(self) -> bool:
@@ -50,9 +50,12 @@ class RateLimits:
         if replicas == self.replicas:
             return False
         self.replicas = replicas
-        self._limiters = {name: _limiter(limit / replicas)
-                          for name, limit in self._per_minute.items()}
+        self._limiters = self._split()
         return True
+
+    def _split(self) -> dict[str, AsyncLimiter]:
+        return {name: _limiter(limit / self.replicas)
+                for name, limit in self._per_minute.items()}
 
     def has_capacity(self, provider: str) -> bool:
         limiter = self._limiters.get(provider)
