@@ -51,9 +51,8 @@ import msgspec
 import structlog
 from nats.aio.subscription import Subscription
 
-from actors.router._aiohttp import AiohttpTransport
 from actors.router._prompts import Prompts
-from actors.router._transports import Pool
+from actors.router._transports import Pool, provider_transports
 from bench._processes import serve_actors
 from bench._stats import percentile
 from config import (
@@ -131,8 +130,7 @@ class Bench:
         # the router's own HTTP stack, used as the router uses it (a request straight to
         # an aiohttp-carried transport), to tell what the router adds from what its
         # faster transport saves
-        self.same_stack = AiohttpTransport(ssl_context=httpx.create_ssl_context(),
-                                           limits=httpx.Limits(max_connections=None))
+        self.same_stack = provider_transports("aiohttp", ssl_context=httpx.create_ssl_context())
         # the very messages the router sends, so both paths carry the same request
         self.messages = Prompts(RouterSettings().prompts).render(
             self.generate("x", "paced")).messages
@@ -165,11 +163,15 @@ class Bench:
         started = time.perf_counter()
         request = httpx.Request("POST", f"{self.urls['paced']}/chat/completions",
                                 json=self.body)
-        response = await self.same_stack.handle_async_request(request)
+        transport = self.same_stack.acquire()
         try:
-            return await _first_content(response, started)
+            response = await transport.handle_async_request(request)
+            try:
+                return await _first_content(response, started)
+            finally:
+                await response.aclose()
         finally:
-            await response.aclose()
+            self.same_stack.release(transport)
 
     async def _open(self, provider: str) -> tuple[Generate, Subscription]:
         reply_to = self.nc.new_inbox()
