@@ -1,6 +1,6 @@
 """Typed settings: defaults < TOML file < ``RAGBUS_*`` environment variables."""
 
-from ._audit import AuditSettings, SecuritySettings
+from ._audit import ROLES, AuditSettings, SecuritySettings
 from ._errors import ConfigError, ProductionConfigError
 from ._loader import ENV_PREFIX, Loaded, load_settings, production_problems
 from ._router import RouterSettings
@@ -21,6 +21,7 @@ from ._trimmer import TrimmerSettings
 __all__ = (
     "ENV_PREFIX",
     "MASK",
+    "ROLES",
     "AuditSettings",
     "BridgeSettings",
     "ConfigError",

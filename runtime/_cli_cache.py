@@ -12,19 +12,17 @@ from rich.table import Table
 from config import Loaded
 from subjects import Subjects
 
-from .security import connect_as
+from .security import CACHE_BUCKETS, connect_as
 
-__all__ = ("CACHES", "add_commands")
+__all__ = ("add_commands",)
 
-#: cache name -> bucket name under the prefix
-CACHES = {"retrieval": "retrieval", "answers": "answers", "embeddings": "embeddings"}
 out = Console()
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
     loaded: Loaded = args.loaded
     s = Subjects(loaded.settings.subject_prefix)
-    names = list(CACHES) if args.which in (None, "all") else [args.which]
+    names = list(CACHE_BUCKETS) if args.which in (None, "all") else [args.which]
 
     async def run() -> None:
         nc = await connect_as(loaded.settings.nats, loaded.settings.security, "admin",
@@ -33,7 +31,7 @@ def _cmd_cache(args: argparse.Namespace) -> int:
         table = Table("cache", "bucket", "entries", "bytes", title="caches")
         try:
             for name in names:
-                bucket = s.bucket(CACHES[name])
+                bucket = s.bucket(name)
                 stream = f"KV_{bucket}"
                 try:
                     if args.cache_command == "purge":
@@ -57,5 +55,5 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     for verb, text in (("stats", "entries and bytes per cache"),
                        ("purge", "empty a cache (or all)")):
         parser = cache_sub.add_parser(verb, help=text)
-        parser.add_argument("which", nargs="?", choices=[*CACHES, "all"], default="all")
+        parser.add_argument("which", nargs="?", choices=[*CACHE_BUCKETS, "all"], default="all")
     cache.set_defaults(func=_cmd_cache, needs_nats=True)

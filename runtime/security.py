@@ -35,6 +35,7 @@ from .connection import NATS, connect
 
 __all__ = (
     "ACTOR_ROLES",
+    "CACHE_BUCKETS",
     "ROLES",
     "Credentials",
     "MissingCredentialsError",
@@ -45,6 +46,7 @@ __all__ = (
     "credentials",
     "inbox_prefix",
     "role_for_actor",
+    "role_table",
     "roles",
     "secret_values",
     "write_server_include",
@@ -147,6 +149,12 @@ def _kv_reads(stream: str) -> list[str]:
     ]
 
 
+def _cache_admin(bucket: str) -> list[str]:
+    """Look at and empty one KV bucket (``ragbus cache stats|purge``), nothing else."""
+    stream = f"KV_{bucket}"
+    return [f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.PURGE.{stream}"]
+
+
 def _durable(stream: str, durable: str) -> list[str]:
     """Create, pull from and acknowledge one durable consumer, and no other."""
     return [
@@ -207,12 +215,15 @@ def roles(s: Subjects, *, audit_durable: str = "audit-logger",
              subscribe=(s.query, s.search_all, f"{p}.index.apply.*", s.corpus_version,
                         *serving, inbox("retriever"))),
         Role("trimmer", allow_responses=True,
-             publish=(s.generate, s.embed, any_inbox, audit, *_bucket(s.bucket("memory"))),
+             # cancels the brief's summary when it gives up waiting for it
+             publish=(s.generate, s.embed, s.cancel_all, any_inbox, audit,
+                      *_bucket(s.bucket("memory"))),
              subscribe=(s.trim, s.memory_append, s.corpus_version, *serving,
                         inbox("trimmer"))),
         Role("router", allow_responses=True,
-             publish=(s.breaker_all, s.memory_append, any_inbox, audit,
-                      *_bucket(s.bucket("breakers"))),
+             # pings its own replicas to split providers' rate limits among them
+             publish=(s.breaker_all, s.memory_append, any_inbox, audit, "$SRV.PING.router",
+                      *_bucket(s.bucket("breakers")), *_bucket(s.bucket("answers"))),
              subscribe=(s.generate, s.breaker_all, *serving, inbox("router"))),
         Role("ingestor", allow_responses=True,
              publish=(s.embed, f"{p}.index.apply.*", f"{p}.ingest.progress.*",
@@ -227,7 +238,8 @@ def roles(s: Subjects, *, audit_durable: str = "audit-logger",
         Role("auditor", publish=tuple(auditor_allow), deny_publish=tuple(auditor_deny),
              subscribe=(inbox("auditor"),)),
         Role("bridge", allow_responses=True,
-             publish=(s.query, s.cancel_all, audit),
+             # /readyz pings the actors a query needs
+             publish=(s.query, s.cancel_all, audit, "$SRV.PING"),
              subscribe=(*serving, inbox("bridge"))),
         Role("client",
              publish=(s.query, s.cancel_all),
@@ -235,12 +247,63 @@ def roles(s: Subjects, *, audit_durable: str = "audit-logger",
         Role("admin",
              publish=(s.query, s.cancel_all, s.ingest_submit, f"{p}.docs.*", f"{p}.jobs.*",
                       "$SRV.>", *_stream_admin(ingest), *_bucket(s.bucket("jobs")),
-                      *_bucket(s.bucket("retrieval")), *_bucket_reader(s.bucket("breakers"))),
+                      *_bucket_reader(s.bucket("breakers")),
+                      *(grant for cache in CACHE_BUCKETS
+                        for grant in _cache_admin(s.bucket(cache)))),
              subscribe=(f"{p}.ingest.progress.*", inbox("admin"))),
     ]
     by_name = {role.name: role for role in table}
     assert set(by_name) == set(ROLES), "config._audit.ROLES and the role table disagree"
     return by_name
+
+
+#: the shared caches, each a KV bucket under the prefix (``ragbus cache``)
+CACHE_BUCKETS = ("retrieval", "answers", "embeddings")
+
+
+def role_table(s: Subjects, *, audit_durable: str = "audit-logger") -> str:
+    """The role table as the README shows it (a test keeps the two equal).
+
+    JetStream API grants are folded into what they give: a KV bucket read, written
+    or purged, a stream created, a durable consumer owned.
+    """
+    rows = ["| role | publishes | subscribes | JetStream |", "|---|---|---|---|"]
+    for role in roles(s, audit_durable=audit_durable).values():
+        plain = [f"`{x}`" for x in role.publish if not x.startswith(("$JS.", "$KV."))]
+        if role.allow_responses:
+            plain.append("replies")
+        rows.append(f"| {role.name} | {', '.join(plain) or '-'} | "
+                    f"{', '.join(f'`{x}`' for x in role.subscribe)} | "
+                    f"{'; '.join(_jetstream_grants(role)) or '-'} |")
+    return "\n".join(rows) + "\n"
+
+
+def _jetstream_grants(role: Role) -> list[str]:
+    grants = set(role.publish)
+    info = "$JS.API.STREAM.INFO."  # every grant on a stream comes with looking at it
+    streams = sorted(g.removeprefix(info) for g in grants if g.startswith(info))
+    said: list[str] = []
+    for stream in streams:
+        if stream.startswith("KV_"):
+            bucket = stream[3:]
+            if f"$KV.{bucket}.>" in grants:
+                said.append(f"KV `{bucket}` read, write")
+            elif f"$JS.API.DIRECT.GET.{stream}" in grants:
+                said.append(f"KV `{bucket}` read")
+            elif f"$JS.API.STREAM.PURGE.{stream}" in grants:
+                said.append(f"KV `{bucket}` size, purge")
+            continue
+        what = ["create"] if f"$JS.API.STREAM.CREATE.{stream}" in grants else []
+        durables = sorted(g.split(".")[3] for g in grants
+                          if g.startswith(f"$JS.ACK.{stream}.") and g.count(".") == 4)
+        what += [f"durable `{d}`" for d in durables]
+        if f"$JS.ACK.{stream}.>" in grants:
+            denied = sorted({g.split(".")[3] for g in role.deny_publish
+                             if g.startswith(f"$JS.ACK.{stream}.")})
+            what.append("read, any consumer" +
+                        "".join(f" but `{d}`" for d in denied))
+        said.append(f"`{stream}` {', '.join(what)}")
+    return said
 
 
 # -- credentials --------------------------------------------------------------------

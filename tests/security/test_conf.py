@@ -21,6 +21,7 @@ from runtime.security import (
     authorization_config,
     credentials,
     role_for_actor,
+    role_table,
 )
 from subjects import Subjects
 from tests.security._roles import SECURITY
@@ -39,6 +40,11 @@ def test_the_shipped_conf_holds_exactly_the_generated_users() -> None:
     text = SHIPPED.read_text()
     assert text.endswith(block), "regenerate the authorization block of nats-server.conf"
     assert "password:" not in text.replace(block, "")  # no literal password anywhere else
+
+
+def test_the_readme_shows_exactly_the_role_table() -> None:
+    assert role_table(Subjects()) in (REPO / "README.md").read_text(), (
+        "regenerate the README's role table from runtime.security.role_table(Subjects())")
 
 
 def test_the_shipped_conf_needs_the_password_variables() -> None:

@@ -137,6 +137,19 @@ async def test_requests_replies_and_streamed_events_flow_between_the_right_roles
     assert {r: c.errors for r, c in logins.items() if c.errors} == {}
 
 
+async def test_who_starts_a_request_on_its_own_can_cancel_it(logins: dict[str, As]) -> None:
+    """The bridge (a socket closed), the trimmer (a brief's summary given up) and the
+    CLI tell every actor to stop work they asked for."""
+    cancels = await collect(logins["router"], S.cancel_all)
+    for role in ("bridge", "trimmer", "client", "admin"):
+        await logins[role].nc.publish(S.cancel(f"by-{role}"), b"{}")
+        await settled(logins[role])
+    await anyio.sleep(0.2)
+    assert sorted(m.subject for m in cancels) == sorted(
+        S.cancel(f"by-{r}") for r in ("bridge", "trimmer", "client", "admin"))
+    assert {r: c.errors for r, c in logins.items() if c.errors} == {}
+
+
 async def test_every_actor_can_write_audit_events_and_only_readers_read_them(
     logins: dict[str, As],
 ) -> None:
