@@ -15,18 +15,18 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from runtime import Actor
+    from ragbus.runtime import Actor
 
 __all__ = ("ACTORS", "load_actor")
 
 ACTORS: dict[str, str] = {
-    "audit-logger": "actors.audit:AuditLogger",
-    "embedder": "actors.embedder:Embedder",
-    "ingestor": "actors.ingestor:Ingestor",
-    "retriever": "actors.retriever:Retriever",
-    "context-trimmer": "actors.trimmer:ContextTrimmer",
-    "router": "actors.router:Router",
-    "bridge": "actors.bridge:Bridge",
+    "audit-logger": "ragbus.actors.audit:AuditLogger",
+    "embedder": "ragbus.actors.embedder:Embedder",
+    "ingestor": "ragbus.actors.ingestor:Ingestor",
+    "retriever": "ragbus.actors.retriever:Retriever",
+    "context-trimmer": "ragbus.actors.trimmer:ContextTrimmer",
+    "router": "ragbus.actors.router:Router",
+    "bridge": "ragbus.actors.bridge:Bridge",
 }
 
 

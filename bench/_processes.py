@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import structlog
 
-from config import Settings
+from ragbus.config import Settings
 
 __all__ = ("serve_actors",)
 
@@ -17,8 +17,8 @@ def serve_actors(settings: Settings, names: tuple[str, ...]) -> None:
     A ``multiprocessing`` target: a benchmark prints one JSON object, so the actors
     stay silent.
     """
-    from actors import load_actor
-    from runtime._run import run_actors
+    from ragbus.actors import load_actor
+    from ragbus.runtime.cli import run_actors
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(50))
     classes = {name: load_actor(name) for name in names}

@@ -28,13 +28,14 @@ import anyio
 import structlog
 from nats.js.errors import NotFoundError
 
-from actors.audit import read_entries, verify_store
-from actors.audit._files import read_head
-from config import AuditSettings, NatsSettings, Settings
-from runtime import EmbeddedNats, connect
-from runtime.audit import AuditPublisher, ensure_audit_stream
-from runtime.connection import NATS
-from subjects import Subjects
+from ragbus.actors.audit import read_entries, verify_store
+from ragbus.actors.audit._files import read_head
+from ragbus.config import AuditSettings, NatsSettings, Settings
+from ragbus.runtime import connect
+from ragbus.runtime.audit import AuditPublisher, ensure_audit_stream
+from ragbus.runtime.cli import EmbeddedNats
+from ragbus.runtime.connection import NATS
+from ragbus.subjects import Subjects
 
 DURABLE = "audit-logger"
 
@@ -43,7 +44,7 @@ def _logger(url: str, store: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "RAGBUS_NATS__URL": url, "RAGBUS_AUDIT__STORE_DIR": str(store),
            "RAGBUS_AUDIT__ACK_WAIT_S": "2", "RAGBUS_METRICS__ENABLED": "false",
            "RAGBUS_LOGGING__LEVEL": "warning"}
-    return subprocess.Popen([sys.executable, "-m", "actors.audit"], env=env,
+    return subprocess.Popen([sys.executable, "-m", "ragbus.actors.audit"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

@@ -40,7 +40,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
 from bench._stats import percentile
-from config import (
+from ragbus.config import (
     BridgeSettings,
     IngestorSettings,
     NatsSettings,
@@ -49,11 +49,11 @@ from config import (
     RuntimeSettings,
     Settings,
 )
-from config._router import ProviderSettings
-from runtime import Actor, EmbeddedNats, codec, connect
-from runtime.connection import NATS
-from runtime.jobs import follow_job, submit_job
-from subjects import (
+from ragbus.config._router import ProviderSettings
+from ragbus.runtime import Actor, codec, connect
+from ragbus.runtime.cli import EmbeddedNats, follow_job, submit_job
+from ragbus.runtime.connection import NATS
+from ragbus.subjects import (
     Cancelled,
     Done,
     Failed,
@@ -177,12 +177,12 @@ async def ws_ask(ws: ClientConnection, ask_id: str, question: str) -> tuple[floa
 
 async def run(clients: int, asks: int, docs: int, mode: str = "paced",
               rate: float = 50.0) -> dict[str, object]:
-    from actors.bridge import Bridge
-    from actors.embedder import Embedder
-    from actors.ingestor import Ingestor
-    from actors.retriever import Retriever
-    from actors.router import Router
-    from actors.trimmer import ContextTrimmer
+    from ragbus.actors.bridge import Bridge
+    from ragbus.actors.embedder import Embedder
+    from ragbus.actors.ingestor import Ingestor
+    from ragbus.actors.retriever import Retriever
+    from ragbus.actors.router import Router
+    from ragbus.actors.trimmer import ContextTrimmer
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
     documents, questions = corpus(docs)

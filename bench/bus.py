@@ -19,11 +19,12 @@ import msgspec
 import structlog
 
 from bench._stats import percentile
-from config import NatsSettings, RuntimeSettings, Settings
-from runtime import Actor, Context, EmbeddedNats, connect, endpoint
-from runtime.client import Client
-from runtime.connection import NATS
-from subjects import Request, Subjects, deadline_after
+from ragbus.config import NatsSettings, RuntimeSettings, Settings
+from ragbus.runtime import Actor, Context, connect, endpoint
+from ragbus.runtime.cli import EmbeddedNats
+from ragbus.runtime.client import Client
+from ragbus.runtime.connection import NATS
+from ragbus.subjects import Request, Subjects, deadline_after
 
 
 class Noop(Request, frozen=True, kw_only=True):

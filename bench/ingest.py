@@ -22,18 +22,18 @@ from pathlib import Path
 import anyio
 import structlog
 
-from actors.embedder import Embedder
-from actors.embedder._model import EmbeddingModel
-from actors.ingestor import Ingestor
-from actors.ingestor._chunking import ChunkingConfig, chunk_text
-from actors.ingestor._readers import read_file
-from actors.retriever import Retriever
-from actors.retriever.store import Filter
 from bench._data import SCIFACT
-from config import NatsSettings, RetrieverSettings, Settings
-from runtime import EmbeddedNats, connect
-from runtime.jobs import follow_job, submit_job
-from subjects import IngestRequest, JobProgress, JobState
+from ragbus.actors.embedder import Embedder
+from ragbus.actors.embedder._model import EmbeddingModel
+from ragbus.actors.ingestor import Ingestor
+from ragbus.actors.ingestor._chunking import ChunkingConfig, chunk_text
+from ragbus.actors.ingestor._readers import read_file
+from ragbus.actors.retriever import Retriever
+from ragbus.actors.retriever.store import Filter
+from ragbus.config import NatsSettings, RetrieverSettings, Settings
+from ragbus.runtime import connect
+from ragbus.runtime.cli import EmbeddedNats, follow_job, submit_job
+from ragbus.subjects import IngestRequest, JobProgress, JobState
 
 CORPUS = SCIFACT / "corpus.jsonl"
 

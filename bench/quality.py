@@ -34,22 +34,22 @@ import msgspec
 import numpy as np
 import structlog
 
-from actors.embedder import Embedder
-from actors.embedder._model import EmbeddingModel
-from actors.ingestor import Ingestor
-from actors.retriever import Retriever
 from bench._data import SCIFACT
-from config import (
+from ragbus.actors.embedder import Embedder
+from ragbus.actors.embedder._model import EmbeddingModel
+from ragbus.actors.ingestor import Ingestor
+from ragbus.actors.retriever import Retriever
+from ragbus.config import (
     IngestorSettings,
     NatsSettings,
     RetrieverSettings,
     RuntimeSettings,
     Settings,
 )
-from runtime import Actor, EmbeddedNats, connect
-from runtime.connection import NATS
-from runtime.jobs import follow_job, submit_job
-from subjects import (
+from ragbus.runtime import Actor, connect
+from ragbus.runtime.cli import EmbeddedNats, follow_job, submit_job
+from ragbus.runtime.connection import NATS
+from ragbus.subjects import (
     ContextReady,
     Failed,
     IngestRequest,
@@ -139,7 +139,7 @@ def whole_document_rankings(model: EmbeddingModel, corpus: Path,
 def _trimmer() -> type[Actor] | None:
     """The context-trimmer, if this checkout has it (it came after the retriever)."""
     try:
-        module = importlib.import_module("actors.trimmer")
+        module = importlib.import_module("ragbus.actors.trimmer")
     except ImportError:
         return None
     cls: type[Actor] | None = getattr(module, "ContextTrimmer", None)

@@ -45,21 +45,21 @@ import msgspec
 import numpy as np
 import structlog
 
-from actors.embedder import Embedder
-from actors.ingestor._chunking import chunk_text
-from actors.ingestor._readers import read_file
-from actors.retriever import Retriever
-from actors.retriever._fusion import rrf
-from actors.retriever._query import to_sources
-from actors.retriever.store import Filter
-from actors.retriever.store import SparseVector as StoreSparse
-from actors.trimmer import ContextTrimmer
-from actors.trimmer._budget import Budget
-from actors.trimmer._trim import dedupe, fit, from_sources, shortlist
 from bench._data import SCIFACT
 from bench._processes import serve_actors
 from bench._stats import percentile
-from config import (
+from ragbus.actors.embedder import Embedder
+from ragbus.actors.ingestor._chunking import chunk_text
+from ragbus.actors.ingestor._readers import read_file
+from ragbus.actors.retriever import Retriever
+from ragbus.actors.retriever._fusion import rrf
+from ragbus.actors.retriever._query import to_sources
+from ragbus.actors.retriever.store import Filter
+from ragbus.actors.retriever.store import SparseVector as StoreSparse
+from ragbus.actors.trimmer import ContextTrimmer
+from ragbus.actors.trimmer._budget import Budget
+from ragbus.actors.trimmer._trim import dedupe, fit, from_sources, shortlist
+from ragbus.config import (
     EmbedderSettings,
     MetricsSettings,
     NatsSettings,
@@ -68,11 +68,11 @@ from config import (
     Settings,
     TrimmerSettings,
 )
-from runtime import Client, EmbeddedNats, connect
-from runtime.bm25 import BM25Encoder
-from runtime.connection import NATS
-from runtime.tokens import count_tokens
-from subjects import (
+from ragbus.runtime import Client, connect
+from ragbus.runtime.cli import EmbeddedNats
+from ragbus.runtime.connection import NATS
+from ragbus.runtime.text import BM25Encoder, count_tokens
+from ragbus.subjects import (
     Done,
     Failed,
     IndexApplied,

@@ -51,11 +51,11 @@ import msgspec
 import structlog
 from nats.aio.subscription import Subscription
 
-from actors.router._prompts import Prompts
-from actors.router._transports import Pool, provider_transports
 from bench._processes import serve_actors
 from bench._stats import percentile
-from config import (
+from ragbus.actors.router._prompts import Prompts
+from ragbus.actors.router._transports import Pool, provider_transports
+from ragbus.config import (
     IngestorSettings,
     LoggingSettings,
     MetricsSettings,
@@ -64,11 +64,11 @@ from config import (
     RuntimeSettings,
     Settings,
 )
-from config._router import ProviderSettings, RouterSettings
-from runtime import EmbeddedNats, codec, connect
-from runtime._status import wait_for_instances
-from runtime.connection import NATS
-from subjects import (
+from ragbus.config._router import ProviderSettings, RouterSettings
+from ragbus.runtime import codec, connect, wait_for_instances
+from ragbus.runtime.cli import EmbeddedNats
+from ragbus.runtime.connection import NATS
+from ragbus.subjects import (
     Cancel,
     Cancelled,
     ContextNode,
@@ -264,9 +264,9 @@ class Bench:
 
 async def _full_query_ttfts(bench: Bench, settings: Settings, rounds: int) -> list[float]:
     """TTFT of whole queries; empty (with the reason on stderr) when the path cannot run."""
-    from runtime import Client, Unavailable
-    from runtime.jobs import follow_job, submit_job
-    from subjects import Embed, Embedded, IngestRequest, InlineDocument, JobState
+    from ragbus.runtime import Client, Unavailable
+    from ragbus.runtime.cli import follow_job, submit_job
+    from ragbus.subjects import Embed, Embedded, IngestRequest, InlineDocument, JobState
 
     process = multiprocessing.get_context("spawn").Process(
         target=serve_actors, args=(settings, _QUERY_PATH), daemon=True)
@@ -325,7 +325,7 @@ async def _router(settings: Settings, in_process: bool) -> AsyncIterator[None]:
     """The router under test: its own process (as deployed), or this one (``--in-process``,
     where cross-process scheduling on a busy machine does not count against it)."""
     if in_process:
-        from actors.router import Router
+        from ragbus.actors.router import Router
 
         async with anyio.create_task_group() as tg:
             router = Router(settings)

@@ -15,6 +15,7 @@ from ._settings import (
     RetrieverSettings,
     RuntimeSettings,
     Settings,
+    default_data_dir,
 )
 from ._trimmer import TrimmerSettings
 
@@ -39,6 +40,7 @@ __all__ = (
     "SecuritySettings",
     "Settings",
     "TrimmerSettings",
+    "default_data_dir",
     "load_settings",
     "production_problems",
 )

@@ -6,6 +6,8 @@ variable is an error that names the key, not a silently ignored setting.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
@@ -28,7 +30,14 @@ __all__ = (
     "RetrieverSettings",
     "RuntimeSettings",
     "Settings",
+    "default_data_dir",
 )
+
+
+def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/ragbus`` (``~/.local/share/ragbus``): where durable state lives."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "ragbus"
 
 class NatsSettings(_Section, frozen=True, kw_only=True):
     """Where the bus is. No ``url`` means: start a private nats-server (embedded mode)."""
@@ -230,3 +239,9 @@ class Settings(_Section, frozen=True, kw_only=True):
     router: RouterSettings = msgspec.field(default_factory=RouterSettings)
     audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
     security: SecuritySettings = msgspec.field(default_factory=SecuritySettings)
+
+    @property
+    def data_root(self) -> Path:
+        """``data_dir``, else :func:`default_data_dir`: under it each part keeps its own
+        folder (``nats``, ``qdrant``, ``audit``) unless its own setting says otherwise."""
+        return Path(self.data_dir) if self.data_dir else default_data_dir()

@@ -1,6 +1,6 @@
 """Settings of the context-trimmer: token budgets, trimming, compression, memory.
 
-Every size is in cl100k tokens, counted by ``runtime.tokens`` so the trimmer,
+Every size is in cl100k tokens, counted by ``runtime.text`` so the trimmer,
 the chunker and the router agree on what a token is.
 """
 

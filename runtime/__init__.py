@@ -1,6 +1,12 @@
-"""What every actor stands on: the actor base, NATS, JetStream set-up, logs, metrics."""
+"""The kernel every actor stands on: the actor base, NATS, JetStream set-up, logs, metrics.
 
-from ._status import discover
+Below it: ``subjects`` (the wire contract) and ``config`` (typed settings). Above it:
+``actors``. ``runtime.text`` holds the text tools several actors share, and
+``runtime.cli`` the command line and process hosting: the only part of ``runtime``
+that may import ``actors``.
+"""
+
+from ._discovery import discover, wait_for_instances
 from .actor import Actor, Context, EndpointSpec, endpoint
 from .audit import AuditPublisher, ensure_audit_stream
 from .client import Client, decode_reply
@@ -25,7 +31,6 @@ from .jetstream import ensure_kv, ensure_stream, kv_entries
 from .logs import SecretMasker, configure_logging, get_logger
 from .metrics import Metrics
 from .security import connect_as, credentials, secret_values
-from .server import EmbeddedNats, NatsServerError, default_data_dir, find_nats_server
 from .supervisor import Supervisor
 from .worker import WorkerThread
 
@@ -37,12 +42,10 @@ __all__ = (
     "Client",
     "Context",
     "DeadlineExceeded",
-    "EmbeddedNats",
     "EndpointSpec",
     "Forbidden",
     "InternalError",
     "Metrics",
-    "NatsServerError",
     "NotFound",
     "Overloaded",
     "RagbusError",
@@ -59,15 +62,14 @@ __all__ = (
     "connect_as",
     "credentials",
     "decode_reply",
-    "default_data_dir",
     "discover",
     "endpoint",
     "ensure_audit_stream",
     "ensure_kv",
     "ensure_stream",
     "error_from_reply",
-    "find_nats_server",
     "get_logger",
     "kv_entries",
     "secret_values",
+    "wait_for_instances",
 )

@@ -25,8 +25,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from config import Settings
-from subjects import (
+from ragbus.config import Settings
+from ragbus.subjects import (
     ERROR_HEADER,
     SCHEMA_VERSION,
     Cancel,

@@ -28,9 +28,9 @@ from nats.js.api import StreamConfig
 from nats.js.client import JetStreamContext
 from prometheus_client import Counter, Gauge, Histogram
 
-from config import MASK, Secret, Settings
-from subjects import Subjects
-from subjects._audit import MSG_ID_HEADER, AuditEvent, AuditOutcome, audit_stream
+from ragbus.config import MASK, Secret, Settings
+from ragbus.subjects import Subjects
+from ragbus.subjects._audit import MSG_ID_HEADER, AuditEvent, AuditOutcome, audit_stream
 
 from ._pii import PiiMasker
 from .jetstream import ensure_stream

@@ -11,7 +11,7 @@ from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from subjects import (
+from ragbus.subjects import (
     ERROR_HEADER,
     Cancel,
     Cancelled,

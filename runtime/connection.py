@@ -7,7 +7,7 @@ from typing import Any
 import nats
 from nats.aio.client import Client as NATS
 
-from config import NatsSettings
+from ragbus.config import NatsSettings
 
 __all__ = ("NATS", "connect", "nats_url")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from subjects import ErrorCode, ErrorReply
+from ragbus.subjects import ErrorCode, ErrorReply
 
 __all__ = (
     "BadRequest",

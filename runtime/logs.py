@@ -15,7 +15,7 @@ from typing import Any, TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from config import MASK, LoggingSettings, Secret
+from ragbus.config import MASK, LoggingSettings, Secret
 
 __all__ = ("SecretMasker", "configure_logging", "get_logger")
 

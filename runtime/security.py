@@ -27,9 +27,9 @@ from typing import Any, Literal
 
 import msgspec
 
-from config import NatsSettings, Secret, Settings
-from config._audit import ROLES, SecuritySettings
-from subjects import Subjects
+from ragbus.config import NatsSettings, Secret, Settings
+from ragbus.config._audit import ROLES, SecuritySettings
+from ragbus.subjects import Subjects
 
 from .connection import NATS, connect
 

@@ -8,9 +8,10 @@ from collections.abc import AsyncIterator
 import pytest
 import structlog
 
-from config import NatsSettings, RuntimeSettings, Settings
-from runtime import EmbeddedNats, connect
-from runtime.connection import NATS
+from ragbus.config import NatsSettings, RuntimeSettings, Settings
+from ragbus.runtime import connect
+from ragbus.runtime.cli import EmbeddedNats
+from ragbus.runtime.connection import NATS
 
 # before any test module imports onnxruntime (qdrant-client and fastembed do)
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -22,18 +21,18 @@ import anyio
 import pytest
 import yaml
 
-from config import ProductionConfigError, load_settings
-from config._audit import ROLES
-from runtime import find_nats_server
-from runtime._status import wait_for_instances
-from runtime.cli import build_parser
-from runtime.security import connect_as, role_for_actor
+from ragbus.config import ProductionConfigError, load_settings
+from ragbus.config._audit import ROLES
+from ragbus.runtime import wait_for_instances
+from ragbus.runtime.cli import build_parser, find_nats_server
+from ragbus.runtime.security import connect_as, role_for_actor
+from tests.support.cli import RAGBUS
 from tests.support.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE: dict[str, Any] = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
-RAGBUS = sorted(name for name, s in SERVICES.items() if s.get("image") == "ragbus:local")
+RAGBUS_SERVICES = sorted(n for n, s in SERVICES.items() if s.get("image") == "ragbus:local")
 
 
 def example_env() -> dict[str, str]:
@@ -63,19 +62,19 @@ def role_of(name: str) -> str:
 
 
 def test_every_actor_and_the_bridge_have_a_service() -> None:
-    from actors import ACTORS  # the registry `ragbus up` runs
+    from ragbus.actors import ACTORS
 
-    actors = {" ".join(SERVICES[n]["command"][:2]) for n in RAGBUS}
+    actors = {" ".join(SERVICES[n]["command"][:2]) for n in RAGBUS_SERVICES}
     assert {f"actor {name}" for name in ACTORS if name != "bridge"} <= actors
-    assert any(SERVICES[n]["command"] == ["bridge"] for n in RAGBUS)
+    assert any(SERVICES[n]["command"] == ["bridge"] for n in RAGBUS_SERVICES)
 
 
-@pytest.mark.parametrize("name", RAGBUS)
+@pytest.mark.parametrize("name", RAGBUS_SERVICES)
 def test_each_service_command_is_one_the_cli_accepts(name: str) -> None:
     build_parser().parse_args(SERVICES[name]["command"])
 
 
-@pytest.mark.parametrize("name", RAGBUS)
+@pytest.mark.parametrize("name", RAGBUS_SERVICES)
 def test_each_service_loads_its_settings_in_production_mode_with_only_its_own_password(
     name: str,
 ) -> None:
@@ -100,7 +99,7 @@ def test_the_example_env_has_a_long_enough_password_for_every_role() -> None:
 
 def test_the_image_copies_every_package_the_project_installs() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
-    packages = {p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]}
+    packages = set(project["tool"]["setuptools"]["package-dir"].values())
     copied = set(re.findall(r"^COPY (\S+) ", (REPO / "Dockerfile").read_text(), re.M))
     assert packages <= copied
     assert project["project"]["readme"] in (REPO / "Dockerfile").read_text()
@@ -124,8 +123,7 @@ async def test_an_actor_started_as_compose_starts_it_serves_on_nats_started_as_c
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAGBUS_")},
            **service_env("context-trimmer"), "RAGBUS_NATS__URL": url,
            "RAGBUS_METRICS__ENABLED": "false", "RAGBUS_DATA_DIR": str(tmp_path / "data")}
-    actor = _start([sys.executable, "-m", "runtime.cli",
-                    *SERVICES["context-trimmer"]["command"]], cwd=tmp_path, env=env)
+    actor = _start([*RAGBUS, *SERVICES["context-trimmer"]["command"]], cwd=tmp_path, env=env)
     try:
         admin = load_settings(file=None, env={**example_env(), **env}, check=False).settings
         with anyio.fail_after(30):

@@ -20,8 +20,8 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from prometheus_client import Counter, Histogram
 
-from runtime import Actor, WorkerThread
-from runtime.audit import ensure_audit_stream
+from ragbus.runtime import Actor, WorkerThread
+from ragbus.runtime.audit import ensure_audit_stream
 
 from ._files import store_dir
 from ._pull import BatchPuller

@@ -17,8 +17,7 @@ from typing import BinaryIO
 
 import msgspec
 
-from config import Settings
-from runtime.state import data_root
+from ragbus.config import Settings
 
 __all__ = (
     "Head",
@@ -45,7 +44,7 @@ class Head(msgspec.Struct, frozen=True, kw_only=True):
 def store_dir(settings: Settings) -> Path:
     """``audit.store_dir``, else ``<data_dir>/audit``."""
     configured = settings.audit.store_dir
-    return Path(configured) if configured else data_root(settings) / "audit"
+    return Path(configured) if configured else settings.data_root / "audit"
 
 
 def file_name(when_s: float) -> str:

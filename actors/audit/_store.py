@@ -23,8 +23,8 @@ from pathlib import Path
 
 import msgspec
 
-from subjects import ErrorCode
-from subjects._audit import AuditEvent, AuditKind, AuditOutcome
+from ragbus.subjects import ErrorCode
+from ragbus.subjects._audit import AuditEvent, AuditKind, AuditOutcome
 
 from ._errors import AuditStoreError, StoreLockedError, StoreTamperedError
 from ._files import (

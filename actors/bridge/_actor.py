@@ -22,12 +22,12 @@ from prometheus_client import Counter, Gauge, Histogram
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from config import BridgeSettings
-from runtime import Actor, codec
-from runtime.actor import REQUEST_ID_HEADER, TRACE_HEADER
-from runtime.audit import AuditPublisher
-from subjects import Cancel, Query, QueryEvent
-from subjects._audit import AuditKind, AuditOutcome
+from ragbus.config import BridgeSettings
+from ragbus.runtime import Actor, codec
+from ragbus.runtime.actor import REQUEST_ID_HEADER, TRACE_HEADER
+from ragbus.runtime.audit import AuditPublisher
+from ragbus.subjects import Cancel, Query, QueryEvent
+from ragbus.subjects._audit import AuditKind, AuditOutcome
 
 from ._auth import LOOPBACK_HOSTS, Authenticator
 from ._errors import AuthDenied, CannotListen, CertificateUnusable

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import jwt
 
-from config import BridgeSettings
+from ragbus.config import BridgeSettings
 
 from ._errors import OriginNotAllowed, Unauthenticated
 

@@ -43,7 +43,7 @@ class Page:
 
 def load_pages() -> dict[str, Page]:
     """The static files by path, read from the package (works installed or editable)."""
-    root = resources.files("actors.bridge") / "static"
+    root = resources.files("ragbus.actors.bridge") / "static"
     return {path: Page(root.joinpath(name).read_bytes(), ctype)
             for path, (name, ctype) in STATIC_FILES.items()}
 

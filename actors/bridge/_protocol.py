@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
-from subjects import ErrorCode, QueryFilters, Source
+from ragbus.subjects import ErrorCode, QueryFilters, Source
 
 __all__ = (
     "AskFrame",

@@ -21,7 +21,7 @@ import msgspec
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from subjects import (
+from ragbus.subjects import (
     Cancelled,
     Done,
     ErrorCode,

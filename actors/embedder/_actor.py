@@ -10,7 +10,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from numpy.typing import NDArray
 from prometheus_client import Counter, Histogram
 
-from runtime import (
+from ragbus.runtime import (
     Actor,
     BadRequest,
     Context,
@@ -20,7 +20,7 @@ from runtime import (
     endpoint,
     ensure_kv,
 )
-from subjects import Embed, Embedded
+from ragbus.subjects import Embed, Embedded
 
 from ._batcher import MicroBatcher
 from ._cache import EmbeddingCache

@@ -18,7 +18,7 @@ import anyio
 import numpy as np
 from numpy.typing import NDArray
 
-from runtime import WorkerThread
+from ragbus.runtime import WorkerThread
 
 __all__ = ("MicroBatcher",)
 

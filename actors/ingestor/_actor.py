@@ -21,7 +21,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from runtime import (
+from ragbus.runtime import (
     Actor,
     BadRequest,
     Client,
@@ -33,7 +33,7 @@ from runtime import (
     ensure_stream,
     kv_entries,
 )
-from subjects import (
+from ragbus.subjects import (
     CorpusVersion,
     DocChanged,
     DocDelete,
@@ -56,7 +56,7 @@ from subjects import (
     jobs_bucket,
     now_ms,
 )
-from subjects._audit import AuditKind, AuditOutcome
+from ragbus.subjects._audit import AuditKind, AuditOutcome
 
 from ._job import JobRunner
 from ._manifest import Manifests

@@ -1,6 +1,6 @@
 """Token-aware, parent-child chunking whose cut points are decided locally.
 
-Sizes are in cl100k tokens (``runtime.tokens``) because that is what the rest
+Sizes are in cl100k tokens (``runtime.text``) because that is what the rest
 of the system budgets in. Defaults, and why:
 
 * ``chunk_tokens=200``: the embedder is all-MiniLM-L6-v2, which sees at most
@@ -55,7 +55,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from runtime import tokens
+from ragbus.runtime.text import count_tokens, split_spans, truncate
 
 from ._segmenting import BlockKind, Section, lines, sections, sentences, trim
 
@@ -294,7 +294,7 @@ class _Section:
         text = self.text[piece.start : piece.end]
         while True:
             out = []
-            for s, e in tokens.split_spans(text, max_tokens):
+            for s, e in split_spans(text, max_tokens):
                 start, end = trim(self.text, piece.start + s, piece.start + e)
                 if start < end:
                     out.append(self._piece(start, end))
@@ -374,12 +374,12 @@ class _Section:
         text = self.text
         starts: list[int] = []
         for start, _ in reversed(sentences(text, previous.start, previous.end)):
-            if tokens.count_tokens(text[start : previous.end]) > overlap:
+            if count_tokens(text[start : previous.end]) > overlap:
                 break
             starts.append(start)
         if starts:
             return starts[::-1]
-        tail = tokens.truncate(text[previous.start : previous.end], overlap, keep="tail")
+        tail = truncate(text[previous.start : previous.end], overlap, keep="tail")
         start = previous.end - len(tail)
         if start > previous.start and not text[start - 1].isspace():
             # started mid-word: move to the next word
@@ -429,12 +429,12 @@ class _Section:
     def _parent_tokens(self, group: Sequence[int], pieces: Sequence[_Piece]) -> int:
         if len(group) == 1:
             return pieces[group[0]].tokens
-        return tokens.count_tokens(self.text[pieces[group[0]].start : pieces[group[-1]].end])
+        return count_tokens(self.text[pieces[group[0]].start : pieces[group[-1]].end])
 
     # -- helpers -------------------------------------------------------------------------
 
     def _piece(self, start: int, end: int, kind: BlockKind = "text") -> _Piece:
-        return _Piece(start, end, tokens.count_tokens(self.text[start:end]), kind)
+        return _Piece(start, end, count_tokens(self.text[start:end]), kind)
 
     def _anchor(self, start: int, end: int) -> bool:
         """A content-defined boundary: depends on this text alone, not on what came before."""

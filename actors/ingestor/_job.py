@@ -21,10 +21,10 @@ import anyio
 import numpy as np
 from nats.aio.client import Client as NATS
 
-from config import IngestorSettings
-from runtime import Client
-from runtime.bm25 import BM25Encoder
-from subjects import (
+from ragbus.config import IngestorSettings
+from ragbus.runtime import Client
+from ragbus.runtime.text import BM25Encoder
+from ragbus.subjects import (
     Embed,
     Embedded,
     FileError,

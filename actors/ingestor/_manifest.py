@@ -13,8 +13,8 @@ import msgspec
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from runtime import kv_entries
-from subjects import DocInfo
+from ragbus.runtime import kv_entries
+from ragbus.subjects import DocInfo
 
 __all__ = ("ChunkRef", "Manifest", "Manifests", "VersionEntry")
 

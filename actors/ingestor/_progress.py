@@ -13,7 +13,7 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 
-from subjects import FileError, JobProgress, JobState, Subjects, now_ms
+from ragbus.subjects import FileError, JobProgress, JobState, Subjects, now_ms
 
 __all__ = ("Progress",)
 

@@ -14,7 +14,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from prometheus_client import Counter
 
-from runtime import (
+from ragbus.runtime import (
     Actor,
     BadRequest,
     Client,
@@ -25,9 +25,8 @@ from runtime import (
     ensure_kv,
     kv_entries,
 )
-from runtime.actor import EndpointSpec
-from runtime.state import data_root
-from subjects import (
+from ragbus.runtime.actor import EndpointSpec
+from ragbus.subjects import (
     CorpusVersion,
     IndexApplied,
     IndexUpdate,
@@ -40,7 +39,7 @@ from subjects import (
     corpus_bucket,
     retrieval_cache_bucket,
 )
-from subjects._audit import AuditKind
+from ragbus.subjects._audit import AuditKind
 
 from ._cache import CachedSources, RetrievalCache, answer_scope, retrieval_key
 from ._filters import to_store_filter
@@ -99,7 +98,7 @@ class Retriever(Actor):
             collection = f"{self.subjects.prefix.replace('.', '_')}_{shard}"
             return ServerStore(client, collection, owns_client=True)
         root = Path(self.config.data_dir) if self.config.data_dir else \
-            data_root(self.settings) / "qdrant"
+            self.settings.data_root / "qdrant"
         return EdgeStore(root / shard)
 
     async def setup(self) -> None:

@@ -8,7 +8,7 @@ import msgspec
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from subjects import QueryFilters, Source
+from ragbus.subjects import QueryFilters, Source
 
 __all__ = ("CachedSources", "RetrievalCache", "answer_scope", "retrieval_key")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 
-from runtime import BadRequest
-from subjects import QueryFilters
+from ragbus.runtime import BadRequest
+from ragbus.subjects import QueryFilters
 
 from .store import Filter, InvalidFilter
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from subjects import SearchHit
+from ragbus.subjects import SearchHit
 
 __all__ = ("by_score", "rrf")
 

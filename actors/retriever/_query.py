@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import anyio
 import numpy as np
 
-from runtime import BadRequest, Client, Context, RagbusError
-from runtime.bm25 import BM25Encoder
-from subjects import (
+from ragbus.runtime import BadRequest, Client, Context, RagbusError
+from ragbus.runtime.text import BM25Encoder
+from ragbus.subjects import (
     Embed,
     Embedded,
     Query,

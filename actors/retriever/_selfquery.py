@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from subjects import QueryFilters
+from ragbus.subjects import QueryFilters
 
 __all__ = ("merge_filters", "self_query")
 

@@ -20,8 +20,8 @@ import anyio.to_thread
 from nats.js.api import KeyValueConfig, StorageType
 from prometheus_client import Counter, Histogram
 
-from config._router import ProviderSettings, RouterSettings
-from runtime import (
+from ragbus.config._router import ProviderSettings, RouterSettings
+from ragbus.runtime import (
     Actor,
     BadRequest,
     Context,
@@ -31,9 +31,9 @@ from runtime import (
     endpoint,
     ensure_kv,
 )
-from subjects import Done, ErrorCode, Failed, Generate, Token, TurnDone, now_ms
-from subjects._audit import AuditKind
-from subjects._breaker import BreakerTransition
+from ragbus.subjects import Done, ErrorCode, Failed, Generate, Token, TurnDone, now_ms
+from ragbus.subjects._audit import AuditKind
+from ragbus.subjects._breaker import BreakerTransition
 
 from ._answer_cache import AnswerCache, CachedAnswer
 from ._breaker import BreakerBoard, BreakerPolicy

@@ -31,9 +31,9 @@ from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from prometheus_client import Counter, Gauge
 
-from runtime import Metrics, codec, ensure_kv, kv_entries
-from subjects import Subjects, now_ms
-from subjects._breaker import (
+from ragbus.runtime import Metrics, codec, ensure_kv, kv_entries
+from ragbus.subjects import Subjects, now_ms
+from ragbus.subjects._breaker import (
     BreakerState,
     BreakerTransition,
     breakers_bucket,

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import anyio
 import anyio.lowlevel
 
-from config._router import ProviderSettings
-from subjects import ContextNode
+from ragbus.config._router import ProviderSettings
+from ragbus.subjects import ContextNode
 
 from ._errors import NothingToExtract
 from ._provider import Prompt, Usage

@@ -12,9 +12,9 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from config._router import PromptTemplate
-from runtime.tokens import count_tokens
-from subjects import Generate
+from ragbus.config._router import PromptTemplate
+from ragbus.runtime.text import count_tokens
+from ragbus.subjects import Generate
 
 from ._provider import Prompt
 

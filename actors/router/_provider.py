@@ -12,8 +12,8 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from config._router import ProviderSettings
-from subjects import ContextNode
+from ragbus.config._router import ProviderSettings
+from ragbus.subjects import ContextNode
 
 __all__ = ("Prompt", "Provider", "Usage")
 

@@ -20,17 +20,9 @@ from msgspec.structs import replace
 from nats.js.errors import Error as JetStreamError
 from prometheus_client import Counter, Histogram
 
-from runtime import (
-    Actor,
-    BadRequest,
-    Context,
-    TooLarge,
-    Unavailable,
-    codec,
-    endpoint,
-)
-from runtime.tokens import count_tokens
-from subjects import ContextReady, Done, Failed, Generate, Trim, TrimInfo, TurnDone, now_ms
+from ragbus.runtime import Actor, BadRequest, Context, TooLarge, Unavailable, codec, endpoint
+from ragbus.runtime.text import count_tokens
+from ragbus.subjects import ContextReady, Done, Failed, Generate, Trim, TrimInfo, TurnDone, now_ms
 
 from ._brief import fallback_brief, summarize
 from ._budget import Budget

@@ -18,9 +18,9 @@ from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
 from nats.errors import TimeoutError as NatsTimeout
 
-from runtime import codec
-from runtime.tokens import count_tokens, truncate
-from subjects import (
+from ragbus.runtime import codec
+from ragbus.runtime.text import count_tokens, truncate
+from ragbus.subjects import (
     ERROR_HEADER,
     Cancel,
     Cancelled,

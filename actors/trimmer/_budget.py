@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from config import TrimmerSettings
+from ragbus.config import TrimmerSettings
 
 __all__ = ("Budget",)
 

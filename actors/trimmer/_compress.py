@@ -21,9 +21,9 @@ import anyio
 import numpy as np
 from numpy.typing import NDArray
 
-from runtime import Context, RagbusError
-from runtime.tokens import count_tokens, count_tokens_batch, truncate
-from subjects import Embed, Embedded, deadline_after
+from ragbus.runtime import Context, RagbusError
+from ragbus.runtime.text import count_tokens, count_tokens_batch, truncate
+from ragbus.subjects import Embed, Embedded, deadline_after
 
 from ._trim import Node
 

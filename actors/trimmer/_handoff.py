@@ -20,7 +20,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from subjects import new_id
+from ragbus.subjects import new_id
 
 __all__ = ("Handoffs", "Unserved")
 

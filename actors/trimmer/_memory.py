@@ -21,9 +21,9 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from runtime import ensure_kv
-from runtime.tokens import count_tokens, truncate
-from subjects import ChatTurn, Subjects
+from ragbus.runtime import ensure_kv
+from ragbus.runtime.text import count_tokens, truncate
+from ragbus.subjects import ChatTurn, Subjects
 
 __all__ = (
     "MemoryStore",

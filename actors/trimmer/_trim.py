@@ -26,8 +26,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from runtime.tokens import count_tokens, count_tokens_batch, truncate
-from subjects import ContextNode, Source
+from ragbus.runtime.text import count_tokens, count_tokens_batch, truncate
+from ragbus.subjects import ContextNode, Source
 
 __all__ = (
     "Mode",

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import msgspec
 
-from actors.embedder import Embedder
-from actors.ingestor import Ingestor
-from actors.retriever import Retriever
-from actors.router import Router
-from actors.trimmer import ContextTrimmer
-from config import (
+from ragbus.actors.embedder import Embedder
+from ragbus.actors.ingestor import Ingestor
+from ragbus.actors.retriever import Retriever
+from ragbus.actors.router import Router
+from ragbus.actors.trimmer import ContextTrimmer
+from ragbus.config import (
     IngestorSettings,
     NatsSettings,
     RetrieverSettings,
@@ -19,11 +19,11 @@ from config import (
     RuntimeSettings,
     Settings,
 )
-from config._router import ProviderSettings
-from runtime import Client
-from runtime.connection import NATS
-from runtime.jobs import follow_job, submit_job
-from subjects import (
+from ragbus.config._router import ProviderSettings
+from ragbus.runtime import Client
+from ragbus.runtime.cli import follow_job, submit_job
+from ragbus.runtime.connection import NATS
+from ragbus.subjects import (
     AuditEvent,
     ContextReady,
     Done,

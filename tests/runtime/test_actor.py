@@ -8,8 +8,8 @@ import anyio
 import msgspec
 import pytest
 
-from config import NatsSettings, RuntimeSettings, Settings
-from runtime import (
+from ragbus.config import NatsSettings, RuntimeSettings, Settings
+from ragbus.runtime import (
     BadRequest,
     Cancelled,
     Client,
@@ -19,9 +19,9 @@ from runtime import (
     Unavailable,
     UnsupportedVersion,
 )
-from runtime.connection import NATS
-from subjects import ERROR_HEADER, Done, Failed, Subjects, Token, deadline_after, now_ms
-from subjects import Cancelled as CancelledEvent
+from ragbus.runtime.connection import NATS
+from ragbus.subjects import ERROR_HEADER, Done, Failed, Subjects, Token, deadline_after, now_ms
+from ragbus.subjects import Cancelled as CancelledEvent
 from tests.support import Echo, Ping, Pong, StreamPing, running
 from tests.support.echo import echo_subject, stream_subject
 
@@ -271,7 +271,7 @@ async def test_two_replicas_share_a_queue_group(settings: Settings, nc: NATS) ->
 
 
 async def test_discovery_lists_the_actor_with_its_stats(settings: Settings, nc: NATS) -> None:
-    from runtime._status import discover
+    from ragbus.runtime import discover
 
     async with running(Echo(settings)) as (echo,):
         await Client(nc).request(ECHO, Ping(), Pong)

@@ -9,12 +9,12 @@ import msgspec
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from config import AuditSettings, NatsSettings, Secret, Settings
-from runtime import Metrics, connect
-from runtime.audit import AuditPublisher, ensure_audit_stream
-from runtime.connection import NATS
-from subjects import Subjects
-from subjects._audit import MSG_ID_HEADER, AuditEvent, AuditKind, AuditOutcome
+from ragbus.config import AuditSettings, NatsSettings, Secret, Settings
+from ragbus.runtime import Metrics, connect
+from ragbus.runtime.audit import AuditPublisher, ensure_audit_stream
+from ragbus.runtime.connection import NATS
+from ragbus.subjects import Subjects
+from ragbus.subjects._audit import MSG_ID_HEADER, AuditEvent, AuditKind, AuditOutcome
 
 S = Subjects()
 
@@ -216,7 +216,7 @@ def test_retries_must_end_inside_the_duplicate_window() -> None:
 
 
 def test_a_bad_audit_setting_names_its_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    from config import ConfigError, load_settings
+    from ragbus.config import ConfigError, load_settings
 
     with pytest.raises(ConfigError, match="audit"):
         load_settings(env={"RAGBUS_AUDIT__PUBLISH_RETRY_S": "900"})
@@ -232,7 +232,7 @@ def test_a_publisher_can_be_built_before_any_event_loop_runs() -> None:
 
 
 def test_config_loaded_tells_settings_apart_without_revealing_secrets() -> None:
-    from runtime.audit import config_summary
+    from ragbus.runtime.audit import config_summary
 
     base = config_summary(Settings(nats=NatsSettings(password=Secret("first-password"))))
     assert base == config_summary(Settings(nats=NatsSettings(password=Secret("other-one"))))

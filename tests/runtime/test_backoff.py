@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from runtime._backoff import Backoff
+from ragbus.runtime._backoff import Backoff
 
 
 def test_delays_double_up_to_the_cap_while_runs_stay_short() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from runtime.bm25 import BM25Encoder, analyze, term_id
+from ragbus.runtime.text import BM25Encoder, analyze, term_id
 
 
 def test_analysis_lowercases_drops_stop_words_and_stems() -> None:
@@ -16,7 +16,7 @@ def test_analysis_lowercases_drops_stop_words_and_stems() -> None:
 
 def test_term_ids_are_stable_across_processes() -> None:
     # Python's own hash is salted per process: a stored index would stop matching queries
-    code = "from runtime.bm25 import term_id; print(term_id('mutat'))"
+    code = "from ragbus.runtime.text import term_id; print(term_id('mutat'))"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            check=True).stdout.strip()
     assert int(other) == term_id("mutat")

@@ -6,17 +6,17 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import anyio
 import pytest
 
-from runtime import ensure_kv
-from runtime.cli import main
-from runtime.connection import NATS
-from subjects import Subjects, retrieval_cache_bucket
+from ragbus.runtime import ensure_kv
+from ragbus.runtime.cli import main
+from ragbus.runtime.connection import NATS
+from ragbus.subjects import Subjects, retrieval_cache_bucket
+from tests.support.cli import RAGBUS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -56,7 +56,7 @@ def test_production_refuses_to_start(
 def test_up_starts_embedded_nats_and_drains_on_sigint(tmp_path: Path) -> None:
     env = {**os.environ, "XDG_DATA_HOME": str(tmp_path), "RAGBUS_METRICS__PORT": "0",
            "RAGBUS_LOGGING__FORMAT": "json"}
-    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "up", "--ephemeral"],
+    proc = subprocess.Popen([*RAGBUS, "up", "--ephemeral"],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -74,8 +74,8 @@ def test_up_starts_embedded_nats_and_drains_on_sigint(tmp_path: Path) -> None:
         assert "/metrics" in text
         run = json.loads((tmp_path / "ragbus" / "run.json").read_text())
         assert run["nats_url"].startswith("nats://127.0.0.1:")
-        status = subprocess.run([sys.executable, "-m", "runtime.cli", "status"], cwd=tmp_path,
-                                env=env, capture_output=True, text=True, timeout=30)
+        status = subprocess.run([*RAGBUS, "status"],
+                                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
         assert run["nats_url"] in status.stdout  # it found the running instance
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
@@ -94,7 +94,7 @@ async def test_cache_stats_and_purge(nats_url: str, nc: NATS, tmp_path: Path) ->
     env = {**os.environ, "RAGBUS_NATS__URL": nats_url, "COLUMNS": "200"}
 
     def cli(*args: str) -> str:
-        done = subprocess.run([sys.executable, "-m", "runtime.cli", "cache", *args],
+        done = subprocess.run([*RAGBUS, "cache", *args],
                               cwd=tmp_path, env=env, capture_output=True, text=True,
                               timeout=60, check=True)
         return done.stdout

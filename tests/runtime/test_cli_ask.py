@@ -6,19 +6,17 @@ import argparse
 import io
 import os
 import signal
-import sys
-import textwrap
 from pathlib import Path
 
 import anyio
 import pytest
 from rich.console import Console
 
-from config import Settings
-from runtime import Actor, Context, Unavailable, endpoint
-from runtime._cli_ask import add_commands, ask, parse_filters
-from runtime.connection import NATS
-from subjects import (
+from ragbus.config import Settings
+from ragbus.runtime import Actor, Context, Unavailable, endpoint
+from ragbus.runtime.cli._ask import add_commands, ask, parse_filters
+from ragbus.runtime.connection import NATS
+from ragbus.subjects import (
     Done,
     Query,
     QueryFilters,
@@ -29,6 +27,7 @@ from subjects import (
     deadline_after,
 )
 from tests.support import running
+from tests.support.cli import RAGBUS
 
 REPO = Path(__file__).resolve().parents[2]
 ANSWER = ["Twenty", "-five days", " of paid vacation", " [1]."]
@@ -167,27 +166,12 @@ async def test_ctrl_c_in_a_real_terminal_cancels_the_query(
     settings: Settings, nc: NATS, tmp_path: Path
 ) -> None:
     """The real process: SIGINT, Cancel on the bus, exit 130."""
-    script = textwrap.dedent("""
-        import argparse, sys
-        from runtime.cli import main
-        import runtime.cli as cli
-        from runtime._cli_ask import add_commands
-        build = cli.build_parser
-        def with_ask():
-            parser = build()
-            sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-            if "ask" not in sub.choices:
-                add_commands(sub)
-            return parser
-        cli.build_parser = with_ask
-        sys.exit(main(sys.argv[1:]))
-    """)
     env = {**os.environ, "RAGBUS_NATS__URL": settings.nats.url or "", "PYTHONPATH": str(REPO),
            "XDG_DATA_HOME": str(tmp_path)}
     async with running(QueryStandIn(settings)) as (stand_in,):
         with anyio.fail_after(30):
             async with await anyio.open_process(
-                    [sys.executable, "-c", script, "ask", "slow: count"], cwd=tmp_path,
+                    [*RAGBUS, "ask", "slow: count"], cwd=tmp_path,
                     env=env) as proc:
                 await stand_in.ticking.wait()
                 proc.send_signal(signal.SIGINT)

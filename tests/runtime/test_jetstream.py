@@ -5,7 +5,7 @@ from __future__ import annotations
 from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig
 
-from runtime import ensure_kv, kv_entries
+from ragbus.runtime import ensure_kv, kv_entries
 
 
 async def test_kv_entries_returns_the_latest_value_of_each_live_key(nc: NATS) -> None:

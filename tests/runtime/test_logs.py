@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from config import LoggingSettings, NatsSettings, RuntimeSettings, Secret, Settings
-from runtime import (
+from ragbus.config import LoggingSettings, NatsSettings, RuntimeSettings, Secret, Settings
+from ragbus.runtime import (
     BadRequest,
     Client,
     InternalError,
@@ -16,8 +16,8 @@ from runtime import (
     configure_logging,
     get_logger,
 )
-from runtime.connection import NATS
-from subjects import Subjects
+from ragbus.runtime.connection import NATS
+from ragbus.subjects import Subjects
 from tests.support import Echo, Ping, Pong, running
 from tests.support.echo import echo_subject
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from config import NatsSettings, Settings
-from runtime import BadRequest, Client, Metrics
-from runtime.connection import NATS
-from subjects import Subjects
+from ragbus.config import NatsSettings, Settings
+from ragbus.runtime import BadRequest, Client, Metrics
+from ragbus.runtime.connection import NATS
+from ragbus.subjects import Subjects
 from tests.support import Echo, Ping, Pong, running
 from tests.support.echo import echo_subject
 

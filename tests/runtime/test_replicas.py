@@ -10,10 +10,11 @@ from pathlib import Path
 
 import anyio
 
-from runtime._replicas import _Replicas
-from runtime._status import discover, wait_for_instances
-from runtime.cli import main
-from runtime.connection import NATS
+from ragbus.runtime import discover, wait_for_instances
+from ragbus.runtime.cli import main
+from ragbus.runtime.cli._replicas import _Replicas
+from ragbus.runtime.connection import NATS
+from tests.support.cli import RAGBUS
 
 
 def _children(pid: int) -> set[int]:
@@ -25,7 +26,7 @@ async def test_replicas_run_restart_when_killed_and_drain_on_one_signal(
 ) -> None:
     env = {**os.environ, "RAGBUS_NATS__URL": nats_url, "RAGBUS_METRICS__ENABLED": "false"}
     proc = await anyio.open_process(
-        [sys.executable, "-m", "runtime.cli", "actor", "router", "--replicas", "2"],
+        [*RAGBUS, "actor", "router", "--replicas", "2"],
         cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         first = await wait_for_instances(nc, "router", 2)

@@ -11,8 +11,9 @@ import nats
 import pytest
 from nats.js.api import KeyValueConfig, RetentionPolicy, StreamConfig
 
-from config._audit import ROLES
-from runtime import EmbeddedNats, NatsServerError, ensure_kv, ensure_stream, find_nats_server
+from ragbus.config._audit import ROLES
+from ragbus.runtime import ensure_kv, ensure_stream
+from ragbus.runtime.cli import EmbeddedNats, NatsServerError, find_nats_server
 
 REPO = Path(__file__).resolve().parents[2]
 

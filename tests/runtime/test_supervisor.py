@@ -6,10 +6,10 @@ import io
 
 import anyio
 
-from config import Settings
-from runtime import Client, Supervisor, configure_logging
-from runtime.connection import NATS
-from subjects import Subjects
+from ragbus.config import Settings
+from ragbus.runtime import Client, Supervisor, configure_logging
+from ragbus.runtime.connection import NATS
+from ragbus.subjects import Subjects
 from tests.support import Echo, Ping, Pong
 from tests.support.echo import echo_subject
 

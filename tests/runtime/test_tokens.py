@@ -1,4 +1,4 @@
-"""runtime.tokens: offline cl100k counting and budget-safe cutting."""
+"""runtime.text:  offline cl100k counting and budget-safe cutting."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime import tokens
+from ragbus.runtime.text import _tokens as tokens
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,7 +42,7 @@ def test_loads_with_the_network_blocked(tmp_path: Path) -> None:
             raise OSError("network blocked by test")
         socket.socket.connect = refuse
         socket.create_connection = refuse
-        from runtime.tokens import count_tokens
+        from ragbus.runtime.text import count_tokens
         print(count_tokens("offline works"))
         """
     )

@@ -9,9 +9,9 @@ import anyio
 import nats
 from nats.aio.client import Client as NATS
 
-from config import Secret
-from config._audit import ROLES, SecuritySettings
-from runtime.security import credentials
+from ragbus.config import Secret
+from ragbus.config._audit import ROLES, SecuritySettings
+from ragbus.runtime.security import credentials
 
 #: known, random role passwords for this test run (tests look for them in outputs)
 SECURITY = SecuritySettings(

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from config import Settings
-from runtime import EmbeddedNats
-from runtime.security import write_server_include
+from ragbus.config import Settings
+from ragbus.runtime.cli import EmbeddedNats
+from ragbus.runtime.security import write_server_include
 from tests.security._roles import SECURITY
 
 

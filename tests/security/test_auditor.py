@@ -7,10 +7,10 @@ from typing import Any
 import anyio
 import msgspec
 
-from config import Settings
-from runtime.audit import ensure_audit_stream
-from subjects import Subjects
-from subjects._audit import MSG_ID_HEADER, AuditEvent
+from ragbus.config import Settings
+from ragbus.runtime.audit import ensure_audit_stream
+from ragbus.subjects import Subjects
+from ragbus.subjects._audit import MSG_ID_HEADER, AuditEvent
 from tests.actors.audit.example_consumer import export_audit
 from tests.security._roles import SECURITY, login
 

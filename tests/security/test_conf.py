@@ -12,10 +12,10 @@ import msgspec
 import nats
 import pytest
 
-from config import Secret
-from config._audit import ROLES, SecuritySettings
-from runtime import find_nats_server
-from runtime.security import (
+from ragbus.config import Secret
+from ragbus.config._audit import ROLES, SecuritySettings
+from ragbus.runtime.cli import find_nats_server
+from ragbus.runtime.security import (
     MissingCredentialsError,
     UnsafePasswordError,
     authorization_config,
@@ -23,7 +23,7 @@ from runtime.security import (
     role_for_actor,
     role_table,
 )
-from subjects import Subjects
+from ragbus.subjects import Subjects
 from tests.security._roles import SECURITY
 from tests.support.ports import free_port
 
@@ -44,7 +44,7 @@ def test_the_shipped_conf_holds_exactly_the_generated_users() -> None:
 
 def test_the_readme_shows_exactly_the_role_table() -> None:
     assert role_table(Subjects()) in (REPO / "README.md").read_text(), (
-        "regenerate the README's role table from runtime.security.role_table(Subjects())")
+        "regenerate the README's role table from ragbus.runtime.security.role_table(Subjects())")
 
 
 def test_the_shipped_conf_needs_the_password_variables() -> None:
@@ -124,7 +124,7 @@ def test_security_settings_say_what_keeps_them_from_being_safe() -> None:
 
 
 def test_every_actor_has_a_role() -> None:
-    from actors import ACTORS, load_actor
+    from ragbus.actors import ACTORS, load_actor
 
     for name in ACTORS:
         assert role_for_actor(load_actor(name).name) in ROLES

@@ -18,13 +18,13 @@ import pytest
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from config import NatsSettings, Settings
-from runtime import ensure_kv, ensure_stream, kv_entries
-from runtime.audit import ensure_audit_stream
-from runtime.jobs import submit_job
-from runtime.security import connect_as, credentials
-from subjects import IngestRequest, InlineDocument, Subjects, ingest_stream, jobs_bucket
-from subjects._audit import MSG_ID_HEADER, AuditEvent
+from ragbus.config import NatsSettings, Settings
+from ragbus.runtime import ensure_kv, ensure_stream, kv_entries
+from ragbus.runtime.audit import ensure_audit_stream
+from ragbus.runtime.cli import submit_job
+from ragbus.runtime.security import connect_as, credentials
+from ragbus.subjects import IngestRequest, InlineDocument, Subjects, ingest_stream, jobs_bucket
+from ragbus.subjects._audit import MSG_ID_HEADER, AuditEvent
 from tests.security._roles import SECURITY, As, login
 
 S = Subjects()
@@ -273,7 +273,7 @@ async def test_the_auditor_cannot_take_the_audit_loggers_events(logins: dict[str
 
 
 def test_every_role_reads_only_its_own_inbox() -> None:
-    from runtime.security import roles
+    from ragbus.runtime.security import roles
 
     for role in roles(S).values():
         inboxes = [s for s in role.subscribe if s.startswith("_INBOX")]

@@ -17,7 +17,6 @@ import re
 import secrets
 import signal
 import subprocess
-import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -29,22 +28,15 @@ import nats.errors
 import pytest
 from websockets.asyncio.client import connect as ws_connect
 
-from config import ROLES
-from runtime import Client
-from subjects import (
-    Done,
-    Query,
-    QueryEvent,
-    Sources,
-    Subjects,
-    Token,
-)
+from ragbus.config import ROLES
+from ragbus.runtime import Client
+from ragbus.subjects import Done, Query, QueryEvent, Sources, Subjects, Token
 from tests.security._roles import As
 from tests.support import free_port
+from tests.support.cli import RAGBUS
 from tests.support.fake_openai import Behaviour, FakeOpenAI
 
 S = Subjects()
-RAGBUS = str(Path(sys.executable).with_name("ragbus"))
 API_KEY = "rk-" + secrets.token_hex(16)
 ORIGIN = "http://localhost:8765"
 
@@ -69,7 +61,7 @@ class System:
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """A ``ragbus`` command as an operator types it (it logs in as admin)."""
-        return subprocess.run([RAGBUS, *args], cwd=self.cwd, env=self.env, text=True,
+        return subprocess.run([*RAGBUS, *args], cwd=self.cwd, env=self.env, text=True,
                               capture_output=True, timeout=timeout)
 
     def violations(self) -> dict[str, list[str]]:
@@ -122,7 +114,7 @@ async def provider() -> AsyncIterator[FakeOpenAI]:
 @pytest.fixture
 def system(tmp_path: Path, provider: FakeOpenAI) -> Iterator[System]:
     env = production_env(tmp_path, provider.base_url)
-    proc = subprocess.Popen([RAGBUS, "up"], cwd=tmp_path, env=env, text=True,
+    proc = subprocess.Popen([*RAGBUS, "up"], cwd=tmp_path, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         text = _read_until(proc, "Ctrl-C", timeout_s=90)

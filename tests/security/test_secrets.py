@@ -12,11 +12,11 @@ import msgspec
 import pytest
 from prometheus_client import generate_latest
 
-from actors.audit import AuditLogger, read_entries
-from actors.embedder import Embedder
-from actors.ingestor import Ingestor
-from actors.retriever import Retriever
-from config import (
+from ragbus.actors.audit import AuditLogger, read_entries
+from ragbus.actors.embedder import Embedder
+from ragbus.actors.ingestor import Ingestor
+from ragbus.actors.retriever import Retriever
+from ragbus.config import (
     AuditSettings,
     BridgeSettings,
     IngestorSettings,
@@ -27,13 +27,13 @@ from config import (
     Secret,
     Settings,
 )
-from runtime import Metrics, RagbusError, configure_logging
-from runtime.audit import AuditPublisher
-from runtime.client import Client
-from runtime.connection import NATS
-from runtime.jobs import follow_job, submit_job
-from runtime.security import secret_values
-from subjects import (
+from ragbus.runtime import Metrics, RagbusError, configure_logging
+from ragbus.runtime.audit import AuditPublisher
+from ragbus.runtime.cli import follow_job, submit_job
+from ragbus.runtime.client import Client
+from ragbus.runtime.connection import NATS
+from ragbus.runtime.security import secret_values
+from ragbus.subjects import (
     DocChanged,
     DocDelete,
     IngestRequest,
@@ -118,7 +118,7 @@ async def test_a_run_leaks_no_configured_secret(
 
 def test_config_show_masks_every_secret(capsys: pytest.CaptureFixture[str],
                                         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from runtime.cli import main
+    from ragbus.runtime.cli import main
 
     values = known()
     monkeypatch.chdir(tmp_path)

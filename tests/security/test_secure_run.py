@@ -12,15 +12,15 @@ import anyio
 import msgspec
 import pytest
 
-from actors.audit import AuditLogger, read_entries, verify_store
-from actors.embedder import Embedder
-from actors.ingestor import Ingestor
-from actors.retriever import Retriever
-from config import Settings
-from runtime import Client, EmbeddedNats
-from runtime.jobs import follow_job, submit_job
-from runtime.security import connect_as, write_server_include
-from subjects import DocChanged, DocDelete, IngestRequest, InlineDocument, JobState, Subjects
+from ragbus.actors.audit import AuditLogger, read_entries, verify_store
+from ragbus.actors.embedder import Embedder
+from ragbus.actors.ingestor import Ingestor
+from ragbus.actors.retriever import Retriever
+from ragbus.config import Settings
+from ragbus.runtime import Client
+from ragbus.runtime.cli import EmbeddedNats, follow_job, submit_job
+from ragbus.runtime.security import connect_as, write_server_include
+from ragbus.subjects import DocChanged, DocDelete, IngestRequest, InlineDocument, JobState, Subjects
 from tests.security._roles import SECURITY
 from tests.support import running
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import anyio
 
-from runtime import Actor, BadRequest, Context, endpoint
-from subjects import Request, StreamRequest, Subjects, Token
+from ragbus.runtime import Actor, BadRequest, Context, endpoint
+from ragbus.subjects import Request, StreamRequest, Subjects, Token
 
 
 class Ping(Request, frozen=True, kw_only=True):
@@ -85,7 +85,7 @@ class Echo(Actor):
             ctx.tokens_used += 1
             if request.sleep_s:
                 await anyio.sleep(request.sleep_s)
-        from subjects import Done
+        from ragbus.subjects import Done
 
         await ctx.publish(request.reply_to, Done(request_id=request.request_id,
                                                  text_length=ctx.partial_text_length))

@@ -8,7 +8,7 @@ from typing import TypeVar
 
 import anyio
 
-from runtime import Actor
+from ragbus.runtime import Actor
 
 A = TypeVar("A", bound=Actor)
 

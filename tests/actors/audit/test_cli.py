@@ -5,16 +5,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import msgspec
 import pytest
 
-from actors.audit import AuditStore, Incoming
-from runtime._cli_audit import main
-from subjects._audit import AuditEvent
+from ragbus.actors.audit import AuditStore, Incoming
+from ragbus.runtime.cli import main
+from ragbus.subjects._audit import AuditEvent
+from tests.support.cli import RAGBUS
 
 REPO = Path(__file__).resolve().parents[3]
 T0_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -45,7 +45,7 @@ def store(tmp_path: Path) -> Path:
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
+    code = main(["audit", *argv])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -117,7 +117,7 @@ def test_export_refuses_a_time_it_cannot_read(store: Path,
 def test_tail_follow_prints_records_as_they_are_written(store: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runtime._cli_audit", "tail", "--follow", "--kind", "doc",
+        [*RAGBUS, "audit", "tail", "--follow", "--kind", "doc",
          "--json", "-n", "1", "--poll", "0.05", "--store", str(store)],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:

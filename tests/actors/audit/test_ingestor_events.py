@@ -7,11 +7,11 @@ from pathlib import Path
 import anyio
 import pytest
 
-from actors.audit import AuditLogger, read_entries, verify_store
-from actors.embedder import Embedder
-from actors.ingestor import Ingestor
-from actors.retriever import Retriever
-from config import (
+from ragbus.actors.audit import AuditLogger, read_entries, verify_store
+from ragbus.actors.embedder import Embedder
+from ragbus.actors.ingestor import Ingestor
+from ragbus.actors.retriever import Retriever
+from ragbus.config import (
     AuditSettings,
     IngestorSettings,
     NatsSettings,
@@ -19,11 +19,11 @@ from config import (
     RuntimeSettings,
     Settings,
 )
-from runtime import Client, NotFound
-from runtime.connection import NATS
-from runtime.jobs import follow_job, submit_job
-from subjects import DocChanged, DocDelete, IngestRequest, InlineDocument, JobState, Subjects
-from subjects._audit import AuditEvent, AuditOutcome
+from ragbus.runtime import Client, NotFound
+from ragbus.runtime.cli import follow_job, submit_job
+from ragbus.runtime.connection import NATS
+from ragbus.subjects import DocChanged, DocDelete, IngestRequest, InlineDocument, JobState, Subjects
+from ragbus.subjects._audit import AuditEvent, AuditOutcome
 from tests.support import running
 
 S = Subjects()

@@ -6,7 +6,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,16 +13,17 @@ import anyio
 import msgspec
 import pytest
 
-from actors.audit import AuditLogger, StoreLockedError, read_entries, verify_store
-from actors.audit._files import read_head
-from config import AuditSettings, NatsSettings, RuntimeSettings, Settings
-from runtime import Metrics
-from runtime._cli_audit import main as audit_cli
-from runtime.audit import AuditPublisher, ensure_audit_stream
-from runtime.connection import NATS
-from subjects import Subjects
-from subjects._audit import MSG_ID_HEADER, AuditEvent
+from ragbus.actors.audit import AuditLogger, StoreLockedError, read_entries, verify_store
+from ragbus.actors.audit._files import read_head
+from ragbus.config import AuditSettings, NatsSettings, RuntimeSettings, Settings
+from ragbus.runtime import Metrics
+from ragbus.runtime.audit import AuditPublisher, ensure_audit_stream
+from ragbus.runtime.cli import main as cli
+from ragbus.runtime.connection import NATS
+from ragbus.subjects import Subjects
+from ragbus.subjects._audit import MSG_ID_HEADER, AuditEvent
 from tests.support import running
+from tests.support.cli import RAGBUS
 
 S = Subjects()
 
@@ -159,12 +159,13 @@ def logger_process(nats_url: str, store: Path, cwd: Path) -> subprocess.Popen[by
     env = {**os.environ, "RAGBUS_NATS__URL": nats_url, "RAGBUS_AUDIT__STORE_DIR": str(store),
            "RAGBUS_AUDIT__ACK_WAIT_S": "2", "RAGBUS_AUDIT__BATCH_SIZE": "200",
            "RAGBUS_METRICS__ENABLED": "false", "RAGBUS_LOGGING__LEVEL": "warning"}
-    return subprocess.Popen([sys.executable, "-m", "actors.audit"], cwd=cwd, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [*RAGBUS, "actor", "audit-logger"], cwd=cwd, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def verify_cli(store: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    code = audit_cli(["verify", "--store", str(store)])
+    code = cli(["audit", "verify", "--store", str(store)])
     captured = capsys.readouterr()
     return code, captured.out + captured.err
 

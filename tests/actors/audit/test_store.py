@@ -10,7 +10,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from actors.audit import (
+from ragbus.actors.audit import (
     GENESIS,
     AuditStore,
     Incoming,
@@ -20,7 +20,7 @@ from actors.audit import (
     read_entries,
     verify_store,
 )
-from subjects._audit import AuditEvent
+from ragbus.subjects._audit import AuditEvent
 
 DAY = 86400.0
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
@@ -165,7 +165,7 @@ def edit_event(line: bytes) -> bytes:
 
 def rehash(line: bytes) -> bytes:
     """An attacker who also recomputes the edited record's own hash."""
-    from actors.audit._record import encode_line
+    from ragbus.actors.audit._record import encode_line
 
     record = json.loads(line)
     record["event"]["outcome"] = "denied"
@@ -215,7 +215,7 @@ def test_cutting_lines_from_the_end_is_found_through_head(tmp_path: Path) -> Non
 
 
 def test_rewriting_the_whole_tail_is_found_through_head(tmp_path: Path) -> None:
-    from actors.audit._record import encode_line
+    from ragbus.actors.audit._record import encode_line
 
     path = write_store(tmp_path)
     lines = lines_of(path)

@@ -7,10 +7,10 @@ from typing import Any
 
 import anyio
 
-from actors.audit import AuditLogger, read_entries
-from config import AuditSettings, NatsSettings, Settings
-from runtime.audit import AuditPublisher
-from runtime.connection import NATS
+from ragbus.actors.audit import AuditLogger, read_entries
+from ragbus.config import AuditSettings, NatsSettings, Settings
+from ragbus.runtime.audit import AuditPublisher
+from ragbus.runtime.connection import NATS
 from tests.actors.audit.example_consumer import export_audit
 from tests.support import running
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import anyio
 import anyio.lowlevel
 
-from runtime import Actor, BadRequest, Context, endpoint
-from subjects import Done, Query, Source, Sources, Token
+from ragbus.runtime import Actor, BadRequest, Context, endpoint
+from ragbus.subjects import Done, Query, Source, Sources, Token
 
 __all__ = ("SOURCES", "QueryStandIn", "options", "token_text")
 

@@ -12,10 +12,10 @@ import time
 import anyio
 import pytest
 
-from actors.bridge import Authenticator, Bridge, CloseCode, OriginNotAllowed, Unauthenticated
-from config import BridgeSettings, Secret
-from runtime.connection import NATS
-from subjects._audit import AuditOutcome
+from ragbus.actors.bridge import Authenticator, Bridge, CloseCode, OriginNotAllowed, Unauthenticated
+from ragbus.config import BridgeSettings, Secret
+from ragbus.runtime.connection import NATS
+from ragbus.subjects._audit import AuditOutcome
 from tests.support import running
 
 from .standin import QueryStandIn

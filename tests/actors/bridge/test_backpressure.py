@@ -14,8 +14,8 @@ import msgspec
 import pytest
 from websockets.asyncio.client import ClientConnection
 
-from actors.bridge import Bridge
-from actors.bridge._outbox import Outbox, TokenStream
+from ragbus.actors.bridge import Bridge
+from ragbus.actors.bridge._outbox import Outbox, TokenStream
 from tests.support import running
 
 from .standin import QueryStandIn, token_text

@@ -13,10 +13,10 @@ import httpx
 import msgspec
 import pytest
 
-from actors.bridge import Bridge, CannotListen
-from runtime import codec
-from runtime.connection import NATS
-from subjects import Cancel, Query, Subjects
+from ragbus.actors.bridge import Bridge, CannotListen
+from ragbus.runtime import codec
+from ragbus.runtime.connection import NATS
+from ragbus.subjects import Cancel, Query, Subjects
 from tests.support import running
 
 from .standin import SOURCES, QueryStandIn, token_text

@@ -1,8 +1,4 @@
-"""``ragbus bridge``: the command runs the bridge against the configured NATS until a signal.
-
-Until ``runtime/cli.py`` registers the command, the test builds the same parser
-around ``runtime._cli_bridge.add_commands`` and runs it the way ``ragbus`` does.
-"""
+"""``ragbus bridge``: the command runs the bridge against the configured NATS until a signal."""
 
 from __future__ import annotations
 
@@ -10,30 +6,18 @@ import argparse
 import contextlib
 import os
 import signal
-import sys
 from pathlib import Path
 
 import anyio
 import httpx
 from anyio.abc import ByteReceiveStream
 
-from config import Settings
-from runtime._cli_bridge import add_commands, bridge_settings
+from ragbus.config import Settings
+from ragbus.runtime.cli._bridge import add_commands, bridge_settings
+from tests.support.cli import RAGBUS
 from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[3]
-HARNESS = """
-import argparse, sys
-from runtime.cli import _load, _nats_url
-from runtime._cli_bridge import add_commands
-parser = argparse.ArgumentParser(prog="ragbus")
-parser.add_argument("--config")
-add_commands(parser.add_subparsers(dest="command", required=True))
-args = parser.parse_args(sys.argv[1:])
-args.loaded = _load(args)
-args.nats_url = _nats_url(args.loaded)
-sys.exit(args.func(args))
-"""
 
 
 def test_host_and_port_on_the_command_line_override_the_settings() -> None:
@@ -63,7 +47,7 @@ async def test_ragbus_bridge_serves_until_interrupted(nats_url: str, tmp_path: P
            "RAGBUS_BRIDGE__READY_ACTORS": "bridge"}
     output: dict[str, str] = {}
     async with await anyio.open_process(
-        [sys.executable, "-c", HARNESS, "bridge", "--port", str(port)], cwd=ROOT, env=env
+        [*RAGBUS, "bridge", "--port", str(port)], cwd=ROOT, env=env
     ) as proc, anyio.create_task_group() as tg:
 
         async def collect(name: str, stream: ByteReceiveStream | None) -> None:

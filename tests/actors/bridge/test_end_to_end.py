@@ -8,18 +8,18 @@ from pathlib import Path
 import httpx
 import msgspec
 
-from actors.bridge import Bridge
-from actors.embedder import Embedder
-from actors.ingestor import Ingestor
-from actors.retriever import Retriever
-from actors.router import Router
-from actors.trimmer import ContextTrimmer
-from config import IngestorSettings, RetrieverSettings, RouterSettings
-from config._router import ProviderSettings
-from runtime import Client
-from runtime.connection import NATS
-from runtime.jobs import follow_job, submit_job
-from subjects import Done, IngestRequest, InlineDocument, JobState, Query, Subjects, Token
+from ragbus.actors.bridge import Bridge
+from ragbus.actors.embedder import Embedder
+from ragbus.actors.ingestor import Ingestor
+from ragbus.actors.retriever import Retriever
+from ragbus.actors.router import Router
+from ragbus.actors.trimmer import ContextTrimmer
+from ragbus.config import IngestorSettings, RetrieverSettings, RouterSettings
+from ragbus.config._router import ProviderSettings
+from ragbus.runtime import Client
+from ragbus.runtime.cli import follow_job, submit_job
+from ragbus.runtime.connection import NATS
+from ragbus.subjects import Done, IngestRequest, InlineDocument, JobState, Query, Subjects, Token
 from tests.support import running
 
 from .wsclient import ask, frames_until_end, make_settings, open_ws, recv

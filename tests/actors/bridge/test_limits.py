@@ -8,9 +8,9 @@ import math
 import anyio
 import pytest
 
-from actors.bridge import Bridge, Denied, LimitState, RateLimits
-from runtime.connection import NATS
-from subjects._audit import AuditOutcome
+from ragbus.actors.bridge import Bridge, Denied, LimitState, RateLimits
+from ragbus.runtime.connection import NATS
+from ragbus.subjects._audit import AuditOutcome
 from tests.support import running
 
 from .standin import QueryStandIn

@@ -16,7 +16,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from actors.bridge import Bridge
+from ragbus.actors.bridge import Bridge
 from tests.support import running
 
 from .standin import QueryStandIn

@@ -8,8 +8,8 @@ import httpx
 import msgspec
 import pytest
 
-from actors.bridge import Bridge, CertificateUnusable
-from config import BridgeSettings
+from ragbus.actors.bridge import Bridge, CertificateUnusable
+from ragbus.config import BridgeSettings
 from tests.support import running
 from tests.support.tls import self_signed, tls_contexts
 

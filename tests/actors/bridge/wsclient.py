@@ -13,12 +13,12 @@ from nats.aio.subscription import Subscription
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from actors.bridge import Bridge
-from config import BridgeSettings, NatsSettings, RuntimeSettings, Secret, Settings
-from runtime import codec
-from runtime.connection import NATS
-from subjects import Subjects
-from subjects._audit import AuditEvent
+from ragbus.actors.bridge import Bridge
+from ragbus.config import BridgeSettings, NatsSettings, RuntimeSettings, Secret, Settings
+from ragbus.runtime import codec
+from ragbus.runtime.connection import NATS
+from ragbus.subjects import Subjects
+from ragbus.subjects._audit import AuditEvent
 
 __all__ = (
     "API_KEY",

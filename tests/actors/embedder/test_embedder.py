@@ -6,12 +6,11 @@ import anyio
 import numpy as np
 import pytest
 
-from actors.embedder import Embedder
-from config import EmbedderSettings, NatsSettings, RuntimeSettings, Settings
-from runtime import BadRequest, Client, TooLarge
-from runtime._status import discover
-from runtime.connection import NATS
-from subjects import Embed, Embedded, Subjects
+from ragbus.actors.embedder import Embedder
+from ragbus.config import EmbedderSettings, NatsSettings, RuntimeSettings, Settings
+from ragbus.runtime import BadRequest, Client, TooLarge, discover
+from ragbus.runtime.connection import NATS
+from ragbus.subjects import Embed, Embedded, Subjects
 from tests.support import running
 
 EMBED = Subjects().embed

@@ -26,10 +26,14 @@ import pytest
 from numpy.typing import NDArray
 from tokenizers import Tokenizer
 
-from actors.embedder._errors import ModelFilesError, ModelUnavailableError, UnknownModelError
-from actors.embedder._files import BUNDLED_MODEL_ID, bundled_files
-from actors.embedder._model import EmbeddingModel
-from actors.embedder._ort_env import ORT_TELEMETRY_ENV, OrtTelemetryWarning, disable_ort_telemetry
+from ragbus.actors.embedder._errors import ModelFilesError, ModelUnavailableError, UnknownModelError
+from ragbus.actors.embedder._files import BUNDLED_MODEL_ID, bundled_files
+from ragbus.actors.embedder._model import EmbeddingModel
+from ragbus.actors.embedder._ort_env import (
+    ORT_TELEMETRY_ENV,
+    OrtTelemetryWarning,
+    disable_ort_telemetry,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DIM = 384
@@ -325,7 +329,7 @@ _FRESH_PROCESS = textwrap.dedent(
     socket.socket.connect_ex = refuse
     socket.create_connection = refuse
     socket.getaddrinfo = refuse
-    from actors.embedder._model import EmbeddingModel
+    from ragbus.actors.embedder._model import EmbeddingModel
     model = EmbeddingModel.load("all-MiniLM-L6-v2-int8", cache_dir=sys.argv[1])
     vector = model.embed(["a fresh process"])[0]
     print(json.dumps({"attempts": attempts, "dim": len(vector),

@@ -12,14 +12,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors.ingestor._chunking import (
+from ragbus.actors.ingestor._chunking import (
     DEFAULT_CHUNKING,
     ChunkedText,
     ChunkingConfig,
     ChunkingConfigError,
     chunk_text,
 )
-from runtime.tokens import count_tokens
+from ragbus.runtime.text import count_tokens
 
 REPO = Path(__file__).resolve().parents[3]
 SCIFACT = REPO.parent / "shared" / "data" / "beir-scifact" / "corpus.jsonl"

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,22 +14,22 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from actors.embedder import Embedder
-from actors.ingestor import Ingestor
-from actors.ingestor._chunking import ChunkingConfig, chunk_text
-from actors.retriever import Retriever
-from actors.retriever.store import Filter
-from config import (
+from ragbus.actors.embedder import Embedder
+from ragbus.actors.ingestor import Ingestor
+from ragbus.actors.ingestor._chunking import ChunkingConfig, chunk_text
+from ragbus.actors.retriever import Retriever
+from ragbus.actors.retriever.store import Filter
+from ragbus.config import (
     IngestorSettings,
     NatsSettings,
     RetrieverSettings,
     RuntimeSettings,
     Settings,
 )
-from runtime import Client, NotFound
-from runtime.connection import NATS
-from runtime.jobs import follow_job, submit_job
-from subjects import (
+from ragbus.runtime import Client, NotFound
+from ragbus.runtime.cli import follow_job, submit_job
+from ragbus.runtime.connection import NATS
+from ragbus.subjects import (
     DocChanged,
     DocDelete,
     DocGet,
@@ -43,6 +42,7 @@ from subjects import (
     Subjects,
 )
 from tests.support import running
+from tests.support.cli import RAGBUS
 
 S = Subjects()
 
@@ -219,7 +219,7 @@ def _ingestor_process(nats_url: str, tmp_path: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "RAGBUS_NATS__URL": nats_url, "RAGBUS_INGESTOR__ACK_WAIT_S": "2",
            "RAGBUS_INGESTOR__DOCS_IN_FLIGHT": "2", "RAGBUS_INGESTOR__PROGRESS_INTERVAL_MS": "0",
            "RAGBUS_METRICS__ENABLED": "false", "RAGBUS_LOGGING__LEVEL": "warning"}
-    return subprocess.Popen([sys.executable, "-m", "runtime.cli", "actor", "ingestor"],
+    return subprocess.Popen([*RAGBUS, "actor", "ingestor"],
                             cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.ingestor._readers import (
+from ragbus.actors.ingestor._readers import (
     SUPPORTED_SUFFIXES,
     BadRecordError,
     BinaryFileError,

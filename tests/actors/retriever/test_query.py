@@ -11,14 +11,20 @@ import msgspec
 import pytest
 from nats.aio.msg import Msg
 
-from actors.embedder import Embedder
-from actors.ingestor import Ingestor
-from actors.retriever import Retriever
-from config import IngestorSettings, NatsSettings, RetrieverSettings, RuntimeSettings, Settings
-from runtime import Client, Context
-from runtime.connection import NATS
-from runtime.jobs import follow_job, submit_job
-from subjects import (
+from ragbus.actors.embedder import Embedder
+from ragbus.actors.ingestor import Ingestor
+from ragbus.actors.retriever import Retriever
+from ragbus.config import (
+    IngestorSettings,
+    NatsSettings,
+    RetrieverSettings,
+    RuntimeSettings,
+    Settings,
+)
+from ragbus.runtime import Client, Context
+from ragbus.runtime.cli import follow_job, submit_job
+from ragbus.runtime.connection import NATS
+from ragbus.subjects import (
     DocChanged,
     DocDelete,
     Embed,

@@ -21,7 +21,7 @@ import pytest
 import qdrant_edge
 from qdrant_client import QdrantClient, models
 
-from actors.retriever.store import (
+from ragbus.actors.retriever.store import (
     CollectionMissing,
     DimensionMismatch,
     EdgeStore,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import msgspec
 
-from config import Settings
-from config._router import ProviderSettings, RouterSettings
-from runtime import Client
-from runtime.connection import NATS
-from subjects import ContextNode, Generate, QueryEvent, Subjects
+from ragbus.config import Settings
+from ragbus.config._router import ProviderSettings, RouterSettings
+from ragbus.runtime import Client
+from ragbus.runtime.connection import NATS
+from ragbus.subjects import ContextNode, Generate, QueryEvent, Subjects
 
 GENERATE = Subjects().generate
 

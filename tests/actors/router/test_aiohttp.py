@@ -13,7 +13,7 @@ import anyio
 import httpx
 import pytest
 
-from actors.router._aiohttp import AiohttpTransport
+from ragbus.actors.router._aiohttp import AiohttpTransport
 from tests.support.fake_openai import closed_port_url
 from tests.support.proxy import forward_proxy
 from tests.support.tls import self_signed, tls_contexts

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from actors.router import Router
-from config import Settings
-from runtime.connection import NATS
-from subjects import Done, Token
+from ragbus.actors.router import Router
+from ragbus.config import Settings
+from ragbus.runtime.connection import NATS
+from ragbus.subjects import Done, Token
 from tests.actors.router._fixtures import ask, generate, openai, with_router
 from tests.support import running
 from tests.support.fake_openai import Behaviour, FakeOpenAI

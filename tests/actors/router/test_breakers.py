@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import anyio
 
-from actors.router import Router
-from config import Settings
-from runtime import codec
-from runtime._cli_ask import breaker_states
-from runtime.connection import NATS
-from subjects import Done, Subjects, now_ms
-from subjects._breaker import BreakerState, BreakerTransition
+from ragbus.actors.router import Router
+from ragbus.config import Settings
+from ragbus.runtime import codec
+from ragbus.runtime.cli._ask import breaker_states
+from ragbus.runtime.connection import NATS
+from ragbus.subjects import Done, Subjects, now_ms
+from ragbus.subjects._breaker import BreakerState, BreakerTransition
 from tests.actors.router._fixtures import ask, extractive, generate, openai, with_router
 from tests.support import running
 from tests.support.fake_openai import Behaviour, FakeOpenAI

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import anyio
 
-from actors.router._coalesce import Coalescer
+from ragbus.actors.router._coalesce import Coalescer
 
 
 class Sink:

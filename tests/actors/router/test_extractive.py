@@ -6,10 +6,10 @@ import re
 
 import pytest
 
-from actors.router._errors import NothingToExtract
-from actors.router._extractive import ExtractiveProvider, extract
-from actors.router._provider import Prompt, Usage
-from subjects import ContextNode
+from ragbus.actors.router._errors import NothingToExtract
+from ragbus.actors.router._extractive import ExtractiveProvider, extract
+from ragbus.actors.router._provider import Prompt, Usage
+from ragbus.subjects import ContextNode
 from tests.actors.router._fixtures import CONTEXT, extractive
 
 CITED = re.compile(r"(.+?) \[(\d+)\](?: |$)")

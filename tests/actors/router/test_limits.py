@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 import anyio
 
-from actors.router import Router
-from actors.router._limits import RateLimits
-from config import Settings
+from ragbus.actors.router import Router
+from ragbus.actors.router._limits import RateLimits
+from ragbus.config import Settings
 from tests.actors.router._fixtures import extractive, openai, with_router
 from tests.support import running
 

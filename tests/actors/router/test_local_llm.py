@@ -8,11 +8,11 @@ import httpx
 import msgspec
 import pytest
 
-from actors.router import Router
-from config import Settings
-from config._router import LocalLLMSettings, ProviderSettings
-from runtime.connection import NATS
-from subjects import Done
+from ragbus.actors.router import Router
+from ragbus.config import Settings
+from ragbus.config._router import LocalLLMSettings, ProviderSettings
+from ragbus.runtime.connection import NATS
+from ragbus.subjects import Done
 from tests.actors.router._fixtures import ask, extractive, generate, with_router
 from tests.support import running
 

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator, Iterator
 import anyio
 import pytest
 
-from actors.router._aiohttp import AiohttpTransport
-from actors.router._errors import (
+from ragbus.actors.router._aiohttp import AiohttpTransport
+from ragbus.actors.router._errors import (
     ProviderAuthError,
     ProviderConnectError,
     ProviderError,
@@ -21,11 +21,11 @@ from actors.router._errors import (
     ProviderServerError,
     ProviderTimeout,
 )
-from actors.router._openai import OpenAIProvider, classify_error, parse_retry_after
-from actors.router._provider import Prompt, Usage
-from actors.router._transports import Pool, SharedTransport, env_proxy
-from config import Secret
-from config._router import HttpStack, ProviderSettings
+from ragbus.actors.router._openai import OpenAIProvider, classify_error, parse_retry_after
+from ragbus.actors.router._provider import Prompt, Usage
+from ragbus.actors.router._transports import Pool, SharedTransport, env_proxy
+from ragbus.config import Secret
+from ragbus.config._router import HttpStack, ProviderSettings
 from tests.support.fake_openai import Behaviour, FakeOpenAI, closed_port_url
 from tests.support.proxy import forward_proxy
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from actors.router._prompts import Prompts
-from config._router import PromptTemplate
-from subjects import ChatTurn, ContextNode, Generate
+from ragbus.actors.router._prompts import Prompts
+from ragbus.config._router import PromptTemplate
+from ragbus.subjects import ChatTurn, ContextNode, Generate
 from tests.actors.router._fixtures import CONTEXT
 
 A = PromptTemplate(name="grounded", version="1", weight=3.0)

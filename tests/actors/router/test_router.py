@@ -7,12 +7,12 @@ import re
 import anyio
 import pytest
 
-from actors.router import Router
-from config import Settings
-from config._router import PromptTemplate, ProviderSettings
-from runtime import codec
-from runtime.connection import NATS
-from subjects import (
+from ragbus.actors.router import Router
+from ragbus.config import Settings
+from ragbus.config._router import PromptTemplate, ProviderSettings
+from ragbus.runtime import codec
+from ragbus.runtime.connection import NATS
+from ragbus.subjects import (
     Cancel,
     Cancelled,
     ContextNode,
@@ -25,7 +25,7 @@ from subjects import (
     TurnDone,
     deadline_after,
 )
-from subjects._breaker import BreakerState
+from ragbus.subjects._breaker import BreakerState
 from tests.actors.router._fixtures import (
     CONTEXT,
     GENERATE,

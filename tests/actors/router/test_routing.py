@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from actors.router._routing import plan
-from config._router import ProviderSettings
+from ragbus.actors.router._routing import plan
+from ragbus.config._router import ProviderSettings
 from tests.actors.router._fixtures import extractive
 
 

@@ -7,8 +7,8 @@ import json
 import msgspec
 import pytest
 
-from config import ConfigError, load_settings
-from config._router import ProviderSettings, RouterSettings
+from ragbus.config import ConfigError, load_settings
+from ragbus.config._router import ProviderSettings, RouterSettings
 
 
 def test_default_chain_is_ollama_then_local_then_extractive() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from actors.trimmer._budget import Budget
-from config import ConfigError, TrimmerSettings, load_settings
+from ragbus.actors.trimmer._budget import Budget
+from ragbus.config import ConfigError, TrimmerSettings, load_settings
 
 
 def test_defaults_are_the_production_split() -> None:

@@ -10,10 +10,10 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors.trimmer._compress import compress, compress_node, sentences, similarities
-from actors.trimmer._trim import from_sources
-from runtime.tokens import count_tokens
-from subjects import Source
+from ragbus.actors.trimmer._compress import compress, compress_node, sentences, similarities
+from ragbus.actors.trimmer._trim import from_sources
+from ragbus.runtime.text import count_tokens
+from ragbus.subjects import Source
 
 
 def test_sentences_split_at_terminal_punctuation_blank_lines_and_cjk_stops() -> None:

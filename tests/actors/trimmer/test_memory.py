@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors.trimmer._brief import fallback_brief
-from actors.trimmer._memory import (
+from ragbus.actors.trimmer._brief import fallback_brief
+from ragbus.actors.trimmer._memory import (
     SessionMemory,
     StoredTurn,
     memory_key,
@@ -15,8 +15,8 @@ from actors.trimmer._memory import (
     transcript,
     turn_tokens,
 )
-from runtime.tokens import count_tokens, truncate
-from subjects import ChatTurn
+from ragbus.runtime.text import count_tokens, truncate
+from ragbus.subjects import ChatTurn
 
 
 def turn(i: int, words: int = 5) -> StoredTurn:

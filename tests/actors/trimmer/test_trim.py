@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors.trimmer._trim import (
+from ragbus.actors.trimmer._trim import (
     Node,
     context_tokens,
     dedupe,
@@ -17,8 +17,8 @@ from actors.trimmer._trim import (
     shortlist,
     similarity,
 )
-from runtime.tokens import count_tokens
-from subjects import Source
+from ragbus.runtime.text import count_tokens
+from ragbus.subjects import Source
 
 WORDS = ("cell", "protein", "binding", "vaccine", "trial", "dose", "the", "of", "and", "results",
          "patients", "receptor", "increased", "reduced", "significantly", "mice", "gene", "in")

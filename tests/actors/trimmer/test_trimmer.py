@@ -12,16 +12,16 @@ from typing import Any
 import anyio
 import pytest
 
-from actors.embedder import Embedder
-from actors.trimmer import ContextTrimmer
-from actors.trimmer._compress import sentences
-from actors.trimmer._memory import MemoryStore, SessionMemory, StoredTurn, transcript
-from actors.trimmer._trim import similarity
-from config import NatsSettings, RuntimeSettings, Settings, TrimmerSettings
-from runtime import Actor, Client, Context, codec, endpoint
-from runtime.connection import NATS
-from runtime.tokens import count_tokens, truncate
-from subjects import (
+from ragbus.actors.embedder import Embedder
+from ragbus.actors.trimmer import ContextTrimmer
+from ragbus.actors.trimmer._compress import sentences
+from ragbus.actors.trimmer._memory import MemoryStore, SessionMemory, StoredTurn, transcript
+from ragbus.actors.trimmer._trim import similarity
+from ragbus.config import NatsSettings, RuntimeSettings, Settings, TrimmerSettings
+from ragbus.runtime import Actor, Client, Context, codec, endpoint
+from ragbus.runtime.connection import NATS
+from ragbus.runtime.text import count_tokens, truncate
+from ragbus.subjects import (
     ContextReady,
     Done,
     Embed,

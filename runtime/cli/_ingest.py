@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from config import Loaded
-from subjects import (
+from ragbus.config import Loaded
+from ragbus.subjects import (
     DocChanged,
     DocDelete,
     DocGet,
@@ -30,10 +30,10 @@ from subjects import (
     Subjects,
 )
 
-from .client import Client
-from .connection import NATS
-from .jobs import follow_job, submit_job
-from .security import connect_as
+from ..client import Client
+from ..connection import NATS
+from ..security import connect_as
+from ._jobs import follow_job, submit_job
 
 __all__ = ("add_commands",)
 

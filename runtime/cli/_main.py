@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -12,22 +11,22 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from config import ConfigError, Loaded, load_settings, production_problems
-from subjects import Subjects
+from ragbus.config import ConfigError, Loaded, load_settings, production_problems
+from ragbus.subjects import Subjects
 
-from ._cli_ask import add_commands as add_ask_commands
-from ._cli_ask import breaker_states, breaker_table
-from ._cli_audit import add_commands as add_audit_commands
-from ._cli_bridge import add_commands as add_bridge_commands
-from ._cli_cache import add_commands as add_cache_commands
-from ._cli_ingest import add_commands as add_ingest_commands
-from .errors import RagbusError
-from .logs import configure_logging
-from .security import connect_as, role_for_actor, secret_values
-from .server import NatsServerError
-from .state import read_run_info
+from ..errors import RagbusError
+from ..logs import configure_logging
+from ..security import connect_as, role_for_actor, secret_values
+from ._ask import add_commands as add_ask_commands
+from ._ask import breaker_states, breaker_table
+from ._audit import add_commands as add_audit_commands
+from ._bridge import add_commands as add_bridge_commands
+from ._cache import add_commands as add_cache_commands
+from ._ingest import add_commands as add_ingest_commands
+from ._server import NatsServerError
+from ._state import read_run_info
 
-__all__ = ("main",)
+__all__ = ("build_parser", "main")
 
 out = Console()
 err = Console(stderr=True)
@@ -48,7 +47,7 @@ def _load(args: argparse.Namespace, *, check: bool = True,
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    from actors import ACTORS, load_actor
+    from ragbus.actors import ACTORS, load_actor
 
     from ._run import run_actors
 
@@ -68,7 +67,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         if metrics_port is not None:
             out.print(f"metrics at http://{loaded.settings.metrics.host}:{metrics_port}/metrics")
         if "bridge" in started:
-            from actors.bridge import page_url, ws_url
+            from ragbus.actors.bridge import page_url, ws_url
 
             page = page_url(settings.bridge)
             out.print(f"page at {page}/ (WebSocket {ws_url(page)})")
@@ -81,7 +80,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_actor(args: argparse.Namespace) -> int:
-    from actors import load_actor
+    from ragbus.actors import load_actor
 
     from ._run import run_actors
 
@@ -118,7 +117,7 @@ def _nats_url(loaded: Loaded) -> str:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from ._status import discover
+    from .. import discover
 
     loaded = _load(args, roles=_CLI_ROLES)
     url = _nats_url(loaded)
@@ -221,6 +220,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     return code
 
-
-if __name__ == "__main__":
-    sys.exit(main())

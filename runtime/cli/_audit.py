@@ -15,19 +15,19 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.markup import escape
 
-from config import load_settings
+from ragbus.config import load_settings
 
 if TYPE_CHECKING:
-    from actors.audit import Entry
+    from ragbus.actors.audit import Entry
 
-__all__ = ("add_commands", "main")
+__all__ = ("add_commands",)
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _store(args: argparse.Namespace) -> Path:
-    from actors.audit import store_dir
+    from ragbus.actors.audit import store_dir
 
     if args.store:
         return Path(args.store)
@@ -57,7 +57,7 @@ def _print(entry: Entry, as_json: bool) -> None:
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:
-    from actors.audit import follow, last_entries
+    from ragbus.actors.audit import follow, last_entries
 
     store = _store(args)
     shown = last_entries(store, args.lines, kind=args.kind)
@@ -78,7 +78,7 @@ def _cmd_tail(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from actors.audit import verify_store
+    from ragbus.actors.audit import verify_store
 
     store = _store(args)
     if not store.is_dir():
@@ -99,7 +99,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from actors.audit import parse_time, read_entries
+    from ragbus.actors.audit import parse_time, read_entries
 
     try:
         since = parse_time(args.since)
@@ -151,25 +151,3 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         command.add_argument("--store", help="the store directory (default: audit.store_dir, "
                              "else <data_dir>/audit)")
 
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m runtime._cli_audit tail|verify|export``: the same commands standalone."""
-    from config import ConfigError
-
-    parser = argparse.ArgumentParser(prog="ragbus")
-    parser.add_argument("--config", help="TOML settings file")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    words = list(sys.argv[1:] if argv is None else argv)
-    at = 2 if words[:1] == ["--config"] else 1 if words[:1] and words[0].startswith("--config=") \
-        else 0
-    args = parser.parse_args([*words[:at], "audit", *words[at:]])
-    try:
-        code: int = args.func(args)
-    except ConfigError as exc:
-        err.print(f"[red]error:[/] {exc}")
-        return 2
-    return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -19,7 +19,9 @@ from functools import lru_cache
 
 import snowballstemmer
 
-__all__ = ("BM25Encoder", "SparseWeights", "analyze")
+from ragbus.subjects import SparseVector
+
+__all__ = ("BM25Encoder", "analyze", "term_id")
 
 # Lucene's EnglishAnalyzer default stop set
 _STOP = frozenset((
@@ -58,12 +60,6 @@ def term_id(term: str) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class SparseWeights:
-    indices: list[int]
-    values: list[float]
-
-
-@dataclass(frozen=True, slots=True)
 class BM25Encoder:
     k1: float = 0.9
     b: float = 0.4
@@ -71,13 +67,14 @@ class BM25Encoder:
     # leaves ~100 terms after stop words; the exact corpus mean matters little
     avg_len: float = 100.0
 
-    def document(self, text: str) -> SparseWeights:
+    def document(self, text: str) -> SparseVector:
         terms = analyze(text)
         counts = Counter(term_id(t) for t in terms)
         norm = self.k1 * (1 - self.b + self.b * len(terms) / self.avg_len)
         ids = sorted(counts)
-        return SparseWeights(ids, [counts[i] * (self.k1 + 1) / (counts[i] + norm) for i in ids])
+        return SparseVector(indices=ids,
+                            values=[counts[i] * (self.k1 + 1) / (counts[i] + norm) for i in ids])
 
-    def query(self, text: str) -> SparseWeights:
+    def query(self, text: str) -> SparseVector:
         ids = sorted({term_id(t) for t in analyze(text)})
-        return SparseWeights(ids, [1.0] * len(ids))
+        return SparseVector(indices=ids, values=[1.0] * len(ids))

@@ -9,10 +9,10 @@ from nats.js.errors import NotFoundError
 from rich.console import Console
 from rich.table import Table
 
-from config import Loaded
-from subjects import Subjects
+from ragbus.config import Loaded
+from ragbus.subjects import Subjects
 
-from .security import CACHE_BUCKETS, connect_as
+from ..security import CACHE_BUCKETS, connect_as
 
 __all__ = ("add_commands",)
 

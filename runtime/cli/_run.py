@@ -14,14 +14,14 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 
-from config import Settings
+from ragbus.config import Settings
 
-from .actor import Actor
-from .metrics import Metrics
-from .security import write_server_include
-from .server import EmbeddedNats
-from .state import RunInfo, clear_run_info, data_root, write_run_info
-from .supervisor import Supervisor
+from ..actor import Actor
+from ..metrics import Metrics
+from ..security import write_server_include
+from ..supervisor import Supervisor
+from ._server import EmbeddedNats
+from ._state import RunInfo, clear_run_info, write_run_info
 
 __all__ = ("Ready", "run_actors", "watch_signals")
 
@@ -60,7 +60,7 @@ async def run_actors(
         if embedded:
             nats_dir: Path | None = None
             if not (ephemeral or settings.nats.ephemeral):
-                nats_dir = Path(settings.nats.data_dir or data_root(settings) / "nats")
+                nats_dir = Path(settings.nats.data_dir or settings.data_root / "nats")
             include: Path | None = None
             if settings.security.enabled:  # one user per role, passwords from the settings
                 auth_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="ragbus-auth-"))

@@ -22,8 +22,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from config import Loaded
-from subjects import (
+from ragbus.config import Loaded
+from ragbus.subjects import (
     Cancel,
     Cancelled,
     ContextReady,
@@ -39,17 +39,17 @@ from subjects import (
     deadline_after,
     now_ms,
 )
-from subjects._breaker import (
+from ragbus.subjects._breaker import (
     BreakerState,
     BreakerTransition,
     breakers_bucket,
     stored_transition,
 )
 
-from . import codec
-from .connection import NATS
-from .jetstream import kv_entries
-from .security import connect_as
+from .. import codec
+from ..connection import NATS
+from ..jetstream import kv_entries
+from ..security import connect_as
 
 __all__ = ("add_commands", "ask", "breaker_states", "breaker_table", "parse_filters")
 

@@ -8,11 +8,9 @@ from pathlib import Path
 
 import msgspec
 
-from config import Settings
+from ragbus.config import Settings
 
-from .server import default_data_dir
-
-__all__ = ("RunInfo", "clear_run_info", "data_root", "read_run_info", "write_run_info")
+__all__ = ("RunInfo", "clear_run_info", "read_run_info", "write_run_info")
 
 
 class RunInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -21,12 +19,8 @@ class RunInfo(msgspec.Struct, frozen=True, kw_only=True):
     pid: int = 0
 
 
-def data_root(settings: Settings) -> Path:
-    return Path(settings.data_dir) if settings.data_dir else default_data_dir()
-
-
 def _run_file(settings: Settings) -> Path:
-    return data_root(settings) / "run.json"
+    return settings.data_root / "run.json"
 
 
 def write_run_info(settings: Settings, info: RunInfo) -> Path:

@@ -21,7 +21,7 @@ import anyio
 import structlog
 from anyio.abc import Process
 
-from ._backoff import Backoff
+from .._backoff import Backoff
 from ._run import watch_signals
 
 __all__ = ("run_replicas",)
@@ -79,7 +79,7 @@ async def run_replicas(name: str, count: int, *, config: str | None,
     With ``metrics_port`` (metrics on, a fixed port), replica ``i`` serves its
     metrics on ``metrics_port + i``: processes on one host cannot share a port.
     """
-    argv = [sys.executable, "-m", "runtime.cli",
+    argv = [sys.executable, "-m", "ragbus.runtime.cli",
             *(["--config", config] if config else []), "actor", name]
     envs = []
     for i in range(count):

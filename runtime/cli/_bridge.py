@@ -8,7 +8,7 @@ import anyio
 import msgspec
 from rich.console import Console
 
-from config import Loaded, Settings
+from ragbus.config import Loaded, Settings
 
 __all__ = ("add_commands", "bridge_settings")
 
@@ -29,7 +29,7 @@ def bridge_settings(settings: Settings, host: str | None, port: int | None) -> S
 
 
 def _cmd_bridge(args: argparse.Namespace) -> int:
-    from actors.bridge import Bridge, page_url, ws_url
+    from ragbus.actors.bridge import Bridge, page_url, ws_url
 
     from ._run import run_actors
 

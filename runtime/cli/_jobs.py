@@ -9,7 +9,7 @@ from nats.aio.client import Client as NATS
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import KeyNotFoundError
 
-from subjects import (
+from ragbus.subjects import (
     IngestRequest,
     JobProgress,
     JobState,
@@ -19,7 +19,7 @@ from subjects import (
     now_ms,
 )
 
-from .jetstream import ensure_kv, ensure_stream
+from ..jetstream import ensure_kv, ensure_stream
 
 __all__ = ("follow_job", "submit_job")
 

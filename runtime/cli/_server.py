@@ -17,17 +17,11 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ("EmbeddedNats", "NatsServerError", "default_data_dir", "find_nats_server")
+__all__ = ("EmbeddedNats", "NatsServerError", "find_nats_server")
 
 
 class NatsServerError(RuntimeError):
     """The embedded nats-server could not be found or did not start."""
-
-
-def default_data_dir() -> Path:
-    """``$XDG_DATA_HOME/ragbus`` (``~/.local/share/ragbus``): where durable state lives."""
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "ragbus"
 
 
 def find_nats_server() -> str:

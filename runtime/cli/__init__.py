@@ -1,0 +1,23 @@
+"""The ``ragbus`` command line and process hosting: ``ragbus up``, ``ragbus actor``
+(``--replicas``), the embedded nats-server, and the commands that talk to a running
+system (ingest, docs, jobs, ask, cache, audit, status, bridge, config).
+
+The only part of ``runtime`` that imports ``actors``, and only when a command runs
+them, so that ``ragbus actor NAME`` loads that one actor and nothing else.
+"""
+
+from ._jobs import follow_job, submit_job
+from ._main import build_parser, main
+from ._run import run_actors
+from ._server import EmbeddedNats, NatsServerError, find_nats_server
+
+__all__ = (
+    "EmbeddedNats",
+    "NatsServerError",
+    "build_parser",
+    "find_nats_server",
+    "follow_job",
+    "main",
+    "run_actors",
+    "submit_job",
+)
