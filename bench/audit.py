@@ -28,8 +28,7 @@ import anyio
 import structlog
 from nats.js.errors import NotFoundError
 
-from ragbus.actors.audit import read_entries, verify_store
-from ragbus.actors.audit._files import read_head
+from ragbus.actors.audit import read_entries, read_head, verify_store
 from ragbus.config import AuditSettings, NatsSettings, Settings
 from ragbus.runtime import connect
 from ragbus.runtime.audit import AuditPublisher, ensure_audit_stream

@@ -44,12 +44,12 @@ from ragbus.config import (
     BridgeSettings,
     IngestorSettings,
     NatsSettings,
+    ProviderSettings,
     RetrieverSettings,
     RouterSettings,
     RuntimeSettings,
     Settings,
 )
-from ragbus.config._router import ProviderSettings
 from ragbus.runtime import Actor, codec, connect
 from ragbus.runtime.cli import EmbeddedNats, follow_job, submit_job
 from ragbus.runtime.connection import NATS

@@ -23,11 +23,8 @@ import anyio
 import structlog
 
 from bench._data import SCIFACT
-from ragbus.actors.embedder import Embedder
-from ragbus.actors.embedder._model import EmbeddingModel
-from ragbus.actors.ingestor import Ingestor
-from ragbus.actors.ingestor._chunking import ChunkingConfig, chunk_text
-from ragbus.actors.ingestor._readers import read_file
+from ragbus.actors.embedder import Embedder, EmbeddingModel
+from ragbus.actors.ingestor import ChunkingConfig, Ingestor, chunk_text, read_file
 from ragbus.actors.retriever import Retriever
 from ragbus.actors.retriever.store import Filter
 from ragbus.config import NatsSettings, RetrieverSettings, Settings

@@ -35,8 +35,7 @@ import numpy as np
 import structlog
 
 from bench._data import SCIFACT
-from ragbus.actors.embedder import Embedder
-from ragbus.actors.embedder._model import EmbeddingModel
+from ragbus.actors.embedder import Embedder, EmbeddingModel
 from ragbus.actors.ingestor import Ingestor
 from ragbus.actors.retriever import Retriever
 from ragbus.config import (

@@ -49,16 +49,11 @@ from bench._data import SCIFACT
 from bench._processes import serve_actors
 from bench._stats import percentile
 from ragbus.actors.embedder import Embedder
-from ragbus.actors.ingestor._chunking import chunk_text
-from ragbus.actors.ingestor._readers import read_file
-from ragbus.actors.retriever import Retriever
-from ragbus.actors.retriever._fusion import rrf
-from ragbus.actors.retriever._query import to_sources
+from ragbus.actors.ingestor import chunk_text, read_file
+from ragbus.actors.retriever import Retriever, rrf, to_sources
 from ragbus.actors.retriever.store import Filter
 from ragbus.actors.retriever.store import SparseVector as StoreSparse
-from ragbus.actors.trimmer import ContextTrimmer
-from ragbus.actors.trimmer._budget import Budget
-from ragbus.actors.trimmer._trim import dedupe, fit, from_sources, shortlist
+from ragbus.actors.trimmer import Budget, ContextTrimmer, dedupe, fit, from_sources, shortlist
 from ragbus.config import (
     EmbedderSettings,
     MetricsSettings,

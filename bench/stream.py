@@ -53,18 +53,18 @@ from nats.aio.subscription import Subscription
 
 from bench._processes import serve_actors
 from bench._stats import percentile
-from ragbus.actors.router._prompts import Prompts
-from ragbus.actors.router._transports import Pool, provider_transports
+from ragbus.actors.router import Pool, Prompts, provider_transports
 from ragbus.config import (
     IngestorSettings,
     LoggingSettings,
     MetricsSettings,
     NatsSettings,
+    ProviderSettings,
     RetrieverSettings,
+    RouterSettings,
     RuntimeSettings,
     Settings,
 )
-from ragbus.config._router import ProviderSettings, RouterSettings
 from ragbus.runtime import codec, connect, wait_for_instances
 from ragbus.runtime.cli import EmbeddedNats
 from ragbus.runtime.connection import NATS

@@ -3,7 +3,13 @@
 from ._audit import ROLES, AuditSettings, SecuritySettings
 from ._errors import ConfigError, ProductionConfigError
 from ._loader import ENV_PREFIX, Loaded, load_settings, production_problems
-from ._router import RouterSettings
+from ._router import (
+    HttpStack,
+    LocalLLMSettings,
+    PromptTemplate,
+    ProviderSettings,
+    RouterSettings,
+)
 from ._secret import MASK, Secret
 from ._settings import (
     BridgeSettings,
@@ -27,12 +33,16 @@ __all__ = (
     "BridgeSettings",
     "ConfigError",
     "EmbedderSettings",
+    "HttpStack",
     "IngestorSettings",
     "Loaded",
+    "LocalLLMSettings",
     "LoggingSettings",
     "MetricsSettings",
     "NatsSettings",
     "ProductionConfigError",
+    "PromptTemplate",
+    "ProviderSettings",
     "RetrieverSettings",
     "RouterSettings",
     "RuntimeSettings",

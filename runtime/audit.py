@@ -29,8 +29,7 @@ from nats.js.client import JetStreamContext
 from prometheus_client import Counter, Gauge, Histogram
 
 from ragbus.config import MASK, Secret, Settings
-from ragbus.subjects import Subjects
-from ragbus.subjects._audit import MSG_ID_HEADER, AuditEvent, AuditOutcome, audit_stream
+from ragbus.subjects import MSG_ID_HEADER, AuditEvent, AuditOutcome, Subjects, audit_stream
 
 from ._pii import PiiMasker
 from .jetstream import ensure_stream

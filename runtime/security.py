@@ -27,8 +27,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from ragbus.config import NatsSettings, Secret, Settings
-from ragbus.config._audit import ROLES, SecuritySettings
+from ragbus.config import ROLES, NatsSettings, Secret, SecuritySettings, Settings
 from ragbus.subjects import Subjects
 
 from .connection import NATS, connect

@@ -1,6 +1,6 @@
 """The wire contract: every subject name and every message type, declared once."""
 
-from ._audit import AuditEvent, AuditKind, AuditOutcome, audit_stream
+from ._audit import MSG_ID_HEADER, AuditEvent, AuditKind, AuditOutcome, audit_stream
 from ._base import (
     SCHEMA_VERSION,
     Message,
@@ -11,7 +11,7 @@ from ._base import (
     new_id,
     now_ms,
 )
-from ._breaker import BreakerState, BreakerTransition, breakers_bucket
+from ._breaker import BreakerState, BreakerTransition, breakers_bucket, stored_transition
 from ._control import Cancel
 from ._embed import Embed, Embedded
 from ._errors import ERROR_HEADER, ErrorCode, ErrorReply
@@ -64,6 +64,7 @@ __all__ = (
     "DEFAULT_COLLECTION",
     "DEFAULT_PREFIX",
     "ERROR_HEADER",
+    "MSG_ID_HEADER",
     "SCHEMA_VERSION",
     "AuditEvent",
     "AuditKind",
@@ -130,5 +131,6 @@ __all__ = (
     "new_id",
     "now_ms",
     "retrieval_cache_bucket",
+    "stored_transition",
     "validate_token",
 )

@@ -21,8 +21,7 @@ import anyio
 import pytest
 import yaml
 
-from ragbus.config import ProductionConfigError, load_settings
-from ragbus.config._audit import ROLES
+from ragbus.config import ROLES, ProductionConfigError, load_settings
 from ragbus.runtime import wait_for_instances
 from ragbus.runtime.cli import build_parser, find_nats_server
 from ragbus.runtime.security import connect_as, role_for_actor

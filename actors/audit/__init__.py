@@ -2,7 +2,7 @@
 
 from ._actor import AuditLogger
 from ._errors import AuditStoreError, StoreLockedError, StoreTamperedError
-from ._files import store_dir
+from ._files import read_head, store_dir
 from ._read import Entry, follow, kind_matches, last_entries, parse_time, read_entries
 from ._record import GENESIS, Record
 from ._store import AppendResult, AuditStore, Incoming
@@ -26,6 +26,7 @@ __all__ = (
     "last_entries",
     "parse_time",
     "read_entries",
+    "read_head",
     "store_dir",
     "verify_store",
 )

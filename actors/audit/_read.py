@@ -11,7 +11,7 @@ from pathlib import Path
 
 import msgspec
 
-from ragbus.subjects._audit import AuditEvent
+from ragbus.subjects import AuditEvent
 
 from ._files import reverse_lines, store_files
 from ._record import decode_line

@@ -23,8 +23,7 @@ from pathlib import Path
 
 import msgspec
 
-from ragbus.subjects import ErrorCode
-from ragbus.subjects._audit import AuditEvent, AuditKind, AuditOutcome
+from ragbus.subjects import AuditEvent, AuditKind, AuditOutcome, ErrorCode
 
 from ._errors import AuditStoreError, StoreLockedError, StoreTamperedError
 from ._files import (

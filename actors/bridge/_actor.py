@@ -26,8 +26,7 @@ from ragbus.config import BridgeSettings
 from ragbus.runtime import Actor, codec
 from ragbus.runtime.actor import REQUEST_ID_HEADER, TRACE_HEADER
 from ragbus.runtime.audit import AuditPublisher
-from ragbus.subjects import Cancel, Query, QueryEvent
-from ragbus.subjects._audit import AuditKind, AuditOutcome
+from ragbus.subjects import AuditKind, AuditOutcome, Cancel, Query, QueryEvent
 
 from ._auth import LOOPBACK_HOSTS, Authenticator
 from ._errors import AuthDenied, CannotListen, CertificateUnusable

@@ -34,6 +34,8 @@ from ragbus.runtime import (
     kv_entries,
 )
 from ragbus.subjects import (
+    AuditKind,
+    AuditOutcome,
     CorpusVersion,
     DocChanged,
     DocDelete,
@@ -56,7 +58,6 @@ from ragbus.subjects import (
     jobs_bucket,
     now_ms,
 )
-from ragbus.subjects._audit import AuditKind, AuditOutcome
 
 from ._job import JobRunner
 from ._manifest import Manifests

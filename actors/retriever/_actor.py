@@ -27,6 +27,7 @@ from ragbus.runtime import (
 )
 from ragbus.runtime.actor import EndpointSpec
 from ragbus.subjects import (
+    AuditKind,
     CorpusVersion,
     IndexApplied,
     IndexUpdate,
@@ -39,7 +40,6 @@ from ragbus.subjects import (
     corpus_bucket,
     retrieval_cache_bucket,
 )
-from ragbus.subjects._audit import AuditKind
 
 from ._cache import CachedSources, RetrievalCache, answer_scope, retrieval_key
 from ._filters import to_store_filter

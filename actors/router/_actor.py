@@ -20,7 +20,7 @@ import anyio.to_thread
 from nats.js.api import KeyValueConfig, StorageType
 from prometheus_client import Counter, Histogram
 
-from ragbus.config._router import ProviderSettings, RouterSettings
+from ragbus.config import ProviderSettings, RouterSettings
 from ragbus.runtime import (
     Actor,
     BadRequest,
@@ -31,9 +31,17 @@ from ragbus.runtime import (
     endpoint,
     ensure_kv,
 )
-from ragbus.subjects import Done, ErrorCode, Failed, Generate, Token, TurnDone, now_ms
-from ragbus.subjects._audit import AuditKind
-from ragbus.subjects._breaker import BreakerTransition
+from ragbus.subjects import (
+    AuditKind,
+    BreakerTransition,
+    Done,
+    ErrorCode,
+    Failed,
+    Generate,
+    Token,
+    TurnDone,
+    now_ms,
+)
 
 from ._answer_cache import AnswerCache, CachedAnswer
 from ._breaker import BreakerBoard, BreakerPolicy

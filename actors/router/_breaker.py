@@ -32,11 +32,12 @@ from nats.js.kv import KeyValue
 from prometheus_client import Counter, Gauge
 
 from ragbus.runtime import Metrics, codec, ensure_kv, kv_entries
-from ragbus.subjects import Subjects, now_ms
-from ragbus.subjects._breaker import (
+from ragbus.subjects import (
     BreakerState,
     BreakerTransition,
+    Subjects,
     breakers_bucket,
+    now_ms,
     stored_transition,
 )
 

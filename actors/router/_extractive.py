@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import anyio
 import anyio.lowlevel
 
-from ragbus.config._router import ProviderSettings
+from ragbus.config import ProviderSettings
 from ragbus.subjects import ContextNode
 
 from ._errors import NothingToExtract

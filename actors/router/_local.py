@@ -25,7 +25,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ragbus.config._router import LocalLLMSettings
+from ragbus.config import LocalLLMSettings
 
 __all__ = ("GGUF_NAME", "LocalLLM", "LocalLLMUnavailable", "default_model_path")
 

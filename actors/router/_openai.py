@@ -19,7 +19,7 @@ import anyio
 import httpx
 import msgspec
 
-from ragbus.config._router import ProviderSettings
+from ragbus.config import ProviderSettings
 
 from ._errors import (
     ProviderAuthError,

@@ -12,7 +12,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from ragbus.config._router import PromptTemplate
+from ragbus.config import PromptTemplate
 from ragbus.runtime.text import count_tokens
 from ragbus.subjects import Generate
 

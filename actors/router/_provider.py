@@ -12,7 +12,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ragbus.config._router import ProviderSettings
+from ragbus.config import ProviderSettings
 from ragbus.subjects import ContextNode
 
 __all__ = ("Prompt", "Provider", "Usage")

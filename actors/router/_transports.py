@@ -29,7 +29,7 @@ from typing import Generic, Protocol, TypeVar
 
 import httpx
 
-from ragbus.config._router import HttpStack
+from ragbus.config import HttpStack
 
 from ._aiohttp import AiohttpTransport
 

@@ -1,5 +1,17 @@
-"""The context-trimmer actor: token budgets, dedupe, contextual compression, memory."""
+"""The context-trimmer actor: token budgets, dedupe, contextual compression, memory.
+
+Also exported: the budget and the trimming steps the actor runs, as plain functions.
+"""
 
 from ._actor import ContextTrimmer
+from ._budget import Budget
+from ._trim import dedupe, fit, from_sources, shortlist
 
-__all__ = ("ContextTrimmer",)
+__all__ = (
+    "Budget",
+    "ContextTrimmer",
+    "dedupe",
+    "fit",
+    "from_sources",
+    "shortlist",
+)

@@ -24,6 +24,8 @@ from rich.table import Table
 
 from ragbus.config import Loaded
 from ragbus.subjects import (
+    BreakerState,
+    BreakerTransition,
     Cancel,
     Cancelled,
     ContextReady,
@@ -36,13 +38,9 @@ from ragbus.subjects import (
     Sources,
     Subjects,
     Token,
+    breakers_bucket,
     deadline_after,
     now_ms,
-)
-from ragbus.subjects._breaker import (
-    BreakerState,
-    BreakerTransition,
-    breakers_bucket,
     stored_transition,
 )
 

@@ -14,12 +14,12 @@ from ragbus.actors.trimmer import ContextTrimmer
 from ragbus.config import (
     IngestorSettings,
     NatsSettings,
+    ProviderSettings,
     RetrieverSettings,
     RouterSettings,
     RuntimeSettings,
     Settings,
 )
-from ragbus.config._router import ProviderSettings
 from ragbus.runtime import Client
 from ragbus.runtime.cli import follow_job, submit_job
 from ragbus.runtime.connection import NATS

@@ -124,7 +124,7 @@ def test_production_refuses_without_credentials_auth_and_with_wildcard_origin() 
 
 
 def test_production_starts_when_safe() -> None:
-    from ragbus.config._audit import ROLES
+    from ragbus.config import ROLES
 
     loaded = load_settings(env={
         "RAGBUS_ENVIRONMENT": "production",

@@ -13,8 +13,7 @@ from ragbus.config import AuditSettings, NatsSettings, Secret, Settings
 from ragbus.runtime import Metrics, connect
 from ragbus.runtime.audit import AuditPublisher, ensure_audit_stream
 from ragbus.runtime.connection import NATS
-from ragbus.subjects import Subjects
-from ragbus.subjects._audit import MSG_ID_HEADER, AuditEvent, AuditKind, AuditOutcome
+from ragbus.subjects import MSG_ID_HEADER, AuditEvent, AuditKind, AuditOutcome, Subjects
 
 S = Subjects()
 

@@ -11,7 +11,7 @@ import nats
 import pytest
 from nats.js.api import KeyValueConfig, RetentionPolicy, StreamConfig
 
-from ragbus.config._audit import ROLES
+from ragbus.config import ROLES
 from ragbus.runtime import ensure_kv, ensure_stream
 from ragbus.runtime.cli import EmbeddedNats, NatsServerError, find_nats_server
 

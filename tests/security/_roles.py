@@ -9,8 +9,7 @@ import anyio
 import nats
 from nats.aio.client import Client as NATS
 
-from ragbus.config import Secret
-from ragbus.config._audit import ROLES, SecuritySettings
+from ragbus.config import ROLES, Secret, SecuritySettings
 from ragbus.runtime.security import credentials
 
 #: known, random role passwords for this test run (tests look for them in outputs)

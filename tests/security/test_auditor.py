@@ -9,8 +9,7 @@ import msgspec
 
 from ragbus.config import Settings
 from ragbus.runtime.audit import ensure_audit_stream
-from ragbus.subjects import Subjects
-from ragbus.subjects._audit import MSG_ID_HEADER, AuditEvent
+from ragbus.subjects import MSG_ID_HEADER, AuditEvent, Subjects
 from tests.actors.audit.example_consumer import export_audit
 from tests.security._roles import SECURITY, login
 

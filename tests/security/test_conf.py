@@ -12,8 +12,7 @@ import msgspec
 import nats
 import pytest
 
-from ragbus.config import Secret
-from ragbus.config._audit import ROLES, SecuritySettings
+from ragbus.config import ROLES, Secret, SecuritySettings
 from ragbus.runtime.cli import find_nats_server
 from ragbus.runtime.security import (
     MissingCredentialsError,

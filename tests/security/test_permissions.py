@@ -23,8 +23,15 @@ from ragbus.runtime import ensure_kv, ensure_stream, kv_entries
 from ragbus.runtime.audit import ensure_audit_stream
 from ragbus.runtime.cli import submit_job
 from ragbus.runtime.security import connect_as, credentials
-from ragbus.subjects import IngestRequest, InlineDocument, Subjects, ingest_stream, jobs_bucket
-from ragbus.subjects._audit import MSG_ID_HEADER, AuditEvent
+from ragbus.subjects import (
+    MSG_ID_HEADER,
+    AuditEvent,
+    IngestRequest,
+    InlineDocument,
+    Subjects,
+    ingest_stream,
+    jobs_bucket,
+)
 from tests.security._roles import SECURITY, As, login
 
 S = Subjects()

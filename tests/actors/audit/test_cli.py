@@ -13,7 +13,7 @@ import pytest
 
 from ragbus.actors.audit import AuditStore, Incoming
 from ragbus.runtime.cli import main
-from ragbus.subjects._audit import AuditEvent
+from ragbus.subjects import AuditEvent
 from tests.support.cli import RAGBUS
 
 REPO = Path(__file__).resolve().parents[3]

@@ -22,8 +22,16 @@ from ragbus.config import (
 from ragbus.runtime import Client, NotFound
 from ragbus.runtime.cli import follow_job, submit_job
 from ragbus.runtime.connection import NATS
-from ragbus.subjects import DocChanged, DocDelete, IngestRequest, InlineDocument, JobState, Subjects
-from ragbus.subjects._audit import AuditEvent, AuditOutcome
+from ragbus.subjects import (
+    AuditEvent,
+    AuditOutcome,
+    DocChanged,
+    DocDelete,
+    IngestRequest,
+    InlineDocument,
+    JobState,
+    Subjects,
+)
 from tests.support import running
 
 S = Subjects()

@@ -20,8 +20,7 @@ from ragbus.runtime import Metrics
 from ragbus.runtime.audit import AuditPublisher, ensure_audit_stream
 from ragbus.runtime.cli import main as cli
 from ragbus.runtime.connection import NATS
-from ragbus.subjects import Subjects
-from ragbus.subjects._audit import MSG_ID_HEADER, AuditEvent
+from ragbus.subjects import MSG_ID_HEADER, AuditEvent, Subjects
 from tests.support import running
 from tests.support.cli import RAGBUS
 

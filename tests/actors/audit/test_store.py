@@ -20,7 +20,7 @@ from ragbus.actors.audit import (
     read_entries,
     verify_store,
 )
-from ragbus.subjects._audit import AuditEvent
+from ragbus.subjects import AuditEvent
 
 DAY = 86400.0
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z

@@ -15,7 +15,7 @@ import pytest
 from ragbus.actors.bridge import Authenticator, Bridge, CloseCode, OriginNotAllowed, Unauthenticated
 from ragbus.config import BridgeSettings, Secret
 from ragbus.runtime.connection import NATS
-from ragbus.subjects._audit import AuditOutcome
+from ragbus.subjects import AuditOutcome
 from tests.support import running
 
 from .standin import QueryStandIn

@@ -14,8 +14,7 @@ from ragbus.actors.ingestor import Ingestor
 from ragbus.actors.retriever import Retriever
 from ragbus.actors.router import Router
 from ragbus.actors.trimmer import ContextTrimmer
-from ragbus.config import IngestorSettings, RetrieverSettings, RouterSettings
-from ragbus.config._router import ProviderSettings
+from ragbus.config import IngestorSettings, ProviderSettings, RetrieverSettings, RouterSettings
 from ragbus.runtime import Client
 from ragbus.runtime.cli import follow_job, submit_job
 from ragbus.runtime.connection import NATS

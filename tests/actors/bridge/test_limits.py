@@ -10,7 +10,7 @@ import pytest
 
 from ragbus.actors.bridge import Bridge, Denied, LimitState, RateLimits
 from ragbus.runtime.connection import NATS
-from ragbus.subjects._audit import AuditOutcome
+from ragbus.subjects import AuditOutcome
 from tests.support import running
 
 from .standin import QueryStandIn

@@ -17,8 +17,7 @@ from ragbus.actors.bridge import Bridge
 from ragbus.config import BridgeSettings, NatsSettings, RuntimeSettings, Secret, Settings
 from ragbus.runtime import codec
 from ragbus.runtime.connection import NATS
-from ragbus.subjects import Subjects
-from ragbus.subjects._audit import AuditEvent
+from ragbus.subjects import AuditEvent, Subjects
 
 __all__ = (
     "API_KEY",

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from ragbus.config import Settings
-from ragbus.config._router import ProviderSettings, RouterSettings
+from ragbus.config import ProviderSettings, RouterSettings, Settings
 from ragbus.runtime import Client
 from ragbus.runtime.connection import NATS
 from ragbus.subjects import ContextNode, Generate, QueryEvent, Subjects

@@ -9,8 +9,7 @@ from ragbus.config import Settings
 from ragbus.runtime import codec
 from ragbus.runtime.cli._ask import breaker_states
 from ragbus.runtime.connection import NATS
-from ragbus.subjects import Done, Subjects, now_ms
-from ragbus.subjects._breaker import BreakerState, BreakerTransition
+from ragbus.subjects import BreakerState, BreakerTransition, Done, Subjects, now_ms
 from tests.actors.router._fixtures import ask, extractive, generate, openai, with_router
 from tests.support import running
 from tests.support.fake_openai import Behaviour, FakeOpenAI

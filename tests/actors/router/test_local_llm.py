@@ -9,8 +9,7 @@ import msgspec
 import pytest
 
 from ragbus.actors.router import Router
-from ragbus.config import Settings
-from ragbus.config._router import LocalLLMSettings, ProviderSettings
+from ragbus.config import LocalLLMSettings, ProviderSettings, Settings
 from ragbus.runtime.connection import NATS
 from ragbus.subjects import Done
 from tests.actors.router._fixtures import ask, extractive, generate, with_router

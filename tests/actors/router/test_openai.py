@@ -24,8 +24,7 @@ from ragbus.actors.router._errors import (
 from ragbus.actors.router._openai import OpenAIProvider, classify_error, parse_retry_after
 from ragbus.actors.router._provider import Prompt, Usage
 from ragbus.actors.router._transports import Pool, SharedTransport, env_proxy
-from ragbus.config import Secret
-from ragbus.config._router import HttpStack, ProviderSettings
+from ragbus.config import HttpStack, ProviderSettings, Secret
 from tests.support.fake_openai import Behaviour, FakeOpenAI, closed_port_url
 from tests.support.proxy import forward_proxy
 

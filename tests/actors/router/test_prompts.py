@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from ragbus.actors.router._prompts import Prompts
-from ragbus.config._router import PromptTemplate
+from ragbus.config import PromptTemplate
 from ragbus.subjects import ChatTurn, ContextNode, Generate
 from tests.actors.router._fixtures import CONTEXT
 

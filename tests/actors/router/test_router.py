@@ -8,11 +8,11 @@ import anyio
 import pytest
 
 from ragbus.actors.router import Router
-from ragbus.config import Settings
-from ragbus.config._router import PromptTemplate, ProviderSettings
+from ragbus.config import PromptTemplate, ProviderSettings, Settings
 from ragbus.runtime import codec
 from ragbus.runtime.connection import NATS
 from ragbus.subjects import (
+    BreakerState,
     Cancel,
     Cancelled,
     ContextNode,
@@ -25,7 +25,6 @@ from ragbus.subjects import (
     TurnDone,
     deadline_after,
 )
-from ragbus.subjects._breaker import BreakerState
 from tests.actors.router._fixtures import (
     CONTEXT,
     GENERATE,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 from ragbus.actors.router._routing import plan
-from ragbus.config._router import ProviderSettings
+from ragbus.config import ProviderSettings
 from tests.actors.router._fixtures import extractive
 
 

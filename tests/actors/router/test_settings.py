@@ -7,8 +7,7 @@ import json
 import msgspec
 import pytest
 
-from ragbus.config import ConfigError, load_settings
-from ragbus.config._router import ProviderSettings, RouterSettings
+from ragbus.config import ConfigError, ProviderSettings, RouterSettings, load_settings
 
 
 def test_default_chain_is_ollama_then_local_then_extractive() -> None:
