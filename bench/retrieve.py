@@ -52,7 +52,6 @@ from ragbus.actors.embedder import Embedder
 from ragbus.actors.ingestor import chunk_text, read_file
 from ragbus.actors.retriever import Retriever, rrf, to_sources
 from ragbus.actors.retriever.store import Filter
-from ragbus.actors.retriever.store import SparseVector as StoreSparse
 from ragbus.actors.trimmer import Budget, ContextTrimmer, dedupe, fit, from_sources, shortlist
 from ragbus.config import (
     EmbedderSettings,
@@ -76,7 +75,6 @@ from ragbus.subjects import (
     Query,
     QueryEvent,
     SearchHit,
-    SparseVector,
     Subjects,
 )
 
@@ -196,7 +194,7 @@ async def _load(nc: NATS, s: Subjects, chunks: list[tuple[str, str]]) -> None:
             upserts.append(PointUpsert(
                 id=str(uuid.UUID(int=i + 1)),
                 vector=(v / np.linalg.norm(v)).astype("<f4").tobytes(),
-                sparse=SparseVector(indices=w.indices, values=w.values) if w.indices else None,
+                sparse=w if w.indices else None,
                 payload={"doc_id": doc_id, "text": text, "title": doc_id, "parent_id": doc_id,
                          "version": 1, "tags": [], "deleted": False,
                          "created_at": "2024-01-01T00:00:00Z"}))
@@ -244,8 +242,7 @@ async def run(n_chunks: int, n_queries: int, threads: int | None = None) -> dict
 
                     async def keyword_half() -> None:
                         if w.indices:
-                            keyword.extend(await retriever.worker.run(
-                                search, StoreSparse(indices=w.indices, values=w.values)))
+                            keyword.extend(await retriever.worker.run(search, w))
 
                     async with anyio.create_task_group() as both:
                         both.start_soon(keyword_half)

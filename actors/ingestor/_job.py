@@ -283,8 +283,7 @@ class JobRunner:
 
     def _sparse(self, text: str) -> SparseVector | None:
         weights = self.bm25.document(text)
-        return SparseVector(indices=weights.indices, values=weights.values) if weights.indices \
-            else None
+        return weights if weights.indices else None
 
     async def _embed(self, texts: list[str]) -> tuple[np.ndarray[Any, Any], int]:
         if not texts:

@@ -54,7 +54,6 @@ from .store import (
     StoreError,
     VectorStore,
 )
-from .store import SparseVector as StoreSparse
 
 __all__ = ("Retriever",)
 
@@ -170,9 +169,7 @@ class Retriever(Actor):
             if vector.shape[0] != request.dim:
                 raise BadRequest(f"point {point.id} has {vector.shape[0]} dimensions; "
                                  f"the update declares dim={request.dim}")
-            sparse = (StoreSparse(indices=point.sparse.indices, values=point.sparse.values)
-                      if point.sparse else None)
-            records.append(Record(id=point.id, dense=vector.tolist(), sparse=sparse,
+            records.append(Record(id=point.id, dense=vector.tolist(), sparse=point.sparse,
                                   payload=point.payload))
 
         def apply() -> int:
@@ -208,8 +205,7 @@ class Retriever(Actor):
         flt = to_store_filter(request.filters)
         limit = max(1, min(request.limit, 1000))
         dense = dense_array(request.dense) if request.dense else None
-        sparse = (StoreSparse(indices=request.sparse.indices, values=request.sparse.values)
-                  if request.sparse and request.sparse.indices else None)
+        sparse = request.sparse if request.sparse and request.sparse.indices else None
 
         def run() -> tuple[list[Hit], list[Hit]]:
             if store.dim is None:

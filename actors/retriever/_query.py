@@ -133,9 +133,8 @@ async def gather(ctx: Context, client: Client, subjects: Subjects, query: Query,
         if query.retrieval != "keyword":
             tg.start_soon(dense_half)
             await anyio.lowlevel.checkpoint()  # the embed request is on its way first
-        weights = _QUERY_BM25.query(prepared.text) if query.retrieval != "dense" else None
-        if weights is not None and weights.indices:  # no known word: no keyword half
-            sparse = SparseVector(indices=weights.indices, values=weights.values)
+        sparse = _QUERY_BM25.query(prepared.text) if query.retrieval != "dense" else None
+        if sparse is not None and sparse.indices:  # no known word: no keyword half
             for shard in shards:
                 tg.start_soon(ask, shard, None, sparse)
     timings["search"] = (time.perf_counter() - t) * 1000  # both halves, embedding included

@@ -2,9 +2,10 @@
 
 :class:`EdgeStore` embeds qdrant-edge in the process (a shard directory, no
 server); :class:`ServerStore` talks to a Qdrant server, or to qdrant-client's
-in-memory mode in tests. Both speak :class:`Record`, :class:`Filter` and
-:class:`Hit`, never the engines' own model classes, and raise only the
-:class:`StoreError` family on purpose.
+in-memory mode in tests. Both speak :class:`Record`, :class:`Filter`, :class:`Hit`
+and the wire's ``SparseVector`` (BM25 weights from ``ragbus.runtime.text``), never
+the engines' own model classes, and raise only the :class:`StoreError` family on
+purpose.
 """
 
 from ._edge import EdgeStore
@@ -24,7 +25,7 @@ from ._filter import LIVE, Filter
 from ._schema import DENSE, SPARSE, Field
 from ._server import ServerStore
 from ._tuning import EdgeTuning, SearchTuning
-from ._types import Hit, Page, Record, SparseVector, StoredPoint, VectorStore
+from ._types import Hit, Page, Record, StoredPoint, VectorStore
 
 __all__ = (
     "DENSE",
@@ -45,7 +46,6 @@ __all__ = (
     "Record",
     "SearchTuning",
     "ServerStore",
-    "SparseVector",
     "StoreClosed",
     "StoreError",
     "StoreLocked",

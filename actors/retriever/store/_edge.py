@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, Final, Self
 
 import qdrant_edge as qe
 
+from ragbus.subjects import SparseVector
+
 from ._edge_filter import to_edge_filter
 from ._errors import (
     BackendError,
@@ -34,7 +36,7 @@ from ._filter import LIVE, Filter
 from ._lock import DirLock
 from ._schema import DENSE, INDEXED_FIELDS, SPARSE, IndexKind
 from ._tuning import EDGE_SEARCH, EdgeTuning, SearchTuning
-from ._types import Hit, Page, Record, SparseVector, StoredPoint, check_id, plain_payload
+from ._types import Hit, Page, Record, StoredPoint, check_id, check_sparse, plain_payload
 
 if TYPE_CHECKING:
     from qdrant_edge import NamedVector
@@ -147,6 +149,7 @@ class EdgeStore:
         shard = self._require()
         params = None
         if isinstance(query, SparseVector):
+            check_sparse(query)
             if not query.indices or limit <= 0:
                 return []
             nearest = qe.Query.Nearest(qe.SparseVector(query.indices, query.values), using=SPARSE)

@@ -17,6 +17,8 @@ from typing import Any, Final, Self
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
+from ragbus.subjects import SparseVector
+
 from ._errors import (
     BackendError,
     CollectionMissing,
@@ -32,7 +34,7 @@ from ._filter import LIVE, Filter
 from ._schema import DENSE, INDEXED_FIELDS, SPARSE, IndexKind
 from ._server_filter import to_server_filter
 from ._tuning import SERVER_SEARCH, SearchTuning
-from ._types import Hit, Page, Record, SparseVector, StoredPoint, check_id, plain_payload
+from ._types import Hit, Page, Record, StoredPoint, check_id, check_sparse, plain_payload
 
 __all__ = ("ServerStore",)
 
@@ -170,6 +172,7 @@ class ServerStore:
         params = None
         vector: list[float] | models.SparseVector
         if isinstance(query, SparseVector):
+            check_sparse(query)
             if not query.indices or limit <= 0:
                 return []
             vector, using = models.SparseVector(indices=query.indices, values=query.values), SPARSE

@@ -12,6 +12,8 @@ from typing import Any, Protocol
 
 import msgspec
 
+from ragbus.subjects import SparseVector
+
 from ._errors import InvalidPoint
 from ._filter import LIVE, Filter
 
@@ -19,10 +21,10 @@ __all__ = (
     "Hit",
     "Page",
     "Record",
-    "SparseVector",
     "StoredPoint",
     "VectorStore",
     "check_id",
+    "check_sparse",
     "plain_payload",
 )
 
@@ -58,25 +60,21 @@ def plain_payload(payload: Mapping[str, Any], where: str) -> dict[str, Any]:
     return plain
 
 
-class SparseVector(msgspec.Struct, frozen=True):
-    """Term weights for the keyword signal: ``indices[i]`` carries weight ``values[i]``.
+def check_sparse(vector: SparseVector) -> SparseVector:
+    """Return ``vector`` if both engines can store it, else raise :class:`InvalidPoint`.
 
-    Store raw term frequencies (or BM25 TF weights); the collection applies IDF at
-    query time, so weights never go stale as the corpus grows.
+    Weights are raw term frequencies (or BM25 TF weights): the collection applies IDF
+    at query time, so they never go stale as the corpus grows.
     """
-
-    indices: list[int]
-    values: list[float]
-
-    def __post_init__(self) -> None:
-        if len(self.indices) != len(self.values):
-            raise InvalidPoint(
-                f"sparse vector has {len(self.indices)} indices but {len(self.values)} values"
-            )
-        if len(set(self.indices)) != len(self.indices):
-            raise InvalidPoint("sparse vector repeats an index: sum the weights per term first")
-        if self.indices and min(self.indices) < 0:
-            raise InvalidPoint("sparse vector indices must be non-negative")
+    if len(vector.indices) != len(vector.values):
+        raise InvalidPoint(
+            f"sparse vector has {len(vector.indices)} indices but {len(vector.values)} values"
+        )
+    if len(set(vector.indices)) != len(vector.indices):
+        raise InvalidPoint("sparse vector repeats an index: sum the weights per term first")
+    if vector.indices and min(vector.indices) < 0:
+        raise InvalidPoint("sparse vector indices must be non-negative")
+    return vector
 
 
 class Record(msgspec.Struct, frozen=True, kw_only=True):
@@ -93,6 +91,8 @@ class Record(msgspec.Struct, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         check_id(self.id)
+        if self.sparse is not None:
+            check_sparse(self.sparse)
 
 
 class Hit(msgspec.Struct, frozen=True, kw_only=True):

@@ -32,12 +32,12 @@ from ragbus.actors.retriever.store import (
     InvalidPoint,
     Record,
     ServerStore,
-    SparseVector,
     StoreClosed,
     StoreLocked,
     StoreUnavailable,
     VectorStore,
 )
+from ragbus.subjects import SparseVector
 from tests.support.ports import free_port
 
 DIM = 16
@@ -262,19 +262,20 @@ def test_sparse_search_ranks_the_rare_term_first(backend: Backend) -> None:
     """
     s = backend.open()
     s.ensure_collection(DIM)
-    rare = Record(id=pid(1), dense=axis(1), sparse=SparseVector([7], [1.0]))
+    rare = Record(id=pid(1), dense=axis(1), sparse=SparseVector(indices=[7], values=[1.0]))
     common = [
-        Record(id=pid(i), dense=axis(i), sparse=SparseVector([1, 100 + i], [2.0, 1.0]))
+        Record(id=pid(i), dense=axis(i),
+               sparse=SparseVector(indices=[1, 100 + i], values=[2.0, 1.0]))
         for i in (0, *range(2, 10))
     ]
     s.upsert([*common, rare])
 
-    hits = s.search(SparseVector([1, 7], [1.0, 1.0]), limit=3)
+    hits = s.search(SparseVector(indices=[1, 7], values=[1.0, 1.0]), limit=3)
 
     assert hits[0].id == pid(1)
     assert hits[0].score > 3 * hits[1].score
-    assert s.search(SparseVector([42], [1.0])) == []
-    assert s.search(SparseVector([], [])) == []
+    assert s.search(SparseVector(indices=[42], values=[1.0])) == []
+    assert s.search(SparseVector(indices=[], values=[])) == []
 
 
 def test_ensure_collection_is_idempotent_and_refuses_another_dimension(
@@ -369,7 +370,7 @@ def test_filter_and_records_decode_from_the_wire() -> None:
     with pytest.raises(msgspec.ValidationError, match="not a UUID"):
         msgspec.json.decode(b'{"id": "x", "dense": [1.0]}', type=Record)
     with pytest.raises(InvalidPoint, match="2 indices but 1 values"):
-        SparseVector([1, 2], [1.0])
+        Record(id=pid(1), dense=[1.0], sparse=SparseVector(indices=[1, 2], values=[1.0]))
 
 
 # -- edge only -------------------------------------------------------------------------------
