@@ -9,7 +9,7 @@ that may import ``actors``.
 from ._discovery import discover, wait_for_instances
 from .actor import Actor, Context, EndpointSpec, endpoint
 from .audit import AuditPublisher, ensure_audit_stream
-from .client import Client, decode_reply
+from .client import Client, EventStream, decode_reply
 from .connection import connect
 from .errors import (
     BadRequest,
@@ -43,6 +43,7 @@ __all__ = (
     "Context",
     "DeadlineExceeded",
     "EndpointSpec",
+    "EventStream",
     "Forbidden",
     "InternalError",
     "Metrics",

@@ -109,8 +109,11 @@ class Discovery:
 
 
 # -- asking: who is out there ----------------------------------------------------------
-async def discover(nc: NATS, verb: str = "STATS", *, wait_s: float = 0.5) -> list[dict[str, Any]]:
-    """Every answer to ``$SRV.<verb>`` within ``wait_s`` (replies arrive from each instance)."""
+async def discover(nc: NATS, verb: str = "STATS", *, wait_s: float = 0.5,
+                   until: Callable[[list[dict[str, Any]]], bool] | None = None,
+                   ) -> list[dict[str, Any]]:
+    """Every answer to ``$SRV.<verb>`` within ``wait_s`` (replies arrive from each instance),
+    or those in by the time ``until(answers)`` holds."""
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox)
     answers: list[dict[str, Any]] = []
@@ -120,9 +123,13 @@ async def discover(nc: NATS, verb: str = "STATS", *, wait_s: float = 0.5) -> lis
         with anyio.move_on_after(wait_s):
             async for msg in sub.messages:
                 try:
-                    answers.append(json.loads(msg.data))
+                    answer = json.loads(msg.data)
                 except ValueError:
                     continue
+                if isinstance(answer, dict):
+                    answers.append(answer)
+                    if until is not None and until(answers):
+                        break
     finally:
         await sub.unsubscribe()
     return sorted(answers, key=lambda a: (a.get("name", ""), a.get("id", "")))

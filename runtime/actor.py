@@ -55,6 +55,7 @@ from .errors import (
     Unavailable,
     UnsupportedVersion,
 )
+from .handoff import HandOff, Unserved
 from .metrics import Metrics
 from .security import connect_as, role_for_actor
 
@@ -150,6 +151,12 @@ class Context:
         fields.setdefault("trace_id", self.trace.trace_id)
         return await self._actor.audit.emit(kind, **fields)
 
+    async def hand_off(self, subject: str, message: StreamRequest, *, hint: str = "") -> None:
+        """Pass the request on to the next actor of the choreography; if nobody serves
+        ``subject``, its ``reply_to`` gets ``failed`` UNAVAILABLE at once (``hint``: what
+        to start). See ``runtime.handoff``."""
+        await self._actor.handoff.send(subject, message, headers=self.headers(), hint=hint)
+
     async def request(self, subject: str, message: Message, reply: type[R]) -> R:
         """Ask another actor, within this request's deadline; error replies raise."""
         from .client import decode_reply  # circular: client builds on the same codec
@@ -205,6 +212,7 @@ class Actor:
         self.log = structlog.get_logger().bind(actor=self.name, instance=self.id)
         self.inflight = InFlight()
         self._nc: NATS | None = None
+        self._handoff: HandOff | None = None
         self._stop = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
         self._slots = anyio.Semaphore(self.concurrency)
@@ -234,6 +242,17 @@ class Actor:
         if self._nc is None:
             raise RuntimeError(f"actor {self.name} is not connected: call serve() first")
         return self._nc
+
+    @property
+    def handoff(self) -> HandOff:
+        """This actor's hand-offs to the next actor (``Context.hand_off``)."""
+        if self._handoff is None:
+            self._handoff = HandOff(self.nc, on_unserved=self._unserved)
+        return self._handoff
+
+    def _unserved(self, lost: Unserved) -> None:
+        self.metrics.errors.labels(self.name, "hand_off", ErrorCode.UNAVAILABLE.value).inc()
+        self.log.info("handoff.unserved", subject=lost.subject, request_id=lost.request_id)
 
     @property
     def stopping(self) -> bool:
@@ -285,6 +304,8 @@ class Actor:
                 try:
                     await self.teardown()
                 finally:
+                    if self._handoff is not None:
+                        await self._handoff.close()
                     if not self._nc.is_closed:
                         await self._nc.close()
                     self.log.info("actor.stopped")

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 from collections.abc import AsyncIterator
 from typing import TypeVar
 
+import anyio
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
@@ -16,6 +20,7 @@ from ragbus.subjects import (
     Cancel,
     Cancelled,
     Done,
+    ErrorCode,
     ErrorReply,
     Failed,
     Message,
@@ -23,17 +28,23 @@ from ragbus.subjects import (
     Request,
     StreamRequest,
     Subjects,
+    Token,
     deadline_after,
     now_ms,
 )
 
 from . import codec
 from .errors import DeadlineExceeded, InternalError, Unavailable, error_from_reply
+from .handoff import HandOff, handoff_for
 
-__all__ = ("Client", "decode_reply")
+__all__ = ("CANCEL_WAIT_S", "STREAM_GRACE_S", "Client", "EventStream", "decode_reply")
 
 R = TypeVar("R", bound=Message)
 TERMINAL = (Done, Failed, Cancelled)
+#: past a streamed request's deadline, how long to wait for the actors' own DEADLINE_EXCEEDED
+STREAM_GRACE_S = 0.5
+#: after a cancel, how long to wait for the actors' ``cancelled`` before making one up
+CANCEL_WAIT_S = 2.0
 
 
 def decode_reply(msg: Msg, reply: type[R]) -> R:
@@ -86,32 +97,134 @@ class Client:
                               codec.encode(Cancel(request_id=request_id, reason=reason)))
         await self.nc.flush()
 
-    async def stream(self, subject: str, message: StreamRequest, *,
-                     timeout: float | None = None) -> AsyncIterator[QueryEvent]:
-        """Publish a streamed request and yield its events until a terminal one.
+    def open_stream(self, subject: str, message: StreamRequest, *,
+                    timeout: float | None = None, hint: str = "") -> EventStream:
+        """A streamed request, sent on entering ``async with``; iterate it for its events.
 
-        If nothing terminal arrives by the deadline (plus a little grace) a
-        ``Failed`` with DEADLINE_EXCEEDED is yielded: the caller never waits forever.
+        See :class:`EventStream` for what ends the iteration. ``hint`` completes the
+        UNAVAILABLE message when nobody serves ``subject`` ("start the retriever").
         """
         dated = self._with_deadline(message, timeout)
         assert isinstance(dated, StreamRequest)
-        message = dated
-        assert message.deadline is not None
-        sub = await self.nc.subscribe(message.reply_to)
-        try:
-            await self.nc.publish(subject, codec.encode(message))
-            while True:
-                left = (message.deadline - now_ms()) / 1000 + 0.25
-                try:
-                    msg = await sub.next_msg(timeout=max(0.001, left))
-                except NatsTimeout:
-                    yield Failed(request_id=message.request_id,
-                                 code=DeadlineExceeded.code,
-                                 message="no answer before the deadline")
-                    return
-                event: QueryEvent = codec.decode(msg.data, QueryEvent)
+        return EventStream(self, subject, dated, handoff_for(self.nc), hint)
+
+    async def stream(self, subject: str, message: StreamRequest, *,
+                     timeout: float | None = None) -> AsyncIterator[QueryEvent]:
+        """Send a streamed request and yield its events until a terminal one."""
+        async with self.open_stream(subject, message, timeout=timeout) as events:
+            async for event in events:
                 yield event
-                if isinstance(event, TERMINAL):
-                    return
-        finally:
-            await sub.unsubscribe()
+
+
+class EventStream:
+    """One streamed request's events, ending with exactly one terminal event.
+
+    Nobody serves the subject: ``failed`` UNAVAILABLE at once (see ``runtime.handoff``).
+    Nothing terminal by the deadline plus :data:`STREAM_GRACE_S` (for the actors' own
+    DEADLINE_EXCEEDED to arrive): ``failed`` DEADLINE_EXCEEDED, and the request is
+    cancelled on the bus. After :meth:`cancel`, the actors' ``cancelled`` is awaited
+    for :data:`CANCEL_WAIT_S`, then one is made up from what arrived. Leaving the
+    ``async with`` before the end (an error, a closed socket) cancels the request.
+    """
+
+    def __init__(self, client: Client, subject: str, message: StreamRequest,
+                 handoff: HandOff, hint: str) -> None:
+        assert message.deadline is not None
+        self._client = client
+        self._subject = subject
+        self._message = message
+        self._handoff = handoff
+        self._hint = hint
+        self._sub: Subscription | None = None
+        self._send, self._received = anyio.create_memory_object_stream[bytes](math.inf)
+        self._give_up_at = anyio.current_time() + (message.deadline - now_ms()) / 1000 \
+            + STREAM_GRACE_S
+        self._waiting: anyio.CancelScope | None = None
+        self.cancelled_at: float | None = None
+        self.finished = False
+        self.text_length = 0
+        self.tokens = 0
+
+    @property
+    def request_id(self) -> str:
+        return self._message.request_id
+
+    async def __aenter__(self) -> EventStream:
+        nc = self._client.nc
+        self._sub = await nc.subscribe(self._message.reply_to, cb=self._on_msg)
+        try:
+            await self._handoff.send(self._subject, self._message, hint=self._hint)
+        except BaseException:
+            await self._close()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        with anyio.CancelScope(shield=True):
+            if not self.finished and self.cancelled_at is None:
+                with contextlib.suppress(Exception):  # a closed connection cancels nothing
+                    await self._cancel("the requester went away")
+            await self._close()
+
+    async def cancel(self, reason: str = "", *, wait_s: float = CANCEL_WAIT_S) -> None:
+        """Ask every actor holding the request to stop; the stream ends with ``cancelled``
+        (the actors', or one made up from what arrived if none comes within ``wait_s``)."""
+        if self.finished or self.cancelled_at is not None:
+            return
+        self.cancelled_at = anyio.current_time()
+        self._give_up_at = min(self._give_up_at, self.cancelled_at + wait_s)
+        if self._waiting is not None:
+            self._waiting.deadline = min(self._waiting.deadline, self._give_up_at)
+        await self._cancel(reason)
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> QueryEvent:
+        while not self.finished:
+            data: bytes | None = None
+            with anyio.CancelScope(deadline=self._give_up_at) as self._waiting:
+                data = await self._received.receive()
+            self._waiting = None
+            if data is None:
+                return await self._give_up()
+            try:
+                event: QueryEvent = codec.decode(data, QueryEvent)
+            except msgspec.DecodeError:
+                continue  # an error reply or a stranger's message: the stream goes on
+            if isinstance(event, Token):
+                self.tokens += 1
+                self.text_length += len(event.text)
+            self.finished = isinstance(event, TERMINAL)
+            return event
+        raise StopAsyncIteration
+
+    async def _give_up(self) -> QueryEvent:
+        self.finished = True
+        if self.cancelled_at is not None:  # cancelled, and no actor confirmed in time
+            return Cancelled(request_id=self.request_id, partial_text_length=self.text_length,
+                             tokens_used=self.tokens)
+        with contextlib.suppress(Exception):
+            await self._cancel("the deadline passed")
+        self.cancelled_at = anyio.current_time()  # so leaving does not cancel twice
+        return Failed(request_id=self.request_id, code=ErrorCode.DEADLINE_EXCEEDED,
+                      message="no answer before the deadline",
+                      trace_id=self._message.trace.trace_id if self._message.trace else None)
+
+    async def _cancel(self, reason: str) -> None:
+        # no flush: the cancel goes out with the connection's next write, at once
+        await self._client.nc.publish(self._client.subjects.cancel(self.request_id),
+                                      codec.encode(Cancel(request_id=self.request_id,
+                                                          reason=reason)))
+
+    async def _on_msg(self, msg: Msg) -> None:
+        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self._send.send_nowait(msg.data)
+
+    async def _close(self) -> None:
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self._send.close()
+        self._received.close()

@@ -3,9 +3,9 @@
 It is an :class:`~runtime.Actor` without endpoints, so ``ragbus up`` supervises
 it, ``ragbus status`` and ``/readyz`` find it, and it stops like every actor. One
 port serves the page, ``/healthz``, ``/readyz`` and the WebSocket (``/ws``).
-Every ask becomes a ``Query`` whose ``reply_to`` is ``<inbox>.ev.<request_id>``;
-one wildcard subscription receives the events of every ask and routes them by
-request id, so an ask costs no subscription of its own.
+Every ask becomes a ``Query`` whose events it reads like any client would
+(``runtime.Client.open_stream``), so deadlines, cancels and "nobody serves
+queries" are handled in one place for the bridge, ``ragbus ask`` and any requester.
 """
 
 from __future__ import annotations
@@ -15,18 +15,14 @@ import ssl
 from typing import Any
 
 import anyio
-import msgspec
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from prometheus_client import Counter, Gauge, Histogram
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from ragbus.config import BridgeSettings
-from ragbus.runtime import Actor, codec
-from ragbus.runtime.actor import REQUEST_ID_HEADER, TRACE_HEADER
+from ragbus.runtime import Actor, Client
 from ragbus.runtime.audit import AuditPublisher
-from ragbus.subjects import AuditKind, AuditOutcome, Cancel, Query, QueryEvent
+from ragbus.subjects import AuditKind, AuditOutcome
 
 from ._auth import LOOPBACK_HOSTS, Authenticator
 from ._errors import AuthDenied, CannotListen, CertificateUnusable
@@ -66,10 +62,8 @@ class Bridge(Actor):
         self.audit = AuditPublisher(self.settings, actor=self.name, instance=self.id,
                                     metrics=self.metrics, secrets=secrets)
         self._server: Server | None = None
-        self._subs: list[Subscription] = []
-        self._inbox = ""
+        self._client: Client | None = None
         self._idle: anyio.Event | None = None  # set when the last ask ends, while stopping
-        self._decoder = msgspec.json.Decoder(QueryEvent)
         m = self.metrics
         self._connections = m.get(Gauge, "ragbus_bridge_connections", "Open WebSockets",
                                   ["actor"]).labels(self.name)
@@ -96,17 +90,15 @@ class Bridge(Actor):
     def ws_url(self) -> str:
         return ws_url(self.url)
 
-    def event_subject(self, request_id: str) -> str:
-        return f"{self._inbox}.ev.{request_id}"
+    @property
+    def client(self) -> Client:
+        """How asks go on the bus (connected in :meth:`setup`)."""
+        assert self._client is not None, "setup() has not run"
+        return self._client
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def setup(self) -> None:
-        nc = self.nc
-        self._inbox = nc.new_inbox()
-        self._subs = [
-            await nc.subscribe(f"{self._inbox}.ev.*", cb=self._on_event),
-            await nc.subscribe(f"{self._inbox}.nr.*", cb=self._on_no_responders),
-        ]
+        self._client = Client(self.nc, self.subjects)
         cfg = self.config
         tls = _tls_context(cfg.tls_cert, cfg.tls_key)
         try:
@@ -164,12 +156,6 @@ class Bridge(Actor):
             with anyio.move_on_after(self.config.close_timeout_s + 2.0):
                 await self._server.wait_closed()
             self._server = None
-        for sub in self._subs:
-            try:
-                await sub.unsubscribe()
-            except Exception as exc:  # the connection may already be closed
-                self.log.debug("bridge.unsubscribe_failed", error=str(exc))
-        self._subs = []
 
     # -- HTTP ------------------------------------------------------------------------------------
     async def _http(self, connection: ServerConnection, request: Request) -> Response | None:
@@ -209,39 +195,6 @@ class Bridge(Actor):
             self.sessions.discard(session)
 
     # -- the bus -----------------------------------------------------------------------------
-    async def publish_query(self, query: Query) -> None:
-        headers = {REQUEST_ID_HEADER: query.request_id}
-        if query.trace is not None:
-            headers[TRACE_HEADER] = query.trace.trace_id
-        # a reply subject makes the server answer "no responders" when no retriever listens
-        await self.nc.publish(self.subjects.query, codec.encode(query),
-                              reply=f"{self._inbox}.nr.{query.request_id}", headers=headers)
-
-    async def cancel_on_bus(self, request_id: str, reason: str) -> None:
-        try:
-            await self.nc.publish(self.subjects.cancel(request_id),
-                                  codec.encode(Cancel(request_id=request_id, reason=reason)))
-        except Exception as exc:  # a closed connection cancels nothing; the deadline will
-            self.log.warning("bridge.cancel_failed", request_id=request_id, error=str(exc))
-
-    async def _on_event(self, msg: Msg) -> None:
-        ask = self.open_asks.get(msg.subject.rpartition(".")[2])
-        if ask is None:
-            return  # finished, abandoned, or not ours
-        try:
-            event: QueryEvent = self._decoder.decode(msg.data)
-        except msgspec.DecodeError as exc:
-            self.log.warning("bridge.bad_event", request_id=ask.request_id, error=str(exc))
-            return
-        ask.session.relay(ask, event)
-
-    async def _on_no_responders(self, msg: Msg) -> None:
-        if not msg.headers or msg.headers.get("Status") != "503":
-            return  # error replies also come here; their `failed` event goes to reply_to
-        ask = self.open_asks.get(msg.subject.rpartition(".")[2])
-        if ask is not None:
-            ask.session.no_responders(ask)
-
     def forget(self, request_id: str) -> None:
         """An ask has ended: its events are no longer routed."""
         self.open_asks.pop(request_id, None)

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import anyio
 from nats.aio.client import Client as NATS
 
+from ragbus.runtime import discover
+
 __all__ = ("Readiness", "ReadinessProbe")
 
 
@@ -60,23 +62,13 @@ class ReadinessProbe:
             return Readiness(False, missing=list(self.required))
         if not self.required:
             return Readiness(True)
+        # every instance answers; stop early once each required actor has
+        answers = await discover(nc, "PING", wait_s=self.wait_s, until=lambda found: {
+            a.get("name") for a in found} >= set(self.required))
         found: dict[str, int] = {}
-        inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox)
-        try:
-            await nc.publish("$SRV.PING", b"", reply=inbox)
-            # every instance answers; stop early once each required actor has
-            with anyio.move_on_after(self.wait_s):
-                async for msg in sub.messages:
-                    try:
-                        name = json.loads(msg.data).get("name")
-                    except (ValueError, AttributeError):
-                        continue
-                    if isinstance(name, str):
-                        found[name] = found.get(name, 0) + 1
-                    if all(r in found for r in self.required):
-                        break
-        finally:
-            await sub.unsubscribe()
+        for answer in answers:
+            name = answer.get("name")
+            if isinstance(name, str):
+                found[name] = found.get(name, 0) + 1
         return Readiness(nc.is_connected, dict(sorted(found.items())),
                          [r for r in self.required if r not in found])

@@ -1,26 +1,29 @@
 """One WebSocket: who it is, what it asked, and a writer that never holds up the bus.
 
 A socket runs in one task group: a reader that handles client frames, a writer
-that takes frames from the :class:`Outbox`, and a watcher per ask that enforces
-its deadline. Events from the bus are put into the outbox by the bridge's one
-subscription callback, which never waits on a socket. When the socket closes,
-for whatever reason, the task group is cancelled and every ask it started is
-cancelled on the bus: nothing keeps generating for a reader who is gone.
+that takes frames from the :class:`Outbox`, and one task per ask that reads its
+events (``runtime.Client.open_stream``: deadline, cancel and "nobody serves
+queries" are the kernel's) and puts their frames into the outbox, never waiting
+on the socket. When the socket closes, for whatever reason, the task group is
+cancelled and every ask it started is cancelled on the bus: nothing keeps
+generating for a reader who is gone.
 """
 
 from __future__ import annotations
 
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
 import msgspec
+import nats.errors
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from ragbus.runtime import EventStream
 from ragbus.subjects import (
     Cancelled,
     Done,
@@ -64,8 +67,6 @@ if TYPE_CHECKING:
 
 __all__ = ("Ask", "Session")
 
-# how long after an ask's deadline the bridge waits for the actors' own DEADLINE_EXCEEDED
-_DEADLINE_GRACE_S = 0.5
 _NORMAL_CLOSE = 1000
 
 
@@ -78,14 +79,13 @@ class Ask:
     identity: str
     session: Session
     started: float                 # time.perf_counter()
-    give_up_at: float              # anyio.current_time()
     stream: TokenStream
     chars: int = 0                 # answer text relayed to the client
     tokens: int = 0                # token events relayed
     first_token_at: float | None = None
     cancel_requested: bool = False
     finished: bool = False
-    wake: anyio.Event = field(default_factory=anyio.Event)
+    events: EventStream | None = None
 
 
 def _limits(state: LimitState) -> LimitsFrame:
@@ -283,27 +283,32 @@ class Session:
             return
         request_id = new_id()
         ask = Ask(id=frame.id, request_id=request_id, identity=identity.key, session=self,
-                  started=time.perf_counter(),
-                  give_up_at=anyio.current_time() + self.config.ask_timeout_s
-                  + _DEADLINE_GRACE_S,
-                  stream=TokenStream(frame.id))
+                  started=time.perf_counter(), stream=TokenStream(frame.id))
         self.asks[ask.id] = ask
         b.open_asks[request_id] = ask
         session_id = f"{identity.key}:{frame.session_id}" if frame.session_id else None
         query = Query(request_id=request_id, trace=Trace(),
                       deadline=now_ms() + int(self.config.ask_timeout_s * 1000),
-                      reply_to=b.event_subject(request_id), question=frame.question,
+                      reply_to=b.nc.new_inbox(), question=frame.question,
                       session_id=session_id, filters=frame.filters, top_k=frame.top_k)
+        tg.start_soon(self._run, ask, query)
+
+    async def _run(self, ask: Ask, query: Query) -> None:
+        """Relay one ask's events until its end; leaving early cancels it on the bus."""
+        b = self.bridge
         try:
-            await b.publish_query(query)
-        except Exception as exc:  # the bus is gone: say so now rather than at the deadline
-            b.log.warning("bridge.publish_failed", error=str(exc), request_id=request_id)
-            self.finish(ask, FailedFrame(id=ask.id, request_id=request_id,
+            async with b.client.open_stream(b.subjects.query, query,
+                                            hint="start the retriever") as ask.events:
+                async for event in ask.events:
+                    self.relay(ask, event)
+        except (OSError, nats.errors.Error) as exc:  # the bus is gone: say so now
+            b.log.warning("bridge.publish_failed", error=str(exc), request_id=ask.request_id)
+            self.finish(ask, FailedFrame(id=ask.id, request_id=ask.request_id,
                                          code=ErrorCode.UNAVAILABLE,
                                          message="the bridge cannot reach NATS; retry"),
                         "failed")
-            return
-        tg.start_soon(self._watch, ask)
+        finally:
+            self.finish(ask, None, "abandoned")  # a no-op when the ask has ended
 
     def _refuse(self, frame: AskFrame, denied: Denied) -> None:
         state = denied.state
@@ -327,43 +332,11 @@ class Session:
             self._error(ErrorCode.NOT_FOUND,
                         f"no running ask {frame.id!r} (it may have just finished)", {}, frame.id)
             return
-        if ask.cancel_requested:
+        if ask.cancel_requested or ask.events is None:
             return
         ask.cancel_requested = True
-        # the actors answer with `cancelled`; if none does soon, the bridge says it itself
-        ask.give_up_at = min(ask.give_up_at, anyio.current_time() + self.config.cancel_grace_s)
-        ask.wake.set()
-        await self.bridge.cancel_on_bus(ask.request_id, "the client cancelled")
-
-    async def _watch(self, ask: Ask) -> None:
-        """Hold the ask to its deadline; when the socket goes, cancel it on the bus."""
-        try:
-            while not ask.finished:
-                left = ask.give_up_at - anyio.current_time()
-                if left <= 0:
-                    await self._give_up(ask)
-                    return
-                with anyio.move_on_after(left):
-                    await ask.wake.wait()
-                ask.wake = anyio.Event()
-        finally:
-            if not ask.finished:
-                self.finish(ask, None, "abandoned")
-                with anyio.CancelScope(shield=True):
-                    await self.bridge.cancel_on_bus(ask.request_id, "the client went away")
-
-    async def _give_up(self, ask: Ask) -> None:
-        if ask.cancel_requested:
-            self.finish(ask, CancelledFrame(id=ask.id, request_id=ask.request_id,
-                                            partial_text_length=ask.chars,
-                                            tokens_used=ask.tokens), "cancelled")
-            return
-        self.finish(ask, FailedFrame(id=ask.id, request_id=ask.request_id,
-                                     code=ErrorCode.DEADLINE_EXCEEDED,
-                                     message="no answer before the deadline "
-                                             "(bridge.ask_timeout_s)",
-                                     partial_text_length=ask.chars), "failed")
-        await self.bridge.cancel_on_bus(ask.request_id, "the deadline passed")
+        # the actors answer with `cancelled`; if none does soon, the stream makes one up
+        await ask.events.cancel("the client cancelled", wait_s=self.config.cancel_grace_s)
 
     def finish(self, ask: Ask, frame: ServerFrame | None, outcome: str) -> None:
         """End an ask once: its last frame, its limits back, its route gone."""
@@ -378,11 +351,10 @@ class Session:
         b.forget(ask.request_id)
         b.limits.release(ask.identity)
         b.count_ask(outcome)
-        ask.wake.set()
 
     # -- events from the bus ------------------------------------------------------------------
     def relay(self, ask: Ask, event: QueryEvent) -> None:
-        """Called by the bus callback: queue the event's frame, never wait."""
+        """Queue the event's frame, never wait."""
         if ask.finished:
             return
         if isinstance(event, Token):
@@ -418,11 +390,6 @@ class Session:
                 id=ask.id, request_id=ask.request_id, partial_text_length=ask.chars,
                 tokens_used=event.tokens_used), "cancelled")
         # a `context` event (the trimmed passages) is for other consumers: not relayed
-
-    def no_responders(self, ask: Ask) -> None:
-        self.finish(ask, FailedFrame(
-            id=ask.id, request_id=ask.request_id, code=ErrorCode.UNAVAILABLE,
-            message="no retriever is serving queries: is it running?"), "failed")
 
     # -- writing ---------------------------------------------------------------------------------
     def _send(self, frame: ServerFrame) -> None:

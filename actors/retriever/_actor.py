@@ -270,7 +270,7 @@ class Retriever(Actor):
         timings["retrieval"] = (time.perf_counter() - started) * 1000
         await ctx.publish(request.reply_to, Sources(request_id=request.request_id,
                                                     sources=sources, missing_shards=missing))
-        await ctx.publish(self.subjects.trim, Trim(
+        await ctx.hand_off(self.subjects.trim, Trim(
             request_id=request.request_id, deadline=ctx.deadline, trace=ctx.trace,
             reply_to=request.reply_to, question=prepared.text, sources=sources,
             session_id=request.session_id, generate=request.generate,
@@ -278,4 +278,4 @@ class Retriever(Actor):
             # a partial answer (a shard missing) is not worth caching
             cache_scope=None if missing else answer_scope(filters=prepared.filters,
                                                           shards=versions),
-            question_vector=vector))
+            question_vector=vector), hint="start the context-trimmer")

@@ -20,14 +20,13 @@ from msgspec.structs import replace
 from nats.js.errors import Error as JetStreamError
 from prometheus_client import Counter, Histogram
 
-from ragbus.runtime import Actor, BadRequest, Context, TooLarge, Unavailable, codec, endpoint
+from ragbus.runtime import Actor, BadRequest, Context, TooLarge, Unavailable, endpoint
 from ragbus.runtime.text import count_tokens
-from ragbus.subjects import ContextReady, Done, Failed, Generate, Trim, TrimInfo, TurnDone, now_ms
+from ragbus.subjects import ContextReady, Done, Generate, Trim, TrimInfo, TurnDone, now_ms
 
 from ._brief import fallback_brief, summarize
 from ._budget import Budget
 from ._compress import compress, embed, sentences, similarities
-from ._handoff import Handoffs, Unserved
 from ._locks import KeyedLocks
 from ._memory import (
     MemoryStore,
@@ -60,7 +59,6 @@ class ContextTrimmer(Actor):
         self.config = self.settings.trimmer
         self._memory: MemoryStore | None = None
         self._sessions = KeyedLocks()
-        self._handoffs: Handoffs | None = None
         m = self.metrics
         self._briefs = m.get(Counter, "ragbus_memory_briefs",
                              "Session briefs written, by who wrote them",
@@ -84,16 +82,9 @@ class ContextTrimmer(Actor):
         assert self._memory is not None, "setup() has not run"
         return self._memory
 
-    @property
-    def handoffs(self) -> Handoffs:
-        assert self._handoffs is not None, "setup() has not run"
-        return self._handoffs
-
     async def setup(self) -> None:
         kv = await open_memory(self.nc, self.subjects, self.config.memory_ttl_s)
         self._memory = MemoryStore(kv)
-        self._handoffs = Handoffs(self.nc, self._unserved)
-        await self._handoffs.start()
 
     # -- the query path -------------------------------------------------------------------
     @endpoint(lambda s: s.trim, request=Trim)
@@ -152,19 +143,8 @@ class ContextTrimmer(Actor):
             timings_ms=timings, provider=request.provider, cache_scope=request.cache_scope,
             question_vector=request.question_vector,
         )
-        await self.handoffs.publish(self.subjects.generate, codec.encode(generate),
-                                    request_id=ctx.request_id, reply_to=request.reply_to,
-                                    trace_id=ctx.trace.trace_id, headers=ctx.headers())
-
-    async def _unserved(self, lost: Unserved) -> None:
-        """No router took a Generate: the query fails now rather than at its deadline."""
-        err = Unavailable(f"no router is serving {lost.subject}: start the router actor "
-                          "(or send the query with generate=false)", trace_id=lost.trace_id)
-        self.metrics.errors.labels(self.name, "trim", err.code.value).inc()
-        self.log.info("trim.unserved", request_id=lost.request_id, subject=lost.subject)
-        await self.nc.publish(lost.reply_to, codec.encode(Failed(
-            request_id=lost.request_id, code=err.code, message=err.message,
-            trace_id=lost.trace_id)))
+        await ctx.hand_off(self.subjects.generate, generate,
+                           hint="start the router (or send the query with generate=false)")
 
     def _observe(self, info: TrimInfo, overflow_tokens: int) -> None:
         self._used.observe(info.tokens_used)

@@ -5,7 +5,6 @@ The question goes out as a ``Query`` on ``<prefix>.query`` with a fresh inbox as
 tokens live, then the sources and timings. The first Ctrl-C publishes a
 ``Cancel`` (so the retriever, trimmer and router all stop, and the model stops
 generating) and waits briefly for the ``cancelled`` event; a second one quits.
-Also here: :func:`breaker_states`, what ``ragbus status`` shows about providers.
 """
 
 from __future__ import annotations
@@ -15,45 +14,30 @@ import signal
 from typing import Any
 
 import anyio
-import msgspec
-from nats.errors import TimeoutError as NatsTimeout
-from nats.js.errors import BucketNotFoundError
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from ragbus.config import Loaded
 from ragbus.subjects import (
-    BreakerState,
-    BreakerTransition,
-    Cancel,
     Cancelled,
-    ContextReady,
     Done,
     Failed,
     Query,
-    QueryEvent,
     QueryFilters,
     Source,
     Sources,
     Subjects,
     Token,
-    breakers_bucket,
     deadline_after,
-    now_ms,
-    stored_transition,
 )
 
-from .. import codec
+from ..client import Client
 from ..connection import NATS
-from ..jetstream import kv_entries
 from ..security import connect_as
 
-__all__ = ("add_commands", "ask", "breaker_states", "breaker_table", "parse_filters")
+__all__ = ("add_commands", "ask", "parse_filters")
 
 EXIT_OK, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 130
-_CANCEL_WAIT_S = 2.0  # after Ctrl-C, how long to wait for the ``cancelled`` event
-_GRACE_S = 0.5  # past the deadline, for the actors' own DEADLINE_EXCEEDED to arrive
 _INT_FILTERS = ("version", "min_version", "max_version")
 _LIST_FILTERS = {"tag": "tags", "tags": "tags", "doc": "doc_ids", "doc_id": "doc_ids"}
 
@@ -113,21 +97,9 @@ async def ask(nc: NATS, subjects: Subjects, query: Query, out: Console, *,
 
     ``interrupted`` is the Ctrl-C: when it is set a ``Cancel`` is published.
     """
-    assert query.deadline is not None
-    sub = await nc.subscribe(query.reply_to)
     sources: list[Source] = []
     text: list[str] = []
-    cancel_sent_at: float | None = None
     code = EXIT_FAILED
-
-    async def cancel_on_interrupt() -> None:
-        nonlocal cancel_sent_at
-        assert interrupted is not None
-        await interrupted.wait()
-        cancel_sent_at = anyio.current_time()
-        await nc.publish(subjects.cancel(query.request_id), codec.encode(
-            Cancel(request_id=query.request_id, reason="interrupted (Ctrl-C)")))
-        await nc.flush()
 
     def finish_answer() -> None:
         if not stream and text:
@@ -136,95 +108,46 @@ async def ask(nc: NATS, subjects: Subjects, query: Query, out: Console, *,
             out.file.write("\n")
             out.file.flush()
 
-    try:
-        async with anyio.create_task_group() as tg:
-            if interrupted is not None:
-                tg.start_soon(cancel_on_interrupt)
-            await nc.publish(subjects.query, codec.encode(query))
-            await nc.flush()
-            while True:
-                left = (query.deadline - now_ms()) / 1000 + _GRACE_S
-                if cancel_sent_at is not None:
-                    left = min(left, cancel_sent_at + _CANCEL_WAIT_S - anyio.current_time())
-                if left <= 0:
-                    finish_answer()
-                    if cancel_sent_at is not None:
-                        out.print("[yellow]cancelled[/] (no confirmation from the actors)")
-                        code = EXIT_CANCELLED
-                    else:
-                        out.print("[red]DEADLINE_EXCEEDED:[/] no answer before the deadline")
-                        code = EXIT_FAILED
-                    break
-                try:
-                    msg = await sub.next_msg(timeout=min(left, 0.25))
-                except NatsTimeout:
-                    continue
-                try:
-                    event: QueryEvent = codec.decode(msg.data, QueryEvent)
-                except msgspec.DecodeError:
-                    continue  # not ours to understand; the stream goes on
-                if isinstance(event, Sources):
-                    sources = list(event.sources)
-                elif isinstance(event, Token):
-                    text.append(event.text)
-                    if stream:
-                        out.file.write(event.text)
-                        out.file.flush()
-                elif isinstance(event, ContextReady):
-                    continue
-                elif isinstance(event, Done):
-                    finish_answer()
-                    if sources:
-                        out.print("[bold]sources[/]")
-                        for number, source in enumerate(sources, start=1):
-                            out.print(_source_line(number, source))
-                    out.print(f"[dim]{_done_line(event)}[/]")
-                    code = EXIT_OK
-                    break
-                elif isinstance(event, Failed):
-                    finish_answer()
-                    out.print(f"[red]{event.code.value}:[/] {escape(event.message)}"
-                              + (f" [dim](trace {event.trace_id})[/]" if event.trace_id
-                                 and event.trace_id not in event.message else ""))
-                    code = EXIT_FAILED
-                    break
-                elif isinstance(event, Cancelled):
-                    finish_answer()
-                    out.print(f"[yellow]cancelled[/] after {event.partial_text_length} "
-                              f"characters ({event.tokens_used} tokens)")
-                    code = EXIT_CANCELLED
-                    break
-            tg.cancel_scope.cancel()
-    finally:
-        await sub.unsubscribe()
+    async with anyio.create_task_group() as tg, Client(nc, subjects).open_stream(
+            subjects.query, query, hint="start the retriever (is `ragbus up` running?)",
+    ) as events:
+        if interrupted is not None:
+
+            async def cancel_on_interrupt() -> None:
+                assert interrupted is not None
+                await interrupted.wait()
+                await events.cancel("interrupted (Ctrl-C)")
+
+            tg.start_soon(cancel_on_interrupt)
+        async for event in events:
+            if isinstance(event, Sources):
+                sources = list(event.sources)
+            elif isinstance(event, Token):
+                text.append(event.text)
+                if stream:
+                    out.file.write(event.text)
+                    out.file.flush()
+            elif isinstance(event, Done):
+                finish_answer()
+                if sources:
+                    out.print("[bold]sources[/]")
+                    for number, source in enumerate(sources, start=1):
+                        out.print(_source_line(number, source))
+                out.print(f"[dim]{_done_line(event)}[/]")
+                code = EXIT_OK
+            elif isinstance(event, Failed):
+                finish_answer()
+                out.print(f"[red]{event.code.value}:[/] {escape(event.message)}"
+                          + (f" [dim](trace {event.trace_id})[/]" if event.trace_id
+                             and event.trace_id not in event.message else ""))
+                code = EXIT_FAILED
+            elif isinstance(event, Cancelled):
+                finish_answer()
+                out.print(f"[yellow]cancelled[/] after {event.partial_text_length} "
+                          f"characters ({event.tokens_used} tokens)")
+                code = EXIT_CANCELLED
+        tg.cancel_scope.cancel()
     return code
-
-
-async def breaker_states(nc: NATS, subjects: Subjects) -> list[BreakerTransition]:
-    """The stored breaker of every provider (empty when no router has written one)."""
-    try:
-        kv = await nc.jetstream().key_value(breakers_bucket(subjects).bucket)
-    except BucketNotFoundError:
-        return []
-    found = (stored_transition(e.value, e.revision) for e in await kv_entries(kv))
-    return sorted((t for t in found if t is not None), key=lambda t: t.provider)
-
-
-def breaker_table(states: list[BreakerTransition]) -> Table:
-    """For ``ragbus status``: one row per provider whose breaker has ever moved."""
-    table = Table("provider", "breaker", "until", "reason", "by replica", "last error",
-                  title="provider circuit breakers")
-    now = now_ms()
-    colours = {BreakerState.CLOSED: "green", BreakerState.HALF_OPEN: "yellow",
-               BreakerState.OPEN: "red"}
-    for t in states:
-        until = ""
-        if t.until is not None and t.state != BreakerState.CLOSED:
-            left = (t.until - now) / 1000
-            until = f"in {left:.0f}s" if left > 0 else "probe due"
-        table.add_row(t.provider, f"[{colours[t.state]}]{t.state.value}[/]", until, t.reason,
-                      t.replica, escape(t.message))
-    return table
 
 
 def _cmd_ask(args: argparse.Namespace) -> int:

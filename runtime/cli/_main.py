@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Collection, Sequence
-from typing import Any
 
 import anyio
 import msgspec
@@ -12,19 +11,18 @@ from rich.console import Console
 from rich.table import Table
 
 from ragbus.config import ConfigError, Loaded, load_settings, production_problems
-from ragbus.subjects import Subjects
 
 from ..errors import RagbusError
 from ..logs import configure_logging
-from ..security import connect_as, role_for_actor, secret_values
+from ..security import role_for_actor, secret_values
 from ._ask import add_commands as add_ask_commands
-from ._ask import breaker_states, breaker_table
 from ._audit import add_commands as add_audit_commands
 from ._bridge import add_commands as add_bridge_commands
 from ._cache import add_commands as add_cache_commands
 from ._ingest import add_commands as add_ingest_commands
 from ._server import NatsServerError
 from ._state import read_run_info
+from ._status import add_commands as add_status_commands
 
 __all__ = ("build_parser", "main")
 
@@ -116,40 +114,6 @@ def _nats_url(loaded: Loaded) -> str:
     return info.nats_url
 
 
-def _cmd_status(args: argparse.Namespace) -> int:
-    from .. import discover
-
-    loaded = _load(args, roles=_CLI_ROLES)
-    url = _nats_url(loaded)
-
-    async def run() -> tuple[list[dict[str, object]], Any]:
-        nc = await connect_as(loaded.settings.nats, loaded.settings.security, "admin", url=url,
-                              name="ragbus-status", max_reconnect_attempts=0)
-        try:
-            services = await discover(nc, wait_s=args.wait)
-            return services, await breaker_states(nc, Subjects(loaded.settings.subject_prefix))
-        finally:
-            await nc.close()
-
-    services, breakers = anyio.run(run)
-    table = Table(title=f"actors on {url}")
-    for col in ("actor", "id", "version", "endpoint", "requests", "errors", "avg ms",
-                "last error"):
-        table.add_column(col)
-    for svc in services:
-        endpoints = svc.get("endpoints") or [{}]
-        for ep in endpoints:  # type: ignore[attr-defined]
-            avg = ep.get("average_processing_time", 0) / 1e6
-            table.add_row(str(svc.get("name")), str(svc.get("id")), str(svc.get("version")),
-                          f"{ep.get('name', '')} ({ep.get('subject', '')})",
-                          str(ep.get("num_requests", 0)), str(ep.get("num_errors", 0)),
-                          f"{avg:.2f}", str(ep.get("last_error", "")))
-    out.print(table if services else f"no actors answered on {url}")
-    if breakers:
-        out.print(breaker_table(breakers))
-    return 0 if services else 1
-
-
 def _cmd_config_show(args: argparse.Namespace) -> int:
     loaded = _load(args, check=False)
     table = Table(title=f"effective config{f' (file {loaded.file})' if loaded.file else ''}")
@@ -186,10 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "(they share a queue group; metrics on port, port+1, ...)")
     actor.set_defaults(func=_cmd_actor)
 
-    status = sub.add_parser("status", help="list running actors and their stats")
-    status.add_argument("--wait", type=float, default=0.5, help="seconds to collect answers")
-    status.set_defaults(func=_cmd_status)
 
+    add_status_commands(sub)
     add_ingest_commands(sub)
     add_audit_commands(sub)
     add_cache_commands(sub)

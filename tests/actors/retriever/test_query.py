@@ -28,6 +28,7 @@ from ragbus.subjects import (
     DocChanged,
     DocDelete,
     Embed,
+    ErrorCode,
     Failed,
     IngestRequest,
     InlineDocument,
@@ -101,6 +102,19 @@ async def system(nats_url: str, root: Path, **retriever: object) -> AsyncIterato
 
 def q(nc: NATS, question: str, **kw: object) -> Query:
     return Query(question=question, reply_to=nc.new_inbox(), **kw)  # type: ignore[arg-type]
+
+
+async def test_with_no_trimmer_the_query_fails_at_once_naming_it(
+    nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
+    async with system(nats_url, tmp_path):
+        await ingest(nc, DOCS)
+        events = [e async for e in Client(nc, S).stream(S.query, q(nc, "otters?"),
+                                                        timeout=30)]
+    assert isinstance(events[0], Sources)
+    assert isinstance(events[-1], Failed)
+    assert events[-1].code == ErrorCode.UNAVAILABLE
+    assert events[-1].message == f"no actor is serving {S.trim}: start the context-trimmer"
 
 
 async def test_query_answers_with_sources_then_hands_off_to_the_trimmer(

@@ -7,7 +7,7 @@ import anyio
 from ragbus.actors.router import Router
 from ragbus.config import Settings
 from ragbus.runtime import codec
-from ragbus.runtime.cli._ask import breaker_states
+from ragbus.runtime.cli._status import breaker_states
 from ragbus.runtime.connection import NATS
 from ragbus.subjects import BreakerState, BreakerTransition, Done, Subjects, now_ms
 from tests.actors.router._fixtures import ask, extractive, generate, openai, with_router
