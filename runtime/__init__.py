@@ -7,7 +7,7 @@ that may import ``actors``.
 """
 
 from ._discovery import discover, wait_for_instances
-from .actor import Actor, Context, EndpointSpec, endpoint
+from .actor import Actor, Context, Durable, EndpointSpec, endpoint
 from .audit import AuditPublisher, ensure_audit_stream
 from .client import Client, EventStream, decode_reply
 from .connection import connect
@@ -42,6 +42,7 @@ __all__ = (
     "Client",
     "Context",
     "DeadlineExceeded",
+    "Durable",
     "EndpointSpec",
     "EventStream",
     "Forbidden",

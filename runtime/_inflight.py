@@ -16,6 +16,7 @@ class Work:
     cancel_requested: bool = False
     stopping: bool = False
     reason: str = ""
+    aliases: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -40,13 +41,22 @@ class InFlight:
         self._count += 1
         return work
 
+    def alias(self, work: Work, other_id: str) -> None:
+        """Let a Cancel for ``other_id`` reach ``work`` too (an ingest job: its job id)."""
+        if other_id != work.request_id and other_id not in work.aliases:
+            work.aliases.append(other_id)
+            self._by_id.setdefault(other_id, set()).add(work)
+
     def remove(self, work: Work) -> None:
         works = self._by_id.get(work.request_id)
         if works is None or work not in works:
             return
-        works.discard(work)
-        if not works:
-            del self._by_id[work.request_id]
+        for key in (work.request_id, *work.aliases):
+            found = self._by_id.get(key)
+            if found is not None:
+                found.discard(work)
+                if not found:
+                    del self._by_id[key]
         self._count -= 1
         if self._count == 0:
             self._idle.set()
@@ -62,7 +72,7 @@ class InFlight:
 
     def cancel_all(self) -> None:
         """Cancel everything because the actor is stopping (not because anyone asked)."""
-        for works in self._by_id.values():
+        for works in list(self._by_id.values()):
             for work in works:
                 work.stopping = True
                 work.scope.cancel()

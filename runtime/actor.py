@@ -5,6 +5,13 @@ admits the message (waiting while ``concurrency`` handlers are busy, which is
 the back-pressure) and spawns a task for it. Everything that can go wrong with a
 message (too large, undecodable, expired, cancelled, failing) becomes an error
 reply with a code; nothing a message does can stop the actor.
+
+An endpoint declared with ``durable=`` takes its messages from a JetStream work
+queue instead (a durable pull consumer): the same life per message, but its
+outcome is an acknowledgement. Done: ack. Failed for good: term, after the actor's
+:meth:`Actor.job_failed` has recorded why. Failed but worth another try (a peer
+unavailable): nak with a backoff, until ``max_deliver``. The actor stopping: nak
+at once, so another replica takes it.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, ClassVar, TypeVar, Unpack
 
@@ -24,6 +31,8 @@ from anyio.abc import TaskStatus
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.api import AckPolicy, ConsumerConfig
 
 from ragbus.config import Settings
 from ragbus.subjects import (
@@ -55,16 +64,37 @@ from .errors import (
     Unavailable,
     UnsupportedVersion,
 )
+from .errors import Cancelled as Cancelled_
 from .handoff import HandOff, Unserved
 from .metrics import Metrics
 from .security import connect_as, role_for_actor
 
-__all__ = ("Actor", "Context", "EndpointSpec", "endpoint")
+__all__ = ("Actor", "Context", "Durable", "EndpointSpec", "endpoint")
 
 R = TypeVar("R", bound=Message)
 Handler = Callable[[Any, Any, "Context"], Awaitable[Message | None]]
 REQUEST_ID_HEADER = "Ragbus-Request-Id"
 TRACE_HEADER = "Ragbus-Trace-Id"
+
+
+@dataclass(frozen=True, slots=True)
+class Durable:
+    """The JetStream work queue a ``durable=`` endpoint consumes, and how.
+
+    A message is acknowledged only when its handler has finished, so a replica that
+    dies mid-message leaves it to be redelivered: handlers must be idempotent.
+    ``max_ack_pending`` bounds messages in flight across all replicas,
+    ``concurrency`` within one; ``timeout_s`` is the deadline of a message that
+    carries none.
+    """
+
+    name: str
+    stream: Callable[[Subjects], str]
+    ack_wait_s: float = 60.0
+    max_ack_pending: int = 4
+    max_deliver: int = 5
+    concurrency: int = 1
+    timeout_s: float = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +106,7 @@ class EndpointSpec:
     request: type[Message]
     queue: bool
     method: str
+    durable: Callable[[Any], Durable] | None = None
 
 
 def endpoint(
@@ -84,17 +115,20 @@ def endpoint(
     request: type[Message],
     name: str | None = None,
     queue: bool = True,
+    durable: Callable[[Any], Durable] | None = None,
 ) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
     """Declare a handler ``async def h(self, request, ctx) -> reply | None``.
 
     ``queue=True`` (the default) subscribes in the actor kind's queue group, so
     replicas share the load; ``queue=False`` delivers every message to every replica.
+    ``durable``, given the actor, says which JetStream work queue to consume instead
+    of a core subscription (its reply is then an acknowledgement).
     """
 
     def mark(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         fn.__ragbus_endpoint__ = EndpointSpec(  # type: ignore[attr-defined]
             name=name or fn.__name__, subject=subject, request=request, queue=queue,
-            method=fn.__name__,
+            method=fn.__name__, durable=durable,
         )
         return fn
 
@@ -111,12 +145,18 @@ class _Loose(msgspec.Struct):
 class Context:
     """Per-message facts and helpers handed to a handler."""
 
-    __slots__ = ("_actor", "deadline", "endpoint", "log", "msg", "partial_text_length",
-                 "request_id", "tokens_used", "trace")
+    __slots__ = ("_actor", "_work", "attempt", "deadline", "endpoint", "final_attempt", "log",
+                 "msg", "partial_text_length", "request_id", "state", "tokens_used", "trace")
 
     def __init__(self, actor: Actor, msg: Msg, endpoint: str, request_id: str, deadline: int,
                  trace: Trace, log: Any) -> None:
         self._actor = actor
+        self._work: Work | None = None
+        # a durable endpoint's delivery: which one, and whether another will follow a failure
+        self.attempt = 1
+        self.final_attempt = True
+        #: what the handler keeps about this message, for ``Actor.job_failed`` to read
+        self.state: Any = None
         self.msg = msg
         self.endpoint = endpoint
         self.request_id = request_id
@@ -150,6 +190,11 @@ class Context:
         fields.setdefault("request_id", self.request_id)
         fields.setdefault("trace_id", self.trace.trace_id)
         return await self._actor.audit.emit(kind, **fields)
+
+    def cancellable_as(self, other_id: str) -> None:
+        """Let ``rag.cancel.<other_id>`` stop this request too (a job by its job id)."""
+        if self._work is not None:
+            self._actor.inflight.alias(self._work, other_id)
 
     async def hand_off(self, subject: str, message: StreamRequest, *, hint: str = "") -> None:
         """Pass the request on to the next actor of the choreography; if nobody serves
@@ -281,6 +326,7 @@ class Actor:
                                       details=config_summary(self.settings))
                 tg.start_soon(self.background)
                 subs = await self._subscribe()
+                consumers = await tg.start(self._consume_all)
                 discovery = Discovery(
                     nc=self.nc, name=self.name, id=self.id, version=self.version,
                     description=self.description or (type(self).__doc__ or "").strip(),
@@ -294,7 +340,7 @@ class Actor:
                 self.log.info("actor.started", endpoints=[s.name for s in self._endpoints])
                 task_status.started()
                 await self._stop.wait()
-                await self._drain(subs)
+                await self._drain(subs, consumers)
                 tg.cancel_scope.cancel()
         finally:
             self._accepting = False
@@ -310,13 +356,14 @@ class Actor:
                         await self._nc.close()
                     self.log.info("actor.stopped")
 
-    async def _drain(self, subs: list[Subscription]) -> None:
+    async def _drain(self, subs: list[Subscription], consumers: _Consumers) -> None:
         self._accepting = False
         for sub in subs:
             try:
                 await sub.unsubscribe()
             except Exception as exc:  # a closed connection has nothing left to deliver
                 self.log.debug("actor.unsubscribe_failed", error=str(exc))
+        await consumers.stop()
         grace = self.settings.runtime.drain_grace_s
         self.log.info("actor.draining", inflight=len(self.inflight), grace_s=grace)
         with anyio.move_on_after(grace):
@@ -335,33 +382,111 @@ class Actor:
         """
         return [(spec.subject(self.subjects), self.name if spec.queue else "")]
 
+    def _route(self, spec: EndpointSpec, subject: str, queue: str) -> _Route:
+        counters = EndpointCounters(spec.name, subject, queue)
+        self._counters[f"{spec.name} {subject}"] = counters
+        # label lookups take a lock; resolve each series once, not per message
+        return _Route(counters, self.metrics.messages.labels(self.name, spec.name),
+                      self.metrics.latency.labels(self.name, spec.name))
+
     async def _subscribe(self) -> list[Subscription]:
         subs: list[Subscription] = []
         for spec in self._endpoints:
+            if spec.durable is not None:
+                continue  # consumed from JetStream by _consume
             for subject, queue in self.routes(spec):
-                counters = EndpointCounters(spec.name, subject, queue)
-                self._counters[f"{spec.name} {subject}"] = counters
-                # label lookups take a lock; resolve each series once, not per message
-                series = (self.metrics.messages.labels(self.name, spec.name),
-                          self.metrics.latency.labels(self.name, spec.name))
+                route = self._route(spec, subject, queue)
 
                 async def on_msg(msg: Msg, spec: EndpointSpec = spec,
-                                 route: tuple[EndpointCounters, Any] = (counters, series)) -> None:
+                                 route: _Route = route) -> None:
                     await self._admit(spec, msg, route)
 
                 subs.append(await self.nc.subscribe(subject, queue=queue, cb=on_msg))
         subs.append(await self.nc.subscribe(self.subjects.cancel_all, cb=self._on_cancel))
         return subs
 
-    async def _admit(self, spec: EndpointSpec, msg: Msg,
-                     route: tuple[EndpointCounters, Any]) -> None:
+    async def _admit(self, spec: EndpointSpec, msg: Msg, route: _Route) -> None:
         await self._slots.acquire()
         if not self._accepting or self._tg is None:
             self._slots.release()
-            await self._reply_error(msg, Unavailable(f"{self.name} is shutting down; retry"),
+            await self._reply_error(msg.reply, Unavailable(f"{self.name} is shutting down; retry"),
                                     None, None, spec)
             return
-        self._tg.start_soon(self._handle, spec, msg, route, time.perf_counter_ns())
+        self._tg.start_soon(self._handle, spec, msg, route, time.perf_counter_ns(), None)
+
+    async def _consume_all(self, *,
+                           task_status: TaskStatus[_Consumers] = anyio.TASK_STATUS_IGNORED,
+                           ) -> None:
+        """Run a consumer per durable endpoint until :meth:`_Consumers.stop`."""
+        consumers = _Consumers()
+        with consumers.scope:
+            async with anyio.create_task_group() as tg:
+                for spec in self._endpoints:
+                    if spec.durable is not None:
+                        await tg.start(self._consume, spec, spec.durable(self))
+                task_status.started(consumers)
+        consumers.done.set()
+
+    async def _consume(self, spec: EndpointSpec, durable: Durable, *,
+                       task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Take a durable endpoint's messages, ``durable.concurrency`` at a time.
+
+        A fetch is never interrupted: a pull request left at the server would take a
+        message nobody reads, and it would wait ``ack_wait_s`` to be redelivered. So a
+        stop cancels only the wait for a free slot; a fetch in progress ends by itself
+        (within 0.5 s) and what it brought is handed back.
+        """
+        subject = spec.subject(self.subjects)
+        sub = await self.nc.jetstream().pull_subscribe(
+            subject, durable=durable.name, stream=durable.stream(self.subjects),
+            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=durable.ack_wait_s,
+                                  max_ack_pending=durable.max_ack_pending,
+                                  max_deliver=durable.max_deliver))
+        route = self._route(spec, subject, durable.name)
+        slots = anyio.Semaphore(durable.concurrency)
+        task_status.started()
+        while True:
+            await slots.acquire()
+            with anyio.CancelScope(shield=True):
+                try:
+                    msgs = await sub.fetch(1, timeout=0.5)
+                except NatsTimeout:
+                    msgs = []
+                except Exception as exc:  # the bus is reconnecting: try again shortly
+                    self.log.warning("consumer.fetch_failed", endpoint=spec.name,
+                                     error=repr(exc))
+                    msgs = []
+                    await anyio.sleep(0.5)
+                if self.stopping:  # fetched while draining: another replica takes it now
+                    for msg in msgs:
+                        with contextlib.suppress(Exception):
+                            await msg.nak()
+                    slots.release()
+                    return
+            if not msgs:
+                slots.release()
+                continue
+            assert self._tg is not None
+            for msg in msgs:
+                self._tg.start_soon(self._take, spec, durable, msg, route, slots)
+
+    async def _take(self, spec: EndpointSpec, durable: Durable, msg: Msg, route: _Route,
+                    slots: anyio.Semaphore) -> None:
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._keep_alive, msg, durable.ack_wait_s)
+                await self._handle(spec, msg, route, time.perf_counter_ns(), durable)
+                tg.cancel_scope.cancel()
+        finally:
+            slots.release()
+
+    @staticmethod
+    async def _keep_alive(msg: Msg, ack_wait_s: float) -> None:
+        """Tell JetStream the message is being worked on, so it is not redelivered."""
+        while True:
+            await anyio.sleep(ack_wait_s / 3)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
 
     async def _on_cancel(self, msg: Msg) -> None:
         request_id = msg.subject.rsplit(".", 1)[-1]
@@ -373,23 +498,25 @@ class Actor:
             self.log.info("request.cancel", request_id=request_id, reason=reason)
 
     # -- one message --------------------------------------------------------------------
-    async def _handle(self, spec: EndpointSpec, msg: Msg, route: tuple[EndpointCounters, Any],
-                      received_ns: int) -> None:
+    async def _handle(self, spec: EndpointSpec, msg: Msg, route: _Route, received_ns: int,
+                      durable: Durable | None) -> None:
         error: str | None = None
-        counters, (messages, latency) = route
-        messages.inc()
+        route.messages.inc()
         self._inflight_gauge.inc()
         try:
-            error = await self._process(spec, msg)
+            outcome: _Outcome = (_Reply(self, spec, msg) if durable is None
+                                 else _Ack(self, spec, msg, durable))
+            error = await self._process(spec, msg, outcome)
         finally:
             elapsed = time.perf_counter_ns() - received_ns
-            latency.observe(elapsed / 1e9)
+            route.latency.observe(elapsed / 1e9)
             self._inflight_gauge.dec()
-            counters.record(elapsed, error)
-            self._slots.release()
+            route.counters.record(elapsed, error)
+            if durable is None:
+                self._slots.release()
 
-    async def _process(self, spec: EndpointSpec, msg: Msg) -> str | None:
-        """Run one message; returns the error code sent, if any."""
+    async def _process(self, spec: EndpointSpec, msg: Msg, outcome: _Outcome) -> str | None:
+        """Run one message; returns the error code it ended with, if any."""
         limit = self.settings.runtime.max_message_bytes
         if len(msg.data) > limit:
             err: RagbusError = TooLarge(
@@ -397,14 +524,14 @@ class Actor:
                 "(runtime.max_message_bytes): send smaller batches",
                 details={"size": len(msg.data), "limit": limit},
             )
-            return await self._reply_error(msg, err, None, None, spec)
+            return await outcome.failed(err, None, None, None, None)
         try:
             request = codec.decode(msg.data, spec.request)
         except msgspec.DecodeError as exc:
             loose = _loose(msg.data)
             err = BadRequest(f"invalid {spec.request.__name__} message: {exc}",
                              details={"expected": spec.request.__name__})
-            return await self._reply_error(msg, err, loose.request_id, loose.reply_to, spec)
+            return await outcome.failed(err, None, loose.request_id, loose.reply_to, None)
 
         headers = msg.headers or {}
         request_id: str = (getattr(request, "request_id", None)
@@ -415,23 +542,30 @@ class Actor:
                 f"schema version {request.v} is newer than this actor understands "
                 f"({SCHEMA_VERSION}): upgrade the {self.name} actor",
             )
-            return await self._reply_error(msg, err, request_id, reply_to, spec)
+            return await outcome.failed(err, None, request_id, reply_to, None)
 
         trace = getattr(request, "trace", None) or Trace(
             trace_id=headers.get(TRACE_HEADER) or new_id())
         deadline = getattr(request, "deadline", None) or (
-            now_ms() + int(self.settings.runtime.default_timeout_s * 1000))
+            now_ms() + int(outcome.default_timeout_s() * 1000))
         log = self.log.bind(request_id=request_id, endpoint=spec.name, trace_id=trace.trace_id)
         if now_ms() >= deadline:
             err = DeadlineExceeded("the request's deadline had passed when it arrived",
                                    trace_id=trace.trace_id)
-            return await self._reply_error(msg, err, request_id, reply_to, spec, log)
+            return await outcome.failed(err, None, request_id, reply_to, log)
 
         ctx = Context(self, msg, spec.name, request_id, deadline, trace, log)
+        outcome.prepare(ctx)
         handler: Handler = getattr(type(self), spec.method)
         scope = anyio.CancelScope(deadline=anyio.current_time() + ctx.remaining())
         work: Work | None = self.inflight.add(request_id, scope) if isinstance(
             request, Request) else None
+        ctx._work = work
+
+        def internal() -> RagbusError:
+            return RagbusError(f"internal error in {self.name}; see its logs for trace "
+                               f"{trace.trace_id}", trace_id=trace.trace_id)
+
         try:
             with structlog.contextvars.bound_contextvars(
                 request_id=request_id, actor=self.name, trace_id=trace.trace_id
@@ -442,48 +576,51 @@ class Actor:
                     if work is not None and work.stopping:
                         err = Unavailable(f"{self.name} stopped before finishing; retry",
                                           trace_id=trace.trace_id)
-                        return await self._reply_error(msg, err, request_id, reply_to, spec, log)
+                        return await outcome.stopped(err, ctx, request, reply_to)
                     if work is not None and work.cancel_requested:
-                        return await self._reply_cancelled(msg, ctx, reply_to, work.reason,
-                                                           spec)
+                        return await outcome.cancelled(ctx, request, reply_to, work.reason)
                     err = DeadlineExceeded("the deadline passed while the request was handled",
                                            trace_id=trace.trace_id)
-                    return await self._reply_error(msg, err, request_id, reply_to, spec, log)
-                if msg.reply and result is not None:
-                    await self.nc.publish(msg.reply, codec.encode(result))
+                    return await outcome.failed(err, ctx, request_id, reply_to, log,
+                                                request=request)
+                await outcome.done(result)
                 return None
         except RagbusError as exc:
             exc.trace_id = exc.trace_id or trace.trace_id
-            return await self._reply_error(msg, exc, request_id, reply_to, spec, log)
+            return await outcome.failed(exc, ctx, request_id, reply_to, log, request=request,
+                                        raised=True)
         except ExceptionGroup as group:
             # a handler's task group wraps what its children raised; a coded error inside
             # is still the answer (a fan-out's BAD_REQUEST must not become INTERNAL)
             coded = _first_coded(group)
             if coded is None:
                 log.exception("handler.failed")
-                coded = RagbusError(f"internal error in {self.name}; see its logs for trace "
-                                    f"{trace.trace_id}")
+                coded = internal()
             coded.trace_id = coded.trace_id or trace.trace_id
-            return await self._reply_error(msg, coded, request_id, reply_to, spec, log)
+            return await outcome.failed(coded, ctx, request_id, reply_to, log, request=request,
+                                        raised=True)
         except anyio.get_cancelled_exc_class():
             # shutdown: tell the requester now rather than let it wait for its deadline
             with anyio.CancelScope(shield=True):
-                await self._reply_error(
-                    msg, Unavailable(f"{self.name} stopped before finishing; retry",
-                                     trace_id=trace.trace_id),
-                    request_id, reply_to, spec, log)
+                await outcome.stopped(Unavailable(f"{self.name} stopped before finishing; retry",
+                                                  trace_id=trace.trace_id),
+                                      ctx, request, reply_to)
             raise
         except Exception:
             log.exception("handler.failed")
-            err = RagbusError(f"internal error in {self.name}; see its logs for trace "
-                              f"{trace.trace_id}", trace_id=trace.trace_id)
-            return await self._reply_error(msg, err, request_id, reply_to, spec)
+            return await outcome.failed(internal(), ctx, request_id, reply_to, log,
+                                        request=request, raised=True)
         finally:
             if work is not None:
                 self.inflight.remove(work)
 
-    async def _reply_cancelled(self, msg: Msg, ctx: Context, reply_to: str | None, reason: str,
-                               spec: EndpointSpec) -> str:
+    async def job_failed(self, request: Message, ctx: Context, error: RagbusError, *,
+                         retrying: bool) -> None:
+        """A durable endpoint's message failed: record why before it is nak'ed
+        (``retrying``) or terminated. Override to keep a job's state; runs shielded."""
+
+    async def _reply_cancelled(self, reply: str | None, ctx: Context, reply_to: str | None,
+                               reason: str, spec: EndpointSpec) -> str:
         code = ErrorCode.CANCELLED
         self.metrics.errors.labels(self.name, spec.name, code.value).inc()
         ctx.log.info("request.cancelled", reason=reason)
@@ -491,17 +628,17 @@ class Actor:
                         subject=spec.name, details={"reason": reason},
                         sizes={"partial_text_length": ctx.partial_text_length,
                                "tokens_used": ctx.tokens_used})
-        if msg.reply:
+        if reply:
             body = ErrorReply(code=code, message=f"cancelled{': ' + reason if reason else ''}",
                               request_id=ctx.request_id, trace_id=ctx.trace.trace_id)
-            await self._publish_error(msg.reply, body)
+            await self._publish_error(reply, body)
         if reply_to:
             await self._safe_publish(reply_to, codec.encode(Cancelled(
                 request_id=ctx.request_id, partial_text_length=ctx.partial_text_length,
                 tokens_used=ctx.tokens_used)))
         return code.value
 
-    async def _reply_error(self, msg: Msg, err: RagbusError, request_id: str | None,
+    async def _reply_error(self, reply: str | None, err: RagbusError, request_id: str | None,
                            reply_to: str | None, spec: EndpointSpec,
                            log: Any | None = None) -> str:
         code = err.code
@@ -513,8 +650,8 @@ class Actor:
             await self.audit.emit(kind, request_id=request_id, trace_id=err.trace_id,
                                   outcome="denied", code=code.value, subject=spec.name,
                                   details={"message": err.message})
-        if msg.reply:
-            await self._publish_error(msg.reply, err.to_reply(request_id))
+        if reply:
+            await self._publish_error(reply, err.to_reply(request_id))
         if reply_to and request_id:
             await self._safe_publish(reply_to, codec.encode(Failed(
                 request_id=request_id, code=code, message=err.message, trace_id=err.trace_id,
@@ -530,6 +667,149 @@ class Actor:
             await self.nc.publish(subject, data, headers=headers)
         except Exception as exc:  # a reply subject from a bad message may be unusable
             self.log.warning("reply.failed", subject=subject, error=str(exc))
+
+
+@dataclass(slots=True)
+class _Consumers:
+    """The durable endpoints' fetch loops, stopped before in-flight work drains."""
+
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+    async def stop(self) -> None:
+        self.scope.cancel()
+        await self.done.wait()
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """An endpoint's subject: its discovery counters and its metric series."""
+
+    counters: EndpointCounters
+    messages: Any
+    latency: Any
+
+
+class _Outcome:
+    """Where a message's end goes: a reply on core NATS, or a JetStream acknowledgement."""
+
+    def __init__(self, actor: Actor, spec: EndpointSpec, msg: Msg) -> None:
+        self.actor, self.spec, self.msg = actor, spec, msg
+
+    def default_timeout_s(self) -> float:
+        return self.actor.settings.runtime.default_timeout_s
+
+    def prepare(self, ctx: Context) -> None:
+        """Fill in what the handler should know about the delivery."""
+
+    async def done(self, result: Message | None) -> None:
+        raise NotImplementedError
+
+    async def failed(self, err: RagbusError, ctx: Context | None, request_id: str | None,
+                     reply_to: str | None, log: Any | None, *, request: Message | None = None,
+                     raised: bool = False) -> str:
+        """``raised``: the handler raised it (a peer's failure may pass); otherwise the
+        message itself cannot be handled (malformed, expired, over its deadline)."""
+        raise NotImplementedError
+
+    async def cancelled(self, ctx: Context, request: Message, reply_to: str | None,
+                        reason: str) -> str:
+        raise NotImplementedError
+
+    async def stopped(self, err: Unavailable, ctx: Context, request: Message,
+                      reply_to: str | None) -> str:
+        raise NotImplementedError
+
+
+class _Reply(_Outcome):
+    """Core request/reply: the result, or an error reply, to the message's reply subject
+    (and a ``failed``/``cancelled`` event to a streamed request's ``reply_to``)."""
+
+    async def done(self, result: Message | None) -> None:
+        if self.msg.reply and result is not None:
+            await self.actor.nc.publish(self.msg.reply, codec.encode(result))
+
+    async def failed(self, err: RagbusError, ctx: Context | None, request_id: str | None,
+                     reply_to: str | None, log: Any | None, *, request: Message | None = None,
+                     raised: bool = False) -> str:
+        return await self.actor._reply_error(self.msg.reply, err, request_id, reply_to,
+                                             self.spec, log)
+
+    async def cancelled(self, ctx: Context, request: Message, reply_to: str | None,
+                        reason: str) -> str:
+        return await self.actor._reply_cancelled(self.msg.reply, ctx, reply_to, reason,
+                                                 self.spec)
+
+    async def stopped(self, err: Unavailable, ctx: Context, request: Message,
+                      reply_to: str | None) -> str:
+        return await self.actor._reply_error(self.msg.reply, err, ctx.request_id, reply_to,
+                                             self.spec, ctx.log)
+
+
+#: a peer's failure that may pass: the message is worth another delivery
+_RETRIABLE = frozenset({ErrorCode.UNAVAILABLE, ErrorCode.DEADLINE_EXCEEDED,
+                        ErrorCode.OVERLOADED, ErrorCode.RATE_LIMIT})
+
+
+class _Ack(_Outcome):
+    """A JetStream work queue: ack when done, nak to retry or hand over, term when failed
+    for good (after :meth:`Actor.job_failed` has recorded why). The message's own reply
+    subject is its acknowledgement, so errors never go there."""
+
+    def __init__(self, actor: Actor, spec: EndpointSpec, msg: Msg, durable: Durable) -> None:
+        super().__init__(actor, spec, msg)
+        self.durable = durable
+        self.attempt = msg.metadata.num_delivered if msg.metadata else 1
+
+    def default_timeout_s(self) -> float:
+        return self.durable.timeout_s
+
+    def prepare(self, ctx: Context) -> None:
+        ctx.attempt = self.attempt
+        ctx.final_attempt = self.attempt >= self.durable.max_deliver
+
+    async def done(self, result: Message | None) -> None:
+        await self.msg.ack()
+
+    async def failed(self, err: RagbusError, ctx: Context | None, request_id: str | None,
+                     reply_to: str | None, log: Any | None, *, request: Message | None = None,
+                     raised: bool = False) -> str:
+        retrying = (raised and err.code in _RETRIABLE
+                    and self.attempt < self.durable.max_deliver)
+        code = await self.actor._reply_error(None, err, request_id, reply_to, self.spec, log)
+        with anyio.CancelScope(shield=True):
+            if ctx is not None and request is not None:
+                await self._record(request, ctx, err, retrying)
+            if retrying:
+                await self.msg.nak(delay=min(30.0, 2.0 ** self.attempt))
+            else:
+                await self.msg.term()
+        (log or self.actor.log).warning("job.failed", code=code, attempt=self.attempt,
+                                        will_retry=retrying)
+        return code
+
+    async def cancelled(self, ctx: Context, request: Message, reply_to: str | None,
+                        reason: str) -> str:
+        code = await self.actor._reply_cancelled(None, ctx, reply_to, reason, self.spec)
+        with anyio.CancelScope(shield=True):
+            await self._record(request, ctx, Cancelled_(f"cancelled: {reason or 'on request'}",
+                                                        trace_id=ctx.trace.trace_id), False)
+            await self.msg.term()
+        return code
+
+    async def stopped(self, err: Unavailable, ctx: Context, request: Message,
+                      reply_to: str | None) -> str:
+        with anyio.CancelScope(shield=True):
+            await self.msg.nak()  # another replica takes it now
+        ctx.log.info("job.handed_back", attempt=self.attempt)
+        return err.code.value
+
+    async def _record(self, request: Message, ctx: Context, err: RagbusError,
+                      retrying: bool) -> None:
+        try:
+            await self.actor.job_failed(request, ctx, err, retrying=retrying)
+        except Exception:  # recording must not keep the message from being settled
+            ctx.log.exception("job.record_failed")
 
 
 def _first_coded(group: BaseExceptionGroup[Exception]) -> RagbusError | None:

@@ -9,15 +9,11 @@ all replicas.
 
 from __future__ import annotations
 
-import contextlib
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
-import anyio
 import msgspec
-import nats.errors
-from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
@@ -26,6 +22,7 @@ from ragbus.runtime import (
     BadRequest,
     Client,
     Context,
+    Durable,
     NotFound,
     RagbusError,
     endpoint,
@@ -42,6 +39,7 @@ from ragbus.subjects import (
     DocGet,
     DocList,
     DocListed,
+    ErrorCode,
     IndexApplied,
     IndexUpdate,
     IngestRequest,
@@ -50,9 +48,9 @@ from ragbus.subjects import (
     JobListed,
     JobProgress,
     JobState,
+    Message,
     PayloadPatch,
     corpus_bucket,
-    deadline_after,
     docs_bucket,
     ingest_stream,
     jobs_bucket,
@@ -66,6 +64,14 @@ from ._progress import Progress
 __all__ = ("Ingestor",)
 
 DURABLE = "ingestor"
+
+
+@dataclass(slots=True)
+class _Job:
+    """What a running job keeps for its success or failure record."""
+
+    progress: Progress
+    started: float = field(default_factory=time.monotonic)
 
 
 class Ingestor(Actor):
@@ -99,153 +105,71 @@ class Ingestor(Actor):
         self._manifests = Manifests(await ensure_kv(self.nc, docs_bucket(s)))
 
     # -- jobs ---------------------------------------------------------------------------
-    async def background(self) -> None:
-        js = self.nc.jetstream()
+    def _queue(self) -> Durable:
         cfg = self.config
-        sub = await js.pull_subscribe(
-            self.subjects.ingest_submit,
-            durable=DURABLE,
-            stream=self.subjects.ingest_stream,
-            config=ConsumerConfig(
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=cfg.ack_wait_s,
-                max_ack_pending=cfg.max_ack_pending,
-                max_deliver=cfg.max_deliver,
-            ),
-        )
-        slots = anyio.Semaphore(cfg.concurrent_jobs)
-        async with anyio.create_task_group() as tg:
-            while not self.stopping:
-                await slots.acquire()
-                try:
-                    msgs = await sub.fetch(1, timeout=0.5)
-                except nats.errors.TimeoutError:
-                    slots.release()
-                    continue
-                for msg in msgs:
-                    tg.start_soon(self._take, msg, slots)
-            # stopping: unfinished jobs drain under the actor's grace period
+        return Durable(DURABLE, stream=lambda s: s.ingest_stream, ack_wait_s=cfg.ack_wait_s,
+                       max_ack_pending=cfg.max_ack_pending, max_deliver=cfg.max_deliver,
+                       concurrency=cfg.concurrent_jobs, timeout_s=cfg.job_timeout_s)
 
-    async def _take(self, msg: Msg, slots: anyio.Semaphore) -> None:
-        try:
-            await self._run_job(msg)
-        finally:
-            slots.release()
-
-    async def _run_job(self, msg: Msg) -> None:
-        attempt = msg.metadata.num_delivered if msg.metadata else 1
-        try:
-            request = msgspec.json.decode(msg.data, type=IngestRequest)
-        except msgspec.DecodeError as exc:
-            self.log.warning("ingest.bad_request", error=str(exc))
-            await msg.term()  # redelivering a message that cannot decode helps no one
-            return
-        deadline = request.deadline or deadline_after(self.config.job_timeout_s)
-        progress = Progress(
-            self.nc,
-            self.jobs_kv,
-            self.subjects,
-            request.job_id,
-            submitted_at=await self._submitted_at(request.job_id),
-            attempt=attempt,
-            interval_s=self.config.progress_interval_ms / 1000,
-        )
-        log = self.log.bind(job_id=request.job_id, request_id=request.request_id, attempt=attempt)
-        runner = JobRunner(
-            self.nc,
-            self.subjects,
-            self.config,
-            self.manifests,
-            progress,
-            msgspec.structs.replace(request, deadline=deadline),
-        )
-        scope = anyio.CancelScope(
-            deadline=anyio.current_time() + max(0.0, (deadline - now_ms()) / 1000)
-        )
-        works = [
-            self.inflight.add(request.request_id, scope),
-            self.inflight.add(request.job_id, scope),
-        ]
-        log.info("ingest.job.started", path=request.path, documents=len(request.documents))
-        started = time.monotonic()
-
-        async def audit(outcome: AuditOutcome, message: str, code: str | None = None) -> None:
-            snapshot = progress.snapshot()
-            await self.audit.emit(
-                AuditKind.INGEST_JOB, subject=request.job_id, request_id=request.request_id,
-                trace_id=request.trace.trace_id if request.trace else None, outcome=outcome,
-                code=code, duration_ms=(time.monotonic() - started) * 1000,
-                sizes={"files": snapshot.files_done, "docs": snapshot.docs_done,
-                       "docs_changed": snapshot.docs_changed, "chunks": snapshot.chunks_total,
-                       "embeddings_computed": snapshot.embeddings_computed,
-                       "embeddings_reused": snapshot.embeddings_reused,
-                       "file_errors": len(snapshot.errors)},
-                details={"collection": request.collection, "attempt": attempt,
-                         "path": request.path, "message": message})
-
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._keep_alive, msg)
-                with scope:
-                    await runner.run()
-                tg.cancel_scope.cancel()
-            if scope.cancelled_caught:
-                if any(w.stopping for w in works):
-                    # shutting down: hand the job to another ingestor right away
-                    with anyio.CancelScope(shield=True):
-                        await msg.nak()
-                    log.info("ingest.job.handed_back")
-                    return
-                why = "cancelled" if any(w.cancel_requested for w in works) else "deadline exceeded"
-                await progress.finish(JobState.FAILED, why)
-                await msg.ack()
-                log.info("ingest.job.failed", reason=why)
-                cancelled = any(w.cancel_requested for w in works)
-                await audit(AuditOutcome.CANCELLED if cancelled else AuditOutcome.FAILED, why,
-                            "CANCELLED" if cancelled else "DEADLINE_EXCEEDED")
-                return
-        except RagbusError as exc:
-            # the embedder or retriever failed: retry later unless this was the last try
-            last = attempt >= self.config.max_deliver
-            message = f"{exc.code}: {exc.message}"
-            if last:
-                await progress.finish(JobState.FAILED, message)
-                await msg.term()
-                await audit(AuditOutcome.FAILED, message, exc.code.value)
-            else:
-                progress.message = f"attempt {attempt} failed ({message}); will retry"
-                await progress.publish(force=True)
-                await msg.nak(delay=min(30.0, 2.0**attempt))
-            log.warning("ingest.job.error", error=message, will_retry=not last)
-            return
-        finally:
-            for work in works:
-                self.inflight.remove(work)
+    @endpoint(lambda s: s.ingest_submit, request=IngestRequest, durable=_queue)
+    async def ingest(self, request: IngestRequest, ctx: Context) -> None:
+        """One job from the work queue; the kernel acks it when this returns."""
+        ctx.cancellable_as(request.job_id)
+        job = ctx.state = _Job(await self._progress(request.job_id, ctx))
+        ctx.log.info("ingest.job.started", job_id=request.job_id, attempt=ctx.attempt,
+                     path=request.path, documents=len(request.documents))
+        runner = JobRunner(self.nc, self.subjects, self.config, self.manifests, job.progress,
+                           msgspec.structs.replace(request, deadline=ctx.deadline))
+        await runner.run()
+        progress = job.progress
         if progress.docs_changed:
             await self._bump_corpus(request.collection, request.job_id)
-            await self.audit.emit(
-                AuditKind.DOC_CHANGED, subject=request.collection,
-                request_id=request.request_id, sizes={"docs": progress.docs_changed},
-                details={"job_id": request.job_id})
+            await ctx.audit(AuditKind.DOC_CHANGED, subject=request.collection,
+                            sizes={"docs": progress.docs_changed},
+                            details={"job_id": request.job_id})
         snapshot = await progress.finish(JobState.SUCCEEDED, "done")
-        await msg.ack()
-        await audit(AuditOutcome.OK, "done")
+        await self._audit_job(request, ctx, AuditOutcome.OK, "done")
         self.jobs_run += 1
-        log.info(
-            "ingest.job.succeeded",
-            docs=snapshot.docs_done,
-            chunks=snapshot.chunks_total,
-            computed=snapshot.embeddings_computed,
-            reused=snapshot.embeddings_reused,
-            errors=len(snapshot.errors),
-        )
+        ctx.log.info("ingest.job.succeeded", job_id=request.job_id, docs=snapshot.docs_done,
+                     chunks=snapshot.chunks_total, computed=snapshot.embeddings_computed,
+                     reused=snapshot.embeddings_reused, errors=len(snapshot.errors))
 
-    async def _keep_alive(self, msg: Msg) -> None:
-        """Tell JetStream the job is alive so it is not redelivered while it runs."""
-        while True:
-            await anyio.sleep(self.config.ack_wait_s / 3)
-            with contextlib.suppress(Exception):
-                await msg.in_progress()
+    async def job_failed(self, request: Message, ctx: Context, error: RagbusError, *,
+                         retrying: bool) -> None:
+        assert isinstance(request, IngestRequest)
+        job: _Job | None = ctx.state
+        if job is None:  # failed before it started: a progress record still says why
+            job = _Job(await self._progress(request.job_id, ctx))
+        message = f"{error.code.value}: {error.message}"
+        if retrying:
+            job.progress.message = f"attempt {ctx.attempt} failed ({message}); will retry"
+            await job.progress.publish(force=True)
+            return
+        await job.progress.finish(JobState.FAILED, message)
+        outcome = (AuditOutcome.CANCELLED if error.code == ErrorCode.CANCELLED
+                   else AuditOutcome.FAILED)
+        await self._audit_job(request, ctx, outcome, message, error.code.value, job)
+
+    async def _audit_job(self, request: IngestRequest, ctx: Context, outcome: AuditOutcome,
+                         message: str, code: str | None = None, job: _Job | None = None) -> None:
+        job = job or ctx.state
+        assert job is not None
+        snapshot = job.progress.snapshot()
+        await ctx.audit(
+            AuditKind.INGEST_JOB, subject=request.job_id, outcome=outcome, code=code,
+            duration_ms=(time.monotonic() - job.started) * 1000,
+            sizes={"files": snapshot.files_done, "docs": snapshot.docs_done,
+                   "docs_changed": snapshot.docs_changed, "chunks": snapshot.chunks_total,
+                   "embeddings_computed": snapshot.embeddings_computed,
+                   "embeddings_reused": snapshot.embeddings_reused,
+                   "file_errors": len(snapshot.errors)},
+            details={"collection": request.collection, "attempt": ctx.attempt,
+                     "path": request.path, "message": message})
+
+    async def _progress(self, job_id: str, ctx: Context) -> Progress:
+        return Progress(self.nc, self.jobs_kv, self.subjects, job_id,
+                        submitted_at=await self._submitted_at(job_id), attempt=ctx.attempt,
+                        interval_s=self.config.progress_interval_ms / 1000)
 
     async def _submitted_at(self, job_id: str) -> int:
         try:
