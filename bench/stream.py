@@ -264,7 +264,7 @@ class Bench:
 
 async def _full_query_ttfts(bench: Bench, settings: Settings, rounds: int) -> list[float]:
     """TTFT of whole queries; empty (with the reason on stderr) when the path cannot run."""
-    from ragbus.runtime import Client, Unavailable
+    from ragbus.runtime import Client, UnavailableError
     from ragbus.runtime.cli import follow_job, submit_job
     from ragbus.subjects import Embed, Embedded, IngestRequest, InlineDocument, JobState
 
@@ -278,7 +278,7 @@ async def _full_query_ttfts(bench: Bench, settings: Settings, rounds: int) -> li
                     await Client(bench.nc).request(bench.subjects.embed, Embed(texts=["x"]),
                                                    Embedded, timeout=5)
                     break
-                except Unavailable:
+                except UnavailableError:
                     await anyio.sleep(0.2)
         request = IngestRequest(documents=[
             InlineDocument(id=node.doc_id, text=node.text) for node in CONTEXT])

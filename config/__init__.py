@@ -10,7 +10,7 @@ from ._router import (
     ProviderSettings,
     RouterSettings,
 )
-from ._secret import MASK, Secret
+from ._secret import MASK, Secret, secret_values
 from ._settings import (
     BridgeSettings,
     EmbedderSettings,
@@ -53,4 +53,5 @@ __all__ = (
     "default_data_dir",
     "load_settings",
     "production_problems",
+    "secret_values",
 )

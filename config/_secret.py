@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any
 
-__all__ = ("MASK", "Secret")
+import msgspec
+
+__all__ = ("MASK", "Secret", "secret_values")
 
 MASK = "***"
 
@@ -41,3 +44,24 @@ class Secret:
     def __reduce__(self) -> Any:
         # pickling keeps the value (a subprocess may need it); printing never does
         return (Secret, (self._value,))
+
+
+def secret_values(settings: msgspec.Struct) -> list[str]:
+    """Every ``Secret`` in a settings tree, revealed, longest first: what logs and events
+    must not show, whoever added the setting."""
+    return sorted(set(_secrets(settings)), key=len, reverse=True)
+
+
+def _secrets(value: object) -> Iterator[str]:
+    if isinstance(value, Secret):
+        if value.get():
+            yield value.get()
+    elif isinstance(value, msgspec.Struct):
+        for name in value.__struct_fields__:
+            yield from _secrets(getattr(value, name))
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _secrets(item)
+    elif isinstance(value, Iterable) and not isinstance(value, str | bytes):
+        for item in value:
+            yield from _secrets(item)

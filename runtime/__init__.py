@@ -7,57 +7,58 @@ that may import ``actors``.
 """
 
 from ._discovery import discover, wait_for_instances
-from .actor import Actor, Context, Durable, EndpointSpec, endpoint
+from .actor import Actor, ActorOptions, Context, Durable, EndpointSpec, endpoint
 from .audit import AuditPublisher, ensure_audit_stream
 from .client import Client, EventStream, decode_reply
 from .connection import connect
 from .errors import (
-    BadRequest,
-    Cancelled,
-    DeadlineExceeded,
-    Forbidden,
+    BadRequestError,
+    DeadlineExceededError,
+    ForbiddenError,
     InternalError,
-    NotFound,
-    Overloaded,
+    NotFoundError,
+    OverloadedError,
     RagbusError,
-    RateLimited,
-    TooLarge,
-    Unauthorized,
-    Unavailable,
-    UnsupportedVersion,
+    RateLimitedError,
+    RequestCancelledError,
+    TooLargeError,
+    UnauthorizedError,
+    UnavailableError,
+    UnsupportedVersionError,
     error_from_reply,
 )
 from .jetstream import ensure_kv, ensure_stream, kv_entries
 from .logs import SecretMasker, configure_logging, get_logger
 from .metrics import Metrics
-from .security import connect_as, credentials, secret_values
+from .security import connect_as, credentials
 from .supervisor import Supervisor
 from .worker import WorkerThread
 
 __all__ = (
     "Actor",
+    "ActorOptions",
     "AuditPublisher",
-    "BadRequest",
-    "Cancelled",
+    "BadRequestError",
     "Client",
     "Context",
-    "DeadlineExceeded",
+    "DeadlineExceededError",
     "Durable",
     "EndpointSpec",
     "EventStream",
-    "Forbidden",
+    "ForbiddenError",
     "InternalError",
     "Metrics",
-    "NotFound",
-    "Overloaded",
+    "NotFoundError",
+    "OverloadedError",
     "RagbusError",
-    "RateLimited",
+    "RateLimitedError",
+    "RequestCancelledError",
     "SecretMasker",
     "Supervisor",
-    "TooLarge",
-    "Unauthorized",
-    "Unavailable",
-    "UnsupportedVersion",
+    "TooLargeError",
+    "UnauthorizedError",
+    "UnavailableError",
+    "UnsupportedVersionError",
     "WorkerThread",
     "configure_logging",
     "connect",
@@ -72,6 +73,5 @@ __all__ = (
     "error_from_reply",
     "get_logger",
     "kv_entries",
-    "secret_values",
     "wait_for_instances",
 )

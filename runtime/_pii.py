@@ -53,7 +53,7 @@ class PiiMasker:
         self._secrets.add(values)
         self._known.extend(v for v in values if v and len(v) >= 4)
 
-    def text(self, value: str) -> str:
+    def mask_text(self, value: str) -> str:
         if _HEX_ID.fullmatch(value) and not any(k in value for k in self._known):
             return value
         value = self._secrets.mask_text(value)
@@ -61,7 +61,7 @@ class PiiMasker:
         value = _EMAIL.sub(EMAIL, value)
         return _PHONE.sub(PHONE, value)
 
-    def value(self, value: Any, key: str = "") -> Any:
+    def mask(self, value: Any, key: str = "") -> Any:
         """Mask a structure: strings under sensitive keys go, other strings are masked.
 
         Numbers stay (``tokens_used`` is a count, not a token).
@@ -70,9 +70,9 @@ class PiiMasker:
             return value
         if isinstance(value, str):
             masked = self._secrets.mask(value, key)
-            return self.text(masked) if isinstance(masked, str) else masked
+            return self.mask_text(masked) if isinstance(masked, str) else masked
         if isinstance(value, Mapping):
-            return {str(k): self.value(v, str(k)) for k, v in value.items()}
+            return {str(k): self.mask(v, str(k)) for k, v in value.items()}
         if isinstance(value, list | tuple):
-            return [self.value(v) for v in value]
+            return [self.mask(v) for v in value]
         return self._secrets.mask(value, key)

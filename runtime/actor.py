@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, ClassVar, TypeVar, Unpack
+from typing import Any, ClassVar, TypedDict, TypeVar, Unpack
 
 import anyio
 import anyio.lowlevel
@@ -57,19 +57,19 @@ from ._discovery import Discovery, EndpointCounters
 from ._inflight import InFlight, Work
 from .audit import AuditFields, AuditPublisher, config_summary
 from .errors import (
-    BadRequest,
-    DeadlineExceeded,
+    BadRequestError,
+    DeadlineExceededError,
     RagbusError,
-    TooLarge,
-    Unavailable,
-    UnsupportedVersion,
+    RequestCancelledError,
+    TooLargeError,
+    UnavailableError,
+    UnsupportedVersionError,
 )
-from .errors import Cancelled as Cancelled_
 from .handoff import HandOff, Unserved
 from .metrics import Metrics
 from .security import connect_as, role_for_actor
 
-__all__ = ("Actor", "Context", "Durable", "EndpointSpec", "endpoint")
+__all__ = ("Actor", "ActorOptions", "Context", "Durable", "EndpointSpec", "endpoint")
 
 R = TypeVar("R", bound=Message)
 Handler = Callable[[Any, Any, "Context"], Awaitable[Message | None]]
@@ -208,17 +208,28 @@ class Context:
 
         timeout = self.remaining()
         if timeout <= 0:
-            raise DeadlineExceeded("the deadline passed before the request could be sent")
+            raise DeadlineExceededError("the deadline passed before the request could be sent")
         try:
             answer = await self.nc.request(subject, codec.encode(message), timeout=timeout,
                                            headers=self.headers())
         except TimeoutError:
-            raise DeadlineExceeded(f"no reply from {subject} before the deadline") from None
+            raise DeadlineExceededError(f"no reply from {subject} before the deadline") from None
         except Exception as exc:  # no responders and friends: the peer is not there
             if type(exc).__name__ == "NoRespondersError":
-                raise Unavailable(f"no actor is serving {subject}") from None
+                raise UnavailableError(f"no actor is serving {subject}") from None
             raise
         return decode_reply(answer, reply)
+
+
+class ActorOptions(TypedDict, total=False):
+    """How an actor is hosted, beside its settings."""
+
+    #: the NATS server to connect to (default: ``settings.nats.url``)
+    nats_url: str | None
+    #: the process's metrics registry, shared by the actors it runs
+    metrics: Metrics | None
+    #: messages handled at once (default: ``runtime.concurrency``)
+    concurrency: int | None
 
 
 class Actor:
@@ -240,14 +251,16 @@ class Actor:
                 specs[spec.method] = spec
         cls._endpoints = tuple(specs.values())
 
-    def __init__(
-        self,
-        settings: Settings | None = None,
-        *,
-        nats_url: str | None = None,
-        metrics: Metrics | None = None,
-        concurrency: int | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings | None = None,
+                 **options: Unpack[ActorOptions]) -> None:
+        """``settings`` (defaults when None); ``options``: see :class:`ActorOptions`.
+
+        Subclasses keep this signature: ``def __init__(self, settings=None,
+        **options: Unpack[ActorOptions])``, then ``super().__init__(settings, **options)``.
+        """
+        nats_url = options.get("nats_url")
+        metrics = options.get("metrics")
+        concurrency = options.get("concurrency")
         self.settings = settings or Settings()
         self.nats_url = nats_url
         self.metrics = metrics or Metrics()
@@ -409,8 +422,9 @@ class Actor:
         await self._slots.acquire()
         if not self._accepting or self._tg is None:
             self._slots.release()
-            await self._reply_error(msg.reply, Unavailable(f"{self.name} is shutting down; retry"),
-                                    None, None, spec)
+            await self._reply_error(
+                msg.reply, UnavailableError(f"{self.name} is shutting down; retry"), None, None,
+                spec)
             return
         self._tg.start_soon(self._handle, spec, msg, route, time.perf_counter_ns(), None)
 
@@ -519,7 +533,7 @@ class Actor:
         """Run one message; returns the error code it ended with, if any."""
         limit = self.settings.runtime.max_message_bytes
         if len(msg.data) > limit:
-            err: RagbusError = TooLarge(
+            err: RagbusError = TooLargeError(
                 f"message is {len(msg.data)} bytes; the limit is {limit} "
                 "(runtime.max_message_bytes): send smaller batches",
                 details={"size": len(msg.data), "limit": limit},
@@ -529,7 +543,7 @@ class Actor:
             request = codec.decode(msg.data, spec.request)
         except msgspec.DecodeError as exc:
             loose = _loose(msg.data)
-            err = BadRequest(f"invalid {spec.request.__name__} message: {exc}",
+            err = BadRequestError(f"invalid {spec.request.__name__} message: {exc}",
                              details={"expected": spec.request.__name__})
             return await outcome.failed(err, None, loose.request_id, loose.reply_to, None)
 
@@ -538,7 +552,7 @@ class Actor:
                            or headers.get(REQUEST_ID_HEADER) or new_id())
         reply_to = request.reply_to if isinstance(request, StreamRequest) else None
         if request.v > SCHEMA_VERSION:
-            err = UnsupportedVersion(
+            err = UnsupportedVersionError(
                 f"schema version {request.v} is newer than this actor understands "
                 f"({SCHEMA_VERSION}): upgrade the {self.name} actor",
             )
@@ -550,7 +564,7 @@ class Actor:
             now_ms() + int(outcome.default_timeout_s() * 1000))
         log = self.log.bind(request_id=request_id, endpoint=spec.name, trace_id=trace.trace_id)
         if now_ms() >= deadline:
-            err = DeadlineExceeded("the request's deadline had passed when it arrived",
+            err = DeadlineExceededError("the request's deadline had passed when it arrived",
                                    trace_id=trace.trace_id)
             return await outcome.failed(err, None, request_id, reply_to, log)
 
@@ -574,12 +588,12 @@ class Actor:
                     result = await handler(self, request, ctx)
                 if scope.cancelled_caught:
                     if work is not None and work.stopping:
-                        err = Unavailable(f"{self.name} stopped before finishing; retry",
+                        err = UnavailableError(f"{self.name} stopped before finishing; retry",
                                           trace_id=trace.trace_id)
                         return await outcome.stopped(err, ctx, request, reply_to)
                     if work is not None and work.cancel_requested:
                         return await outcome.cancelled(ctx, request, reply_to, work.reason)
-                    err = DeadlineExceeded("the deadline passed while the request was handled",
+                    err = DeadlineExceededError("the deadline passed while the request was handled",
                                            trace_id=trace.trace_id)
                     return await outcome.failed(err, ctx, request_id, reply_to, log,
                                                 request=request)
@@ -602,9 +616,9 @@ class Actor:
         except anyio.get_cancelled_exc_class():
             # shutdown: tell the requester now rather than let it wait for its deadline
             with anyio.CancelScope(shield=True):
-                await outcome.stopped(Unavailable(f"{self.name} stopped before finishing; retry",
-                                                  trace_id=trace.trace_id),
-                                      ctx, request, reply_to)
+                await outcome.stopped(
+                    UnavailableError(f"{self.name} stopped before finishing; retry",
+                                     trace_id=trace.trace_id), ctx, request, reply_to)
             raise
         except Exception:
             log.exception("handler.failed")
@@ -716,7 +730,7 @@ class _Outcome:
                         reason: str) -> str:
         raise NotImplementedError
 
-    async def stopped(self, err: Unavailable, ctx: Context, request: Message,
+    async def stopped(self, err: UnavailableError, ctx: Context, request: Message,
                       reply_to: str | None) -> str:
         raise NotImplementedError
 
@@ -740,7 +754,7 @@ class _Reply(_Outcome):
         return await self.actor._reply_cancelled(self.msg.reply, ctx, reply_to, reason,
                                                  self.spec)
 
-    async def stopped(self, err: Unavailable, ctx: Context, request: Message,
+    async def stopped(self, err: UnavailableError, ctx: Context, request: Message,
                       reply_to: str | None) -> str:
         return await self.actor._reply_error(self.msg.reply, err, ctx.request_id, reply_to,
                                              self.spec, ctx.log)
@@ -792,12 +806,13 @@ class _Ack(_Outcome):
                         reason: str) -> str:
         code = await self.actor._reply_cancelled(None, ctx, reply_to, reason, self.spec)
         with anyio.CancelScope(shield=True):
-            await self._record(request, ctx, Cancelled_(f"cancelled: {reason or 'on request'}",
-                                                        trace_id=ctx.trace.trace_id), False)
+            cancelled = RequestCancelledError(f"cancelled: {reason or 'on request'}",
+                                              trace_id=ctx.trace.trace_id)
+            await self._record(request, ctx, cancelled, False)
             await self.msg.term()
         return code
 
-    async def stopped(self, err: Unavailable, ctx: Context, request: Message,
+    async def stopped(self, err: UnavailableError, ctx: Context, request: Message,
                       reply_to: str | None) -> str:
         with anyio.CancelScope(shield=True):
             await self.msg.nak()  # another replica takes it now

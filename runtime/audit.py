@@ -28,13 +28,12 @@ from nats.js.api import StreamConfig
 from nats.js.client import JetStreamContext
 from prometheus_client import Counter, Gauge, Histogram
 
-from ragbus.config import MASK, Secret, Settings
+from ragbus.config import MASK, Secret, Settings, secret_values
 from ragbus.subjects import MSG_ID_HEADER, AuditEvent, AuditOutcome, Subjects, audit_stream
 
 from ._pii import PiiMasker
 from .jetstream import ensure_stream
 from .metrics import Metrics
-from .security import secret_values
 
 __all__ = (
     "AuditFields",
@@ -141,7 +140,7 @@ class AuditPublisher:
     def event(self, kind: str, **fields: Unpack[AuditFields]) -> AuditEvent:
         """An event with personal data masked and text kept as ``audit.text`` says."""
         self.subjects.audit(kind)  # refuses a kind that is not a valid subject
-        mask = self.masker.text
+        mask = self.masker.mask_text
         question, answer = fields.get("question"), fields.get("answer")
         sizes = dict(fields.get("sizes") or {})
         text_mode = None
@@ -166,13 +165,13 @@ class AuditPublisher:
             text_mode=text_mode,
             question=self._text(question),
             answer=self._text(answer),
-            details=self.masker.value(fields.get("details") or {}),
+            details=self.masker.mask(fields.get("details") or {}),
         )
 
     def _text(self, value: str | None) -> str | None:
         if value is None or self.config.text == "omitted":
             return None
-        masked = self.masker.text(value)
+        masked = self.masker.mask_text(value)
         if self.config.text == "full":
             return masked
         if self._hash_key is not None:

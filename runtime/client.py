@@ -34,7 +34,7 @@ from ragbus.subjects import (
 )
 
 from . import codec
-from .errors import DeadlineExceeded, InternalError, Unavailable, error_from_reply
+from .errors import DeadlineExceededError, InternalError, UnavailableError, error_from_reply
 from .handoff import HandOff, handoff_for
 
 __all__ = ("CANCEL_WAIT_S", "STREAM_GRACE_S", "Client", "EventStream", "decode_reply")
@@ -87,9 +87,9 @@ class Client:
         try:
             answer = await self.nc.request(subject, codec.encode(message), timeout=wait)
         except NoRespondersError:
-            raise Unavailable(f"no actor is serving {subject}: is it running?") from None
+            raise UnavailableError(f"no actor is serving {subject}: is it running?") from None
         except (NatsTimeout, TimeoutError):
-            raise DeadlineExceeded(f"no reply from {subject} within {wait:.2f}s") from None
+            raise DeadlineExceededError(f"no reply from {subject} within {wait:.2f}s") from None
         return decode_reply(answer, reply)
 
     async def cancel(self, request_id: str, reason: str = "") -> None:

@@ -12,19 +12,19 @@ from typing import Any, ClassVar
 from ragbus.subjects import ErrorCode, ErrorReply
 
 __all__ = (
-    "BadRequest",
-    "Cancelled",
-    "DeadlineExceeded",
-    "Forbidden",
+    "BadRequestError",
+    "DeadlineExceededError",
+    "ForbiddenError",
     "InternalError",
-    "NotFound",
-    "Overloaded",
+    "NotFoundError",
+    "OverloadedError",
     "RagbusError",
-    "RateLimited",
-    "TooLarge",
-    "Unauthorized",
-    "Unavailable",
-    "UnsupportedVersion",
+    "RateLimitedError",
+    "RequestCancelledError",
+    "TooLargeError",
+    "UnauthorizedError",
+    "UnavailableError",
+    "UnsupportedVersionError",
     "error_from_reply",
 )
 
@@ -46,47 +46,50 @@ class RagbusError(Exception):
                           request_id=request_id, trace_id=self.trace_id)
 
 
-class BadRequest(RagbusError):
+class BadRequestError(RagbusError):
     code = ErrorCode.BAD_REQUEST
 
 
-class TooLarge(RagbusError):
+class TooLargeError(RagbusError):
     code = ErrorCode.TOO_LARGE
 
 
-class UnsupportedVersion(RagbusError):
+class UnsupportedVersionError(RagbusError):
     code = ErrorCode.UNSUPPORTED_VERSION
 
 
-class NotFound(RagbusError):
+class NotFoundError(RagbusError):
     code = ErrorCode.NOT_FOUND
 
 
-class Unauthorized(RagbusError):
+class UnauthorizedError(RagbusError):
     code = ErrorCode.UNAUTHORIZED
 
 
-class Forbidden(RagbusError):
+class ForbiddenError(RagbusError):
     code = ErrorCode.FORBIDDEN
 
 
-class DeadlineExceeded(RagbusError):
+class DeadlineExceededError(RagbusError):
     code = ErrorCode.DEADLINE_EXCEEDED
 
 
-class RateLimited(RagbusError):
+class RateLimitedError(RagbusError):
     code = ErrorCode.RATE_LIMIT
 
 
-class Overloaded(RagbusError):
+class OverloadedError(RagbusError):
     code = ErrorCode.OVERLOADED
 
 
-class Unavailable(RagbusError):
+class UnavailableError(RagbusError):
     code = ErrorCode.UNAVAILABLE
 
 
-class Cancelled(RagbusError):
+class RequestCancelledError(RagbusError):
+    """A ``Cancel`` named the request (not asyncio's ``CancelledError``, which is anyio's
+    cancellation of a task)."""
+
     code = ErrorCode.CANCELLED
 
 
@@ -96,8 +99,9 @@ class InternalError(RagbusError):
 
 _BY_CODE: dict[ErrorCode, type[RagbusError]] = {
     cls.code: cls
-    for cls in (BadRequest, TooLarge, UnsupportedVersion, NotFound, Unauthorized, Forbidden,
-                DeadlineExceeded, RateLimited, Overloaded, Unavailable, Cancelled, InternalError)
+    for cls in (BadRequestError, TooLargeError, UnsupportedVersionError, NotFoundError,
+                UnauthorizedError, ForbiddenError, DeadlineExceededError, RateLimitedError,
+                OverloadedError, UnavailableError, RequestCancelledError, InternalError)
 }
 
 

@@ -20,12 +20,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-
-import msgspec
 
 from ragbus.config import ROLES, NatsSettings, Secret, SecuritySettings, Settings
 from ragbus.subjects import Subjects
@@ -47,7 +44,6 @@ __all__ = (
     "role_for_actor",
     "role_table",
     "roles",
-    "secret_values",
     "write_server_include",
 )
 
@@ -378,24 +374,3 @@ def write_server_include(path: Path, settings: Settings, security: SecuritySetti
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
     return path
-
-
-# -- secrets ------------------------------------------------------------------------
-def secret_values(settings: msgspec.Struct) -> list[str]:
-    """Every ``Secret`` in the settings tree, revealed: what logs and events must not show."""
-    return sorted(set(_secrets(settings)), key=len, reverse=True)
-
-
-def _secrets(value: object) -> Iterator[str]:
-    if isinstance(value, Secret):
-        if value.get():
-            yield value.get()
-    elif isinstance(value, msgspec.Struct):
-        for name in value.__struct_fields__:
-            yield from _secrets(getattr(value, name))
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _secrets(item)
-    elif isinstance(value, Iterable) and not isinstance(value, str | bytes):
-        for item in value:
-            yield from _secrets(item)

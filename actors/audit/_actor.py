@@ -13,14 +13,15 @@ the chain. Replicas for availability would need a store each.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Unpack
 
 import anyio
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from prometheus_client import Counter, Histogram
 
-from ragbus.runtime import Actor, WorkerThread
+from ragbus.config import Settings
+from ragbus.runtime import Actor, ActorOptions, WorkerThread
 from ragbus.runtime.audit import ensure_audit_stream
 
 from ._files import store_dir
@@ -35,8 +36,9 @@ class AuditLogger(Actor):
 
     name = "audit-logger"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, settings: Settings | None = None,
+                 **options: Unpack[ActorOptions]) -> None:
+        super().__init__(settings, **options)
         self.config = self.settings.audit
         self.store = AuditStore(store_dir(self.settings), fsync=self.config.fsync,
                                 dedupe_ids=self.config.dedupe_ids)

@@ -3,11 +3,11 @@
 from ._actor import WS_PATH, Bridge, page_url, ws_url
 from ._auth import Authenticator, Identity
 from ._errors import (
-    AuthDenied,
-    CannotListen,
-    CertificateUnusable,
-    OriginNotAllowed,
-    Unauthenticated,
+    AuthDeniedError,
+    CannotListenError,
+    CertificateUnusableError,
+    OriginNotAllowedError,
+    UnauthenticatedError,
 )
 from ._limits import Denied, LimitState, RateLimits
 from ._protocol import (
@@ -32,14 +32,14 @@ from ._protocol import (
 __all__ = (
     "WS_PATH",
     "AskFrame",
-    "AuthDenied",
+    "AuthDeniedError",
     "AuthFrame",
     "Authenticator",
     "Bridge",
     "CancelFrame",
     "CancelledFrame",
-    "CannotListen",
-    "CertificateUnusable",
+    "CannotListenError",
+    "CertificateUnusableError",
     "ClientFrame",
     "CloseCode",
     "Denied",
@@ -49,7 +49,7 @@ __all__ = (
     "Identity",
     "LimitState",
     "LimitsFrame",
-    "OriginNotAllowed",
+    "OriginNotAllowedError",
     "RateLimits",
     "ReadyFrame",
     "ServerFrame",
@@ -57,7 +57,7 @@ __all__ = (
     "StatusFrame",
     "StatusRequest",
     "TokenFrame",
-    "Unauthenticated",
+    "UnauthenticatedError",
     "page_url",
     "ws_url",
 )

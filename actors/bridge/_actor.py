@@ -12,20 +12,20 @@ from __future__ import annotations
 
 import http
 import ssl
-from typing import Any
+from typing import Unpack
 
 import anyio
 from prometheus_client import Counter, Gauge, Histogram
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from ragbus.config import BridgeSettings
-from ragbus.runtime import Actor, Client
+from ragbus.config import BridgeSettings, Settings
+from ragbus.runtime import Actor, ActorOptions, Client
 from ragbus.runtime.audit import AuditPublisher
 from ragbus.subjects import AuditKind, AuditOutcome
 
 from ._auth import LOOPBACK_HOSTS, Authenticator
-from ._errors import AuthDenied, CannotListen, CertificateUnusable
+from ._errors import AuthDeniedError, CannotListenError, CertificateUnusableError
 from ._http import load_pages, response
 from ._limits import Denied, RateLimits
 from ._readiness import ReadinessProbe
@@ -43,8 +43,9 @@ class Bridge(Actor):
 
     name = "bridge"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, settings: Settings | None = None,
+                 **options: Unpack[ActorOptions]) -> None:
+        super().__init__(settings, **options)
         self.config = self.settings.bridge
         self.auth = Authenticator(self.config,
                                   development=self.settings.environment == "development")
@@ -109,7 +110,7 @@ class Bridge(Actor):
                 compression=None, close_timeout=cfg.close_timeout_s, server_header=None,
             )
         except OSError as exc:
-            raise CannotListen(
+            raise CannotListenError(
                 f"the bridge cannot listen on {cfg.host}:{cfg.port} ({exc.strerror or exc}): "
                 "stop what holds the port, or set bridge.port / bridge.host "
                 "(RAGBUS_BRIDGE__PORT, `ragbus bridge --port`)") from exc
@@ -214,7 +215,7 @@ class Bridge(Actor):
     def observe_first_token(self, seconds: float) -> None:
         self._ttft.observe(seconds)
 
-    def on_denied(self, exc: AuthDenied, session: Session) -> None:
+    def on_denied(self, exc: AuthDeniedError, session: Session) -> None:
         self._refused.labels(self.name, exc.label).inc()
         self.log.info("bridge.auth_denied", reason=exc.reason, method=exc.method,
                       origin=session.origin)
@@ -243,7 +244,7 @@ def _tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
     try:
         context.load_cert_chain(cert, key)
     except OSError as exc:  # ssl.SSLError is one too
-        raise CertificateUnusable(
+        raise CertificateUnusableError(
             f"the bridge cannot use its TLS certificate {cert!r} with key {key!r} "
             f"({exc.strerror or exc}): check "
             "bridge.tls_cert and bridge.tls_key (PEM files, the key matching the "

@@ -22,7 +22,7 @@ import jwt
 
 from ragbus.config import BridgeSettings
 
-from ._errors import OriginNotAllowed, Unauthenticated
+from ._errors import OriginNotAllowedError, UnauthenticatedError
 
 __all__ = ("LOOPBACK_HOSTS", "Authenticator", "Identity", "Method")
 
@@ -88,7 +88,7 @@ class Authenticator:
         """
         if origin is None or self._any_origin or origin in self._origins:
             return
-        raise OriginNotAllowed(
+        raise OriginNotAllowedError(
             f"origin {origin[:60]} is not allowed: add it to bridge.allowed_origins")
 
     def presented(self, headers: Mapping[str, str], path: str) -> str | None:
@@ -107,7 +107,7 @@ class Authenticator:
         return None
 
     def verify(self, credential: str) -> Identity:
-        """The identity a credential proves, or :class:`Unauthenticated` saying why not."""
+        """The identity a credential proves, or :class:`UnauthenticatedError` saying why not."""
         given = credential.encode("utf-8", "surrogatepass")
         # compare against every key, so the time taken says nothing about which matched
         matched = False
@@ -118,9 +118,9 @@ class Authenticator:
         if self._jwt_secret is not None and credential.count(".") == 2:
             return self._verify_jwt(credential)
         if not self._keys and self._jwt_secret is None:
-            raise Unauthenticated("credentials were sent but the bridge has none configured: "
+            raise UnauthenticatedError("credentials were sent but the bridge has none configured: "
                                   "connect without a token (development)", method="api_key")
-        raise Unauthenticated("unknown API key or malformed token", method="api_key")
+        raise UnauthenticatedError("unknown API key or malformed token", method="api_key")
 
     def _verify_jwt(self, token: str) -> Identity:
         assert self._jwt_secret is not None
@@ -133,16 +133,16 @@ class Authenticator:
                     audience=self.config.jwt_audience, leeway=self.config.jwt_leeway_s,
                     options={"require": ["exp"]})
         except jwt.ExpiredSignatureError:
-            raise Unauthenticated("token expired: get a new one", method="jwt") from None
+            raise UnauthenticatedError("token expired: get a new one", method="jwt") from None
         except jwt.InvalidAudienceError:
-            raise Unauthenticated(f"token audience is not {self.config.jwt_audience!r}",
+            raise UnauthenticatedError(f"token audience is not {self.config.jwt_audience!r}",
                                   method="jwt") from None
         except jwt.MissingRequiredClaimError as exc:
-            raise Unauthenticated(f"token has no {exc.claim!r} claim", method="jwt") from None
+            raise UnauthenticatedError(f"token has no {exc.claim!r} claim", method="jwt") from None
         except jwt.ImmatureSignatureError:
-            raise Unauthenticated("token is not valid yet (nbf)", method="jwt") from None
+            raise UnauthenticatedError("token is not valid yet (nbf)", method="jwt") from None
         except jwt.InvalidTokenError:
-            raise Unauthenticated("invalid token: bad signature or not HS256", method="jwt") \
+            raise UnauthenticatedError("invalid token: bad signature or not HS256", method="jwt") \
                 from None
         subject = claims.get("sub")
         who = subject if isinstance(subject, str) and subject else _fingerprint(token)
@@ -152,5 +152,5 @@ class Authenticator:
 
     def anonymous(self, address: str) -> Identity:
         if not self.anonymous_allowed:
-            raise Unauthenticated("credentials required: send an API key or JWT")
+            raise UnauthenticatedError("credentials required: send an API key or JWT")
         return Identity(key=f"anon:{address}", method="anonymous")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from ._protocol import CloseCode
 
-__all__ = ("AuthDenied", "CannotListen", "CertificateUnusable", "OriginNotAllowed",
-           "Unauthenticated")
+__all__ = ("AuthDeniedError", "CannotListenError", "CertificateUnusableError",
+           "OriginNotAllowedError", "UnauthenticatedError")
 
 _MAX_REASON_BYTES = 123  # RFC 6455: a close frame's payload is at most 125 bytes
 
 
-class AuthDenied(Exception):
+class AuthDeniedError(Exception):
     """The socket may not be used; it is closed with :attr:`code` and the message."""
 
     code: CloseCode = CloseCode.UNAUTHORIZED
@@ -31,11 +31,11 @@ class AuthDenied(Exception):
         return raw[:_MAX_REASON_BYTES].decode("utf-8", "ignore")
 
 
-class Unauthenticated(AuthDenied):
+class UnauthenticatedError(AuthDeniedError):
     """No credentials where they are required, or ones that do not verify."""
 
 
-class OriginNotAllowed(AuthDenied):
+class OriginNotAllowedError(AuthDeniedError):
     """The page that opened the socket is not served from an allowed origin."""
 
     code = CloseCode.FORBIDDEN
@@ -43,9 +43,9 @@ class OriginNotAllowed(AuthDenied):
     label = "forbidden"
 
 
-class CannotListen(OSError):
+class CannotListenError(OSError):
     """The configured address cannot be bound (in use, or not this machine's)."""
 
 
-class CertificateUnusable(ValueError):
+class CertificateUnusableError(ValueError):
     """``bridge.tls_cert``/``bridge.tls_key`` cannot be read or do not belong together."""

@@ -39,7 +39,7 @@ from ragbus.subjects import (
 )
 
 from ._auth import Identity
-from ._errors import AuthDenied, Unauthenticated
+from ._errors import AuthDeniedError, UnauthenticatedError
 from ._limits import Denied, LimitState
 from ._outbox import Outbox, TokenStream
 from ._protocol import (
@@ -117,7 +117,7 @@ class Session:
         b = self.bridge
         try:
             identity = await self._authenticate()
-        except AuthDenied as exc:
+        except AuthDeniedError as exc:
             b.on_denied(exc, self)
             b.count_close(exc.label)
             await self._close_socket(exc.code, exc.close_reason)
@@ -188,10 +188,10 @@ class Session:
             except msgspec.DecodeError:
                 frame = None
             if not isinstance(frame, AuthFrame):
-                raise Unauthenticated("credentials required: the first frame must be "
+                raise UnauthenticatedError("credentials required: the first frame must be "
                                       '{"type": "auth", "token": ...}, or use ?token=')
             return auth.verify(frame.token)
-        raise Unauthenticated(f"no credentials within {timeout:g}s: send an auth frame "
+        raise UnauthenticatedError(f"no credentials within {timeout:g}s: send an auth frame "
                               "first, or use ?token=")
 
     def _set_identity(self, identity: Identity) -> None:
@@ -245,7 +245,7 @@ class Session:
         """A later ``auth`` frame switches the socket's identity (e.g. a fresh JWT)."""
         try:
             identity = self.bridge.auth.verify(frame.token)
-        except AuthDenied as exc:
+        except AuthDeniedError as exc:
             self.bridge.on_denied(exc, self)
             self._abort(exc.code, exc.close_reason, exc.label)
             return

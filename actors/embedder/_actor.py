@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Unpack
 
 import numpy as np
 from nats.js.api import KeyValueConfig, StorageType
 from numpy.typing import NDArray
 from prometheus_client import Counter, Histogram
 
+from ragbus.config import Settings
 from ragbus.runtime import (
     Actor,
-    BadRequest,
+    ActorOptions,
+    BadRequestError,
     Context,
-    TooLarge,
-    Unavailable,
+    TooLargeError,
+    UnavailableError,
     WorkerThread,
     endpoint,
     ensure_kv,
@@ -35,8 +37,9 @@ class Embedder(Actor):
 
     name = "embedder"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, settings: Settings | None = None,
+                 **options: Unpack[ActorOptions]) -> None:
+        super().__init__(settings, **options)
         self.config = self.settings.embedder
         self.worker = WorkerThread("embedder")
         self.model: EmbeddingModel | None = None
@@ -64,7 +67,8 @@ class Embedder(Actor):
                 spin_wait=cfg.spin_wait,
             )
         except ModelLoadError as exc:
-            raise Unavailable(f"embedding model {cfg.model!r} cannot be loaded: {exc}") from exc
+            raise UnavailableError(
+                f"embedding model {cfg.model!r} cannot be loaded: {exc}") from exc
         model = self.model
         kv = None
         if cfg.cache:
@@ -110,13 +114,13 @@ class Embedder(Actor):
         assert batcher is not None
         assert cache is not None
         if request.model is not None and request.model != model.model_id:
-            raise BadRequest(
+            raise BadRequestError(
                 f"this embedder serves {model.model_id!r}, not {request.model!r}: vectors of "
                 "different models are not comparable; send to an embedder of that model",
                 details={"served": model.model_id, "requested": request.model},
             )
         if len(request.texts) > self.config.max_texts:
-            raise TooLarge(
+            raise TooLargeError(
                 f"{len(request.texts)} texts in one request; the limit is "
                 f"{self.config.max_texts} (embedder.max_texts): split it"
             )

@@ -11,19 +11,21 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Unpack
 
 import msgspec
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from ragbus.config import Settings
 from ragbus.runtime import (
     Actor,
-    BadRequest,
+    ActorOptions,
+    BadRequestError,
     Client,
     Context,
     Durable,
-    NotFound,
+    NotFoundError,
     RagbusError,
     endpoint,
     ensure_kv,
@@ -79,8 +81,9 @@ class Ingestor(Actor):
 
     name = "ingestor"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, settings: Settings | None = None,
+                 **options: Unpack[ActorOptions]) -> None:
+        super().__init__(settings, **options)
         self.config = self.settings.ingestor
         self._jobs_kv: KeyValue | None = None
         self._corpus_kv: KeyValue | None = None
@@ -227,7 +230,7 @@ class Ingestor(Actor):
     async def docs_get(self, request: DocGet, ctx: Context) -> DocListed:
         manifest = await self.manifests.get(request.collection, request.doc_id)
         if manifest is None:
-            raise NotFound(f"no document {request.doc_id!r} in {request.collection!r}")
+            raise NotFoundError(f"no document {request.doc_id!r} in {request.collection!r}")
         return DocListed(request_id=request.request_id, docs=[manifest.info()], total=1)
 
     @endpoint(lambda s: s.docs("delete"), request=DocDelete)
@@ -252,7 +255,7 @@ class Ingestor(Actor):
     async def _delete(self, request: DocDelete, ctx: Context) -> DocChanged:
         manifest = await self.manifests.get(request.collection, request.doc_id)
         if manifest is None:
-            raise NotFound(f"no document {request.doc_id!r} in {request.collection!r}")
+            raise NotFoundError(f"no document {request.doc_id!r} in {request.collection!r}")
         ids = [ref.id for ref in manifest.chunks]
         if request.purge:
             update = IndexUpdate(
@@ -290,9 +293,9 @@ class Ingestor(Actor):
         try:
             entry = await self.jobs_kv.get(request.job_id)
         except KeyNotFoundError:
-            raise NotFound(f"no job {request.job_id!r} (jobs are kept 30 days)") from None
+            raise NotFoundError(f"no job {request.job_id!r} (jobs are kept 30 days)") from None
         if not entry.value:
-            raise NotFound(f"no job {request.job_id!r}")
+            raise NotFoundError(f"no job {request.job_id!r}")
         return JobListed(
             request_id=request.request_id, jobs=[msgspec.json.decode(entry.value, type=JobProgress)]
         )
@@ -300,7 +303,7 @@ class Ingestor(Actor):
     @endpoint(lambda s: s.jobs("list"), request=JobList)
     async def jobs_list(self, request: JobList, ctx: Context) -> JobListed:
         if request.limit < 1:
-            raise BadRequest("limit must be at least 1")
+            raise BadRequestError("limit must be at least 1")
         jobs = [
             msgspec.json.decode(e.value, type=JobProgress)
             for e in await kv_entries(self.jobs_kv)

@@ -23,7 +23,7 @@ _LISTED = 5
 _UNIT: dict[DocFormat, str] = {"jsonl": "line", "json": "item"}
 
 
-class _BadRecord(Exception):
+class _BadRecordError(Exception):
     pass
 
 
@@ -60,7 +60,7 @@ def _decode(line: str) -> object:
     try:
         return msgspec.json.decode(line)
     except msgspec.DecodeError as exc:
-        return _BadRecord(f"invalid JSON: {exc}")
+        return _BadRecordError(f"invalid JSON: {exc}")
 
 
 def _collect(
@@ -76,15 +76,15 @@ def _collect(
     seen: dict[str, int] = {}
     for position, record in records:
         try:
-            if isinstance(record, _BadRecord):
+            if isinstance(record, _BadRecordError):
                 raise record
             doc = _document(record, position, path, file_id, fields, fmt, position_key)
             if doc.doc_id in seen:
-                raise _BadRecord(
+                raise _BadRecordError(
                     f"duplicate id {doc.doc_id!r} (first at {_UNIT[fmt]} {seen[doc.doc_id]}); "
                     "ids must be unique within a file"
                 )
-        except _BadRecord as exc:
+        except _BadRecordError as exc:
             bad.append(BadRecord(position=position, message=str(exc)))
             continue
         seen[doc.doc_id] = position
@@ -113,14 +113,14 @@ def _document(
     position_key: str,
 ) -> SourceDocument:
     if not isinstance(record, dict):
-        raise _BadRecord(f"is a JSON {type(record).__name__}, not an object")
+        raise _BadRecordError(f"is a JSON {type(record).__name__}, not an object")
     doc_id = f"{file_id}#{position}"
     for name in fields.id_fields:
         value = record.get(name)
         if isinstance(value, bool) or value is None:
             continue
         if not isinstance(value, str | int) or not str(value).strip():
-            raise _BadRecord(f"id field {name!r} must be a non-empty string or integer")
+            raise _BadRecordError(f"id field {name!r} must be a non-empty string or integer")
         doc_id = str(value)
         break
     title = ""
@@ -130,7 +130,7 @@ def _document(
             break
     parts = [s for s in (_string(record.get(n), n) for n in fields.text_fields) if s]
     if not parts and not title:
-        raise _BadRecord(
+        raise _BadRecordError(
             f"has no text: none of the fields {list(fields.text_fields + fields.title_fields)} "
             "holds a non-empty string"
         )
@@ -161,4 +161,4 @@ def _string(value: object, name: str) -> str:
         return normalize_newlines(value).strip()
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return "\n\n".join(normalize_newlines(v).strip() for v in value if v.strip())
-    raise _BadRecord(f"field {name!r} must be a string or a list of strings")
+    raise _BadRecordError(f"field {name!r} must be a string or a list of strings")

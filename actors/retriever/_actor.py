@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Unpack
 
 import anyio
 import msgspec
@@ -14,12 +14,14 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from prometheus_client import Counter
 
+from ragbus.config import Settings
 from ragbus.runtime import (
     Actor,
-    BadRequest,
+    ActorOptions,
+    BadRequestError,
     Client,
     Context,
-    Unavailable,
+    UnavailableError,
     WorkerThread,
     endpoint,
     ensure_kv,
@@ -45,10 +47,10 @@ from ._cache import CachedSources, RetrievalCache, answer_scope, retrieval_key
 from ._filters import to_store_filter
 from ._query import dense_array, gather, prepare, to_sources
 from .store import (
-    DimensionMismatch,
+    DimensionMismatchError,
     EdgeStore,
     Hit,
-    InvalidPoint,
+    InvalidPointError,
     Record,
     ServerStore,
     StoreError,
@@ -63,8 +65,9 @@ class Retriever(Actor):
 
     name = "retriever"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, settings: Settings | None = None,
+                 **options: Unpack[ActorOptions]) -> None:
+        super().__init__(settings, **options)
         self.config = self.settings.retriever
         self.worker = WorkerThread("retriever")
         self.stores: dict[str, VectorStore] = {}
@@ -105,7 +108,7 @@ class Retriever(Actor):
             try:
                 self.stores[shard] = await self.worker.run(self._open, shard)
             except StoreError as exc:
-                raise Unavailable(f"shard {shard!r} cannot be opened: {exc}") from exc
+                raise UnavailableError(f"shard {shard!r} cannot be opened: {exc}") from exc
         corpus = await ensure_kv(self.nc, corpus_bucket(self.subjects))
         for entry in await kv_entries(corpus):
             self.corpus_versions[entry.key] = int(entry.value or b"0")
@@ -157,7 +160,7 @@ class Retriever(Actor):
         try:
             return self.stores[shard]
         except KeyError:
-            raise BadRequest(f"this retriever does not serve shard {shard!r}; it serves "
+            raise BadRequestError(f"this retriever does not serve shard {shard!r}; it serves "
                              f"{', '.join(self.stores)}") from None
 
     @endpoint(lambda s: s.index_apply("default"), request=IndexUpdate)
@@ -167,14 +170,14 @@ class Retriever(Actor):
         for point in request.upserts:
             vector = np.frombuffer(point.vector, dtype="<f4")
             if vector.shape[0] != request.dim:
-                raise BadRequest(f"point {point.id} has {vector.shape[0]} dimensions; "
+                raise BadRequestError(f"point {point.id} has {vector.shape[0]} dimensions; "
                                  f"the update declares dim={request.dim}")
             records.append(Record(id=point.id, dense=vector.tolist(), sparse=point.sparse,
                                   payload=point.payload))
 
         def apply() -> int:
             if records:
-                if store.dim != request.dim:  # creates, or raises DimensionMismatch
+                if store.dim != request.dim:  # creates, or raises DimensionMismatchError
                     store.ensure_collection(request.dim)
                 store.upsert(records)
             if store.dim is None:
@@ -187,10 +190,10 @@ class Retriever(Actor):
 
         try:
             points = await self.worker.run(apply)
-        except DimensionMismatch as exc:
-            raise BadRequest(str(exc), details={"model_id": request.model_id}) from None
-        except InvalidPoint as exc:
-            raise BadRequest(str(exc)) from None
+        except DimensionMismatchError as exc:
+            raise BadRequestError(str(exc), details={"model_id": request.model_id}) from None
+        except InvalidPointError as exc:
+            raise BadRequestError(str(exc)) from None
         if records or request.deletes or request.patches:
             self._last_write[request.collection] = time.monotonic()
             self._optimized[request.collection] = False
@@ -211,7 +214,7 @@ class Retriever(Actor):
             if store.dim is None:
                 return [], []  # nothing ingested into this shard yet
             if dense is not None and len(dense) != store.dim:
-                raise BadRequest(f"query vector has {len(dense)} dimensions; shard "
+                raise BadRequestError(f"query vector has {len(dense)} dimensions; shard "
                                  f"{request.shard!r} holds {store.dim}")
             d = store.search(dense, limit=limit, filter=flt) if dense is not None else []
             s = store.search(sparse, limit=limit, filter=flt) if sparse is not None else []

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 
-from ragbus.runtime import BadRequest
+from ragbus.runtime import BadRequestError
 from ragbus.subjects import QueryFilters
 
-from .store import Filter, InvalidFilter
+from .store import Filter, InvalidFilterError
 
 __all__ = ("to_store_filter",)
 
@@ -19,7 +19,7 @@ def _instant(value: str, name: str) -> datetime:
         try:
             parsed = datetime.combine(date.fromisoformat(value), datetime.min.time())
         except ValueError:
-            raise BadRequest(f"{name}={value!r} is not an ISO 8601 date (e.g. 2024-01-01 or "
+            raise BadRequestError(f"{name}={value!r} is not an ISO 8601 date (e.g. 2024-01-01 or "
                              "2024-01-01T12:00:00Z)") from None
     # a bare date means midnight UTC: the same instant for every client
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
@@ -37,5 +37,5 @@ def to_store_filter(filters: QueryFilters | None) -> Filter:
             created_since=_instant(filters.after, "after") if filters.after else None,
             created_before=_instant(filters.before, "before") if filters.before else None,
         )
-    except InvalidFilter as exc:
-        raise BadRequest(str(exc)) from None
+    except InvalidFilterError as exc:
+        raise BadRequestError(str(exc)) from None

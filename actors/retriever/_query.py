@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import anyio
 import numpy as np
 
-from ragbus.runtime import BadRequest, Client, Context, RagbusError
+from ragbus.runtime import BadRequestError, Client, Context, RagbusError
 from ragbus.runtime.text import BM25Encoder
 from ragbus.subjects import (
     Embed,
@@ -46,10 +46,10 @@ class Prepared:
 
 def prepare(query: Query, max_top_k: int) -> Prepared:
     if not 1 <= query.top_k <= max_top_k:
-        raise BadRequest(f"top_k={query.top_k} is out of range: use 1..{max_top_k}")
+        raise BadRequestError(f"top_k={query.top_k} is out of range: use 1..{max_top_k}")
     text, lifted = self_query(query.question)
     if not text.strip():
-        raise BadRequest("the question is empty once filter terms (tag:, doc:, after:, "
+        raise BadRequestError("the question is empty once filter terms (tag:, doc:, after:, "
                          "before:, version:) are removed: ask something")
     filters = merge_filters(query.filters, lifted)
     to_store_filter(filters)  # refuse bad filters here, before any shard is asked

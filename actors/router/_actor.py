@@ -13,19 +13,20 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Unpack
 
 import anyio
 import anyio.to_thread
 from nats.js.api import KeyValueConfig, StorageType
 from prometheus_client import Counter, Histogram
 
-from ragbus.config import ProviderSettings, RouterSettings
+from ragbus.config import ProviderSettings, RouterSettings, Settings
 from ragbus.runtime import (
     Actor,
-    BadRequest,
+    ActorOptions,
+    BadRequestError,
     Context,
-    Unavailable,
+    UnavailableError,
     codec,
     discover,
     endpoint,
@@ -46,10 +47,10 @@ from ragbus.subjects import (
 from ._answer_cache import AnswerCache, CachedAnswer
 from ._breaker import BreakerBoard, BreakerPolicy
 from ._coalesce import Coalescer
-from ._errors import MidStreamFailure, ProviderError, ProviderTimeout
+from ._errors import MidStreamError, ProviderError, ProviderTimeoutError
 from ._extractive import ExtractiveProvider
 from ._limits import RateLimits
-from ._local import LocalLLM, LocalLLMUnavailable
+from ._local import LocalLLM, LocalLLMUnavailableError
 from ._openai import OpenAIProvider
 from ._prompts import Prompts
 from ._provider import Prompt, Provider, Usage
@@ -97,8 +98,9 @@ class Router(Actor):
 
     name = "router"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, settings: Settings | None = None,
+                 **options: Unpack[ActorOptions]) -> None:
+        super().__init__(settings, **options)
         self.config: RouterSettings = self.settings.router
         self.prompts = Prompts(self.config.prompts)
         self.providers: list[Provider] = []
@@ -142,7 +144,7 @@ class Router(Actor):
             llm = LocalLLM(cfg.local)
             try:
                 url = await anyio.to_thread.run_sync(llm.start)
-            except LocalLLMUnavailable as exc:
+            except LocalLLMUnavailableError as exc:
                 self.log.warning("router.local_llm_unavailable", error=str(exc))
             else:
                 self.local_llm = llm
@@ -248,7 +250,7 @@ class Router(Actor):
         names = [p.name for p in self.providers] + list(self.down)
         if request.provider is not None and request.provider not in names:
             known = ", ".join(names)
-            raise BadRequest(f"no provider named {request.provider!r}; known: {known}",
+            raise BadRequestError(f"no provider named {request.provider!r}; known: {known}",
                              details={"provider": request.provider})
         return plan(self.providers, mode=self.config.mode,
                     prompt_tokens=self.prompts.token_count(request, prompt),
@@ -297,7 +299,7 @@ class Router(Actor):
                        "ingest documents) and no LLM provider answered")
             else:
                 why = "every provider failed. Please try again"
-            raise Unavailable(
+            raise UnavailableError(
                 f"Sorry, no answer could be generated right now: {why}; if it keeps "
                 f"happening, quote trace {ctx.trace.trace_id}.",
                 details={"attempts": outcome.attempts,
@@ -368,7 +370,7 @@ class Router(Actor):
             usage = Usage()
             try:
                 await self._relay(provider, prompt, answer, usage, first_token_s)
-            except MidStreamFailure as exc:
+            except MidStreamError as exc:
                 await self.breakers.failure(name, exc.cause, admission)
                 self._count(name, "failed_mid_stream")
                 answer.ctx.log.warning("router.mid_stream_failure", provider=name,
@@ -377,7 +379,7 @@ class Router(Actor):
                 return outcome
             except ProviderError as exc:
                 # a wait cut short by this request's deadline says nothing about the provider
-                cut_short = isinstance(exc, ProviderTimeout) and \
+                cut_short = isinstance(exc, ProviderTimeoutError) and \
                     first_token_s < provider.settings.first_token_timeout_s
                 if not cut_short:
                     await self.breakers.failure(name, exc, admission)
@@ -401,7 +403,7 @@ class Router(Actor):
     async def _relay(self, provider: Provider, prompt: Prompt, answer: _Answer, usage: Usage,
                      first_token_s: float) -> None:
         """Stream one provider's text to the client; failures after the first token
-        come out as :class:`MidStreamFailure`."""
+        come out as :class:`MidStreamError`."""
         sink = answer.sink
         assert sink is not None
         ctx = answer.ctx
@@ -419,7 +421,7 @@ class Router(Actor):
         except ProviderError as exc:
             if usage.deltas:
                 await sink.flush()  # what was generated before the failure is the client's
-                raise MidStreamFailure(exc) from exc
+                raise MidStreamError(exc) from exc
             raise
         finally:
             ctx.tokens_used = usage.deltas

@@ -41,7 +41,7 @@ from ragbus.subjects import (
     stored_transition,
 )
 
-from ._errors import ProviderError, ProviderRateLimited
+from ._errors import ProviderError, ProviderRateLimitedError
 
 __all__ = ("Admission", "BreakerBoard", "BreakerPolicy")
 
@@ -198,7 +198,7 @@ class BreakerBoard:
 
     async def failure(self, provider: str, error: ProviderError, admission: Admission) -> None:
         b = self._get(provider)
-        if isinstance(error, ProviderRateLimited):
+        if isinstance(error, ProviderRateLimitedError):
             cooldown = error.retry_after_s
             if cooldown is None:
                 cooldown = self.policy.rate_limit_cooldown_s

@@ -1,24 +1,24 @@
 """Why a provider could not answer; each class decides what the router does next.
 
 Before the first token any :class:`ProviderError` sends the request to the next
-provider. After it, the failure is wrapped in :class:`MidStreamFailure` and ends
+provider. After it, the failure is wrapped in :class:`MidStreamError` and ends
 the stream (no silent restart: the client has already shown part of an answer).
 """
 
 from __future__ import annotations
 
 __all__ = (
-    "MidStreamFailure",
-    "NothingToExtract",
+    "MidStreamError",
+    "NothingToExtractError",
     "ProviderAuthError",
     "ProviderConnectError",
     "ProviderError",
-    "ProviderOutOfMemory",
+    "ProviderOutOfMemoryError",
     "ProviderProtocolError",
-    "ProviderRateLimited",
-    "ProviderRejected",
+    "ProviderRateLimitedError",
+    "ProviderRejectedError",
     "ProviderServerError",
-    "ProviderTimeout",
+    "ProviderTimeoutError",
 )
 
 
@@ -40,13 +40,13 @@ class ProviderConnectError(ProviderError):
     reason = "connect"
 
 
-class ProviderTimeout(ProviderError):
+class ProviderTimeoutError(ProviderError):
     """No first token, no next token, or no end within the provider's timeouts."""
 
     reason = "timeout"
 
 
-class ProviderRateLimited(ProviderError):
+class ProviderRateLimitedError(ProviderError):
     """HTTP 429: the breaker opens for ``retry_after_s`` (or the configured cooldown)."""
 
     reason = "rate_limited"
@@ -62,7 +62,7 @@ class ProviderAuthError(ProviderError):
     reason = "auth"
 
 
-class ProviderOutOfMemory(ProviderError):
+class ProviderOutOfMemoryError(ProviderError):
     """The server ran out of (GPU) memory: a smaller prompt or another provider may work."""
 
     reason = "out_of_memory"
@@ -74,7 +74,7 @@ class ProviderServerError(ProviderError):
     reason = "server_error"
 
 
-class ProviderRejected(ProviderError):
+class ProviderRejectedError(ProviderError):
     """HTTP 4xx about this request (e.g. the prompt is too long): not the provider's health."""
 
     reason = "rejected"
@@ -87,14 +87,14 @@ class ProviderProtocolError(ProviderError):
     reason = "protocol"
 
 
-class NothingToExtract(ProviderError):
+class NothingToExtractError(ProviderError):
     """The extractive provider found no context sentence to answer with."""
 
     reason = "no_context"
     counts = False
 
 
-class MidStreamFailure(Exception):
+class MidStreamError(Exception):
     """A provider failed after tokens had been sent; the stream ends with ``Failed``."""
 
     def __init__(self, cause: ProviderError) -> None:

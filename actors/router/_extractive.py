@@ -20,7 +20,7 @@ import anyio.lowlevel
 from ragbus.config import ProviderSettings
 from ragbus.subjects import ContextNode
 
-from ._errors import NothingToExtract
+from ._errors import NothingToExtractError
 from ._provider import Prompt, Usage
 
 __all__ = ("ExtractiveProvider", "extract")
@@ -123,7 +123,7 @@ class ExtractiveProvider:
                      first_token_timeout_s: float) -> AsyncGenerator[str, None]:
         picked = extract(prompt.question, prompt.context, self.sentences)
         if not picked:
-            raise NothingToExtract(self.name, "no context to answer from")
+            raise NothingToExtractError(self.name, "no context to answer from")
         text = " ".join(f"{sentence} [{number}]" for sentence, number in picked)
         for i, piece in enumerate(_PIECE.findall(text)):
             usage.deltas += 1

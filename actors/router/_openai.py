@@ -25,12 +25,12 @@ from ._errors import (
     ProviderAuthError,
     ProviderConnectError,
     ProviderError,
-    ProviderOutOfMemory,
+    ProviderOutOfMemoryError,
     ProviderProtocolError,
-    ProviderRateLimited,
-    ProviderRejected,
+    ProviderRateLimitedError,
+    ProviderRejectedError,
     ProviderServerError,
-    ProviderTimeout,
+    ProviderTimeoutError,
 )
 from ._provider import Prompt, Usage
 from ._transports import env_proxy, provider_transports
@@ -105,15 +105,15 @@ def classify_error(provider: str, status: int, body: bytes | str | Any,
     where = f"HTTP {status}" if status else "error event"
     message = f"{where}: {text}" if text else where
     if status == 429:
-        return ProviderRateLimited(provider, message, parse_retry_after(retry_after))
+        return ProviderRateLimitedError(provider, message, parse_retry_after(retry_after))
     if _OOM.search(text):
-        return ProviderOutOfMemory(provider, message)
+        return ProviderOutOfMemoryError(provider, message)
     if status in (401, 403):
         return ProviderAuthError(provider, f"{message} (check the provider's api_key)")
     if status == 404:
         return ProviderProtocolError(provider, f"{message} (check base_url and model)")
     if 400 <= status < 500:
-        return ProviderRejected(provider, message)
+        return ProviderRejectedError(provider, message)
     return ProviderServerError(provider, message)
 
 
@@ -190,7 +190,7 @@ class OpenAIProvider:
             with anyio.fail_after(timeout_s):
                 response = await self._send(transport, request)
         except TimeoutError:
-            raise ProviderTimeout(self.name, f"no response within {timeout_s:.2f}s") from None
+            raise ProviderTimeoutError(self.name, f"no response within {timeout_s:.2f}s") from None
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise ProviderConnectError(self.name, f"cannot connect to {self.base_url}: "
                                        f"{exc or type(exc).__name__}") from None
@@ -256,7 +256,7 @@ class OpenAIProvider:
                             else "no first token in time")
                     if limit == end:
                         what = f"not finished within total_timeout_s={s.total_timeout_s}"
-                    raise ProviderTimeout(self.name, what) from None
+                    raise ProviderTimeoutError(self.name, what) from None
                 except httpx.TransportError as exc:
                     raise ProviderServerError(
                         self.name, f"connection lost mid-stream: {exc or type(exc).__name__}"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Any
+from typing import Unpack
 
 import anyio
 import numpy as np
@@ -20,7 +20,16 @@ from msgspec.structs import replace
 from nats.js.errors import Error as JetStreamError
 from prometheus_client import Counter, Histogram
 
-from ragbus.runtime import Actor, BadRequest, Context, TooLarge, Unavailable, endpoint
+from ragbus.config import Settings
+from ragbus.runtime import (
+    Actor,
+    ActorOptions,
+    BadRequestError,
+    Context,
+    TooLargeError,
+    UnavailableError,
+    endpoint,
+)
 from ragbus.runtime.text import count_tokens
 from ragbus.subjects import ContextReady, Done, Generate, Trim, TrimInfo, TurnDone, now_ms
 
@@ -54,8 +63,9 @@ class ContextTrimmer(Actor):
 
     name = "context-trimmer"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, settings: Settings | None = None,
+                 **options: Unpack[ActorOptions]) -> None:
+        super().__init__(settings, **options)
         self.config = self.settings.trimmer
         self._memory: MemoryStore | None = None
         self._sessions = KeyedLocks()
@@ -92,11 +102,11 @@ class ContextTrimmer(Actor):
         started = time.perf_counter()
         cfg = self.config
         if not request.question.strip():
-            raise BadRequest("the question is empty: send the text to answer in `question`")
+            raise BadRequestError("the question is empty: send the text to answer in `question`")
         budget = Budget.from_settings(cfg, request.provider)
         q_tokens = count_tokens(request.question)
         if q_tokens > budget.question:
-            raise TooLarge(
+            raise TooLargeError(
                 f"the question is {q_tokens} tokens; trimmer.question_tokens allows "
                 f"{budget.question}: shorten it (or raise the setting)",
                 details={"tokens": q_tokens, "limit": budget.question},
@@ -209,7 +219,7 @@ class ContextTrimmer(Actor):
     async def memory_append(self, turn: TurnDone, ctx: Context) -> None:
         """Store a finished turn; fold the oldest into the brief when over the limits."""
         if not turn.session_id:
-            raise BadRequest("TurnDone without a session_id: there is no session to remember")
+            raise BadRequestError("TurnDone without a session_id: there is no session to remember")
         cfg = self.config
         stored = StoredTurn(request_id=turn.request_id, question=turn.question,
                             answer=turn.answer, at=turn.at)
@@ -232,7 +242,7 @@ class ContextTrimmer(Actor):
                     return
                 # another replica wrote first: read again after a jittered pause
                 await anyio.sleep(random.uniform(0, min(0.2, 0.005 * 2**attempt)))
-        raise Unavailable(f"session memory kept changing during {_CAS_ATTEMPTS} attempts; "
+        raise UnavailableError(f"session memory kept changing during {_CAS_ATTEMPTS} attempts; "
                           "resend the turn")
 
     async def _brief(self, brief: str | None, turns: list[StoredTurn], ctx: Context) -> str:

@@ -10,11 +10,11 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from ragbus.config import ConfigError, Loaded, load_settings, production_problems
+from ragbus.config import ConfigError, Loaded, load_settings, production_problems, secret_values
 
 from ..errors import RagbusError
 from ..logs import configure_logging
-from ..security import role_for_actor, secret_values
+from ..security import role_for_actor
 from ._ask import add_commands as add_ask_commands
 from ._audit import add_commands as add_audit_commands
 from ._bridge import add_commands as add_bridge_commands
@@ -32,15 +32,11 @@ err = Console(stderr=True)
 _CLI_ROLES = ("admin",)
 
 
-def _secrets(loaded: Loaded) -> list[str]:
-    return secret_values(loaded.settings)  # every Secret in the tree, whoever added it
-
-
 def _load(args: argparse.Namespace, *, check: bool = True,
           roles: Collection[str] | None = None) -> Loaded:
     """Settings for this command; production checks only the ``roles`` it logs in as."""
     loaded = load_settings(args.config, check=check, roles=roles)
-    configure_logging(loaded.settings.logging, secrets=_secrets(loaded))
+    configure_logging(loaded.settings.logging, secrets=secret_values(loaded.settings))
     return loaded
 
 

@@ -10,14 +10,14 @@ import pytest
 
 from ragbus.config import NatsSettings, RuntimeSettings, Settings
 from ragbus.runtime import (
-    BadRequest,
-    Cancelled,
+    BadRequestError,
     Client,
-    DeadlineExceeded,
+    DeadlineExceededError,
     InternalError,
-    TooLarge,
-    Unavailable,
-    UnsupportedVersion,
+    RequestCancelledError,
+    TooLargeError,
+    UnavailableError,
+    UnsupportedVersionError,
 )
 from ragbus.runtime.connection import NATS
 from ragbus.subjects import ERROR_HEADER, Done, Failed, Subjects, Token, deadline_after, now_ms
@@ -67,14 +67,14 @@ async def test_oversized_message_is_refused_with_too_large(nats_url: str, nc: NA
     settings = Settings(nats=NatsSettings(url=nats_url),
                         runtime=RuntimeSettings(max_message_bytes=1000))
     async with running(Echo(settings)):
-        with pytest.raises(TooLarge, match="limit is 1000"):
+        with pytest.raises(TooLargeError, match="limit is 1000"):
             await Client(nc).request(ECHO, Ping(text="x" * 2000), Pong)
         assert (await Client(nc).request(ECHO, Ping(text="small"), Pong)).text == "small"
 
 
 async def test_handler_errors_keep_their_code(settings: Settings, nc: NATS) -> None:
     async with running(Echo(settings)):
-        with pytest.raises(BadRequest, match="you asked for it") as info:
+        with pytest.raises(BadRequestError, match="you asked for it") as info:
             await Client(nc).request(ECHO, Ping(fail="bad_request"), Pong)
         assert info.value.details == {"field": "fail"}
 
@@ -83,7 +83,7 @@ async def test_a_coded_error_from_a_child_task_keeps_its_code(
     settings: Settings, nc: NATS
 ) -> None:
     async with running(Echo(settings)):
-        with pytest.raises(BadRequest, match="raised by a child task"):
+        with pytest.raises(BadRequestError, match="raised by a child task"):
             await Client(nc).request(ECHO, Ping(fail="group"), Pong)
 
 
@@ -101,7 +101,7 @@ async def test_unexpected_exception_is_internal_and_does_not_leak(
 
 async def test_newer_schema_version_is_refused(settings: Settings, nc: NATS) -> None:
     async with running(Echo(settings)):
-        with pytest.raises(UnsupportedVersion, match="upgrade"):
+        with pytest.raises(UnsupportedVersionError, match="upgrade"):
             await Client(nc).request(ECHO, Ping(v=99), Pong)
 
 
@@ -134,7 +134,7 @@ async def test_cancel_stops_the_handler_and_requester_sees_cancelled(
         async def ask() -> None:
             try:
                 await client.request(ECHO, request, Pong, timeout=10)
-            except Cancelled as exc:
+            except RequestCancelledError as exc:
                 outcome.append(exc)
 
         async with anyio.create_task_group() as tg:
@@ -187,7 +187,7 @@ async def test_expired_deadline_is_dropped_without_running_the_handler(
     settings: Settings, nc: NATS
 ) -> None:
     async with running(Echo(settings)) as (echo,):
-        with pytest.raises(DeadlineExceeded, match="had passed"):
+        with pytest.raises(DeadlineExceededError, match="had passed"):
             await Client(nc).request(ECHO, Ping(deadline=now_ms() - 1), Pong)
     assert echo.handled == 0
     assert echo.max_active == 0
@@ -197,7 +197,7 @@ async def test_handler_running_past_its_deadline_is_stopped(
     settings: Settings, nc: NATS
 ) -> None:
     async with running(Echo(settings)) as (echo,):
-        with pytest.raises(DeadlineExceeded, match="while the request was handled"):
+        with pytest.raises(DeadlineExceededError, match="while the request was handled"):
             await Client(nc).request(ECHO, Ping(sleep_s=30, deadline=deadline_after(0.3)), Pong)
     assert echo.handled == 0
 
@@ -225,7 +225,7 @@ async def test_drain_finishes_in_flight_work(settings: Settings, nc: NATS) -> No
         await echo.started_work.wait()
         echo.request_stop()
     assert [p.text for p in results] == ["finish me"]
-    with pytest.raises(Unavailable):
+    with pytest.raises(UnavailableError):
         await client.request(ECHO, Ping(), Pong, timeout=1)
 
 
@@ -243,7 +243,7 @@ async def test_drain_cancels_work_that_outlives_the_grace_period(
         async def ask() -> None:
             try:
                 await client.request(ECHO, Ping(sleep_s=30), Pong, timeout=10)
-            except Unavailable as exc:
+            except UnavailableError as exc:
                 errors.append(exc)
 
         tg.start_soon(ask)
@@ -275,7 +275,7 @@ async def test_discovery_lists_the_actor_with_its_stats(settings: Settings, nc: 
 
     async with running(Echo(settings)) as (echo,):
         await Client(nc).request(ECHO, Ping(), Pong)
-        with pytest.raises(BadRequest):
+        with pytest.raises(BadRequestError):
             await Client(nc).request(ECHO, Ping(fail="bad_request"), Pong)
         pings = await discover(nc, "PING", wait_s=0.3)
         stats = await discover(nc, "STATS", wait_s=0.3)

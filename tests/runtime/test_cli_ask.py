@@ -7,13 +7,14 @@ import io
 import os
 import signal
 from pathlib import Path
+from typing import Unpack
 
 import anyio
 import pytest
 from rich.console import Console
 
 from ragbus.config import Settings
-from ragbus.runtime import Actor, Context, Unavailable, endpoint
+from ragbus.runtime import Actor, ActorOptions, Context, UnavailableError, endpoint
 from ragbus.runtime.cli._ask import add_commands, ask, parse_filters
 from ragbus.runtime.connection import NATS
 from ragbus.subjects import (
@@ -42,8 +43,9 @@ class QueryStandIn(Actor):
 
     name = "query-stand-in"
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, settings: Settings | None = None,
+                 **options: Unpack[ActorOptions]) -> None:
+        super().__init__(settings, **options)
         self.queries: list[Query] = []
         self.cancelled: list[str] = []
         self.ticking = anyio.Event()  # a slow answer has sent a few tokens
@@ -54,7 +56,7 @@ class QueryStandIn(Actor):
         await ctx.publish(request.reply_to, Sources(request_id=request.request_id, sources=[
             Source(doc_id="handbook", chunk_id="c1", score=0.91, title="Employee handbook")]))
         if request.question.startswith("fail:"):
-            raise Unavailable("Sorry, no answer could be generated right now (trace t-1)")
+            raise UnavailableError("Sorry, no answer could be generated right now (trace t-1)")
         pieces = ANSWER if not request.question.startswith("slow:") else ["tick "] * 1000
         try:
             for seq, text in enumerate(pieces):

@@ -16,11 +16,11 @@ from nats.js.api import RetentionPolicy, StreamConfig
 from ragbus.config import Settings
 from ragbus.runtime import (
     Actor,
-    BadRequest,
+    BadRequestError,
     Context,
     Durable,
     RagbusError,
-    Unavailable,
+    UnavailableError,
     endpoint,
     ensure_stream,
 )
@@ -71,9 +71,9 @@ class Worker(Actor):
             await anyio.sleep(request.sleep_s)
         if request.fail and ctx.attempt <= request.fail_times:
             if request.fail == "unavailable":
-                raise Unavailable("the embedder is not there")
+                raise UnavailableError("the embedder is not there")
             if request.fail == "bad_request":
-                raise BadRequest("this job can never work")
+                raise BadRequestError("this job can never work")
             raise KeyError("a bug in a reader")
         self.done.append((request.key, ctx.attempt))
 

@@ -9,7 +9,7 @@ import pytest
 
 from ragbus.config import LoggingSettings, NatsSettings, RuntimeSettings, Secret, Settings
 from ragbus.runtime import (
-    BadRequest,
+    BadRequestError,
     Client,
     InternalError,
     SecretMasker,
@@ -84,7 +84,7 @@ async def test_log_lines_of_a_request_carry_request_id_actor_and_trace(
     settings = Settings(nats=NatsSettings(url=nats_url))
     request = Ping(fail="bad_request")
     async with running(Echo(settings)):
-        with pytest.raises(BadRequest):
+        with pytest.raises(BadRequestError):
             await Client(nc).request(echo_subject(Subjects()), request, Pong)
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     error = next(line for line in lines if line["event"] == "request.error")

@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from ragbus.config import NatsSettings, Settings
-from ragbus.runtime import BadRequest, Client, Metrics
+from ragbus.runtime import BadRequestError, Client, Metrics
 from ragbus.runtime.connection import NATS
 from ragbus.subjects import Subjects
 from tests.support import Echo, Ping, Pong, running
@@ -24,7 +24,7 @@ async def test_metrics_count_messages_errors_latency_and_inflight(
             client = Client(nc)
             for _ in range(3):
                 await client.request(echo_subject(Subjects()), Ping(), Pong)
-            with pytest.raises(BadRequest):
+            with pytest.raises(BadRequestError):
                 await client.request(echo_subject(Subjects()), Ping(fail="bad_request"), Pong)
         async with httpx.AsyncClient() as http:
             text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text

@@ -26,13 +26,13 @@ from ragbus.config import (
     RuntimeSettings,
     Secret,
     Settings,
+    secret_values,
 )
 from ragbus.runtime import Metrics, RagbusError, configure_logging
 from ragbus.runtime.audit import AuditPublisher
 from ragbus.runtime.cli import follow_job, submit_job
 from ragbus.runtime.client import Client
 from ragbus.runtime.connection import NATS
-from ragbus.runtime.security import secret_values
 from ragbus.subjects import (
     DocChanged,
     DocDelete,

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Unpack
+
 import anyio
 
-from ragbus.runtime import Actor, BadRequest, Context, endpoint
+from ragbus.config import Settings
+from ragbus.runtime import Actor, ActorOptions, BadRequestError, Context, endpoint
 from ragbus.subjects import Request, StreamRequest, Subjects, Token
 
 
@@ -26,7 +29,7 @@ class StreamPing(StreamRequest, frozen=True, kw_only=True):
 
 
 async def _raise_bad_request() -> None:
-    raise BadRequest("raised by a child task")
+    raise BadRequestError("raised by a child task")
 
 
 def echo_subject(s: Subjects) -> str:
@@ -42,8 +45,9 @@ class Echo(Actor):
 
     name = "echo"
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, settings: Settings | None = None,
+                 **options: Unpack[ActorOptions]) -> None:
+        super().__init__(settings, **options)
         self.active = 0
         self.max_active = 0
         self.handled = 0
@@ -59,7 +63,7 @@ class Echo(Actor):
             if request.sleep_s:
                 await anyio.sleep(request.sleep_s)
             if request.fail == "bad_request":
-                raise BadRequest("you asked for it", details={"field": "fail"})
+                raise BadRequestError("you asked for it", details={"field": "fail"})
             if request.fail == "group":
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(_raise_bad_request)
@@ -78,7 +82,7 @@ class Echo(Actor):
         self.started_work.set()
         for seq in range(request.tokens):
             if request.fail_after is not None and seq == request.fail_after:
-                raise BadRequest("stream failed on purpose")
+                raise BadRequestError("stream failed on purpose")
             await ctx.publish(request.reply_to,
                               Token(request_id=request.request_id, seq=seq, text=f"t{seq} "))
             ctx.partial_text_length += 3

@@ -24,13 +24,13 @@ from ragbus.subjects import SparseVector
 from ._edge_filter import to_edge_filter
 from ._errors import (
     BackendError,
-    CollectionMissing,
-    DimensionMismatch,
-    IncompatibleCollection,
-    InvalidPoint,
-    StoreClosed,
+    CollectionMissingError,
+    DimensionMismatchError,
+    IncompatibleCollectionError,
+    InvalidPointError,
+    StoreClosedError,
     StoreError,
-    StoreLocked,
+    StoreLockedError,
 )
 from ._filter import LIVE, Filter
 from ._lock import DirLock
@@ -59,7 +59,7 @@ _DEFAULT_TUNING: Final = EdgeTuning()
 class EdgeStore:
     """A :class:`VectorStore` on a qdrant-edge shard directory.
 
-    Opening takes an exclusive lock on ``path`` (raising :class:`StoreLocked` if
+    Opening takes an exclusive lock on ``path`` (raising :class:`StoreLockedError` if
     another store holds it) and loads the shard if one is there; ``ensure_collection``
     creates it otherwise. ``tuning`` applies on every open, so a restart can change
     thresholds without rebuilding the shard.
@@ -107,7 +107,7 @@ class EdgeStore:
             shard = self._open(lambda: qe.EdgeShard.create(str(self._path), config))
             self._shard, self._dim = shard, dim
         elif self._dim != dim:
-            raise DimensionMismatch(f"edge store {self._path}", self._dim or 0, dim)
+            raise DimensionMismatchError(f"edge store {self._path}", self._dim or 0, dim)
         with self._engine("create payload indexes"):
             present = shard.info().payload_schema
             for field, kind in INDEXED_FIELDS:
@@ -115,7 +115,7 @@ class EdgeStore:
                 if info is None:
                     shard.update(qe.UpdateOperation.create_field_index(field.value, _SCHEMA[kind]))
                 elif info.data_type != _SCHEMA[kind]:
-                    raise IncompatibleCollection(
+                    raise IncompatibleCollectionError(
                         f"{self._path} indexes {field.value!r} as {info.data_type}, not "
                         f"{kind.value}: use a new path, or re-ingest into a fresh one"
                     )
@@ -267,12 +267,12 @@ class EdgeStore:
             dense = config["vectors"][DENSE]
             size, distance = dense["size"], dense["distance"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise IncompatibleCollection(
+            raise IncompatibleCollectionError(
                 f"{self._path} holds no dense vector named {DENSE!r}: it was not created by "
                 f"EdgeStore; use a new path"
             ) from exc
         if not isinstance(size, int) or distance != "Cosine":
-            raise IncompatibleCollection(
+            raise IncompatibleCollectionError(
                 f"{self._path} holds {size}-dim {distance} vectors, not Cosine: it was not "
                 f"created by EdgeStore; use a new path"
             )
@@ -284,12 +284,12 @@ class EdgeStore:
         except Exception as exc:
             text = str(exc)
             if "WouldBlock" in text:
-                raise StoreLocked(
+                raise StoreLockedError(
                     f"{self._path} is already open by a process that bypasses EdgeStore's lock; "
                     f"close it first"
                 ) from exc
             if "ncompatible" in text:
-                raise IncompatibleCollection(
+                raise IncompatibleCollectionError(
                     f"{self._path} was created with another configuration ({text}): "
                     f"use a new path, or re-ingest into a fresh one"
                 ) from exc
@@ -297,19 +297,19 @@ class EdgeStore:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise StoreClosed(f"edge store {self._path} is closed: open a new EdgeStore")
+            raise StoreClosedError(f"edge store {self._path} is closed: open a new EdgeStore")
 
     def _require(self) -> qe.EdgeShard:
         self._check_open()
         if self._shard is None:
-            raise CollectionMissing(
+            raise CollectionMissingError(
                 f"no shard at {self._path} yet: call ensure_collection(dim) first"
             )
         return self._shard
 
     def _dense(self, vector: list[float], what: str) -> list[float]:
         if len(vector) != self._dim:
-            raise InvalidPoint(
+            raise InvalidPointError(
                 f"{what} has {len(vector)} dimensions but {self._path} holds {self._dim}"
             )
         return vector

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 __all__ = (
     "BackendError",
-    "CollectionMissing",
-    "DimensionMismatch",
-    "IncompatibleCollection",
-    "InvalidFilter",
-    "InvalidPoint",
-    "StoreClosed",
+    "CollectionMissingError",
+    "DimensionMismatchError",
+    "IncompatibleCollectionError",
+    "InvalidFilterError",
+    "InvalidPointError",
+    "StoreClosedError",
     "StoreError",
-    "StoreLocked",
-    "StoreUnavailable",
+    "StoreLockedError",
+    "StoreUnavailableError",
 )
 
 
@@ -25,7 +25,7 @@ class StoreError(Exception):
     """Base class: anything a :class:`~actors.retriever.store.VectorStore` raises on purpose."""
 
 
-class DimensionMismatch(StoreError):
+class DimensionMismatchError(StoreError):
     """The collection holds vectors of another size than the embedder produces.
 
     Raised by ``ensure_collection`` before any write, because mixing sizes cannot be
@@ -43,31 +43,31 @@ class DimensionMismatch(StoreError):
         )
 
 
-class IncompatibleCollection(StoreError):
+class IncompatibleCollectionError(StoreError):
     """The collection exists but was not created by this store (distance, vector names...)."""
 
 
-class CollectionMissing(StoreError):
+class CollectionMissingError(StoreError):
     """An operation ran before ``ensure_collection`` created the collection."""
 
 
-class StoreLocked(StoreError):
+class StoreLockedError(StoreError):
     """An embedded store directory is already open: the engine allows one opener."""
 
 
-class StoreUnavailable(StoreError):
+class StoreUnavailableError(StoreError):
     """The Qdrant server could not be reached; retrying later may succeed."""
 
 
-class StoreClosed(StoreError):
+class StoreClosedError(StoreError):
     """The store was used after ``close()``."""
 
 
-class InvalidPoint(StoreError, ValueError):
+class InvalidPointError(StoreError, ValueError):
     """A record, id or query vector is malformed; the message names the field."""
 
 
-class InvalidFilter(StoreError, ValueError):
+class InvalidFilterError(StoreError, ValueError):
     """A :class:`~actors.retriever.store.Filter` contradicts itself (empty range, naive date)."""
 
 

@@ -12,7 +12,7 @@ from typing import Final
 
 import msgspec
 
-from ._errors import InvalidFilter
+from ._errors import InvalidFilterError
 
 __all__ = ("LIVE", "Filter")
 
@@ -42,23 +42,23 @@ class Filter(msgspec.Struct, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         lo, hi = self.min_version, self.max_version
         if lo is not None and hi is not None and lo > hi:
-            raise InvalidFilter(f"min_version={lo} > max_version={hi}: the range is empty")
+            raise InvalidFilterError(f"min_version={lo} > max_version={hi}: the range is empty")
         if self.version is not None and (
             (lo is not None and self.version < lo) or (hi is not None and self.version > hi)
         ):
-            raise InvalidFilter(
+            raise InvalidFilterError(
                 f"version={self.version} lies outside [{lo}, {hi}]: drop one of the constraints"
             )
         for name in ("created_since", "created_before"):
             bound: datetime | None = getattr(self, name)
             if bound is not None and bound.utcoffset() is None:
-                raise InvalidFilter(
+                raise InvalidFilterError(
                     f"{name}={bound.isoformat()} has no timezone: "
                     f"pass an aware datetime, e.g. datetime(..., tzinfo=UTC)"
                 )
         since, before = self.created_since, self.created_before
         if since is not None and before is not None and since >= before:
-            raise InvalidFilter(
+            raise InvalidFilterError(
                 f"created_since={since.isoformat()} is not before "
                 f"created_before={before.isoformat()}: the interval is empty"
             )

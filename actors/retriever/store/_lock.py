@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import IO, Final
 
-from ._errors import StoreLocked
+from ._errors import StoreLockedError
 
 __all__ = ("LOCK_NAME", "DirLock")
 
@@ -36,7 +36,7 @@ class DirLock:
             file.seek(0)
             holder = file.read(32).decode(errors="replace").strip() or "unknown"
             file.close()
-            raise StoreLocked(
+            raise StoreLockedError(
                 f"{self._path.parent} is already open (holder pid {holder}); qdrant-edge allows "
                 f"one opener per directory: close the other store first, or give each "
                 f"process its own path"

@@ -21,14 +21,14 @@ from ragbus.subjects import SparseVector
 
 from ._errors import (
     BackendError,
-    CollectionMissing,
-    DimensionMismatch,
-    IncompatibleCollection,
-    InvalidPoint,
-    StoreClosed,
+    CollectionMissingError,
+    DimensionMismatchError,
+    IncompatibleCollectionError,
+    InvalidPointError,
+    StoreClosedError,
     StoreError,
-    StoreLocked,
-    StoreUnavailable,
+    StoreLockedError,
+    StoreUnavailableError,
 )
 from ._filter import LIVE, Filter
 from ._schema import DENSE, INDEXED_FIELDS, SPARSE, IndexKind
@@ -89,7 +89,7 @@ class ServerStore:
         """Open ``location``: a server URL, ``":memory:"``, or a directory for local mode.
 
         A local-mode directory admits one client at a time; a second raises
-        :class:`StoreLocked`.
+        :class:`StoreLockedError`.
         """
         if location == ":memory:":
             client = QdrantClient(location=":memory:")
@@ -99,7 +99,7 @@ class ServerStore:
             try:
                 client = QdrantClient(path=location)
             except RuntimeError as exc:
-                raise StoreLocked(
+                raise StoreLockedError(
                     f"{location} is already open by another Qdrant client: close it first, "
                     f"or run a Qdrant server for concurrent access"
                 ) from exc
@@ -264,20 +264,20 @@ class ServerStore:
         params = self._client.get_collection(self._collection).config.params
         dense = params.vectors.get(DENSE) if isinstance(params.vectors, dict) else None
         if dense is None:
-            raise IncompatibleCollection(
+            raise IncompatibleCollectionError(
                 f"{self._where} has no dense vector named {DENSE!r}: it was not created by "
                 f"ServerStore; use another collection name"
             )
         if wanted is not None and dense.size != wanted:
-            raise DimensionMismatch(self._where, dense.size, wanted)
+            raise DimensionMismatchError(self._where, dense.size, wanted)
         if dense.distance != models.Distance.COSINE:
-            raise IncompatibleCollection(
+            raise IncompatibleCollectionError(
                 f"{self._where} uses {dense.distance} distance, not Cosine: "
                 f"use another collection name"
             )
         sparse = (params.sparse_vectors or {}).get(SPARSE)
         if sparse is None or sparse.modifier != models.Modifier.IDF:
-            raise IncompatibleCollection(
+            raise IncompatibleCollectionError(
                 f"{self._where} lacks the sparse vector {SPARSE!r} with the IDF modifier: "
                 f"use another collection name"
             )
@@ -292,26 +292,27 @@ class ServerStore:
                     self._collection, field.value, field_schema=_SCHEMA[kind], wait=True
                 )
             elif info.data_type != _SCHEMA[kind]:
-                raise IncompatibleCollection(
+                raise IncompatibleCollectionError(
                     f"{self._where} indexes {field.value!r} as {info.data_type}, not "
                     f"{kind.value}: use another collection name"
                 )
 
     def _check_open(self) -> None:
         if self._closed:
-            raise StoreClosed(f"{self._where}: store is closed, open a new ServerStore")
+            raise StoreClosedError(f"{self._where}: store is closed, open a new ServerStore")
 
     def _require(self) -> None:
-        """Fail early with :class:`CollectionMissing`; local mode would raise a bare ValueError."""
+        """Fail early with :class:`CollectionMissingError` (local mode would raise a bare
+        ValueError)."""
         self._check_open()
         if self.dim is None:
-            raise CollectionMissing(
+            raise CollectionMissingError(
                 f"{self._where} does not exist yet: call ensure_collection(dim) first"
             )
 
     def _dense(self, vector: list[float], what: str) -> list[float]:
         if len(vector) != self._dim:
-            raise InvalidPoint(
+            raise InvalidPointError(
                 f"{what} has {len(vector)} dimensions but {self._where} holds {self._dim}"
             )
         return vector
@@ -335,19 +336,19 @@ class ServerStore:
         except StoreError:
             raise
         except ResponseHandlingException as exc:
-            raise StoreUnavailable(
+            raise StoreUnavailableError(
                 f"could not {action}: {self._where} is unreachable ({exc}); check the URL "
                 f"and that the server runs, then retry"
             ) from exc
         except UnexpectedResponse as exc:
             if exc.status_code == 404:
                 self._dim = None
-                raise CollectionMissing(
+                raise CollectionMissingError(
                     f"could not {action}: {self._where} does not exist; "
                     f"call ensure_collection(dim) first"
                 ) from exc
             if exc.status_code in _TRANSIENT:
-                raise StoreUnavailable(
+                raise StoreUnavailableError(
                     f"could not {action}: {self._where} answered {exc.status_code}; retry later"
                 ) from exc
             raise BackendError(f"could not {action} in {self._where}: {exc}") from exc

@@ -14,7 +14,7 @@ import msgspec
 
 from ragbus.subjects import SparseVector
 
-from ._errors import InvalidPoint
+from ._errors import InvalidPointError
 from ._filter import LIVE, Filter
 
 __all__ = (
@@ -30,7 +30,7 @@ __all__ = (
 
 
 def check_id(point_id: str) -> str:
-    """Return ``point_id`` if it is a canonical UUID string, else raise :class:`InvalidPoint`.
+    """Return ``point_id`` if it is a canonical UUID string, else raise :class:`InvalidPointError`.
 
     Both engines accept other spellings (upper case, no hyphens) but answer with the
     canonical one, so an id that is not canonical would not round-trip.
@@ -38,11 +38,11 @@ def check_id(point_id: str) -> str:
     try:
         canonical = str(uuid.UUID(point_id))
     except (ValueError, TypeError, AttributeError):
-        raise InvalidPoint(
+        raise InvalidPointError(
             f"point id {point_id!r} is not a UUID: derive ids with uuid.uuid5(namespace, key)"
         ) from None
     if canonical != point_id:
-        raise InvalidPoint(f"point id {point_id!r} is not canonical: use {canonical!r}")
+        raise InvalidPointError(f"point id {point_id!r} is not canonical: use {canonical!r}")
     return point_id
 
 
@@ -56,24 +56,24 @@ def plain_payload(payload: Mapping[str, Any], where: str) -> dict[str, Any]:
     try:
         plain: dict[str, Any] = msgspec.to_builtins(payload, str_keys=True)
     except (TypeError, ValueError) as exc:
-        raise InvalidPoint(f"{where}: payload is not JSON-serializable ({exc})") from None
+        raise InvalidPointError(f"{where}: payload is not JSON-serializable ({exc})") from None
     return plain
 
 
 def check_sparse(vector: SparseVector) -> SparseVector:
-    """Return ``vector`` if both engines can store it, else raise :class:`InvalidPoint`.
+    """Return ``vector`` if both engines can store it, else raise :class:`InvalidPointError`.
 
     Weights are raw term frequencies (or BM25 TF weights): the collection applies IDF
     at query time, so they never go stale as the corpus grows.
     """
     if len(vector.indices) != len(vector.values):
-        raise InvalidPoint(
+        raise InvalidPointError(
             f"sparse vector has {len(vector.indices)} indices but {len(vector.values)} values"
         )
     if len(set(vector.indices)) != len(vector.indices):
-        raise InvalidPoint("sparse vector repeats an index: sum the weights per term first")
+        raise InvalidPointError("sparse vector repeats an index: sum the weights per term first")
     if vector.indices and min(vector.indices) < 0:
-        raise InvalidPoint("sparse vector indices must be non-negative")
+        raise InvalidPointError("sparse vector indices must be non-negative")
     return vector
 
 
@@ -123,7 +123,7 @@ class VectorStore(Protocol):
     Implementations block, and qdrant-edge holds the GIL while it searches: call them
     from one worker thread, never from the event loop. They are not thread-safe.
     Every operation but ``ensure_collection`` and ``close`` raises
-    :class:`CollectionMissing` until the collection exists.
+    :class:`CollectionMissingError` until the collection exists.
     """
 
     @property
@@ -134,7 +134,7 @@ class VectorStore(Protocol):
     def ensure_collection(self, dim: int) -> None:
         """Create the collection and its payload indexes, or check an existing one.
 
-        Idempotent. Raises :class:`DimensionMismatch` if it exists with another size.
+        Idempotent. Raises :class:`DimensionMismatchError` if it exists with another size.
         """
         ...
 

@@ -19,7 +19,7 @@ from ragbus.config import (
     RuntimeSettings,
     Settings,
 )
-from ragbus.runtime import Client, NotFound
+from ragbus.runtime import Client, NotFoundError
 from ragbus.runtime.cli import follow_job, submit_job
 from ragbus.runtime.connection import NATS
 from ragbus.subjects import (
@@ -70,7 +70,7 @@ async def test_jobs_and_document_changes_are_audited(
         client = Client(nc, S)
         await client.request(S.docs("delete"), DocDelete(doc_id="a"), DocChanged)
         await client.request(S.docs("delete"), DocDelete(doc_id="b", purge=True), DocChanged)
-        with pytest.raises(NotFound):
+        with pytest.raises(NotFoundError):
             await client.request(S.docs("delete"), DocDelete(doc_id="nope"), DocChanged)
         events = await stored_events(store, 5)
 

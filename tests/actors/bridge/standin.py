@@ -10,10 +10,13 @@ what was cancelled.
 
 from __future__ import annotations
 
+from typing import Unpack
+
 import anyio
 import anyio.lowlevel
 
-from ragbus.runtime import Actor, BadRequest, Context, endpoint
+from ragbus.config import Settings
+from ragbus.runtime import Actor, ActorOptions, BadRequestError, Context, endpoint
 from ragbus.subjects import Done, Query, Source, Sources, Token
 
 __all__ = ("SOURCES", "QueryStandIn", "options", "token_text")
@@ -55,8 +58,9 @@ class QueryStandIn(Actor):
 
     name = "query-standin"
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, settings: Settings | None = None,
+                 **options: Unpack[ActorOptions]) -> None:
+        super().__init__(settings, **options)
         self.defaults: dict[str, float] = {}  # options for questions that name none
         self.received: list[Query] = []
         self.cancelled: list[str] = []
@@ -72,7 +76,7 @@ class QueryStandIn(Actor):
             await ctx.publish(request.reply_to,
                               Sources(request_id=request.request_id, sources=SOURCES))
             if opts.get("fail"):
-                raise BadRequest("the stand-in failed on purpose")
+                raise BadRequestError("the stand-in failed on purpose")
             if opts.get("hang"):
                 await anyio.sleep_forever()
             size = int(opts.get("size", 0))

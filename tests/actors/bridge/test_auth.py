@@ -12,7 +12,13 @@ import time
 import anyio
 import pytest
 
-from ragbus.actors.bridge import Authenticator, Bridge, CloseCode, OriginNotAllowed, Unauthenticated
+from ragbus.actors.bridge import (
+    Authenticator,
+    Bridge,
+    CloseCode,
+    OriginNotAllowedError,
+    UnauthenticatedError,
+)
 from ragbus.config import BridgeSettings, Secret
 from ragbus.runtime.connection import NATS
 from ragbus.subjects import AuditOutcome
@@ -219,11 +225,11 @@ def test_origins_must_match_exactly_and_a_wildcard_works_only_in_development() -
     listed.check_origin(ORIGIN)
     listed.check_origin(None)
     for near_miss in (ORIGIN + "/", ORIGIN + ":80", "https://app.test", "http://app.test.evil"):
-        with pytest.raises(OriginNotAllowed):
+        with pytest.raises(OriginNotAllowedError):
             listed.check_origin(near_miss)
     Authenticator(BridgeSettings(allowed_origins=["*"]), development=True).check_origin(
         "http://anything.test")
-    with pytest.raises(OriginNotAllowed):
+    with pytest.raises(OriginNotAllowedError):
         Authenticator(BridgeSettings(allowed_origins=["*"]), development=False).check_origin(
             "http://anything.test")
 
@@ -235,9 +241,9 @@ def test_a_jwt_signed_with_another_algorithm_is_refused() -> None:
                                         jwt_audience="ragbus-tests"), development=False)
     unsigned = jwt.encode({"sub": "mallory", "exp": int(time.time()) + 60,
                            "aud": "ragbus-tests"}, None, algorithm="none")
-    with pytest.raises(Unauthenticated):
+    with pytest.raises(UnauthenticatedError):
         auth.verify(unsigned)
     hs512 = jwt.encode({"sub": "mallory", "exp": int(time.time()) + 60, "aud": "ragbus-tests"},
                        JWT_SECRET, algorithm="HS512")
-    with pytest.raises(Unauthenticated):
+    with pytest.raises(UnauthenticatedError):
         auth.verify(hs512)

@@ -13,7 +13,7 @@ import httpx
 import msgspec
 import pytest
 
-from ragbus.actors.bridge import Bridge, CannotListen
+from ragbus.actors.bridge import Bridge, CannotListenError
 from ragbus.runtime import codec
 from ragbus.runtime.connection import NATS
 from ragbus.subjects import Cancel, Query, Subjects
@@ -310,5 +310,5 @@ async def test_a_port_in_use_is_refused_with_what_to_do(nats_url: str) -> None:
     async with running(first := Bridge(settings)):
         taken = msgspec.structs.replace(settings, bridge=msgspec.structs.replace(
             settings.bridge, port=first.port))
-        with pytest.raises(CannotListen, match=r"bridge\.port"):
+        with pytest.raises(CannotListenError, match=r"bridge\.port"):
             await Bridge(taken).serve()

@@ -8,7 +8,7 @@ import httpx
 import msgspec
 import pytest
 
-from ragbus.actors.bridge import Bridge, CertificateUnusable
+from ragbus.actors.bridge import Bridge, CertificateUnusableError
 from ragbus.config import BridgeSettings
 from tests.support import running
 from tests.support.tls import self_signed, tls_contexts
@@ -63,7 +63,7 @@ async def test_a_key_that_is_not_the_certificates_is_refused_at_start(
     cert, _ = certificate
     _, other_key = self_signed(tmp_path)
     settings = make_settings(nats_url, tls_cert=str(cert), tls_key=str(other_key))
-    with pytest.raises(CertificateUnusable, match=r"bridge\.tls_cert and bridge\.tls_key"):
+    with pytest.raises(CertificateUnusableError, match=r"bridge\.tls_cert and bridge\.tls_key"):
         await Bridge(settings).serve()
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from ragbus.actors.embedder import Embedder
 from ragbus.config import EmbedderSettings, NatsSettings, RuntimeSettings, Settings
-from ragbus.runtime import BadRequest, Client, TooLarge, discover
+from ragbus.runtime import BadRequestError, Client, TooLargeError, discover
 from ragbus.runtime.connection import NATS
 from ragbus.subjects import Embed, Embedded, Subjects
 from tests.support import running
@@ -118,9 +118,9 @@ async def test_duplicate_texts_in_one_request_are_embedded_once(nats_url: str, n
 async def test_wrong_model_and_too_many_texts_are_refused(nats_url: str, nc: NATS) -> None:
     client = Client(nc)
     async with running(Embedder(make_settings(nats_url, max_texts=4))):
-        with pytest.raises(BadRequest, match="not comparable"):
+        with pytest.raises(BadRequestError, match="not comparable"):
             await client.request(EMBED, Embed(texts=["x"], model="bge-small"), Embedded)
-        with pytest.raises(TooLarge, match=r"embedder\.max_texts"):
+        with pytest.raises(TooLargeError, match=r"embedder\.max_texts"):
             await client.request(EMBED, Embed(texts=["x"] * 5), Embedded)
         ok = await client.request(EMBED, Embed(texts=[], model="all-MiniLM-L6-v2-int8"), Embedded)
     assert ok.vectors == b""

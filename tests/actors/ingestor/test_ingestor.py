@@ -26,7 +26,7 @@ from ragbus.config import (
     RuntimeSettings,
     Settings,
 )
-from ragbus.runtime import Client, NotFound
+from ragbus.runtime import Client, NotFoundError
 from ragbus.runtime.cli import follow_job, submit_job
 from ragbus.runtime.connection import NATS
 from ragbus.subjects import (
@@ -197,7 +197,7 @@ async def test_delete_hides_a_document_and_purge_removes_it(
 
         await client.request(S.docs("delete"), DocDelete(doc_id="gone", purge=True), DocChanged)
         assert await retriever.worker.run(store.count, Filter(include_deleted=True)) == 1
-        with pytest.raises(NotFound):
+        with pytest.raises(NotFoundError):
             await client.request(S.docs("get"), DocGet(doc_id="gone"), DocListed)
 
 

@@ -22,19 +22,19 @@ import qdrant_edge
 from qdrant_client import QdrantClient, models
 
 from ragbus.actors.retriever.store import (
-    CollectionMissing,
-    DimensionMismatch,
+    CollectionMissingError,
+    DimensionMismatchError,
     EdgeStore,
     EdgeTuning,
     Filter,
-    IncompatibleCollection,
-    InvalidFilter,
-    InvalidPoint,
+    IncompatibleCollectionError,
+    InvalidFilterError,
+    InvalidPointError,
     Record,
     ServerStore,
-    StoreClosed,
-    StoreLocked,
-    StoreUnavailable,
+    StoreClosedError,
+    StoreLockedError,
+    StoreUnavailableError,
     VectorStore,
 )
 from ragbus.subjects import SparseVector
@@ -286,7 +286,7 @@ def test_ensure_collection_is_idempotent_and_refuses_another_dimension(
     s.upsert(records())
     s.ensure_collection(DIM)
 
-    with pytest.raises(DimensionMismatch, match=r"holds 16-dimensional vectors but 32") as err:
+    with pytest.raises(DimensionMismatchError, match=r"holds 16-dimensional vectors but 32") as err:
         s.ensure_collection(32)
     assert "re-ingest" in str(err.value)
     assert s.count() == N
@@ -302,18 +302,18 @@ def test_payload_values_are_stored_as_json_alike_on_every_backend(store: VectorS
     [point] = store.retrieve([pid(0)])
     assert point.payload == {"created_at": "2030-05-01T12:00:00Z", "ref": str(NAMESPACE)}
     assert listed(store, Filter(created_since=when)) == {pid(0), pid(1)}
-    with pytest.raises(InvalidPoint, match="not JSON-serializable"):
+    with pytest.raises(InvalidPointError, match="not JSON-serializable"):
         store.set_payload([pid(0)], {"blob": object()})
 
 
 def test_malformed_input_is_refused_before_the_engine(store: VectorStore) -> None:
-    with pytest.raises(InvalidPoint, match="dimensions"):
+    with pytest.raises(InvalidPointError, match="dimensions"):
         store.upsert([Record(id=pid(0), dense=[1.0, 0.0])])
-    with pytest.raises(InvalidPoint, match="dimensions"):
+    with pytest.raises(InvalidPointError, match="dimensions"):
         store.search([1.0, 0.0])
-    with pytest.raises(InvalidPoint, match="not a UUID"):
+    with pytest.raises(InvalidPointError, match="not a UUID"):
         store.delete(["chunk-1"])
-    with pytest.raises(InvalidPoint, match="not canonical"):
+    with pytest.raises(InvalidPointError, match="not canonical"):
         store.retrieve([pid(0).upper()])
     assert store.count() == N
 
@@ -322,9 +322,9 @@ def test_operations_before_ensure_collection_say_what_to_do(backend: Backend) ->
     s = backend.open()
 
     assert s.dim is None
-    with pytest.raises(CollectionMissing, match=r"ensure_collection\(dim\) first"):
+    with pytest.raises(CollectionMissingError, match=r"ensure_collection\(dim\) first"):
         s.count()
-    with pytest.raises(CollectionMissing):
+    with pytest.raises(CollectionMissingError):
         s.upsert(records())
 
 
@@ -334,7 +334,7 @@ def test_closed_store_refuses_work(backend: Backend) -> None:
     s.close()
     s.close()
 
-    with pytest.raises(StoreClosed):
+    with pytest.raises(StoreClosedError):
         s.search(axis(0))
 
 
@@ -358,7 +358,7 @@ def test_store_works_from_a_worker_thread(store: VectorStore) -> None:
     ],
 )
 def test_filter_refuses_contradictions(kwargs: dict[str, Any], message: str) -> None:
-    with pytest.raises(InvalidFilter, match=message):
+    with pytest.raises(InvalidFilterError, match=message):
         Filter(**kwargs)
 
 
@@ -369,7 +369,7 @@ def test_filter_and_records_decode_from_the_wire() -> None:
     assert flt == Filter(tags=("a",), created_since=JAN_1)
     with pytest.raises(msgspec.ValidationError, match="not a UUID"):
         msgspec.json.decode(b'{"id": "x", "dense": [1.0]}', type=Record)
-    with pytest.raises(InvalidPoint, match="2 indices but 1 values"):
+    with pytest.raises(InvalidPointError, match="2 indices but 1 values"):
         Record(id=pid(1), dense=[1.0], sparse=SparseVector(indices=[1, 2], values=[1.0]))
 
 
@@ -394,7 +394,7 @@ def test_edge_second_opener_is_refused_until_the_first_closes(tmp_path: Path) ->
     first = EdgeStore(tmp_path)
     first.ensure_collection(DIM)
 
-    with pytest.raises(StoreLocked, match=r"already open \(holder pid \d+\).*own path"):
+    with pytest.raises(StoreLockedError, match=r"already open \(holder pid \d+\).*own path"):
         EdgeStore(tmp_path)
 
     first.close()
@@ -407,7 +407,7 @@ def test_edge_opener_outside_ragbus_is_reported_as_locked(tmp_path: Path) -> Non
         s.ensure_collection(DIM)
     raw = qdrant_edge.EdgeShard.load(str(tmp_path))
     try:
-        with pytest.raises(StoreLocked, match="bypasses"):
+        with pytest.raises(StoreLockedError, match="bypasses"):
             EdgeStore(tmp_path)
     finally:
         raw.close()
@@ -438,7 +438,7 @@ def test_edge_refuses_a_shard_it_did_not_create(
 ) -> None:
     qdrant_edge.EdgeShard.create(str(tmp_path), config).close()
 
-    with pytest.raises(IncompatibleCollection, match="use a new path"):
+    with pytest.raises(IncompatibleCollectionError, match="use a new path"):
         EdgeStore(tmp_path)
     with EdgeStore(tmp_path / "fresh") as fresh:  # the refused open let go of its lock
         fresh.ensure_collection(DIM)
@@ -447,7 +447,8 @@ def test_edge_refuses_a_shard_it_did_not_create(
 def test_edge_dimension_mismatch_after_reopen(tmp_path: Path) -> None:
     with EdgeStore(tmp_path) as s:
         s.ensure_collection(DIM)
-    with EdgeStore(tmp_path) as s, pytest.raises(DimensionMismatch, match="new collection or path"):
+    with EdgeStore(tmp_path) as s, pytest.raises(DimensionMismatchError,
+                                                 match="new collection or path"):
         s.ensure_collection(384)
 
 
@@ -492,9 +493,9 @@ def test_server_unreachable_raises_unavailable() -> None:
     # No version check: it runs in a thread of its own and warns from there.
     client = QdrantClient(url=f"http://127.0.0.1:{port}", timeout=2, check_compatibility=False)
     with ServerStore(client, "chunks", owns_client=True) as s:
-        with pytest.raises(StoreUnavailable, match="unreachable"):
+        with pytest.raises(StoreUnavailableError, match="unreachable"):
             s.ensure_collection(DIM)
-        with pytest.raises(StoreUnavailable):
+        with pytest.raises(StoreUnavailableError):
             s.count()
 
 
@@ -506,7 +507,7 @@ def test_server_refuses_a_collection_it_did_not_create() -> None:
     )
     with (
         ServerStore(client, "chunks", owns_client=True) as s,
-        pytest.raises(IncompatibleCollection, match="not Cosine"),
+        pytest.raises(IncompatibleCollectionError, match="not Cosine"),
     ):
         s.ensure_collection(DIM)
 
@@ -514,6 +515,6 @@ def test_server_refuses_a_collection_it_did_not_create() -> None:
 def test_server_local_path_admits_one_client(tmp_path: Path) -> None:
     with (
         ServerStore.connect(str(tmp_path), "chunks"),
-        pytest.raises(StoreLocked, match="another Qdrant client"),
+        pytest.raises(StoreLockedError, match="another Qdrant client"),
     ):
         ServerStore.connect(str(tmp_path), "chunks")

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from ragbus.actors.router._errors import NothingToExtract
+from ragbus.actors.router._errors import NothingToExtractError
 from ragbus.actors.router._extractive import ExtractiveProvider, extract
 from ragbus.actors.router._provider import Prompt, Usage
 from ragbus.subjects import ContextNode
@@ -60,7 +60,7 @@ def test_without_any_shared_word_the_best_ranked_passage_stands_in() -> None:
 
 
 async def test_no_context_means_nothing_to_extract() -> None:
-    with pytest.raises(NothingToExtract):
+    with pytest.raises(NothingToExtractError):
         await answer("anything?", [])
 
 

@@ -15,11 +15,11 @@ from ragbus.actors.router._errors import (
     ProviderAuthError,
     ProviderConnectError,
     ProviderError,
-    ProviderOutOfMemory,
-    ProviderRateLimited,
-    ProviderRejected,
+    ProviderOutOfMemoryError,
+    ProviderRateLimitedError,
+    ProviderRejectedError,
     ProviderServerError,
-    ProviderTimeout,
+    ProviderTimeoutError,
 )
 from ragbus.actors.router._openai import OpenAIProvider, classify_error, parse_retry_after
 from ragbus.actors.router._provider import Prompt, Usage
@@ -82,13 +82,13 @@ async def test_streams_deltas_and_reports_usage_with_key_model_and_limits() -> N
 
 
 @pytest.mark.parametrize(("behaviour", "error"), [
-    (Behaviour.rate_limited(retry_after="3"), ProviderRateLimited),
+    (Behaviour.rate_limited(retry_after="3"), ProviderRateLimitedError),
     (Behaviour.server_error(), ProviderServerError),
     (Behaviour.server_error(503), ProviderServerError),
-    (Behaviour.out_of_memory(), ProviderOutOfMemory),
+    (Behaviour.out_of_memory(), ProviderOutOfMemoryError),
     (Behaviour.auth_failure(), ProviderAuthError),
     (Behaviour(status=400, error_body='{"error": {"message": "context too long"}}'),
-     ProviderRejected),
+     ProviderRejectedError),
 ])
 async def test_error_statuses_become_typed_provider_errors(
     behaviour: Behaviour, error: type[ProviderError]
@@ -96,7 +96,7 @@ async def test_error_statuses_become_typed_provider_errors(
     async with FakeOpenAI(behaviour) as fake, provider(fake.base_url) as p:
         with pytest.raises(error) as caught:
             await collect(p)
-    if isinstance(caught.value, ProviderRateLimited):
+    if isinstance(caught.value, ProviderRateLimitedError):
         assert caught.value.retry_after_s == 3.0
 
 
@@ -152,7 +152,7 @@ def test_the_proxy_is_picked_by_scheme_then_all_proxy_and_skipped_for_no_proxy(
 async def test_stall_before_first_token_times_out_and_closes_the_connection() -> None:
     async with FakeOpenAI(Behaviour.stall_before_first_token()) as fake, \
             provider(fake.base_url) as p:
-        with pytest.raises(ProviderTimeout, match="no first token"):
+        with pytest.raises(ProviderTimeoutError, match="no first token"):
             await collect(p, first_token_timeout_s=0.3)
         await fake.wait_for_disconnects(1, timeout=2)
 
@@ -161,7 +161,7 @@ async def test_stall_mid_stream_hits_the_idle_timeout_after_the_first_tokens() -
     async with FakeOpenAI(Behaviour.stall_mid_stream(after=2)) as fake, \
             provider(fake.base_url, idle_timeout_s=0.3) as p:
         got: list[str] = []
-        with pytest.raises(ProviderTimeout, match="idle"):
+        with pytest.raises(ProviderTimeoutError, match="idle"):
             await collect(p, into=got)
         assert got == ["t0 ", "t1 "]
         await fake.wait_for_disconnects(1, timeout=2)
@@ -179,14 +179,14 @@ async def test_disconnect_mid_stream_is_a_server_error() -> None:
 async def test_error_event_in_the_stream_is_classified_by_its_text() -> None:
     oom = Behaviour(error_event_after=1, error_event="llama_decode: out of memory")
     async with FakeOpenAI(oom) as fake, provider(fake.base_url) as p:
-        with pytest.raises(ProviderOutOfMemory):
+        with pytest.raises(ProviderOutOfMemoryError):
             await collect(p)
 
 
 async def test_total_timeout_bounds_a_slow_but_steady_stream() -> None:
     async with FakeOpenAI(Behaviour.counting(100, pace_s=0.05)) as fake, \
             provider(fake.base_url, total_timeout_s=0.4, idle_timeout_s=5) as p:
-        with pytest.raises(ProviderTimeout, match="total_timeout_s"):
+        with pytest.raises(ProviderTimeoutError, match="total_timeout_s"):
             await collect(p)
 
 
@@ -234,8 +234,8 @@ def test_retry_after_accepts_seconds_and_http_dates() -> None:
 
 
 @pytest.mark.parametrize(("status", "body", "error"), [
-    (500, b"model requires more system memory (8 GiB) than is available", ProviderOutOfMemory),
-    (400, b'{"error": "CUDA error: out of memory"}', ProviderOutOfMemory),
+    (500, b"model requires more system memory (8 GiB) than is available", ProviderOutOfMemoryError),
+    (400, b'{"error": "CUDA error: out of memory"}', ProviderOutOfMemoryError),
     (403, b"forbidden", ProviderAuthError),
     (0, {"error": {"message": "boom"}}, ProviderServerError),
 ])
