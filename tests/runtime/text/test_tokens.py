@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from ragbus.runtime.text import _tokens as tokens
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 # letters, digits, punctuation, whitespace, accents, CJK, emoji: exercises cuts
 # inside multi-byte characters (no surrogates: documents are valid Unicode)

@@ -30,7 +30,7 @@ from ragbus.subjects import (
 from tests.support import running
 from tests.support.cli import RAGBUS
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 ANSWER = ["Twenty", "-five days", " of paid vacation", " [1]."]
 
 

@@ -15,7 +15,7 @@ from ragbus.config import ROLES
 from ragbus.runtime import ensure_kv, ensure_stream
 from ragbus.runtime.cli import EmbeddedNats, NatsServerError, find_nats_server
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 async def test_embedded_server_listens_on_loopback_with_jetstream() -> None:

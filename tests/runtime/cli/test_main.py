@@ -9,16 +9,12 @@ import subprocess
 import time
 from pathlib import Path
 
-import anyio
 import pytest
 
-from ragbus.runtime import ensure_kv
 from ragbus.runtime.cli import main
-from ragbus.runtime.connection import NATS
-from ragbus.subjects import Subjects, retrieval_cache_bucket
 from tests.support.cli import RAGBUS
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_config_show_masks_secrets_and_names_sources(
@@ -85,24 +81,3 @@ def test_up_starts_embedded_nats_and_drains_on_sigint(tmp_path: Path) -> None:
     assert proc.returncode == 0
     assert "stopped" in out
     assert not (tmp_path / "ragbus" / "run.json").exists()
-
-
-async def test_cache_stats_and_purge(nats_url: str, nc: NATS, tmp_path: Path) -> None:
-    kv = await ensure_kv(nc, retrieval_cache_bucket(Subjects()))
-    await kv.put("k1", b"v")
-    await kv.put("k2", b"v")
-    env = {**os.environ, "RAGBUS_NATS__URL": nats_url, "COLUMNS": "200"}
-
-    def cli(*args: str) -> str:
-        done = subprocess.run([*RAGBUS, "cache", *args],
-                              cwd=tmp_path, env=env, capture_output=True, text=True,
-                              timeout=60, check=True)
-        return done.stdout
-
-    stats = await anyio.to_thread.run_sync(cli, "stats")
-    row = next(line for line in stats.splitlines() if "rag_retrieval" in line)
-    assert row.split("│")[3].strip() == "2"
-    assert "not created yet" in next(line for line in stats.splitlines() if "answers" in line)
-    purged = await anyio.to_thread.run_sync(cli, "purge", "retrieval")
-    row = next(line for line in purged.splitlines() if "rag_retrieval" in line)
-    assert row.split("│")[3].strip() == "0"
