@@ -204,13 +204,13 @@ class Ingestor(Actor):
         else:
             raise RuntimeError(f"corpus version of {collection!r} kept changing under us")
         version = current + 1
-        await self.nc.publish(
-            self.subjects.corpus_version,
-            msgspec.json.encode(
-                CorpusVersion(collection=collection, version=version, job_id=job_id)
-            ),
-        )
+        await self.announce(CorpusVersion(collection=collection, version=version, job_id=job_id))
         return version
+
+    async def announce(self, change: CorpusVersion) -> None:
+        """Tell whoever listens on ``rag.corpus.version``. The KV bucket is the truth (the
+        retriever reads it on every query); the message is a courtesy that can be lost."""
+        await self.nc.publish(self.subjects.corpus_version, msgspec.json.encode(change))
 
     # -- documents and jobs API ------------------------------------------------------------
     @endpoint(lambda s: s.docs("list"), request=DocList)

@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Unpack
 
 import anyio
-import msgspec
 import numpy as np
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
 from prometheus_client import Counter
 
 from ragbus.config import Settings
@@ -21,16 +20,14 @@ from ragbus.runtime import (
     BadRequestError,
     Client,
     Context,
+    EndpointSpec,
     UnavailableError,
     WorkerThread,
     endpoint,
     ensure_kv,
-    kv_entries,
 )
-from ragbus.runtime.actor import EndpointSpec
 from ragbus.subjects import (
     AuditKind,
-    CorpusVersion,
     IndexApplied,
     IndexUpdate,
     Query,
@@ -75,9 +72,8 @@ class Retriever(Actor):
         self._optimized: dict[str, bool] = {}
         self.optimizations = 0
         self._optimizing = 0
-        self.corpus_versions: dict[str, int] = {}
         self.cache: RetrievalCache | None = None
-        self._corpus_sub: Subscription | None = None
+        self._corpus: KeyValue | None = None
         self._cache_lookups = self.metrics.get(Counter, "ragbus_retrieval_cache",
                                                "Retrieval cache lookups by result",
                                                ["actor", "result"])
@@ -109,26 +105,36 @@ class Retriever(Actor):
                 self.stores[shard] = await self.worker.run(self._open, shard)
             except StoreError as exc:
                 raise UnavailableError(f"shard {shard!r} cannot be opened: {exc}") from exc
-        corpus = await ensure_kv(self.nc, corpus_bucket(self.subjects))
-        for entry in await kv_entries(corpus):
-            self.corpus_versions[entry.key] = int(entry.value or b"0")
-        self._corpus_sub = await self.nc.subscribe(self.subjects.corpus_version,
-                                                   cb=self._on_corpus_version)
+        self._corpus = await ensure_kv(self.nc, corpus_bucket(self.subjects))
         if self.config.cache:
             self.cache = RetrievalCache(await ensure_kv(
                 self.nc, retrieval_cache_bucket(self.subjects, self.config.cache_ttl_s)))
 
-    async def _on_corpus_version(self, msg: Msg) -> None:
-        try:
-            change = msgspec.json.decode(msg.data, type=CorpusVersion)
-        except msgspec.DecodeError:
-            return
-        if change.version > self.corpus_versions.get(change.collection, 0):
-            self.corpus_versions[change.collection] = change.version
+    async def corpus_versions(self, shards: list[str]) -> dict[str, int]:
+        """Each shard's corpus version, read from the KV bucket the ingestor bumps.
+
+        Read on every query (a KV get is ~0.3 ms, and runs beside the cache lookup), not
+        kept from ``rag.corpus.version`` messages: a retriever that missed one while it
+        reconnected would serve stale cached retrievals and answers until it restarted.
+        """
+        assert self._corpus is not None, "setup() has not run"
+        corpus = self._corpus
+        found: dict[str, int] = {}
+
+        async def one(shard: str) -> None:
+            try:
+                entry = await corpus.get(shard)
+            except KeyNotFoundError:
+                found[shard] = 0
+            else:
+                found[shard] = int(entry.value or b"0")
+
+        async with anyio.create_task_group() as tg:
+            for shard in shards:
+                tg.start_soon(one, shard)
+        return found
 
     async def teardown(self) -> None:
-        if self._corpus_sub is not None and not self.nc.is_closed:
-            await self._corpus_sub.unsubscribe()
         for store in self.stores.values():
             await self.worker.run(store.close)
         self.worker.close()
@@ -246,11 +252,25 @@ class Retriever(Actor):
                         details={"retrieval": request.retrieval, "generate": request.generate})
         prepared = prepare(request, cfg.max_top_k)
         shards = request.collections or cfg.query_shards or cfg.shards
-        versions = {s: self.corpus_versions.get(s, 0) for s in shards}
         key = retrieval_key(question=prepared.text, filters=prepared.filters,
                             top_k=request.top_k, mode=request.retrieval, widen=request.widen,
-                            shards=versions)
-        cached = await self.cache.get(key) if self.cache is not None else None
+                            shards=shards)
+        cached: CachedSources | None = None
+        versions: dict[str, int] = {}
+
+        async def lookup() -> None:
+            nonlocal cached
+            if self.cache is not None:
+                cached = await self.cache.get(key)
+
+        async def read_versions() -> None:
+            versions.update(await self.corpus_versions(shards))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lookup)
+            tg.start_soon(read_versions)
+        if cached is not None and cached.versions != versions:
+            cached = None  # computed before a re-ingest: stale
         timings: dict[str, float] = {}
         if cached is not None:
             self._cache_lookups.labels(self.name, "hit").inc()
@@ -269,7 +289,7 @@ class Retriever(Actor):
             timings.update(gathered.timings_ms)
             if self.cache is not None:
                 await self.cache.put(key, CachedSources(sources=sources, missing_shards=missing,
-                                                        vector=vector))
+                                                        vector=vector, versions=versions))
         timings["retrieval"] = (time.perf_counter() - started) * 1000
         await ctx.publish(request.reply_to, Sources(request_id=request.request_id,
                                                     sources=sources, missing_shards=missing))

@@ -14,9 +14,13 @@ __all__ = ("CachedSources", "RetrievalCache", "answer_scope", "retrieval_key")
 
 
 class CachedSources(msgspec.Struct, frozen=True, kw_only=True):
+    """A retrieval, and the corpus version of each shard it was computed at: it is served
+    only while those are still the shards' versions."""
+
     sources: list[Source]
     missing_shards: list[str]
     vector: bytes | None = None
+    versions: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 def answer_scope(*, filters: QueryFilters | None, shards: dict[str, int]) -> str:
@@ -27,11 +31,12 @@ def answer_scope(*, filters: QueryFilters | None, shards: dict[str, int]) -> str
 
 
 def retrieval_key(*, question: str, filters: QueryFilters | None, top_k: int, mode: str,
-                  widen: bool, shards: dict[str, int]) -> str:
-    """``shards`` maps each searched shard to its corpus version."""
+                  widen: bool, shards: list[str]) -> str:
+    """The same search of the same shards; their versions are checked on the entry, so the
+    lookup can run while the versions are read."""
     canonical = msgspec.json.encode({
         "q": " ".join(question.lower().split()), "f": filters, "k": top_k, "m": mode,
-        "w": widen, "s": sorted(shards.items()),
+        "w": widen, "s": sorted(shards),
     })
     return hashlib.sha256(canonical).hexdigest()
 

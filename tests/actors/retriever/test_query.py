@@ -25,6 +25,7 @@ from ragbus.runtime import Client, Context
 from ragbus.runtime.cli import follow_job, submit_job
 from ragbus.runtime.connection import NATS
 from ragbus.subjects import (
+    CorpusVersion,
     DocChanged,
     DocDelete,
     Embed,
@@ -334,6 +335,37 @@ async def test_retrieval_cache_serves_repeats_and_invalidates_on_reingest(
     assert third.cache_scope != first.cache_scope  # the corpus changed: they may not
     assert isinstance(third_sources, Sources)
     assert "Rye" in next(s.text for s in third_sources.sources if s.doc_id == "bread")
+
+
+class LossyIngestor(Ingestor):
+    """An ingestor whose corpus-version announcements are lost on the way (a retriever
+    reconnecting, a slow consumer dropped by the server)."""
+
+    async def announce(self, change: CorpusVersion) -> None:
+        self.lost.append(change)
+
+    lost: list[CorpusVersion] = []  # noqa: RUF012 - one test, one list
+
+
+async def test_a_lost_corpus_version_message_never_serves_a_stale_retrieval(
+    nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
+    settings = make_settings(nats_url, tmp_path)
+    async with running(Embedder(settings), Retriever(settings), LossyIngestor(settings)):
+        await ingest(nc, DOCS)
+        _, first = await ask(nc, q(nc, "sourdough"))
+        _, cached = await ask(nc, q(nc, "sourdough"))
+        await ingest(nc, {"bread": ("Rye bread is dense and sour.", ["food"])})
+        fresh_sources, fresh = await ask(nc, q(nc, "sourdough"))
+    assert len(LossyIngestor.lost) == 2  # neither version change was announced
+    assert first is not None
+    assert cached is not None
+    assert cached.timings_ms.get("retrieval_cache_hit") == 1.0
+    assert fresh is not None
+    assert "retrieval_cache_hit" not in fresh.timings_ms
+    assert fresh.cache_scope != first.cache_scope  # nor may a cached answer be reused
+    assert isinstance(fresh_sources, Sources)
+    assert "Rye" in next(s.text for s in fresh_sources.sources if s.doc_id == "bread")
 
 
 @pytest.mark.parametrize(("body", "needle"), [
