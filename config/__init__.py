@@ -12,6 +12,7 @@ from ._router import (
 )
 from ._secret import MASK, Secret, secret_values
 from ._settings import (
+    IN_MEMORY,
     BridgeSettings,
     EmbedderSettings,
     IngestorSettings,
@@ -27,6 +28,7 @@ from ._trimmer import TrimmerSettings
 
 __all__ = (
     "ENV_PREFIX",
+    "IN_MEMORY",
     "MASK",
     "ROLES",
     "AuditSettings",

@@ -21,7 +21,7 @@ from msgspec import inspect as mi
 
 from ._errors import ConfigError, ProductionConfigError
 from ._secret import MASK, Secret
-from ._settings import Settings
+from ._settings import IN_MEMORY, Settings
 
 __all__ = ("ENV_PREFIX", "Loaded", "load_settings", "production_problems")
 
@@ -189,6 +189,10 @@ def production_problems(settings: Settings, roles: Collection[str] | None = None
             "no NATS credentials: set nats.creds_file, nats.token, or nats.user and "
             "nats.password (e.g. RAGBUS_NATS__PASSWORD)"
         )
+    if settings.retriever.backend == "server" and settings.retriever.url == IN_MEMORY and (
+            roles is None or "retriever" in roles):
+        problems.append("retriever.url = ':memory:' keeps the index in the process only: "
+                        "everything is lost on restart; point it at a Qdrant server")
     if roles is not None and "bridge" not in roles:
         return problems
     bridge = settings.bridge

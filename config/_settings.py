@@ -21,6 +21,7 @@ from ._section import Section as _Section
 from ._trimmer import TrimmerSettings
 
 __all__ = (
+    "IN_MEMORY",
     "BridgeSettings",
     "EmbedderSettings",
     "IngestorSettings",
@@ -32,6 +33,10 @@ __all__ = (
     "Settings",
     "default_data_dir",
 )
+
+
+#: ``retriever.url`` for qdrant-client's in-process store (asked for by name, never implied)
+IN_MEMORY = ":memory:"
 
 
 def default_data_dir() -> Path:
@@ -200,8 +205,10 @@ class RetrieverSettings(_Section, frozen=True, kw_only=True):
     """The vector store the retriever owns.
 
     ``edge`` embeds Qdrant's engine (HNSW, data under ``data_dir``); ``server``
-    talks to a Qdrant server at ``url``. ``shards`` are the collections this
-    instance serves; each listens on its own subjects.
+    talks to a Qdrant server at ``url``, which it requires: ``":memory:"`` asks for
+    qdrant-client's in-process store explicitly (lost on restart; refused in
+    production). ``shards`` are the collections this instance serves; each listens
+    on its own subjects.
     """
 
     backend: Literal["edge", "server"] = "edge"
@@ -221,6 +228,12 @@ class RetrieverSettings(_Section, frozen=True, kw_only=True):
     max_top_k: PositiveInt = 100
     cache: bool = True
     cache_ttl_s: Positive = 24 * 3600.0
+
+    def __post_init__(self) -> None:
+        if self.backend == "server" and not self.url:
+            raise ValueError(
+                "retriever.backend = 'server' needs retriever.url (RAGBUS_RETRIEVER__URL), "
+                "e.g. http://qdrant:6333; ':memory:' asks for a throw-away in-process store")
 
 
 class Settings(_Section, frozen=True, kw_only=True):

@@ -13,7 +13,7 @@ from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 from prometheus_client import Counter
 
-from ragbus.config import Settings
+from ragbus.config import IN_MEMORY, Settings
 from ragbus.runtime import (
     Actor,
     ActorOptions,
@@ -91,8 +91,10 @@ class Retriever(Actor):
             from qdrant_client import QdrantClient
 
             key = self.config.api_key.get() if self.config.api_key else None
-            client = QdrantClient(url=self.config.url, api_key=key) if self.config.url \
-                else QdrantClient(":memory:")
+            url = self.config.url
+            assert url, "RetrieverSettings requires a url for the server backend"
+            client = QdrantClient(":memory:") if url == IN_MEMORY \
+                else QdrantClient(url=url, api_key=key)
             collection = f"{self.subjects.prefix.replace('.', '_')}_{shard}"
             return ServerStore(client, collection, owns_client=True)
         root = Path(self.config.data_dir) if self.config.data_dir else \

@@ -165,3 +165,23 @@ def test_production_needs_only_the_passwords_of_the_roles_a_process_logs_in_as()
     assert any("auth secret" in p for p in info.value.problems)
     with pytest.raises(KeyError, match="no role 'embeder'"):
         production_problems(loaded.settings, {"embeder"})
+
+
+def test_the_server_backend_without_a_url_is_refused_naming_the_setting() -> None:
+    """It used to fall back to an in-process store silently: every vector lost on restart."""
+    with pytest.raises(ConfigError, match=r"retriever\.url.*RAGBUS_RETRIEVER__URL"):
+        load_settings(env={"RAGBUS_RETRIEVER__BACKEND": "server"})
+    url = load_settings(env={"RAGBUS_RETRIEVER__BACKEND": "server",
+                             "RAGBUS_RETRIEVER__URL": "http://qdrant:6333"})
+    assert url.settings.retriever.url == "http://qdrant:6333"
+
+
+def test_the_in_process_store_is_for_asking_by_name_and_not_for_production() -> None:
+    from ragbus.config import IN_MEMORY
+
+    env = {"RAGBUS_RETRIEVER__BACKEND": "server", "RAGBUS_RETRIEVER__URL": IN_MEMORY}
+    assert load_settings(env=env).settings.retriever.url == ":memory:"
+    problems = production_problems(load_settings(env=env).settings, roles={"retriever"})
+    assert any("lost on restart" in p for p in problems)
+    assert not any("lost on restart" in p for p in production_problems(
+        load_settings(env=env).settings, roles={"router"}))
