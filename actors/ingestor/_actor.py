@@ -17,9 +17,11 @@ import anyio
 import msgspec
 import nats.errors
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
+from prometheus_client import Counter, Gauge, Histogram
 
 from ragbus.runtime import (
     Actor,
@@ -66,6 +68,11 @@ __all__ = ("Ingestor",)
 
 DURABLE = "ingestor"
 
+#: how often the queue's backlog is read for ``ragbus_ingest_jobs_waiting``: one small
+#: JetStream API request, and a backlog is a matter of minutes, not milliseconds
+BACKLOG_INTERVAL_S = 5.0
+_WAIT_BUCKETS = (0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0)
+
 
 class Ingestor(Actor):
     """Turns documents into indexed chunks; only what changed is embedded."""
@@ -79,6 +86,25 @@ class Ingestor(Actor):
         self._corpus_kv: KeyValue | None = None
         self._manifests: Manifests | None = None
         self.jobs_run = 0
+        m = self.metrics
+        self._jobs = m.get(Counter, "ragbus_ingest_jobs",
+                           "Ingest jobs by how an attempt ended (succeeded, failed, retried, "
+                           "handed_back)", ["actor", "outcome"])
+        self._chunks = m.get(Counter, "ragbus_ingest_chunks",
+                             "Chunks written by ingest jobs, by whether their embedding was "
+                             "computed or reused", ["actor", "embedding"])
+        self._waiting = m.get(Gauge, "ragbus_ingest_jobs_waiting",
+                              "Jobs in the work queue no ingestor has taken yet",
+                              ["actor"]).labels(self.name)
+        self._queued_s = m.get(Histogram, "ragbus_ingest_queue_seconds",
+                               "From a job's submission to an ingestor taking it (first "
+                               "delivery)", ["actor"], buckets=_WAIT_BUCKETS).labels(self.name)
+
+    def _count_job(self, outcome: str, progress: Progress) -> None:
+        """One attempt's end: its outcome and the chunks it wrote, whatever the outcome."""
+        self._jobs.labels(self.name, outcome).inc()
+        self._chunks.labels(self.name, "computed").inc(progress.embeddings_computed)
+        self._chunks.labels(self.name, "reused").inc(progress.embeddings_reused)
 
     @property
     def manifests(self) -> Manifests:
@@ -114,6 +140,7 @@ class Ingestor(Actor):
         )
         slots = anyio.Semaphore(cfg.concurrent_jobs)
         async with anyio.create_task_group() as tg:
+            tg.start_soon(self._watch_backlog, sub)
             while not self.stopping:
                 await slots.acquire()
                 try:
@@ -125,6 +152,21 @@ class Ingestor(Actor):
                     tg.start_soon(self._take, msg, slots)
             # stopping: unfinished jobs drain under the actor's grace period
 
+    async def _watch_backlog(self, sub: JetStreamContext.PullSubscription) -> None:
+        """Keep ``ragbus_ingest_jobs_waiting`` current: the ingest lag an operator alerts on.
+
+        Read from the durable consumer here, not from the messages taken, because a backlog
+        builds exactly while every ingestor is too busy to take anything.
+        """
+        while not self.stopping:
+            try:
+                info = await sub.consumer_info()
+            except Exception as exc:  # the bus is reconnecting: keep the last figure
+                self.log.debug("ingest.backlog_unknown", error=repr(exc))
+            else:
+                self._waiting.set(info.num_pending or 0)
+            await anyio.sleep(BACKLOG_INTERVAL_S)
+
     async def _take(self, msg: Msg, slots: anyio.Semaphore) -> None:
         try:
             await self._run_job(msg)
@@ -133,6 +175,8 @@ class Ingestor(Actor):
 
     async def _run_job(self, msg: Msg) -> None:
         attempt = msg.metadata.num_delivered if msg.metadata else 1
+        if attempt == 1 and msg.metadata and msg.metadata.timestamp:
+            self._queued_s.observe(max(0.0, time.time() - msg.metadata.timestamp.timestamp()))
         try:
             request = msgspec.json.decode(msg.data, type=IngestRequest)
         except msgspec.DecodeError as exc:
@@ -193,11 +237,13 @@ class Ingestor(Actor):
                     # shutting down: hand the job to another ingestor right away
                     with anyio.CancelScope(shield=True):
                         await msg.nak()
+                    self._count_job("handed_back", progress)
                     log.info("ingest.job.handed_back")
                     return
                 why = "cancelled" if any(w.cancel_requested for w in works) else "deadline exceeded"
                 await progress.finish(JobState.FAILED, why)
                 await msg.ack()
+                self._count_job("failed", progress)
                 log.info("ingest.job.failed", reason=why)
                 cancelled = any(w.cancel_requested for w in works)
                 await audit(AuditOutcome.CANCELLED if cancelled else AuditOutcome.FAILED, why,
@@ -215,6 +261,7 @@ class Ingestor(Actor):
                 progress.message = f"attempt {attempt} failed ({message}); will retry"
                 await progress.publish(force=True)
                 await msg.nak(delay=min(30.0, 2.0**attempt))
+            self._count_job("failed" if last else "retried", progress)
             log.warning("ingest.job.error", error=message, will_retry=not last)
             return
         finally:
@@ -228,6 +275,7 @@ class Ingestor(Actor):
                 details={"job_id": request.job_id})
         snapshot = await progress.finish(JobState.SUCCEEDED, "done")
         await msg.ack()
+        self._count_job("succeeded", progress)
         await audit(AuditOutcome.OK, "done")
         self.jobs_run += 1
         log.info(
