@@ -58,6 +58,18 @@ def promtool() -> str:
     pytest.skip("promtool is not installed (apt-get install prometheus); CI installs it")
 
 
+def test_without_promtool_the_checks_skip_on_a_workstation_and_fail_in_ci(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing on it
+    monkeypatch.delenv("RAGBUS_CI", raising=False)
+    with pytest.raises(pytest.skip.Exception):
+        promtool()
+    monkeypatch.setenv("RAGBUS_CI", "1")
+    with pytest.raises(pytest.fail.Exception, match="promtool is missing in CI"):
+        promtool()
+
+
 def test_promtool_accepts_the_prometheus_config_and_its_alert_rules() -> None:
     done = subprocess.run([promtool(), "check", "config", "prometheus.yml"], cwd=PROMETHEUS,
                           capture_output=True, text=True, timeout=60)
