@@ -1,12 +1,12 @@
 """The dashboard, the alert rules and the README's metric list, against a running system.
 
 ``promtool`` (Debian's ``prometheus`` package; ``.ci/run`` installs it and sets
-``RAGBUS_CI=1``, which turns a missing promtool from a skip into a failure) checks the
-Prometheus configuration and the rules, and runs the rules' unit tests. Then a whole
-``ragbus up`` does a little of everything (an ingest, questions over NATS and through
+``CI_REQUIRE_PROMTOOL=1``, which turns a missing promtool from a skip into a failure)
+checks the Prometheus configuration and the rules, and runs the rules' unit tests. Then a
+whole ``ragbus up`` does a little of everything (an ingest, questions over NATS and through
 the bridge, an answer-cache hit, a provider breaker opening, a bad request, a refused
-socket) and its ``/metrics`` must hold every metric the rules and the dashboard name,
-and exactly the metrics the README lists, with the types and labels it gives.
+socket) and its ``/metrics`` must hold every metric the rules and the dashboard name, and
+exactly the metrics the README lists, with the types and labels it gives.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def promtool() -> str:
     found = shutil.which("promtool")
     if found:
         return found
-    if os.environ.get("RAGBUS_CI") == "1":
+    if os.environ.get("CI_REQUIRE_PROMTOOL") == "1":
         pytest.fail("promtool is missing in CI: .ci/run installs Debian's prometheus package")
     pytest.skip("promtool is not installed (apt-get install prometheus); CI installs it")
 
@@ -62,12 +62,19 @@ def test_without_promtool_the_checks_skip_on_a_workstation_and_fail_in_ci(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # nothing on it
-    monkeypatch.delenv("RAGBUS_CI", raising=False)
+    monkeypatch.delenv("CI_REQUIRE_PROMTOOL", raising=False)
     with pytest.raises(pytest.skip.Exception):
         promtool()
-    monkeypatch.setenv("RAGBUS_CI", "1")
+    monkeypatch.setenv("CI_REQUIRE_PROMTOOL", "1")
     with pytest.raises(pytest.fail.Exception, match="promtool is missing in CI"):
         promtool()
+
+
+def test_what_ci_exports_is_not_taken_for_a_setting() -> None:
+    """The settings loader refuses unknown RAGBUS_* variables: CI's own must not be one."""
+    exported = re.findall(r"^export (\w+)=", (REPO / ".ci" / "run").read_text(), re.M)
+    assert "CI_REQUIRE_PROMTOOL" in exported
+    assert not [name for name in exported if name.startswith("RAGBUS_")]
 
 
 def test_promtool_accepts_the_prometheus_config_and_its_alert_rules() -> None:
