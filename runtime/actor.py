@@ -327,6 +327,7 @@ class Actor:
         role = (self.role or role_for_actor(self.name)) if security.enabled else ""
         self._nc = await connect_as(self.settings.nats, security, role, url=self.nats_url,
                                     name=f"{self.name}-{self.id}")
+        self.metrics.watch_connection(self.name, self._nc)
         discovery: Discovery | None = None
         try:
             await self.setup()

@@ -10,6 +10,7 @@ image copies every package the project installs.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -145,3 +146,148 @@ async def test_an_actor_started_as_compose_starts_it_serves_on_nats_started_as_c
         _, nats_err = nats.communicate(timeout=10)
     assert actor.returncode == 0, err.decode()[-2000:]
     assert (tmp_path / "data" / "jetstream").is_dir(), nats_err.decode()[-2000:]
+
+
+# -- health checks, pinned images, the image's stages --------------------------------------
+def test_every_long_running_service_has_a_health_check() -> None:
+    for name, service in SERVICES.items():
+        check = service.get("healthcheck")
+        assert check, f"{name} has no healthcheck"
+        if name == "cli":  # `docker compose run --rm cli ...`: one-off commands
+            assert check == {"disable": True}
+            continue
+        assert check["test"][0] in ("CMD", "CMD-SHELL"), name
+        assert {"interval", "timeout", "retries", "start_period"} <= set(check), name
+
+
+@pytest.mark.parametrize("name", [n for n in RAGBUS_SERVICES if n != "cli"])
+def test_each_ragbus_service_checks_its_own_actor_with_ragbus_health(name: str) -> None:
+    command = SERVICES[name]["command"]
+    test = SERVICES[name]["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "ragbus", "health"]
+    args = build_parser().parse_args(test[2:])
+    actor = "bridge" if command == ["bridge"] else command[1]
+    assert args.name == actor
+    replicas = int(command[command.index("--replicas") + 1]) if "--replicas" in command else 1
+    assert args.replicas == replicas  # every process of the container is checked
+    # it reads the port compose gives the process
+    assert service_env(name)["RAGBUS_METRICS__PORT"] == "9464"
+
+
+_PINNED = re.compile(r"^[\w./-]+:v?\d+\.\d+\.\d+(-[\w.]+)?(@sha256:[0-9a-f]{64})?$")
+
+
+def test_every_image_is_pinned_to_a_release() -> None:
+    for name, service in SERVICES.items():
+        image = service["image"]
+        if image != "ragbus:local":
+            assert _PINNED.match(image), f"{name}: {image} is not pinned to a release"
+
+
+def test_the_nats_image_is_the_nats_server_release_the_tests_run() -> None:
+    version = subprocess.run([find_nats_server(), "--version"], capture_output=True,
+                             text=True, check=True).stdout
+    tested = re.search(r"v(\d+\.\d+\.\d+)", version)
+    assert tested, version
+    assert SERVICES["nats"]["image"] == f"nats:{tested[1]}-alpine"
+
+
+def test_the_qdrant_image_matches_the_qdrant_client_the_tests_run() -> None:
+    from importlib.metadata import version
+
+    client = version("qdrant-client").split(".")[:2]
+    image = SERVICES["qdrant"]["image"].split(":v")[1].split(".")[:2]
+    assert image == client  # qdrant-client warns beyond one minor version apart
+
+
+def _stages(dockerfile: str) -> list[list[str]]:
+    """The Dockerfile's instructions, one list per stage (continuation lines joined)."""
+    stages: list[list[str]] = []
+    for line in dockerfile.replace("\\\n", " ").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("FROM "):
+            stages.append([])
+        if stages:
+            stages[-1].append(line)
+    return stages
+
+
+def test_the_image_is_built_in_a_builder_stage_and_runs_as_a_non_root_user() -> None:
+    text = (REPO / "Dockerfile").read_text()
+    base = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", text, re.M)
+    assert base, "the base image is an ARG, so a digest can be added at build time"
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", base[1]), base[1]
+    builder, runtime = _stages(text)
+    assert builder[0] == "FROM ${PYTHON_IMAGE} AS builder"
+    assert runtime[0] == "FROM ${PYTHON_IMAGE}"
+    assert any("pip install --no-compile ." in i for i in builder)
+    assert any("slim_venv.py" in i and i.startswith("RUN") for i in builder)
+    # the runtime stage installs nothing: it copies the trimmed venv
+    assert not any("pip " in i for i in runtime)
+    assert "COPY --from=builder /opt/ragbus /opt/ragbus" in runtime
+    users = [i.split()[1] for i in runtime if i.startswith("USER ")]
+    assert users
+    assert users[-1] not in ("root", "0")
+    assert runtime[-1].startswith("CMD") or runtime[-1].startswith("ENTRYPOINT")
+    assert (REPO / "deploy" / "image" / "slim_venv.py").is_file()
+
+
+# -- the observability profile ---------------------------------------------------------------
+OBSERVABILITY = sorted(n for n, s in SERVICES.items() if "observability" in s.get("profiles", []))
+
+
+def test_the_observability_profile_runs_prometheus_and_grafana_on_files_that_exist() -> None:
+    assert OBSERVABILITY == ["grafana", "prometheus"]
+    for name in OBSERVABILITY:
+        for volume in SERVICES[name]["volumes"]:
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (REPO / source).exists(), f"{name} mounts {source}, which is missing"
+    for port in (p for n in OBSERVABILITY for p in SERVICES[n].get("ports", [])):
+        assert port.startswith("127.0.0.1:"), f"{port}: only on the host's loopback"
+
+
+def test_prometheus_finds_its_rules_where_compose_mounts_them_and_scrapes_every_process(
+) -> None:
+    prometheus = SERVICES["prometheus"]
+    mounts = dict(v.split(":")[:2] for v in prometheus["volumes"] if v.startswith("./"))
+    config_path = next(a.split("=", 1)[1] for a in prometheus["command"]
+                       if a.startswith("--config.file="))
+    config_source = next(s for s, t in mounts.items() if t == config_path)
+    config = yaml.safe_load((REPO / config_source).read_text())
+    for rules in config["rule_files"]:
+        target = str(Path(config_path).parent / rules)
+        assert target in mounts.values(), f"{rules} is not mounted at {target}"
+    targets = {t for job in config["scrape_configs"] for c in job["static_configs"]
+               for t in c["targets"]}
+    wanted = set()
+    for name in RAGBUS_SERVICES:
+        if name == "cli":
+            continue
+        command = SERVICES[name]["command"]
+        replicas = int(command[command.index("--replicas") + 1]) \
+            if "--replicas" in command else 1
+        wanted |= {f"{name}:{9464 + i}" for i in range(replicas)}
+    assert targets == wanted
+
+
+def test_grafana_is_provisioned_with_the_prometheus_datasource_the_dashboard_names() -> None:
+    grafana = SERVICES["grafana"]
+    mounts = dict(v.split(":")[:2] for v in grafana["volumes"] if v.startswith("./"))
+    provisioning = REPO / next(s for s, t in mounts.items() if t == "/etc/grafana/provisioning")
+    sources = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())
+    (source,) = sources["datasources"]
+    assert source["url"] == "http://prometheus:9090"
+    providers = yaml.safe_load((provisioning / "dashboards" / "ragbus.yml").read_text())
+    path = providers["providers"][0]["options"]["path"]
+    dashboards = REPO / next(s for s, t in mounts.items() if t == path)
+    dashboard = json.loads((dashboards / "ragbus.json").read_text())
+    uids = {p["datasource"]["uid"] for p in dashboard["panels"] if p["type"] != "row"}
+    uids |= {t["datasource"]["uid"] for p in dashboard["panels"] for t in p.get("targets", [])}
+    assert uids == {source["uid"]}
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == f"{path}/ragbus.json"

@@ -13,9 +13,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Unpack
 
+import anyio
 import msgspec
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
+from prometheus_client import Counter, Gauge, Histogram
 
 from ragbus.config import Settings
 from ragbus.runtime import (
@@ -67,6 +69,11 @@ __all__ = ("Ingestor",)
 
 DURABLE = "ingestor"
 
+#: how often the queue's backlog is read for ``ragbus_ingest_jobs_waiting``: one small
+#: JetStream API request, and a backlog is a matter of minutes, not milliseconds
+BACKLOG_INTERVAL_S = 5.0
+_WAIT_BUCKETS = (0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0)
+
 
 @dataclass(slots=True)
 class _Job:
@@ -89,6 +96,25 @@ class Ingestor(Actor):
         self._corpus_kv: KeyValue | None = None
         self._manifests: Manifests | None = None
         self.jobs_run = 0
+        m = self.metrics
+        self._jobs = m.get(Counter, "ragbus_ingest_jobs",
+                           "Ingest jobs by how an attempt ended (succeeded, failed, retried, "
+                           "handed_back)", ["actor", "outcome"])
+        self._chunks = m.get(Counter, "ragbus_ingest_chunks",
+                             "Chunks written by ingest jobs, by whether their embedding was "
+                             "computed or reused", ["actor", "embedding"])
+        self._waiting = m.get(Gauge, "ragbus_ingest_jobs_waiting",
+                              "Jobs in the work queue no ingestor has taken yet",
+                              ["actor"]).labels(self.name)
+        self._queued_s = m.get(Histogram, "ragbus_ingest_queue_seconds",
+                               "From a job's submission to an ingestor taking it (first "
+                               "delivery)", ["actor"], buckets=_WAIT_BUCKETS).labels(self.name)
+
+    def _count_job(self, outcome: str, progress: Progress) -> None:
+        """One attempt's end: its outcome and the chunks it wrote, whatever the outcome."""
+        self._jobs.labels(self.name, outcome).inc()
+        self._chunks.labels(self.name, "computed").inc(progress.embeddings_computed)
+        self._chunks.labels(self.name, "reused").inc(progress.embeddings_reused)
 
     @property
     def manifests(self) -> Manifests:
@@ -108,6 +134,23 @@ class Ingestor(Actor):
         self._manifests = Manifests(await ensure_kv(self.nc, docs_bucket(s)))
 
     # -- jobs ---------------------------------------------------------------------------
+    async def background(self) -> None:
+        """Keep ``ragbus_ingest_jobs_waiting`` current: the ingest lag an operator alerts on.
+
+        Read from the durable consumer, not from the messages taken, because a backlog
+        builds exactly while every ingestor is too busy to take anything.
+        """
+        js = self.nc.jetstream()
+        while not self.stopping:
+            try:
+                info = await js.consumer_info(self.subjects.ingest_stream, DURABLE)
+            except Exception as exc:  # not created yet, or the bus is reconnecting
+                self.log.debug("ingest.backlog_unknown", error=repr(exc))
+                await anyio.sleep(0.2)
+                continue
+            self._waiting.set(info.num_pending or 0)
+            await anyio.sleep(BACKLOG_INTERVAL_S)
+
     def _queue(self) -> Durable:
         cfg = self.config
         return Durable(DURABLE, stream=lambda s: s.ingest_stream, ack_wait_s=cfg.ack_wait_s,
@@ -118,12 +161,20 @@ class Ingestor(Actor):
     async def ingest(self, request: IngestRequest, ctx: Context) -> None:
         """One job from the work queue; the kernel acks it when this returns."""
         ctx.cancellable_as(request.job_id)
+        meta = ctx.msg.metadata
+        if ctx.attempt == 1 and meta is not None and meta.timestamp is not None:
+            self._queued_s.observe(max(0.0, time.time() - meta.timestamp.timestamp()))
         job = ctx.state = _Job(await self._progress(request.job_id, ctx))
         ctx.log.info("ingest.job.started", job_id=request.job_id, attempt=ctx.attempt,
                      path=request.path, documents=len(request.documents))
         runner = JobRunner(self.nc, self.subjects, self.config, self.manifests, job.progress,
                            msgspec.structs.replace(request, deadline=ctx.deadline))
-        await runner.run()
+        try:
+            await runner.run()
+        except anyio.get_cancelled_exc_class():
+            if self.stopping:  # the kernel hands it to another ingestor
+                self._count_job("handed_back", job.progress)
+            raise
         progress = job.progress
         if progress.docs_changed:
             await self._bump_corpus(request.collection, request.job_id)
@@ -131,6 +182,7 @@ class Ingestor(Actor):
                             sizes={"docs": progress.docs_changed},
                             details={"job_id": request.job_id})
         snapshot = await progress.finish(JobState.SUCCEEDED, "done")
+        self._count_job("succeeded", progress)
         await self._audit_job(request, ctx, AuditOutcome.OK, "done")
         self.jobs_run += 1
         ctx.log.info("ingest.job.succeeded", job_id=request.job_id, docs=snapshot.docs_done,
@@ -144,6 +196,7 @@ class Ingestor(Actor):
         if job is None:  # failed before it started: a progress record still says why
             job = _Job(await self._progress(request.job_id, ctx))
         message = f"{error.code.value}: {error.message}"
+        self._count_job("retried" if retrying else "failed", job.progress)
         if retrying:
             job.progress.message = f"attempt {ctx.attempt} failed ({message}); will retry"
             await job.progress.publish(force=True)

@@ -59,6 +59,19 @@ from ._routing import Plan, plan
 __all__ = ("Router",)
 
 _TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# a whole answer: a cache hit in milliseconds, a long local generation in minutes
+_ANSWER_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+def _upstream_s(request: Generate) -> float:
+    """Time the query spent in the retriever and the context-trimmer before it got here.
+
+    Summed from the stage timings the hand-off carries: the router is the only actor that
+    sees a query's end, and no stage stamps when the query arrived, so the bus hops between
+    stages (~0.3 ms each on loopback) are not included.
+    """
+    t = request.timings_ms
+    return (float(t.get("retrieval", 0.0)) + float(t.get("trim", 0.0))) / 1000
 
 
 @dataclass(slots=True)
@@ -118,6 +131,25 @@ class Router(Actor):
                            ["actor", "provider"], buckets=_TTFT_BUCKETS)
         self._tokens = m.get(Counter, "ragbus_router_tokens",
                              "Provider tokens relayed", ["actor", "provider"])
+        # what the dashboard's provider mix, fallback, cache and end-to-end panels read
+        self._answered = m.get(Counter, "ragbus_router_answers",
+                               "Answers sent, by the provider that gave them and whether "
+                               "the answer cache did", ["actor", "provider", "answer_cache"])
+        self._fallbacks = m.get(Counter, "ragbus_router_fallbacks",
+                                "Providers passed over for the next in the chain (skipped, "
+                                "or failed before the first token), by why",
+                                ["actor", "provider", "reason"])
+        self._answer_cache = m.get(Counter, "ragbus_answer_cache",
+                                   "Answer cache lookups by result (exact, semantic, miss)",
+                                   ["actor", "result"])
+        self._query_ttft = m.get(Histogram, "ragbus_query_first_token_seconds",
+                                 "From the retriever taking a query to its first answer "
+                                 "token (stage timings summed)", ["actor", "answer_cache"],
+                                 buckets=_TTFT_BUCKETS)
+        self._query_seconds = m.get(Histogram, "ragbus_query_seconds",
+                                    "From the retriever taking a query to its answer's end "
+                                    "(stage timings summed)", ["actor", "answer_cache"],
+                                    buckets=_ANSWER_BUCKETS)
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def _series(self, metric: Any, *labels: str) -> Any:
@@ -323,6 +355,7 @@ class Router(Actor):
         found = await self.answers.lookup(
             scope=request.cache_scope, question=request.question, provider=first.name,
             model=first.model, prompt=prompt.template, vector=request.question_vector)
+        self._series(self._answer_cache, "miss" if found is None else found[1]).inc()
         if found is None:
             return False
         cached, how = found
@@ -334,6 +367,8 @@ class Router(Actor):
             await answer.sink.flush()
             tg.cancel_scope.cancel()
         elapsed = (anyio.current_time() - answer.started) * 1000
+        # the cached text went out in one flush: its first token is its end
+        self._observe_answer(request, cached.provider, "hit", elapsed / 1000, elapsed / 1000)
         timings = dict(request.timings_ms)
         timings.update(generation=round(elapsed, 3), answer_cache=1.0)
         await answer.send(Done(
@@ -354,13 +389,16 @@ class Router(Actor):
             name = provider.name
             if not self.limits.has_capacity(name):  # before a probe is claimed for nothing
                 outcome.attempts.append(self._limit_reached(provider))
+                self._series(self._fallbacks, name, "rate_limit").inc()
                 continue
             admission = await self.breakers.admit(name)
             if not admission.allowed:
                 outcome.attempts.append({"provider": name, "skipped": admission.reason})
+                self._series(self._fallbacks, name, "breaker").inc()
                 continue
             if not await self.limits.try_acquire(name):
                 outcome.attempts.append(self._limit_reached(provider))
+                self._series(self._fallbacks, name, "rate_limit").inc()
                 continue
             has_fallback = i + 1 < len(chain.order)
             left = answer.ctx.remaining()
@@ -384,6 +422,7 @@ class Router(Actor):
                 if not cut_short:
                     await self.breakers.failure(name, exc, admission)
                 self._count(name, f"failed_{exc.reason}")
+                self._series(self._fallbacks, name, exc.reason).inc()
                 answer.ctx.log.info("router.fallback", provider=name, reason=exc.reason,
                                     error=exc.message)
                 outcome.attempts.append({"provider": name, "error": exc.reason,
@@ -428,6 +467,15 @@ class Router(Actor):
             self._series(self._tokens, provider.name).inc(usage.deltas)
 
     # -- endings -------------------------------------------------------------------------
+    def _observe_answer(self, request: Generate, provider: str, answer_cache: str,
+                        first_token_s: float, generation_s: float) -> None:
+        """Count an answer sent and how long the query took, end to end as far as the
+        stage timings tell (``answer_cache`` is ``hit`` or ``miss``)."""
+        upstream = _upstream_s(request)
+        self._series(self._answered, provider, answer_cache).inc()
+        self._series(self._query_ttft, answer_cache).observe(upstream + first_token_s)
+        self._series(self._query_seconds, answer_cache).observe(upstream + generation_s)
+
     async def _fail(self, answer: _Answer, code: ErrorCode, message: str) -> None:
         ctx = answer.ctx
         self.metrics.errors.labels(self.name, ctx.endpoint, code.value).inc()
@@ -453,6 +501,7 @@ class Router(Actor):
         elapsed = (now - answer.started) * 1000
         timings.update(first_token=round(before + first, 3), total=round(before + elapsed, 3),
                        router_first_token=round(first, 3), generation=round(elapsed, 3))
+        self._observe_answer(request, provider.name, "miss", first / 1000, elapsed / 1000)
         await answer.send(Done(
             request_id=request.request_id, text_length=ctx.partial_text_length,
             provider=provider.name, model=provider.model, usage=usage.as_dict(),

@@ -19,6 +19,7 @@ from ._ask import add_commands as add_ask_commands
 from ._audit import add_commands as add_audit_commands
 from ._bridge import add_commands as add_bridge_commands
 from ._cache import add_commands as add_cache_commands
+from ._health import add_commands as add_health_commands
 from ._ingest import add_commands as add_ingest_commands
 from ._server import NatsServerError
 from ._state import read_run_info
@@ -153,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_cache_commands(sub)
     add_ask_commands(sub)
     add_bridge_commands(sub)
+    add_health_commands(sub)
 
     config = sub.add_parser("config", help="inspect settings")
     config_sub = config.add_subparsers(dest="config_command", required=True)

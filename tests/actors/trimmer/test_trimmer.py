@@ -45,6 +45,8 @@ S = Subjects()
 
 
 def make_settings(nats_url: str, **trimmer: Any) -> Settings:
+    # what is kept is under test, not how fast: a loaded machine must not fall back
+    trimmer.setdefault("embed_timeout_s", 60.0)
     return Settings(
         nats=NatsSettings(url=nats_url, max_reconnect_attempts=2, reconnect_time_wait_s=0.1),
         runtime=RuntimeSettings(concurrency=8, default_timeout_s=10.0, drain_grace_s=1.0),
