@@ -1,7 +1,10 @@
 """structlog set-up: JSON (console on a TTY), context from the message, secrets masked.
 
 Masking is a processor at the end of the chain, so nothing reaches a sink
-unmasked, whichever logger or library produced the event.
+unmasked, whichever logger or library produced the event: the standard
+``logging`` records of nats-py, aiohttp, httpx, qdrant-client and onnxruntime go
+through the same processors (``structlog.stdlib.ProcessorFormatter`` on the root
+logger), so they are masked and rendered like ragbus's own lines.
 """
 
 from __future__ import annotations
@@ -17,12 +20,28 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 
 from ragbus.config import MASK, LoggingSettings, Secret
 
-__all__ = ("SecretMasker", "configure_logging", "get_logger")
+__all__ = ("SECRET_KEYS", "SecretMasker", "configure_logging", "get_logger", "secret_key")
 
-_SENSITIVE_KEY = re.compile(
-    r"(pass(word|wd)?|secret|token|api[_-]?key|authorization|credential|creds|nkey|seed|jwt)",
-    re.IGNORECASE,
-)
+#: keys whose value is a credential, whatever it looks like (compared lower-cased, "-" as "_")
+SECRET_KEYS = frozenset({
+    "password", "passwd", "pass", "secret", "token", "api_key", "apikey", "x_api_key",
+    "authorization", "proxy_authorization", "cookie", "set_cookie", "credential",
+    "credentials", "creds", "nkey", "seed", "jwt", "bearer", "access_key", "private_key",
+    "client_secret", "access_token", "refresh_token", "id_token", "auth_token",
+    "session_token", "hash_key", "jwt_secret", "api_keys",
+})
+#: a name ending like one of these holds a credential too (``admin_password``), unless its
+#: value is a number: ``first_token_ms``, ``tokens_used`` and ``prompt_tokens`` are figures
+_SECRET_SUFFIXES = ("_password", "_passwd", "_secret", "_token", "_api_key", "_apikey",
+                    "_key_secret", "_credentials", "_seed", "_nkey")
+
+
+def secret_key(key: str, value: Any = None) -> bool:
+    """Whether ``key`` names a credential (a number under a suffix-only match is a figure)."""
+    name = key.lower().replace("-", "_")
+    if name in SECRET_KEYS:
+        return True
+    return name.endswith(_SECRET_SUFFIXES) and not isinstance(value, int | float)
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=\-]{6,}"), rf"\1 {MASK}"),
     (re.compile(r"\beyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]*"), MASK),
@@ -60,7 +79,7 @@ class SecretMasker:
     def mask(self, value: Any, key: str = "") -> Any:
         if isinstance(value, Secret):
             return MASK
-        if key and _SENSITIVE_KEY.search(key) and value not in (None, "", [], {}):
+        if key and value not in (None, "", [], {}) and secret_key(key, value):
             return MASK
         if isinstance(value, str):
             return self.mask_text(value)
@@ -102,21 +121,39 @@ def configure_logging(
         if fmt == "console"
         else structlog.processors.JSONRenderer()
     )
+    level = logging.getLevelNamesMapping()[settings.level.upper()]
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            *_format_exc_then_mask(_masker),
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[settings.level.upper()]
-        ),
+        processors=[*shared, *_format_exc_then_mask(_masker), renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
+    _route_stdlib(out, level, shared, renderer)
     return _masker
+
+
+def _route_stdlib(out: TextIO, level: int, shared: list[Processor],
+                  renderer: Processor) -> None:
+    """Send the standard ``logging`` records (the libraries') through the same chain."""
+    handler = logging.StreamHandler(out)
+    handler.set_name("ragbus")
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name,
+                           structlog.stdlib.ExtraAdder()],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    *_format_exc_then_mask(_masker), renderer],
+    ))
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == "ragbus"]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    # libraries say a lot at debug; ragbus's own debug lines are what debug is for
+    root.setLevel(max(level, logging.INFO))
 
 
 def get_logger(**initial: Any) -> structlog.typing.FilteringBoundLogger:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import structlog
@@ -44,6 +45,11 @@ async def nc(settings: Settings) -> AsyncIterator[NATS]:
 
 
 @pytest.fixture(autouse=True)
-def _fresh_logging() -> None:
-    """A test that configures logging to a capture stream must not leak it into the next."""
+def _fresh_logging() -> Iterator[None]:
+    """A test that configures logging to a capture stream must not leak it into the next
+    (structlog's, and the root handler that routes the libraries' records)."""
     structlog.reset_defaults()
+    yield
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if h.get_name() == "ragbus"]:
+        root.removeHandler(handler)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Collection, Sequence
 
 import anyio
@@ -130,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ragbus", description=__doc__)
     parser.add_argument("--config", help="TOML settings file (default: $RAGBUS_CONFIG, "
                         "else ./ragbus.toml if present)")
+    parser.add_argument("--log-format", choices=["auto", "json", "console"],
+                        help="log lines as JSON or for people (default: logging.format, "
+                        "auto: console on a terminal, JSON otherwise)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="start NATS (embedded unless nats.url is set) and all actors")
@@ -165,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.log_format:  # as the setting's variable, so processes started from here agree
+        os.environ["RAGBUS_LOGGING__FORMAT"] = args.log_format
     try:
         if getattr(args, "needs_nats", False):
             args.loaded = _load(args, roles=getattr(args, "roles", _CLI_ROLES))
