@@ -9,7 +9,7 @@ from ._errors import (
     OriginNotAllowedError,
     UnauthenticatedError,
 )
-from ._limits import Denied, LimitState, RateLimits
+from ._limits import FIRST_ASK_ESTIMATE_S, Denied, LimitState, RateLimits
 from ._protocol import (
     AskFrame,
     AuthFrame,
@@ -30,6 +30,7 @@ from ._protocol import (
 )
 
 __all__ = (
+    "FIRST_ASK_ESTIMATE_S",
     "WS_PATH",
     "AskFrame",
     "AuthDeniedError",

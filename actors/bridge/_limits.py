@@ -3,7 +3,10 @@
 All sockets of one identity share its limits, so opening more sockets does not
 buy more asks. ``remaining`` is how many asks could start right now;
 ``reset_in_seconds`` is when ``remaining`` next grows by one (0 when it is full),
-which is also when a refused ask may be retried.
+which is also when a refused ask may be retried. An ask refused by the concurrent
+limit waits for one of the identity's asks to end, which nobody can know in
+advance: its ``reset_in_seconds`` is an estimate, the moving average of how long
+this bridge's recent asks took (:data:`FIRST_ASK_ESTIMATE_S` before any has ended).
 """
 
 from __future__ import annotations
@@ -15,7 +18,11 @@ from typing import Literal
 
 from aiolimiter import AsyncLimiter
 
-__all__ = ("Denied", "LimitState", "RateLimits")
+__all__ = ("FIRST_ASK_ESTIMATE_S", "Denied", "LimitState", "RateLimits")
+
+#: the estimated length of an ask before any has ended (a retrieval plus a short answer)
+FIRST_ASK_ESTIMATE_S = 2.0
+_EWMA_WEIGHT = 0.2  # of the newest ask: about the last ten asks count
 
 
 class _Bucket(AsyncLimiter):
@@ -47,12 +54,13 @@ class LimitState:
 
 @dataclass(frozen=True, slots=True)
 class Denied:
-    """Why an ask was refused; ``retry_after_s`` is None when it depends on another
-    ask finishing (the concurrent limit)."""
+    """Why an ask was refused, and when to retry: for the concurrent limit an estimate
+    (see the module's docstring) in ``retry_estimate_s``, ``retry_after_s`` None."""
 
     scope: Literal["per_minute", "concurrent"]
     state: LimitState
     retry_after_s: int | None
+    retry_estimate_s: float | None = None
 
 
 class RateLimits:
@@ -63,6 +71,7 @@ class RateLimits:
         self.period_s = period_s
         self.max_identities = max_identities
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        self.typical_ask_s = FIRST_ASK_ESTIMATE_S
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -103,7 +112,8 @@ class RateLimits:
         """Take one ask from the identity's limits, or say which limit refused it."""
         bucket = self._bucket(identity)
         if bucket.in_flight >= self.concurrent:
-            return Denied("concurrent", self._state(bucket), None)
+            return Denied("concurrent", self._state(bucket), None,
+                          round(max(0.1, self.typical_ask_s), 3))
         if not bucket.has_capacity(1):
             state = self._state(bucket)
             return Denied("per_minute", state, max(1, math.ceil(state.reset_in_seconds)))
@@ -112,8 +122,11 @@ class RateLimits:
         bucket.in_flight += 1
         return self._state(bucket)
 
-    def release(self, identity: str) -> None:
-        """An admitted ask has ended (done, failed, cancelled or abandoned)."""
+    def release(self, identity: str, took_s: float | None = None) -> None:
+        """An admitted ask has ended (done, failed, cancelled or abandoned) after
+        ``took_s`` seconds, which feeds the concurrent limit's retry estimate."""
+        if took_s is not None:
+            self.typical_ask_s += _EWMA_WEIGHT * (took_s - self.typical_ask_s)
         bucket = self._buckets.get(identity)
         if bucket is not None and bucket.in_flight > 0:
             bucket.in_flight -= 1

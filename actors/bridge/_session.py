@@ -316,13 +316,14 @@ class Session:
                    else state.concurrent_limit,
                    "remaining": state.remaining if denied.scope == "per_minute" else 0,
                    "reset_in_seconds": state.reset_in_seconds if denied.scope == "per_minute"
-                   else None,
+                   else denied.retry_estimate_s,
                    "scope": denied.scope}
         if denied.retry_after_s is not None:
             message = f"Rate limit exceeded. Retry after {denied.retry_after_s} seconds."
         else:
             message = (f"Rate limit exceeded: {state.concurrent_limit} asks at once is the "
-                       "limit. Retry when one has finished.")
+                       f"limit. Retry when one has finished (about "
+                       f"{denied.retry_estimate_s or 1:.1f} s).")
         self._error(ErrorCode.RATE_LIMIT, message, details, frame.id)
         self.bridge.on_rate_limited(self, denied)
 
@@ -349,7 +350,7 @@ class Session:
             del self.asks[ask.id]
         b = self.bridge
         b.forget(ask.request_id)
-        b.limits.release(ask.identity)
+        b.limits.release(ask.identity, time.perf_counter() - ask.started)
         b.count_ask(outcome)
 
     # -- events from the bus ------------------------------------------------------------------

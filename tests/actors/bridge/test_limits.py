@@ -8,7 +8,7 @@ import math
 import anyio
 import pytest
 
-from ragbus.actors.bridge import Bridge, Denied, LimitState, RateLimits
+from ragbus.actors.bridge import FIRST_ASK_ESTIMATE_S, Bridge, Denied, LimitState, RateLimits
 from ragbus.runtime.connection import NATS
 from ragbus.subjects import AuditOutcome
 from tests.support import running
@@ -61,9 +61,14 @@ async def test_the_concurrent_limit_counts_asks_until_they_are_released() -> Non
     assert isinstance(refused, Denied)
     assert refused.scope == "concurrent"
     assert refused.retry_after_s is None
+    assert refused.retry_estimate_s == FIRST_ASK_ESTIMATE_S  # no ask has ended yet
     assert refused.state.remaining == 98  # a refused ask costs nothing
-    limits.release("alice")
+    limits.release("alice", took_s=0.5)
     assert isinstance(await limits.admit("alice"), LimitState)
+    again = await limits.admit("alice")
+    assert isinstance(again, Denied)
+    # the estimate follows how long asks take: 2.0 moved a fifth of the way to 0.5
+    assert again.retry_estimate_s == pytest.approx(1.7)
 
 
 async def test_idle_identities_are_forgotten_when_there_are_too_many() -> None:
@@ -137,6 +142,7 @@ async def test_over_the_concurrent_limit_an_ask_is_refused_until_one_finishes(
     assert refused["code"] == "RATE_LIMIT"
     assert refused["details"]["scope"] == "concurrent"
     assert refused["details"]["limit"] == 1
+    assert refused["details"]["reset_in_seconds"] > 0  # an estimate, never null
     assert "Retry when one has finished" in refused["message"]
     assert first[-1]["type"] == "done"
     assert third[-1]["type"] == "done"
