@@ -5,7 +5,9 @@ chunker's first cut points; ``<h1>``..``<h6>`` become ``#`` headings so the
 chunker's Markdown mode turns them into sections and parents follow the page's
 structure, and ``<pre>`` becomes a fenced block so its blank lines do not split
 it. List items and table rows become lines of one paragraph. Script, style and
-other non-content elements are dropped.
+other non-content elements are dropped, and so are permalink anchors (Sphinx's and
+MkDocs' ``<a class="headerlink">¶</a>``, hidden ``aria-hidden`` anchors): a heading
+would otherwise end in a "¶" in every chunk and every answer.
 """
 
 from __future__ import annotations
@@ -28,6 +30,15 @@ _LINE_BREAK = frozenset({"br", "tr"})
 _CELL = frozenset({"td", "th"})
 _HEADING = {f"h{n}": n for n in range(1, 7)}
 _SPACES = re.compile(r"[^\S\n]+")
+#: classes of the anchors documentation generators put beside headings, to link to them
+_PERMALINK_CLASSES = frozenset({"headerlink", "anchor", "anchor-link", "anchorjs-link",
+                                "permalink", "header-anchor"})
+
+
+def _permalink(attrs: list[tuple[str, str | None]]) -> bool:
+    found = dict(attrs)
+    classes = set((found.get("class") or "").split())
+    return bool(classes & _PERMALINK_CLASSES) or found.get("aria-hidden") == "true"
 
 
 class HtmlText:
@@ -58,9 +69,13 @@ class _Extractor(HTMLParser):
         self._in_title = False
         self._title: list[str] = []
         self._first_h1: str | None = None
+        self._skipped_anchors = 0  # open <a> elements being dropped
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in _SKIP:
+        if tag == "a" and (self._skipped_anchors or _permalink(attrs)):
+            self._skipped_anchors += 1
+            self._skip_depth += 1
+        elif tag in _SKIP:
             self._skip_depth += 1
         elif tag == "title":
             self._in_title = True
@@ -79,7 +94,10 @@ class _Extractor(HTMLParser):
             self._buffer.append(" ")
 
     def handle_endtag(self, tag: str) -> None:
-        if tag in _SKIP:
+        if tag == "a" and self._skipped_anchors:
+            self._skipped_anchors -= 1
+            self._skip_depth = max(0, self._skip_depth - 1)
+        elif tag in _SKIP:
             self._skip_depth = max(0, self._skip_depth - 1)
         elif tag == "title":
             self._in_title = False

@@ -135,6 +135,19 @@ def test_html(tmp_path: Path) -> None:
     assert "enable" not in doc.text
 
 
+def test_html_drops_the_permalink_anchors_of_documentation_generators(tmp_path: Path) -> None:
+    """Sphinx and MkDocs end every heading with ``<a class="headerlink">¶</a>``."""
+    page = ('<h1>Virtual Environments<a class="headerlink" href="#venv" '
+            'title="Link to this heading">¶</a></h1>'
+            '<p>Create one with <a href="venv.html">venv</a>.'
+            '<a aria-hidden="true" class="anchor" href="#p"><span>#</span></a></p>'
+            '<h2 id="x">Caveats<a class="header-anchor" href="#x">#</a></h2><p>None.</p>')
+    doc = read_file(write(tmp_path / "tutorial.html", page)).documents[0]
+    assert doc.text == ("# Virtual Environments\n\nCreate one with venv.\n\n"
+                        "## Caveats\n\nNone.")
+    assert "¶" not in doc.text
+
+
 def test_html_title_falls_back_to_h1_then_file_name(tmp_path: Path) -> None:
     assert only(write(tmp_path / "a.htm", "<h1>Heading</h1><p>x</p>"))[1] == "Heading"
     assert only(write(tmp_path / "b.html", "<p>x</p>"))[1] == "b"
