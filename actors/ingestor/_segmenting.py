@@ -16,23 +16,14 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from ragbus.runtime.text import sentence_spans
+
 __all__ = ("Block", "BlockKind", "Section", "lines", "sections", "sentences", "trim")
 
 BlockKind = Literal["text", "heading", "code"]
 
 # one or more blank lines (lines holding only spaces/tabs count as blank)
 _PARAGRAPH_GAP = re.compile(r"\n[^\S\n]*\n\s*")
-
-# A sentence ends at terminal punctuation (plus closing quotes/brackets)
-# followed by whitespace and a character that is not a lowercase letter, so
-# "e.g. the" and "approx. five" stay whole. CJK full stops need no space.
-# A newline before a list item ("- x", "2. x") also ends a sentence, so lists
-# without punctuation still have cut points.
-_SENTENCE_GAP = re.compile(
-    r"[.!?\u2026]+[\"'\u201d\u2019)\]]*(?P<latin>\s+)(?=[^\sa-z])"
-    r"|[\u3002\uff01\uff1f]+(?P<cjk>\s*)(?=\S)"
-    r"|(?P<item>\n)(?=[^\S\n]*(?:[-*+\u2022]|\d{1,3}[.)])[^\S\n])"
-)
 
 _LINE = re.compile(r"[^\n]*\n?")
 _ATX_HEADING = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?[ \t]*$")
@@ -94,21 +85,9 @@ def sections(text: str, *, markdown: bool) -> list[Section]:
 
 
 def sentences(text: str, start: int, end: int) -> list[tuple[int, int]]:
-    spans: list[tuple[int, int]] = []
-    pos = start
-    for m in _SENTENCE_GAP.finditer(text, start, end):
-        group = m.lastgroup
-        assert group is not None
-        gap_start = m.start(group)
-        if gap_start > pos:
-            s, e = trim(text, pos, gap_start)
-            if s < e:
-                spans.append((s, e))
-        pos = max(pos, m.end(group))
-    s, e = trim(text, pos, end)
-    if s < e:
-        spans.append((s, e))
-    return spans
+    """The sentence spans of a paragraph (``ragbus.runtime.text``'s rules, shared with the
+    trimmer and the extractive answerer)."""
+    return sentence_spans(text, start, end)
 
 
 def lines(text: str, start: int, end: int) -> list[tuple[int, int]]:

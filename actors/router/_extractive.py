@@ -18,6 +18,7 @@ import anyio
 import anyio.lowlevel
 
 from ragbus.config import ProviderSettings
+from ragbus.runtime.text import split_sentences
 from ragbus.subjects import ContextNode
 
 from ._errors import NothingToExtractError
@@ -25,11 +26,10 @@ from ._provider import Prompt, Usage
 
 __all__ = ("ExtractiveProvider", "extract")
 
-_SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+[\"')\]]*|\n|$)")
 _WORD = re.compile(r"\w+", re.UNICODE)
 _PIECE = re.compile(r"\S+\s*")
 # markdown structure, not prose: a heading is a title, a list or quote marker is not a word
-_HEADING = re.compile(r"^#{1,6}\s")
+_HEADING_LINE = re.compile(r"(?m)^ {0,3}#{1,6}\s.*$")
 _MARKER = re.compile(r"^(?:[-*+>]\s+)+")
 _MAX_SENTENCE_CHARS = 400
 _STOP = frozenset((
@@ -56,10 +56,11 @@ def _terms(text: str) -> frozenset[str]:
 def _sentences(context: list[ContextNode]) -> list[_Sentence]:
     out: list[_Sentence] = []
     for number, node in enumerate(context, start=1):
-        for position, match in enumerate(_SENTENCE.finditer(node.text)):
-            text = _MARKER.sub("", " ".join(match.group().split()))
-            if (len(text) < 12 or len(text) > _MAX_SENTENCE_CHARS
-                    or _HEADING.match(text)):
+        # a heading is a title, not a sentence: its line goes before cutting
+        prose = _HEADING_LINE.sub("\n", node.text)
+        for position, sentence in enumerate(split_sentences(prose)):
+            text = _MARKER.sub("", " ".join(sentence.split()))
+            if len(text) < 12 or len(text) > _MAX_SENTENCE_CHARS:
                 continue
             out.append(_Sentence(text, number, position, _terms(text)))
     return out

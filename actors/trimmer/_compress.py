@@ -14,7 +14,6 @@ still a valid answer.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import anyio
@@ -22,37 +21,17 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ragbus.runtime import Context, RagbusError
-from ragbus.runtime.text import count_tokens, count_tokens_batch, truncate
+from ragbus.runtime.text import count_tokens, count_tokens_batch, split_sentences, truncate
 from ragbus.subjects import Embed, Embedded, deadline_after
 
 from ._trim import Node
 
 __all__ = ("compress", "compress_node", "embed", "sentences", "similarities")
 
-# Terminal punctuation (plus closing quotes/brackets) then whitespace and a character
-# that is not a lowercase letter, so "e.g. the" stays whole; a blank line; a CJK stop.
-_BOUNDARY = re.compile(
-    r"[.!?\u2026]+[\"'\u201d\u2019)\]]*(?P<space>\s+)(?=[^\sa-z])"
-    r"|(?P<gap>\n[^\S\n]*\n\s*)"
-    r"|[\u3002\uff01\uff1f]+"
-)
-
-
 def sentences(text: str) -> list[str]:
-    """``text`` cut into sentences, each stripped; none is empty."""
-    out: list[str] = []
-    start = 0
-    for m in _BOUNDARY.finditer(text):
-        if m["space"] is not None:
-            end = m.start("space")
-        elif m["gap"] is not None:
-            end = m.start()
-        else:
-            end = m.end()
-        out.append(text[start:end])
-        start = m.end()
-    out.append(text[start:])
-    return [s.strip() for s in out if s.strip()]
+    """``text`` cut into sentences, each stripped; none is empty (``ragbus.runtime.text``'s
+    rules, shared with the chunker and the extractive answerer)."""
+    return split_sentences(text)
 
 
 def compress_node(parts: Sequence[str], scores: Sequence[float], max_tokens: int) -> str:

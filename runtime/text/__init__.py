@@ -1,4 +1,5 @@
-"""Text tools the actors share: cl100k token counting and cutting, BM25 term weights.
+"""Text tools the actors share: cl100k token counting and cutting, BM25 term weights,
+sentence boundaries.
 
 They hold no bus state and import nothing of the kernel; they live under ``runtime``
 because more than one actor needs exactly the same answer (the ingestor's chunk
@@ -7,6 +8,7 @@ retriever's query weights).
 """
 
 from ._bm25 import BM25Encoder, analyze, term_id
+from ._sentences import sentence_spans, split_sentences
 from ._tokens import (
     ENCODING_NAME,
     TokenizerUnavailableError,
@@ -29,6 +31,8 @@ __all__ = (
     "decode",
     "encode",
     "encoding",
+    "sentence_spans",
+    "split_sentences",
     "split_spans",
     "term_id",
     "truncate",

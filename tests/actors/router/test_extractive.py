@@ -73,3 +73,15 @@ def test_markdown_headings_are_not_sentences_and_list_markers_are_dropped() -> N
         ("Sea otters hold hands while sleeping so they do not drift apart.", 1),
         ("Otters wrap themselves in kelp to stay in place.", 1),
     ]
+
+
+def test_a_sentence_is_not_cut_at_a_dot_inside_a_name_or_a_call() -> None:
+    """The Python tutorial's "is .venv. This name…" came out as "is ." in an answer."""
+    context = [ContextNode(chunk_id="c1", doc_id="venv", score=1.0, text=(
+        "A common directory location for a virtual environment is .venv. This name keeps "
+        "the directory typically hidden in your shell. To read every line of a file, call "
+        "f.readlines() on the file object."))]
+    got = extract("Where is the virtual environment directory, and how do I read every "
+                  "line of a file?", context, limit=3)
+    assert ("A common directory location for a virtual environment is .venv.", 1) in got
+    assert ("To read every line of a file, call f.readlines() on the file object.", 1) in got
