@@ -153,6 +153,11 @@ class Bridge(Actor):
                     await self._idle.wait()
             for session in list(self.sessions):
                 session.shutdown()
+            # let each socket close with its own 1001 and reason before the server closes
+            # what is left (with no reason)
+            with anyio.move_on_after(self.config.close_timeout_s):
+                while self.sessions:  # noqa: ASYNC110 - sessions leave as their sockets close
+                    await anyio.sleep(0.01)
             self._server.close()
             with anyio.move_on_after(self.config.close_timeout_s + 2.0):
                 await self._server.wait_closed()

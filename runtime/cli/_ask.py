@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -20,6 +21,8 @@ from rich.markup import escape
 from ragbus.config import Loaded
 from ragbus.subjects import (
     Cancelled,
+    ContextNode,
+    ContextReady,
     Done,
     Failed,
     Query,
@@ -35,7 +38,7 @@ from ..client import Client
 from ..connection import NATS
 from ..security import connect_as
 
-__all__ = ("add_commands", "ask", "parse_filters")
+__all__ = ("SourceDocument", "add_commands", "ask", "by_document", "parse_filters")
 
 EXIT_OK, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 130
 _INT_FILTERS = ("version", "min_version", "max_version")
@@ -71,9 +74,37 @@ def parse_filters(items: list[str] | None) -> QueryFilters | None:
     return QueryFilters(**values)
 
 
-def _source_line(number: int, source: Source) -> str:
-    title = source.title or source.doc_id
-    return f"[{number}] {escape(title)} [dim]({escape(source.doc_id)}, score {source.score:.3f})[/]"
+@dataclass(frozen=True, slots=True)
+class SourceDocument:
+    """A retrieved document: its best chunk, how many of its chunks came back, and the
+    numbers the answer cites its passages by ([n] is the n-th passage of the context)."""
+
+    best: Source
+    chunks: int
+    cited_as: tuple[int, ...]
+
+
+def by_document(sources: list[Source], context: list[ContextNode]) -> list[SourceDocument]:
+    """``sources`` grouped by document, best first: a document with many chunks is one
+    line, not one per chunk."""
+    cites: dict[str, list[int]] = {}
+    for number, node in enumerate(context, start=1):
+        cites.setdefault(node.doc_id, []).append(number)
+    groups: dict[str, list[Source]] = {}
+    for source in sources:
+        groups.setdefault(source.doc_id, []).append(source)
+    docs = [SourceDocument(best=max(chunks, key=lambda s: s.score), chunks=len(chunks),
+                           cited_as=tuple(cites.get(doc_id, ())))
+            for doc_id, chunks in groups.items()]
+    return sorted(docs, key=lambda d: -d.best.score)
+
+
+def _source_line(doc: SourceDocument) -> str:
+    source = doc.best
+    cited = "".join(f"[{n}]" for n in doc.cited_as) or "-"
+    more = f", {doc.chunks} chunks" if doc.chunks > 1 else ""
+    return (f"{cited} {escape(source.title or source.doc_id)} "
+            f"[dim]({escape(source.doc_id)}, score {source.score:.3f}{more})[/]")
 
 
 def _done_line(done: Done) -> str:
@@ -98,6 +129,7 @@ async def ask(nc: NATS, subjects: Subjects, query: Query, out: Console, *,
     ``interrupted`` is the Ctrl-C: when it is set a ``Cancel`` is published.
     """
     sources: list[Source] = []
+    context: list[ContextNode] = []
     text: list[str] = []
     code = EXIT_FAILED
 
@@ -122,6 +154,8 @@ async def ask(nc: NATS, subjects: Subjects, query: Query, out: Console, *,
         async for event in events:
             if isinstance(event, Sources):
                 sources = list(event.sources)
+            elif isinstance(event, ContextReady):
+                context = list(event.nodes)
             elif isinstance(event, Token):
                 text.append(event.text)
                 if stream:
@@ -131,8 +165,8 @@ async def ask(nc: NATS, subjects: Subjects, query: Query, out: Console, *,
                 finish_answer()
                 if sources:
                     out.print("[bold]sources[/]")
-                    for number, source in enumerate(sources, start=1):
-                        out.print(_source_line(number, source))
+                    for doc in by_document(sources, context):
+                        out.print(_source_line(doc))
                 out.print(f"[dim]{_done_line(event)}[/]")
                 code = EXIT_OK
             elif isinstance(event, Failed):

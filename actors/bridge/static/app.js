@@ -186,9 +186,24 @@
     el.answer.dataset.frames = String(current.frames);
   }
 
+  // one entry per document, best chunk first: a long document's many chunks are one
+  // source to a reader
+  function byDocument(sources) {
+    const docs = new Map();
+    for (const s of sources) {
+      const seen = docs.get(s.doc_id);
+      if (!seen) docs.set(s.doc_id, { best: s, chunks: 1 });
+      else {
+        seen.chunks += 1;
+        if (Number(s.score) > Number(seen.best.score)) seen.best = s;
+      }
+    }
+    return [...docs.values()].sort((a, b) => Number(b.best.score) - Number(a.best.score));
+  }
+
   function renderSources(sources) {
     el.sources.textContent = "";
-    for (const s of sources) {
+    for (const { best: s, chunks } of byDocument(sources)) {
       const li = document.createElement("li");
       const head = document.createElement("div");
       head.className = "source-head";
@@ -199,6 +214,12 @@
       score.className = "badge";
       score.textContent = "score " + Number(s.score).toFixed(3);
       head.append(title, score);
+      if (chunks > 1) {
+        const more = document.createElement("span");
+        more.className = "badge source-chunks";
+        more.textContent = chunks + " chunks";
+        head.append(more);
+      }
       const text = document.createElement("p");
       text.className = "source-text";
       const body = s.text || "";

@@ -26,6 +26,8 @@ SOURCES = [
            text="Sea otters hold hands while sleeping so they do not drift apart."),
     Source(doc_id="rafts", chunk_id="rafts-3", score=0.47, title="Otter rafts",
            text="Groups of resting otters are called rafts."),
+    Source(doc_id="otters", chunk_id="otters-4", score=0.31, title="Sea otters",
+           text="Otters use rocks as tools to crack open shellfish."),
 ]
 
 

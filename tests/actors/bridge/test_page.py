@@ -81,6 +81,7 @@ async def test_ask_watch_the_answer_stream_press_stop_and_see_it_stop(nats_url: 
             await page.screenshot(path=str(ARTIFACTS / "bridge-page-stopped.png"), full_page=True)
             stopped_text = await page.inner_text("#answer")
             source_titles = await page.locator("#sources .source-title").all_inner_texts()
+            chunk_badges = await page.locator("#sources .source-chunks").all_inner_texts()
 
             # then one that finishes: sources, timings and the cache badge
             standin.defaults = {"tokens": 40, "pace": 0.005, "prose": 1, "cached": 1}
@@ -105,7 +106,9 @@ async def test_ask_watch_the_answer_stream_press_stop_and_see_it_stop(nats_url: 
     assert 0 < stopped_at < 400 * 4
     assert stopped_text.startswith("Sea otters hold hands")
     assert standin.cancelled == [standin.received[0].request_id]
+    # three chunks, two documents: one entry each, best first, the otters' two chunks said
     assert source_titles == ["Sea otters", "Otter rafts"]
+    assert chunk_badges == ["2 chunks"]
     # the session id is kept in localStorage and sent with each ask (scoped by the bridge)
     assert session
     assert standin.received[0].session_id == f"anon:127.0.0.1:{session}"

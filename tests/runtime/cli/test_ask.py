@@ -18,6 +18,8 @@ from ragbus.runtime import Actor, ActorOptions, Context, UnavailableError, endpo
 from ragbus.runtime.cli._ask import add_commands, ask, parse_filters
 from ragbus.runtime.connection import NATS
 from ragbus.subjects import (
+    ContextNode,
+    ContextReady,
     Done,
     Query,
     QueryFilters,
@@ -25,6 +27,7 @@ from ragbus.subjects import (
     Sources,
     Subjects,
     Token,
+    TrimInfo,
     deadline_after,
 )
 from tests.support import running
@@ -54,7 +57,14 @@ class QueryStandIn(Actor):
     async def query(self, request: Query, ctx: Context) -> None:
         self.queries.append(request)
         await ctx.publish(request.reply_to, Sources(request_id=request.request_id, sources=[
-            Source(doc_id="handbook", chunk_id="c1", score=0.91, title="Employee handbook")]))
+            Source(doc_id="handbook", chunk_id="c1", score=0.91, title="Employee handbook"),
+            Source(doc_id="policy", chunk_id="p1", score=0.80, title="Leave policy"),
+            Source(doc_id="handbook", chunk_id="c2", score=0.75, title="Employee handbook"),
+            Source(doc_id="faq", chunk_id="f1", score=0.40, title="FAQ")]))
+        await ctx.publish(request.reply_to, ContextReady(
+            request_id=request.request_id, trim_info=TrimInfo(), nodes=[
+                ContextNode(chunk_id=c, doc_id=d, text="...", score=1.0)
+                for c, d in (("c1", "handbook"), ("p1", "policy"), ("c2", "handbook"))]))
         if request.question.startswith("fail:"):
             raise UnavailableError("Sorry, no answer could be generated right now (trace t-1)")
         pieces = ANSWER if not request.question.startswith("slow:") else ["tick "] * 1000
@@ -98,10 +108,13 @@ async def test_prints_the_answer_then_sources_and_timings(settings: Settings,
     lines = printed.splitlines()
     assert lines[0] == "Twenty-five days of paid vacation [1]."
     assert lines[1] == "sources"
-    assert lines[2].startswith("[1] Employee handbook (handbook, score 0.910)")
-    assert "provider llm (m)" in lines[3]
-    assert "first token 120 ms" in lines[3]
-    assert "prompt grounded:1" in lines[3]
+    # one line per document, best first, with the passages the answer cites it by
+    assert lines[2] == "[1][3] Employee handbook (handbook, score 0.910, 2 chunks)"
+    assert lines[3] == "[2] Leave policy (policy, score 0.800)"
+    assert lines[4] == "- FAQ (faq, score 0.400)"  # retrieved, trimmed from the context
+    assert "provider llm (m)" in lines[5]
+    assert "first token 120 ms" in lines[5]
+    assert "prompt grounded:1" in lines[5]
     assert stand_in.queries[0].session_id == "s1"
 
 
