@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
+import structlog
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -104,9 +106,22 @@ class Metrics:
         return existing
 
     def serve(self, host: str, port: int) -> tuple[int, Callable[[], None]]:
-        """Expose /metrics over HTTP; returns the bound port and a function that stops it."""
+        """Expose /metrics over HTTP; returns the bound port and a function that stops it.
+
+        A port already taken (another ragbus process on the host, say ``ragbus up`` beside
+        ``ragbus actor --replicas``) is no reason to stop an actor: a free port is taken
+        instead, with a warning that says which.
+        """
         server: Any
-        server, thread = start_http_server(port, addr=host, registry=self.registry)
+        try:
+            server, thread = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            if port == 0 or exc.errno != errno.EADDRINUSE:
+                raise
+            server, thread = start_http_server(0, addr=host, registry=self.registry)
+            structlog.get_logger().warning(
+                "metrics.port_in_use", wanted=port, serving_on=int(server.server_port),
+                advice="set metrics.port (RAGBUS_METRICS__PORT) to a free port, or 0")
 
         def close() -> None:
             server.shutdown()

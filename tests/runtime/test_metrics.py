@@ -70,3 +70,32 @@ async def test_each_actors_nats_connection_is_exported_with_its_reconnects(
             await until((1.0, 1.0), 20)
     finally:
         await server.stop()
+
+
+def test_a_metrics_port_already_taken_is_replaced_by_a_free_one_and_said() -> None:
+    """``ragbus actor router --replicas 2`` beside ``ragbus up`` on one host used to
+    crash-loop on "Address already in use"."""
+    import io
+    import json
+    import socket
+    import urllib.request
+
+    from ragbus.config import LoggingSettings
+    from ragbus.runtime import configure_logging
+
+    stream = io.StringIO()
+    configure_logging(LoggingSettings(format="json"), stream=stream)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        serving, close = Metrics().serve("127.0.0.1", port)
+        try:
+            assert serving not in (port, 0)
+            with urllib.request.urlopen(f"http://127.0.0.1:{serving}/metrics", timeout=5) as r:
+                assert r.status == 200
+        finally:
+            close()
+    warning = json.loads(stream.getvalue().splitlines()[-1])
+    assert warning["event"] == "metrics.port_in_use"
+    assert (warning["wanted"], warning["serving_on"]) == (port, serving)
