@@ -60,3 +60,12 @@ def test_a_foreign_package_named_config_does_not_shadow_ours(tmp_path: Path) -> 
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert actors.returncode == 0, actors.stderr
     assert "router" in actors.stdout
+
+
+def test_ci_runs_exactly_the_readmes_test_command() -> None:
+    readme = (REPO / "README.md").read_text()
+    block = readme[readme.index("## Quickstart"):readme.index("## Status")]
+    commands = [line for line in block.splitlines() if line.startswith("python3 -m venv")]
+    test_command = next(c for c in commands if "pytest" in c)
+    ci = (REPO / ".ci" / "run").read_text()
+    assert f"{test_command} || exit $?" in ci.splitlines()

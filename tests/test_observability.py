@@ -1,7 +1,7 @@
 """The dashboard, the alert rules and the README's metric list, against a running system.
 
 ``promtool`` (Debian's ``prometheus`` package; ``.ci/run`` installs it and sets
-``CI_REQUIRE_PROMTOOL=1``, which turns a missing promtool from a skip into a failure)
+``CI_STRICT=1``, which turns a missing promtool from a skip into a failure)
 checks the Prometheus configuration and the rules, and runs the rules' unit tests. Then a
 whole ``ragbus up`` does a little of everything (an ingest, questions over NATS and through
 the bridge, an answer-cache hit, a provider breaker opening, a bad request, a refused
@@ -39,6 +39,7 @@ from ragbus.subjects import Done, IngestRequest, InlineDocument, JobState, Query
 from tests.support import free_port
 from tests.support.cli import RAGBUS
 from tests.support.fake_openai import Behaviour, FakeOpenAI
+from tests.support.optional import STRICT, require
 
 REPO = Path(__file__).resolve().parents[1]
 PROMETHEUS = REPO / "deploy" / "prometheus"
@@ -51,21 +52,19 @@ ORIGIN = "http://localhost:8765"
 # -- promtool ------------------------------------------------------------------------------
 def promtool() -> str:
     found = shutil.which("promtool")
-    if found:
-        return found
-    if os.environ.get("CI_REQUIRE_PROMTOOL") == "1":
-        pytest.fail("promtool is missing in CI: .ci/run installs Debian's prometheus package")
-    pytest.skip("promtool is not installed (apt-get install prometheus); CI installs it")
+    require(found is not None, "promtool", "apt-get install -y prometheus")
+    assert found is not None
+    return found
 
 
 def test_without_promtool_the_checks_skip_on_a_workstation_and_fail_in_ci(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # nothing on it
-    monkeypatch.delenv("CI_REQUIRE_PROMTOOL", raising=False)
+    monkeypatch.delenv(STRICT, raising=False)
     with pytest.raises(pytest.skip.Exception):
         promtool()
-    monkeypatch.setenv("CI_REQUIRE_PROMTOOL", "1")
+    monkeypatch.setenv(STRICT, "1")
     with pytest.raises(pytest.fail.Exception, match="promtool is missing in CI"):
         promtool()
 
@@ -73,7 +72,7 @@ def test_without_promtool_the_checks_skip_on_a_workstation_and_fail_in_ci(
 def test_what_ci_exports_is_not_taken_for_a_setting() -> None:
     """The settings loader refuses unknown RAGBUS_* variables: CI's own must not be one."""
     exported = re.findall(r"^export (\w+)=", (REPO / ".ci" / "run").read_text(), re.M)
-    assert "CI_REQUIRE_PROMTOOL" in exported
+    assert STRICT in exported
     assert not [name for name in exported if name.startswith("RAGBUS_")]
 
 

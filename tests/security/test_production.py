@@ -17,7 +17,6 @@ import re
 import secrets
 import signal
 import subprocess
-import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from ragbus.runtime import Client
 from ragbus.subjects import Done, Query, QueryEvent, Sources, Subjects, Token
 from tests.security._roles import As
 from tests.support import free_port
-from tests.support.cli import RAGBUS
+from tests.support.cli import RAGBUS, read_until
 from tests.support.fake_openai import Behaviour, FakeOpenAI
 
 S = Subjects()
@@ -117,7 +116,7 @@ def system(tmp_path: Path, provider: FakeOpenAI) -> Iterator[System]:
     proc = subprocess.Popen([*RAGBUS, "up"], cwd=tmp_path, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        text = _read_until(proc, "Ctrl-C", timeout_s=90)
+        text = read_until(proc, "Ctrl-C", timeout_s=90)
         assert "ragbus is up" in text, text + _stderr_so_far(proc)
         url = re.search(r"nats://[\d.]+:\d+", text)
         page = re.search(r"page at (\S+)/ ", text)
@@ -133,24 +132,6 @@ def system(tmp_path: Path, provider: FakeOpenAI) -> Iterator[System]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.communicate()
-
-
-def _read_until(proc: subprocess.Popen[str], marker: str, *, timeout_s: float) -> str:
-    """What ``proc`` printed until a line holding ``marker`` (or the timeout, or its exit)."""
-    lines: list[str] = []
-    done = threading.Event()
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if marker in line:
-                break
-        done.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    done.wait(timeout_s)
-    return "".join(lines)
 
 
 def _stderr_so_far(proc: subprocess.Popen[str]) -> str:

@@ -1,8 +1,4 @@
-"""Real actors on a least-privilege bus: each logs in as its role and still does its job.
-
-Needs the proposed wiring (``Settings.security``, the Actor base connecting with
-``connect_as`` and publishing through ``Actor.audit``); skipped until it lands.
-"""
+"""Real actors on a least-privilege bus: each logs in as its role and still does its job."""
 
 from __future__ import annotations
 
@@ -10,7 +6,6 @@ from pathlib import Path
 
 import anyio
 import msgspec
-import pytest
 
 from ragbus.actors.audit import AuditLogger, read_entries, verify_store
 from ragbus.actors.embedder import Embedder
@@ -23,10 +18,6 @@ from ragbus.runtime.security import connect_as, write_server_include
 from ragbus.subjects import DocChanged, DocDelete, IngestRequest, InlineDocument, JobState, Subjects
 from tests.security._roles import SECURITY
 from tests.support import running
-
-pytestmark = pytest.mark.skipif(
-    "security" not in Settings.__struct_fields__,
-    reason="needs Settings.security and the Actor base's role login (proposed in issue #6)")
 
 S = Subjects()
 

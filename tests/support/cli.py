@@ -2,9 +2,30 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import threading
 
-__all__ = ("RAGBUS",)
+__all__ = ("RAGBUS", "read_until")
 
 #: argv prefix of the ``ragbus`` command (``[*RAGBUS, "up", "--ephemeral"]``)
 RAGBUS = (sys.executable, "-m", "ragbus.runtime.cli")
+
+
+def read_until(proc: subprocess.Popen[str], marker: str, *, timeout_s: float) -> str:
+    """What ``proc`` printed until a line holding ``marker``, the timeout, or its exit
+    (read on a thread, so a process that prints nothing cannot hang the test)."""
+    lines: list[str] = []
+    done = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if marker in line:
+                break
+        done.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    done.wait(timeout_s)
+    return "".join(lines)

@@ -18,11 +18,12 @@ import pytest
 
 from ragbus.actors.bridge import Bridge
 from tests.support import running
+from tests.support.optional import require
 
 from .standin import QueryStandIn
 from .wsclient import make_settings
 
-CHROMIUM = os.environ.get("RAGBUS_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ARTIFACTS = Path(__file__).resolve().parents[3] / "test-artifacts"
@@ -32,12 +33,11 @@ try:
 except ImportError:  # pragma: no cover - depends on the machine
     async_playwright = None  # type: ignore[assignment]
 
-pytestmark = [
-    pytest.mark.skipif(async_playwright is None,
-                       reason="playwright is not installed (pip install playwright)"),
-    pytest.mark.skipif(not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)),
-                       reason=f"no Chromium at {CHROMIUM} (apt-get install -y chromium)"),
-]
+@pytest.fixture(autouse=True)
+def _browser_installed() -> None:
+    require(async_playwright is not None, "playwright", "pip install -e '.[dev]'")
+    require(Path(CHROMIUM).exists() or shutil.which(CHROMIUM) is not None,
+            f"Chromium at {CHROMIUM}", "apt-get install -y chromium")
 
 
 async def answer_length(page: Page) -> int:

@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -369,34 +368,3 @@ def test_fresh_process_starts_no_telemetry(tmp_path: Path) -> None:
     assert report == {"attempts": [], "dim": DIM, "env": "1"}
     assert [str(p.relative_to(home)) for p in home.rglob("*")] == []
     assert list(cache_dir.iterdir()) == []
-
-
-def test_report_throughput(model: EmbeddingModel, capsys: pytest.CaptureFixture[str]) -> None:
-    """Measured, not asserted: the figures depend on the machine."""
-    words = (PARAGRAPH * 8).split()
-    chunks = [" ".join(words[i % 7 : i % 7 + 210]) + f" (chunk {i})" for i in range(64)]
-    tokenizer = Tokenizer.from_file(str(bundled_files().model_dir / "tokenizer.json"))
-    tokenizer.no_truncation()
-    tokens = np.mean([len(tokenizer.encode(chunk).ids) for chunk in chunks])
-
-    model.embed(chunks[:2])  # warm-up
-    start = time.perf_counter()
-    vectors = model.embed(chunks)
-    chunk_seconds = time.perf_counter() - start
-
-    queries = [f"how do I configure the retriever, question {i}?" for i in range(30)]
-    model.embed(queries[:1])
-    latencies = []
-    for query in queries:
-        start = time.perf_counter()
-        model.embed([query])
-        latencies.append(time.perf_counter() - start)
-
-    assert vectors.shape == (64, DIM)
-    with capsys.disabled():
-        print(
-            f"\n[embedder] 64 chunks of ~200 words ({tokens:.0f} tokens before truncation "
-            f"to 256), batch_size {model.batch_size}: {64 / chunk_seconds:.1f} chunks/s "
-            f"({chunk_seconds:.2f} s); short query: median "
-            f"{1000 * float(np.median(latencies)):.1f} ms"
-        )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import time
 from pathlib import Path
 
 import pytest
@@ -410,17 +409,3 @@ def test_beir_scifact_first_50() -> None:
         result = chunk_text(text)
         check_invariants(text, result, DEFAULT_CHUNKING)
         assert result.chunks
-
-
-def test_beir_chunking_rate(capsys: pytest.CaptureFixture[str]) -> None:
-    docs = beir_docs(1000)
-    chunk_text(docs[0])  # load the encoding outside the timing
-    started = time.perf_counter()
-    chunks = sum(len(chunk_text(d).chunks) for d in docs)
-    elapsed = time.perf_counter() - started
-    with capsys.disabled():
-        print(
-            f"\nchunking: {len(docs)} SciFact docs -> {chunks} chunks in {elapsed:.2f} s "
-            f"= {chunks / elapsed:,.0f} chunks/s, {len(docs) / elapsed:,.0f} docs/s"
-        )
-    assert chunks >= len(docs)

