@@ -80,6 +80,9 @@ class JobProgress(Message, frozen=True, kw_only=True):
     chunks_done: int = 0
     embeddings_computed: int = 0
     embeddings_reused: int = 0
+    #: documents embedded again although unchanged: the embedding model or the chunking
+    #: settings differ from those they were indexed with
+    docs_reembedded: int = 0
     errors: list[FileError] = msgspec.field(default_factory=list)
     message: str = ""
     submitted_at: int = 0

@@ -59,6 +59,8 @@ class Search(Request, frozen=True, kw_only=True):
     filters: QueryFilters | None = None
     limit: int = 10
     widen: bool = False  # include each hit's parent text (larger replies)
+    #: the embedding model of ``dense``: a shard holding another model's vectors refuses
+    model: str | None = None
 
 
 class SearchHit(msgspec.Struct, frozen=True, kw_only=True):

@@ -137,7 +137,17 @@ class JobRunner:
         self.bm25 = BM25Encoder(k1=config.bm25_k1, b=config.bm25_b, avg_len=config.bm25_avg_len)
 
     # -- the job ------------------------------------------------------------------------
+    @property
+    def index_spec(self) -> str:
+        """The embedding model and chunking settings, as recorded in each manifest: an
+        unchanged document is skipped only if it was indexed under the same spec."""
+        assert self.model_id is not None, "run() learns the model first"
+        c = self.chunking
+        return (f"{self.model_id}|chunks {c.chunk_tokens}/{c.overlap_tokens}/"
+                f"{c.parent_tokens}")
+
     async def run(self) -> None:
+        await self._embed(["model probe"])  # which model: it decides what is up to date
         inline = inline_documents(self.request)
         files = list(self._files()) if self.request.path else []
         self.progress.files_total = len(files) + (1 if inline else 0)
@@ -200,11 +210,15 @@ class JobRunner:
     async def sync(self, doc: Doc) -> None:
         old = await self.manifests.get(self.collection, doc.doc_id)
         content = doc.content_sha256
-        if old is not None and not old.deleted and old.content_sha256 == content:
+        spec = self.index_spec
+        same_spec = old is not None and old.index_spec in (spec, None)  # None: before specs
+        if old is not None and not old.deleted and old.content_sha256 == content and same_spec:
             self.progress.chunks_total += len(old.chunks)
             self.progress.chunks_done += len(old.chunks)
             self.progress.embeddings_reused += len(old.chunks)
             return
+        if old is not None and not same_spec:
+            self.progress.docs_reembedded += 1
         if len(doc.text) > 50_000:  # keep the loop responsive for long documents
             chunked = await anyio.to_thread.run_sync(
                 functools.partial(chunk_text, doc.text, self.chunking, markdown=doc.markdown)
@@ -212,10 +226,11 @@ class JobRunner:
         else:
             chunked = chunk_text(doc.text, self.chunking, markdown=doc.markdown)
         unique = {c.sha256: c for c in chunked.chunks}  # a repeated passage is indexed once
-        known = {ref.sha256: ref.id for ref in old.chunks} if old else {}
+        # a chunk embedded under another spec is not known: its vector is from elsewhere
+        known = {ref.sha256: ref.id for ref in old.chunks} if old and same_spec else {}
         fresh = [c for sha, c in unique.items() if sha not in known]
         kept = [known[sha] for sha in unique if sha in known]
-        vanished = [pid for sha, pid in known.items() if sha not in unique]
+        vanished = [ref.id for ref in (old.chunks if old else []) if ref.sha256 not in unique]
         version = old.version + 1 if old else 1
         self.progress.chunks_total += len(unique)
 
@@ -276,6 +291,7 @@ class JobRunner:
                 deleted=False,
                 updated_at=now_ms(),
                 history=history,
+                index_spec=spec,
             )
         )
         self.progress.chunks_done += len(unique)

@@ -43,6 +43,9 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     deleted: bool = False
     updated_at: int = 0
     history: list[VersionEntry] = msgspec.field(default_factory=list)
+    #: what the chunks were made and embedded with (``JobRunner.index_spec``); a
+    #: document indexed under another spec is embedded again, even if unchanged
+    index_spec: str | None = None
 
     def info(self) -> DocInfo:
         return DocInfo(

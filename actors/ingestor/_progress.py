@@ -47,6 +47,7 @@ class Progress:
         self.chunks_done = 0
         self.embeddings_computed = 0
         self.embeddings_reused = 0
+        self.docs_reembedded = 0
         self.errors: list[FileError] = []
         self.message = ""
         self.finished_at: int | None = None
@@ -75,6 +76,7 @@ class Progress:
             chunks_done=self.chunks_done,
             embeddings_computed=self.embeddings_computed,
             embeddings_reused=self.embeddings_reused,
+            docs_reembedded=self.docs_reembedded,
             errors=list(self.errors),
             message=self.message,
             submitted_at=self.submitted_at,

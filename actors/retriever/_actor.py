@@ -46,6 +46,7 @@ from ._query import dense_array, gather, prepare, to_sources
 from .store import (
     DimensionMismatchError,
     EdgeStore,
+    Filter,
     Hit,
     InvalidPointError,
     Record,
@@ -171,9 +172,40 @@ class Retriever(Actor):
             raise BadRequestError(f"this retriever does not serve shard {shard!r}; it serves "
                              f"{', '.join(self.stores)}") from None
 
+    async def shard_model(self, shard: str) -> str | None:
+        """The embedding model whose vectors the shard holds (None: none recorded yet).
+
+        Kept in KV ``rag_corpus`` under ``<shard>.model``, beside the corpus version, so
+        every replica of the shard and every ingestor sees the same one.
+        """
+        assert self._corpus is not None, "setup() has not run"
+        try:
+            entry = await self._corpus.get(f"{shard}.model")
+        except KeyNotFoundError:
+            return None
+        return entry.value.decode() if entry.value else None
+
+    async def _check_model(self, shard: str, model: str, store: VectorStore) -> None:
+        """One model per shard: vectors of two models in one space would rank nonsense."""
+        assert self._corpus is not None
+        current = await self.shard_model(shard)
+        if current == model:
+            return
+        if current is not None and store.dim is not None and await self.worker.run(
+                store.count, Filter(include_deleted=True)) > 0:
+            raise BadRequestError(
+                f"shard {shard!r} holds vectors of embedding model {current!r}; these come "
+                f"from {model!r}, and the two cannot share a vector space. To switch models, "
+                "ingest into a new collection (ragbus ingest PATH --collection NEW) and "
+                "query that, or purge this shard's documents first",
+                details={"shard_model": current, "update_model": model})
+        await self._corpus.put(f"{shard}.model", model.encode())
+
     @endpoint(lambda s: s.index_apply("default"), request=IndexUpdate)
     async def index_apply(self, request: IndexUpdate, ctx: Context) -> IndexApplied:
         store = self._store(request.collection)
+        if request.upserts:
+            await self._check_model(request.collection, request.model_id, store)
         records = []
         for point in request.upserts:
             vector = np.frombuffer(point.vector, dtype="<f4")
@@ -213,6 +245,15 @@ class Retriever(Actor):
     async def search(self, request: Search, ctx: Context) -> SearchResult:
         """One shard's dense and keyword rankings for a query (the scatter target)."""
         store = self._store(request.shard)
+        if request.dense is not None and request.model is not None:
+            held = await self.shard_model(request.shard)
+            if held is not None and held != request.model:
+                raise BadRequestError(
+                    f"shard {request.shard!r} holds vectors of embedding model {held!r}, but "
+                    f"the question was embedded by {request.model!r}: searching one with the "
+                    "other would rank nonsense. Serve the shard's model in the embedder "
+                    "(embedder.model), or re-ingest into a new collection with the new one",
+                    details={"shard_model": held, "query_model": request.model})
         flt = to_store_filter(request.filters)
         limit = max(1, min(request.limit, 1000))
         dense = dense_array(request.dense) if request.dense else None

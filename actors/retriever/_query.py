@@ -87,12 +87,15 @@ async def gather(ctx: Context, client: Client, subjects: Subjects, query: Query,
     sparse_lists: dict[str, list[SearchHit]] = {}
     missing: set[str] = set()
 
+    model: str | None = None  # of the question's vector
+
     async def ask(shard: str, dense: bytes | None, sparse: SparseVector | None) -> None:
         # a shard gets a bounded share of the time left; what misses it is reported missing
         budget = min(search_timeout_s, ctx.remaining() * 0.5)
         search = Search(request_id=query.request_id, shard=shard, dense=dense, sparse=sparse,
                         filters=prepared.filters, limit=limit, deadline=deadline_after(budget),
-                        trace=ctx.trace, widen=query.widen)
+                        trace=ctx.trace, widen=query.widen,
+                        model=model if dense is not None else None)
         result: SearchResult | None = None
         try:
             in_process = local.get(shard)
@@ -120,11 +123,11 @@ async def gather(ctx: Context, client: Client, subjects: Subjects, query: Query,
     t = time.perf_counter()
 
     async def dense_half() -> None:
-        nonlocal vector
+        nonlocal vector, model
         e = time.perf_counter()
         reply = await ctx.request(subjects.embed, Embed(texts=[prepared.text],
                                                         deadline=ctx.deadline), Embedded)
-        vector = reply.vectors
+        vector, model = reply.vectors, reply.model_id
         timings["embed"] = (time.perf_counter() - e) * 1000
         for shard in shards:
             tg.start_soon(ask, shard, vector, None)

@@ -63,9 +63,11 @@ def _with_nats(args: argparse.Namespace, work: Callable[[NATS, Subjects], Awaita
 
 
 def _progress_line(p: JobProgress) -> str:
+    again = (f" · {p.docs_reembedded} docs re-embedded (new model or chunking)"
+             if p.docs_reembedded else "")
     return (f"files {p.files_done}/{p.files_total} · docs {p.docs_done} · chunks "
             f"{p.chunks_done}/{p.chunks_total} · embedded {p.embeddings_computed} · reused "
-            f"{p.embeddings_reused} · errors {len(p.errors)}")
+            f"{p.embeddings_reused}{again} · errors {len(p.errors)}")
 
 
 def _print_job(p: JobProgress) -> None:

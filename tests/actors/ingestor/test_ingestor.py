@@ -175,6 +175,33 @@ async def test_reingesting_unchanged_documents_embeds_nothing(
         assert again.embeddings_reused == first.chunks_total
 
 
+async def test_new_chunking_settings_re_embed_unchanged_documents_and_say_how_many(
+    nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
+    """An unchanged document was skipped on its text's hash alone, so chunks cut (or
+    vectors made) under other settings stayed in the index."""
+    docs = [InlineDocument(id=f"d{i}", text="\n\n".join(paragraphs(4, f"topic {i}")))
+            for i in range(3)]
+    before = make_settings(nats_url, tmp_path)
+    after = make_settings(nats_url, tmp_path, chunk_tokens=60, overlap_tokens=10)
+    async with running(Embedder(before), Retriever(before), Ingestor(before)):
+        first = await ingest(nc, IngestRequest(documents=docs))
+    async with running(Embedder(after), Retriever(after), Ingestor(after)) as (_, r, _i):
+        again = await ingest(nc, IngestRequest(documents=docs))
+        once_more = await ingest(nc, IngestRequest(documents=docs))
+        indexed = await points(r)
+    assert first.docs_reembedded == 0
+    assert again.docs_reembedded == 3
+    assert again.docs_changed == 3
+    assert again.chunks_total > first.chunks_total  # smaller chunks, more of them
+    assert once_more.docs_reembedded == 0  # and then it is up to date
+    assert once_more.embeddings_computed == 0
+    expected = set().union(*(expected_chunks(d.text, ChunkingConfig(chunk_tokens=60,
+                                                                    overlap_tokens=10))
+                             for d in docs))
+    assert {p["chunk_sha256"] for p in indexed} == expected  # no chunk of the old cut is left
+
+
 async def test_delete_hides_a_document_and_purge_removes_it(
     nats_url: str, nc: NATS, tmp_path: Path
 ) -> None:

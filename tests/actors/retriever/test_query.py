@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
 import msgspec
+import numpy as np
 import pytest
 from nats.aio.msg import Msg
 
@@ -21,7 +23,7 @@ from ragbus.config import (
     RuntimeSettings,
     Settings,
 )
-from ragbus.runtime import Client, Context
+from ragbus.runtime import BadRequestError, Client, Context
 from ragbus.runtime.cli import follow_job, submit_job
 from ragbus.runtime.connection import NATS
 from ragbus.subjects import (
@@ -31,12 +33,16 @@ from ragbus.subjects import (
     Embed,
     ErrorCode,
     Failed,
+    IndexApplied,
+    IndexUpdate,
     IngestRequest,
     InlineDocument,
     JobState,
+    PointUpsert,
     Query,
     QueryFilters,
     Search,
+    SearchResult,
     Sources,
     Subjects,
     Trim,
@@ -335,6 +341,39 @@ async def test_retrieval_cache_serves_repeats_and_invalidates_on_reingest(
     assert third.cache_scope != first.cache_scope  # the corpus changed: they may not
     assert isinstance(third_sources, Sources)
     assert "Rye" in next(s.text for s in third_sources.sources if s.doc_id == "bread")
+
+
+def upsert(model: str, n: int = 1, *, deletes: list[str] | None = None) -> IndexUpdate:
+    rng = np.random.default_rng(n)
+    vectors = [rng.standard_normal(384).astype("<f4") for _ in range(n)]
+    return IndexUpdate(model_id=model, dim=384, deletes=deletes or [], upserts=[
+        PointUpsert(id=str(uuid.UUID(int=i + 1)), vector=v.tobytes(),
+                    payload={"doc_id": f"d{i}", "text": "x", "deleted": False})
+        for i, v in enumerate(vectors)])
+
+
+async def test_one_shard_holds_one_embedding_model_and_says_so(
+    nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
+    """Vectors of two models in one space rank nonsense; nothing mixes them silently."""
+    client = Client(nc, S)
+    async with system(nats_url, tmp_path):
+        await client.request(S.index_apply("default"), upsert("model-a", 2), IndexApplied)
+        with pytest.raises(BadRequestError, match=r"holds vectors of embedding model "
+                                                  r"'model-a'; these come from 'model-b'"):
+            await client.request(S.index_apply("default"), upsert("model-b"), IndexApplied)
+        vector = np.ones(384, dtype="<f4").tobytes()
+        with pytest.raises(BadRequestError, match="the question was embedded by 'model-b'"):
+            await client.request(S.search("default"), Search(shard="default", dense=vector,
+                                                              model="model-b"), SearchResult)
+        found = await client.request(S.search("default"), Search(
+            shard="default", dense=vector, model="model-a"), SearchResult)
+        # emptied, the shard takes the new model
+        ids = [str(uuid.UUID(int=i + 1)) for i in range(2)]
+        await client.request(S.index_apply("default"), IndexUpdate(
+            model_id="model-a", dim=384, deletes=ids), IndexApplied)
+        await client.request(S.index_apply("default"), upsert("model-b"), IndexApplied)
+    assert len(found.dense) == 2
 
 
 class LossyIngestor(Ingestor):
