@@ -17,6 +17,7 @@ at once, so another replica takes it.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -459,7 +460,19 @@ class Actor:
                                   max_deliver=durable.max_deliver))
         route = self._route(spec, subject, durable.name)
         slots = anyio.Semaphore(durable.concurrency)
+        given_up = await self.nc.subscribe(
+            f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{durable.stream(self.subjects)}."
+            f"{durable.name}", queue=self.name,
+            cb=partial(self._given_up, spec, durable))
         task_status.started()
+        try:
+            await self._fetch_loop(spec, durable, sub, route, slots)
+        finally:
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await given_up.unsubscribe()
+
+    async def _fetch_loop(self, spec: EndpointSpec, durable: Durable, sub: Any, route: _Route,
+                          slots: anyio.Semaphore) -> None:
         while True:
             await slots.acquire()
             with anyio.CancelScope(shield=True):
@@ -484,6 +497,38 @@ class Actor:
             assert self._tg is not None
             for msg in msgs:
                 self._tg.start_soon(self._take, spec, durable, msg, route, slots)
+
+    async def _given_up(self, spec: EndpointSpec, durable: Durable, advisory: Msg) -> None:
+        """JetStream gave up on a message: every delivery ended without an answer (the
+        process died or hung each time), so no handler will ever record why. Record it
+        here (``job_failed``) and remove the message, or it would sit in the queue."""
+        try:
+            event = json.loads(advisory.data)
+            seq, deliveries = int(event["stream_seq"]), int(event.get("deliveries", 0))
+            js = self.nc.jetstream()
+            stream = durable.stream(self.subjects)
+            raw = await js.get_msg(stream, seq)
+            request = codec.decode(raw.data or b"", spec.request)
+        except Exception as exc:  # gone already, or not ours to read: nothing to record
+            self.log.warning("job.given_up_unreadable", endpoint=spec.name, error=repr(exc))
+            return
+        request_id: str = getattr(request, "request_id", None) or new_id()
+        trace = getattr(request, "trace", None) or Trace()
+        log = self.log.bind(request_id=request_id, endpoint=spec.name, trace_id=trace.trace_id)
+        ctx = Context(self, advisory, spec.name, request_id, now_ms(), trace, log)
+        ctx.attempt, ctx.final_attempt = deliveries, True
+        err = UnavailableError(
+            f"given up after {deliveries} deliveries: each ended without an answer (the "
+            f"{self.name} died or stalled while handling it)", trace_id=trace.trace_id)
+        self.metrics.errors.labels(self.name, spec.name, err.code.value).inc()
+        log.warning("job.given_up", deliveries=deliveries, stream_seq=seq)
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.job_failed(request, ctx, err, retrying=False)
+            except Exception:
+                log.exception("job.record_failed")
+            with contextlib.suppress(Exception):
+                await js.delete_msg(stream, seq)
 
     async def _take(self, spec: EndpointSpec, durable: Durable, msg: Msg, route: _Route,
                     slots: anyio.Semaphore) -> None:

@@ -150,6 +150,18 @@ def _cache_admin(bucket: str) -> list[str]:
     return [f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.PURGE.{stream}"]
 
 
+def _given_up(stream: str, durable: str) -> str:
+    """JetStream's word that a durable gave up on a message (``Actor._given_up``)."""
+    return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{durable}"
+
+
+def _work_queue(stream: str, durable: str) -> list[str]:
+    """A kernel ``durable=`` endpoint's consumer, plus reading and removing a message it
+    gave up on (the audit stream's consumer gets no such right: nothing deletes audit)."""
+    return [*_durable(stream, durable), f"$JS.API.STREAM.MSG.GET.{stream}",
+            f"$JS.API.STREAM.MSG.DELETE.{stream}"]
+
+
 def _durable(stream: str, durable: str) -> list[str]:
     """Create, pull from and acknowledge one durable consumer, and no other."""
     return [
@@ -222,9 +234,10 @@ def roles(s: Subjects, *, audit_durable: str = "audit-logger",
         Role("ingestor", allow_responses=True,
              publish=(s.embed, f"{p}.index.apply.*", f"{p}.ingest.progress.*",
                       s.corpus_version, audit, *_stream_admin(ingest),
-                      *_durable(ingest, ingest_durable), *_bucket(s.bucket("jobs")),
+                      *_work_queue(ingest, ingest_durable), *_bucket(s.bucket("jobs")),
                       *_bucket(s.bucket("docs")), *_bucket(s.bucket("corpus"))),
-             subscribe=(f"{p}.docs.*", f"{p}.jobs.*", *serving, inbox("ingestor"))),
+             subscribe=(f"{p}.docs.*", f"{p}.jobs.*", _given_up(ingest, ingest_durable),
+                        *serving, inbox("ingestor"))),
         Role("audit", allow_responses=True,
              publish=(audit, *_stream_admin(s.audit_stream),
                       *_durable(s.audit_stream, audit_durable)),

@@ -7,7 +7,10 @@ terminated) and what the actor recorded through ``job_failed``.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import anyio
 import msgspec
@@ -79,7 +82,8 @@ class Worker(Actor):
 
     async def job_failed(self, request: Message, ctx: Context, error: RagbusError, *,
                          retrying: bool) -> None:
-        self.failures.append(Failure(ctx.state, error.code, ctx.attempt, retrying))
+        assert isinstance(request, Job)
+        self.failures.append(Failure(request.key, error.code, ctx.attempt, retrying))
 
 
 async def queue(nc: NATS) -> None:
@@ -189,3 +193,71 @@ async def test_a_stopping_worker_hands_its_job_to_another(settings: Settings,
     async with running(Worker(settings)) as (second,):
         await until(lambda: second.done)
     assert second.done == [("long", 2)]
+
+
+class Fragile(Worker):
+    """A worker whose jobs outlive the processes that take them (killed in the test)."""
+
+    name = "fragile"
+
+    def _queue(self) -> Durable:
+        return Durable("fragile", stream=lambda s: STREAM, ack_wait_s=1, max_deliver=2)
+
+    @endpoint(lambda s: f"{s.prefix}.test.fragile", request=Job, durable=_queue)
+    async def work(self, request: Job, ctx: Context) -> None:
+        ctx.state = request.key
+        await anyio.sleep(request.sleep_s)
+
+
+FRAGILE = f"{S.prefix}.test.fragile"
+REPO = Path(__file__).resolve().parents[2]
+PROCESS = """
+import sys, anyio
+from ragbus.config import NatsSettings, Settings
+from tests.runtime.test_durable import Fragile
+anyio.run(Fragile(Settings(nats=NatsSettings(url=sys.argv[1]))).serve)
+"""
+
+
+async def test_a_job_whose_every_taker_died_is_recorded_failed_and_removed(
+    settings: Settings, nc: NATS, nats_url: str,
+) -> None:
+    """Killed mid-job on each of its max_deliver deliveries, a job used to vanish with
+    its state stuck at running: JetStream stops delivering it and nobody says why."""
+    await ensure_stream(nc, StreamConfig(name=STREAM, subjects=[SUBJECT, FRAGILE],
+                                         retention=RetentionPolicy.WORK_QUEUE))
+    js = nc.jetstream()
+    job = Job(key="doomed", sleep_s=60)
+    await js.publish(FRAGILE, msgspec.json.encode(job))
+    for delivery in (1, 2):
+        proc = await anyio.open_process([sys.executable, "-c", PROCESS, nats_url], cwd=REPO,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            with anyio.fail_after(30):
+                while True:  # taken: delivered this many times and not acknowledged
+                    try:
+                        info = await js.consumer_info(STREAM, "fragile")
+                    except Exception:  # the process has not created it yet
+                        info = None
+                    if info is not None and info.num_ack_pending == 1 \
+                            and info.delivered.consumer_seq == delivery:
+                        break
+                    await anyio.sleep(0.05)
+        finally:
+            proc.kill()  # -9: no drain, no nak, no record
+            await proc.wait()
+    async with running(Fragile(settings)) as (survivor,):
+        await until(lambda: survivor.failures, timeout=20)
+        await until_empty_of(nc, FRAGILE)
+    (failure,) = survivor.failures
+    assert failure.key == "doomed"
+    assert (failure.code, failure.attempt, failure.retrying) == (ErrorCode.UNAVAILABLE, 2,
+                                                                  False)
+    assert survivor.done == []
+
+
+async def until_empty_of(nc: NATS, subject: str) -> None:
+    js = nc.jetstream()
+    with anyio.fail_after(10):
+        while (await js.stream_info(STREAM, subjects_filter=subject)).state.messages:  # noqa: ASYNC110
+            await anyio.sleep(0.05)
