@@ -45,9 +45,15 @@ def default_data_dir() -> Path:
     return Path(base) / "ragbus"
 
 class NatsSettings(_Section, frozen=True, kw_only=True):
-    """Where the bus is. No ``url`` means: start a private nats-server (embedded mode)."""
+    """Where the bus is. No ``url`` means: start a private nats-server (embedded mode).
+
+    ``url`` may list a cluster's nodes, comma-separated. ``replicas`` is how many nodes
+    keep a copy of every stream and KV bucket ragbus creates (1 on a single server, 3
+    on a cluster); starting against resources with fewer raises them.
+    """
 
     url: str | None = None
+    replicas: Annotated[int, Meta(ge=1, le=5)] = 1
     user: str | None = None
     password: Secret | None = None
     token: Secret | None = None

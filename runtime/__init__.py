@@ -27,7 +27,7 @@ from .errors import (
     UnsupportedVersionError,
     error_from_reply,
 )
-from .jetstream import ensure_kv, ensure_stream, kv_entries
+from .jetstream import best_effort, ensure_kv, ensure_stream, kv_entries
 from .logs import SecretMasker, configure_logging, get_logger
 from .metrics import Metrics
 from .security import connect_as, credentials
@@ -60,6 +60,7 @@ __all__ = (
     "UnavailableError",
     "UnsupportedVersionError",
     "WorkerThread",
+    "best_effort",
     "configure_logging",
     "connect",
     "connect_as",

@@ -33,7 +33,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.api import AckPolicy, ConsumerConfig, KeyValueConfig, StreamConfig
+from nats.js.kv import KeyValue
 
 from ragbus.config import Settings
 from ragbus.subjects import (
@@ -67,6 +68,7 @@ from .errors import (
     UnsupportedVersionError,
 )
 from .handoff import HandOff, Unserved
+from .jetstream import ensure_kv, ensure_stream
 from .metrics import Metrics
 from .security import connect_as, role_for_actor
 
@@ -308,6 +310,14 @@ class Actor:
         if self._handoff is None:
             self._handoff = HandOff(self.nc, on_unserved=self._unserved)
         return self._handoff
+
+    async def ensure_kv(self, config: KeyValueConfig) -> KeyValue:
+        """Open (or create) a KV bucket with ``nats.replicas`` copies."""
+        return await ensure_kv(self.nc, config, replicas=self.settings.nats.replicas)
+
+    async def ensure_stream(self, config: StreamConfig) -> None:
+        """Create (or update) a stream with ``nats.replicas`` copies."""
+        await ensure_stream(self.nc, config, replicas=self.settings.nats.replicas)
 
     def _unserved(self, lost: Unserved) -> None:
         self.metrics.errors.labels(self.name, "hand_off", ErrorCode.UNAVAILABLE.value).inc()

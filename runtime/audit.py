@@ -93,7 +93,7 @@ def _masked(value: Any) -> Any:
 
 async def ensure_audit_stream(nc: NATS, settings: Settings) -> None:
     """Create or update the audit stream (idempotent; replicas may race)."""
-    await ensure_stream(nc, audit_stream_config(settings))
+    await ensure_stream(nc, audit_stream_config(settings), replicas=settings.nats.replicas)
 
 
 class AuditPublisher:

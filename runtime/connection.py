@@ -9,7 +9,7 @@ from nats.aio.client import Client as NATS
 
 from ragbus.config import NatsSettings
 
-__all__ = ("NATS", "connect", "nats_url")
+__all__ = ("NATS", "connect", "nats_url", "servers")
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
 
@@ -18,11 +18,16 @@ def nats_url(settings: NatsSettings, override: str | None = None) -> str:
     return override or settings.url or DEFAULT_URL
 
 
+def servers(url: str) -> list[str]:
+    """A cluster is its nodes' URLs, comma-separated: the client reconnects to a survivor."""
+    return [u.strip() for u in url.split(",") if u.strip()]
+
+
 async def connect(settings: NatsSettings, *, url: str | None = None, name: str = "ragbus",
                   **options: Any) -> NATS:
     """Connect; a dead server fails within seconds instead of nats-py's ~120 s default."""
     kwargs: dict[str, Any] = {
-        "servers": [nats_url(settings, url)],
+        "servers": servers(nats_url(settings, url)),
         "name": name,
         "connect_timeout": settings.connect_timeout_s,
         "max_reconnect_attempts": settings.max_reconnect_attempts,

@@ -7,27 +7,56 @@ exists" is success and a changed configuration is applied as an update.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import secrets
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
+import anyio
 from nats.aio.client import Client as NATS
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig, StreamConfig
-from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
+from nats.errors import ConnectionReconnectingError, NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    KeyValueConfig,
+    PubAck,
+    StreamConfig,
+)
+from nats.js.errors import (
+    BadRequestError,
+    BucketNotFoundError,
+    NoStreamResponseError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 from nats.js.kv import KV_DEL, KV_MARKER_REASON, KV_OP, KV_PURGE, KeyValue
 
-__all__ = ("ensure_kv", "ensure_stream", "kv_entries")
+__all__ = ("CACHE_WAIT_S", "TRANSIENT", "best_effort", "ensure_kv", "ensure_stream",
+           "kv_entries", "publish_once", "through_elections")
 
+MSG_ID = "Nats-Msg-Id"
 _EXISTS = 10058  # JetStream API error code: stream name already in use
 _READ_BATCH = 256
 _READ_TIMEOUT_S = 5.0
 _READER_IDLE_S = 30.0  # the server removes a reader its client never deleted
 
 
-async def ensure_stream(nc: NATS, config: StreamConfig) -> None:
-    """Create the stream, or update it to ``config`` if it exists."""
+async def ensure_stream(nc: NATS, config: StreamConfig, *, replicas: int = 1) -> None:
+    """Create the stream, or update it to ``config`` if it exists; ``replicas`` copies of
+    it on a cluster (an existing stream with fewer is raised: JetStream scales it; one
+    with more keeps them). Retried through a cluster's elections."""
+    await through_elections(lambda: _ensure_stream(nc, config, replicas))
+
+
+async def _ensure_stream(nc: NATS, config: StreamConfig, replicas: int) -> None:
     js = nc.jetstream()
-    assert config.name is not None
+    name = config.name
+    assert name is not None
+    config = dataclasses.replace(config, num_replicas=replicas)
     try:
-        await js.stream_info(config.name)
+        info = await js.stream_info(name)
     except NotFoundError:
         try:
             await js.add_stream(config)
@@ -35,22 +64,35 @@ async def ensure_stream(nc: NATS, config: StreamConfig) -> None:
         except BadRequestError as exc:
             if exc.err_code != _EXISTS:
                 raise
-    await js.update_stream(config)
+        info = await js.stream_info(name)
+    # never fewer copies than it has: a process started with the default must not shrink
+    # what a cluster's actors raised
+    kept = max(replicas, info.config.num_replicas or 1)
+    await js.update_stream(dataclasses.replace(config, num_replicas=kept))
 
 
-async def ensure_kv(nc: NATS, config: KeyValueConfig) -> KeyValue:
-    """Open the bucket, creating it first if no one has."""
+async def ensure_kv(nc: NATS, config: KeyValueConfig, *, replicas: int = 1) -> KeyValue:
+    """Open the bucket, creating it first if no one has; ``replicas`` copies of it on a
+    cluster (an existing bucket with fewer is raised). Retried through elections."""
+    return await through_elections(lambda: _ensure_kv(nc, config, replicas))
+
+
+async def _ensure_kv(nc: NATS, config: KeyValueConfig, replicas: int) -> KeyValue:
     js = nc.jetstream()
     try:
-        return await js.key_value(config.bucket)
+        kv = await js.key_value(config.bucket)
     except BucketNotFoundError:
-        pass
-    try:
-        return await js.create_key_value(config)
-    except BadRequestError as exc:
-        if exc.err_code != _EXISTS:
-            raise
-        return await js.key_value(config.bucket)
+        try:
+            return await js.create_key_value(dataclasses.replace(config, replicas=replicas))
+        except BadRequestError as exc:
+            if exc.err_code != _EXISTS:
+                raise
+            kv = await js.key_value(config.bucket)
+    stream = f"KV_{config.bucket}"
+    info = await js.stream_info(stream)
+    if (info.config.num_replicas or 1) < replicas:
+        await js.update_stream(dataclasses.replace(info.config, num_replicas=replicas))
+    return kv
 
 
 async def kv_entries(kv: KeyValue, pattern: str = ">") -> list[KeyValue.Entry]:
@@ -96,3 +138,60 @@ def _removed(headers: dict[str, str] | None) -> bool:
     if not headers:
         return False
     return headers.get(KV_OP) in (KV_DEL, KV_PURGE) or KV_MARKER_REASON in headers
+
+
+#: what a cluster answers while it elects a leader (4-6 s measured here): worth a retry
+TRANSIENT: tuple[type[Exception], ...] = (
+    NatsTimeoutError, NoRespondersError, NoStreamResponseError, ServiceUnavailableError,
+    ConnectionReconnectingError)
+
+T = TypeVar("T")
+
+
+async def through_elections(op: Callable[[], Awaitable[T]], *, within_s: float = 20.0) -> T:
+    """``op()``, retried with backoff while the cluster elects a leader (a stream's or the
+    meta group's), for up to ``within_s``: what a node's death looks like to a client."""
+    give_up = anyio.current_time() + within_s
+    wait = 0.25
+    while True:
+        try:
+            return await op()
+        except TRANSIENT:
+            if anyio.current_time() + wait > give_up:
+                raise
+            await anyio.sleep(wait)
+            wait = min(2.0, wait * 2)
+
+
+async def publish_once(nc: NATS, subject: str, data: bytes, *, msg_id: str,
+                       within_s: float = 20.0, timeout_s: float = 2.0,
+                       headers: dict[str, str] | None = None) -> PubAck:
+    """Store ``data`` in the stream on ``subject`` exactly once, retrying through elections.
+
+    The retry carries the same ``Nats-Msg-Id``, so a first attempt that was stored after
+    all is not stored twice (JetStream drops a repeat within the duplicate window).
+    """
+    js = nc.jetstream()
+    return await through_elections(lambda: js.publish(
+        subject, data, timeout=timeout_s, headers={**(headers or {}), MSG_ID: msg_id}),
+        within_s=within_s)
+
+
+#: how long a cache may take before the request goes on without it
+CACHE_WAIT_S = 1.0
+
+
+async def best_effort(op: Callable[[], Awaitable[T]], *,
+                      within_s: float = CACHE_WAIT_S) -> T | None:
+    """``op()`` if the bus answers within ``within_s``, else None.
+
+    For what only speeds a request up (a cache read or write): while a cluster elects a
+    leader such a call would wait 5 s and then fail, holding the request hostage or
+    failing it with INTERNAL; without its cache the request is merely slower.
+    """
+    with anyio.move_on_after(within_s):
+        try:
+            return await op()
+        except TRANSIENT:
+            return None
+    return None

@@ -253,7 +253,9 @@ def roles(s: Subjects, *, audit_durable: str = "audit-logger",
              subscribe=(inbox("client"),)),
         Role("admin",
              publish=(s.query, s.cancel_all, s.ingest_submit, f"{p}.docs.*", f"{p}.jobs.*",
-                      "$SRV.>", *_stream_admin(ingest), *_bucket(s.bucket("jobs")),
+                      # ragbus status: every stream's leader and replicas
+                      "$SRV.>", "$JS.API.STREAM.LIST", *_stream_admin(ingest),
+                      *_bucket(s.bucket("jobs")),
                       *_bucket_reader(s.bucket("breakers")),
                       *(grant for cache in CACHE_BUCKETS
                         for grant in _cache_admin(s.bucket(cache)))),
@@ -289,7 +291,7 @@ def _jetstream_grants(role: Role) -> list[str]:
     grants = set(role.publish)
     info = "$JS.API.STREAM.INFO."  # every grant on a stream comes with looking at it
     streams = sorted(g.removeprefix(info) for g in grants if g.startswith(info))
-    said: list[str] = []
+    said: list[str] = ["every stream's state (list)"] if "$JS.API.STREAM.LIST" in grants else []
     for stream in streams:
         if stream.startswith("KV_"):
             bucket = stream[3:]

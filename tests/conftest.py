@@ -11,7 +11,7 @@ import structlog
 
 from ragbus.config import NatsSettings, RuntimeSettings, Settings
 from ragbus.runtime import connect
-from ragbus.runtime.cli import EmbeddedNats
+from ragbus.runtime.cli import EmbeddedCluster, EmbeddedNats
 from ragbus.runtime.connection import NATS
 
 # before any test module imports onnxruntime (qdrant-client and fastembed do)
@@ -22,6 +22,13 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 async def nats_server() -> AsyncIterator[EmbeddedNats]:
     async with EmbeddedNats() as server:
         yield server
+
+
+@pytest.fixture
+async def nats_cluster() -> AsyncIterator[EmbeddedCluster]:
+    """Three nats-server nodes clustered on loopback, JetStream on each (~5 s to elect)."""
+    async with EmbeddedCluster(3) as cluster:
+        yield cluster
 
 
 @pytest.fixture

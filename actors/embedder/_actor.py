@@ -20,7 +20,6 @@ from ragbus.runtime import (
     UnavailableError,
     WorkerThread,
     endpoint,
-    ensure_kv,
 )
 from ragbus.subjects import Embed, Embedded
 
@@ -72,8 +71,7 @@ class Embedder(Actor):
         model = self.model
         kv = None
         if cfg.cache:
-            kv = await ensure_kv(
-                self.nc,
+            kv = await self.ensure_kv(
                 KeyValueConfig(
                     bucket=self.subjects.bucket("embeddings"),
                     history=1,

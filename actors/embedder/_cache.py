@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
+from ragbus.runtime import best_effort
+
 __all__ = ("EmbeddingCache", "text_key")
 
 _UNSAFE = re.compile(r"[^-_a-zA-Z0-9]")
@@ -51,7 +53,11 @@ class EmbeddingCache:
             self._local_put(key, value)
         if self._kv is not None and items:
             kv = self._kv
-            await asyncio.gather(*(kv.put(k, v) for k, v in items))
+
+            async def put_all() -> None:
+                await asyncio.gather(*(kv.put(k, v) for k, v in items))
+
+            await best_effort(put_all)
 
     def _local_get(self, key: str) -> bytes | None:
         value = self._local.get(key)
@@ -66,9 +72,14 @@ class EmbeddingCache:
             self._local.popitem(last=False)
 
     async def _kv_get(self, key: str) -> bytes | None:
-        assert self._kv is not None
-        try:
-            entry = await self._kv.get(key)
-        except KeyNotFoundError:
-            return None
-        return entry.value
+        """The shared copy, or None when it has none or does not answer in time."""
+        kv = self._kv
+        assert kv is not None
+
+        async def read() -> bytes | None:
+            try:
+                return (await kv.get(key)).value
+            except KeyNotFoundError:
+                return None
+
+        return await best_effort(read)

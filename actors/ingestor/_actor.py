@@ -30,8 +30,6 @@ from ragbus.runtime import (
     NotFoundError,
     RagbusError,
     endpoint,
-    ensure_kv,
-    ensure_stream,
     kv_entries,
 )
 from ragbus.subjects import (
@@ -128,10 +126,10 @@ class Ingestor(Actor):
 
     async def setup(self) -> None:
         s = self.subjects
-        await ensure_stream(self.nc, ingest_stream(s))
-        self._jobs_kv = await ensure_kv(self.nc, jobs_bucket(s))
-        self._corpus_kv = await ensure_kv(self.nc, corpus_bucket(s))
-        self._manifests = Manifests(await ensure_kv(self.nc, docs_bucket(s)))
+        await self.ensure_stream(ingest_stream(s))
+        self._jobs_kv = await self.ensure_kv(jobs_bucket(s))
+        self._corpus_kv = await self.ensure_kv(corpus_bucket(s))
+        self._manifests = Manifests(await self.ensure_kv(docs_bucket(s)))
 
     # -- jobs ---------------------------------------------------------------------------
     async def background(self) -> None:

@@ -23,8 +23,8 @@ from ragbus.runtime import (
     EndpointSpec,
     UnavailableError,
     WorkerThread,
+    best_effort,
     endpoint,
-    ensure_kv,
 )
 from ragbus.subjects import (
     AuditKind,
@@ -75,6 +75,7 @@ class Retriever(Actor):
         self._optimizing = 0
         self.cache: RetrievalCache | None = None
         self._corpus: KeyValue | None = None
+        self._models: dict[str, str] = {}  # shard -> its model, as last read or written
         self._cache_lookups = self.metrics.get(Counter, "ragbus_retrieval_cache",
                                                "Retrieval cache lookups by result",
                                                ["actor", "result"])
@@ -108,18 +109,22 @@ class Retriever(Actor):
                 self.stores[shard] = await self.worker.run(self._open, shard)
             except StoreError as exc:
                 raise UnavailableError(f"shard {shard!r} cannot be opened: {exc}") from exc
-        self._corpus = await ensure_kv(self.nc, corpus_bucket(self.subjects))
+        self._corpus = await self.ensure_kv(corpus_bucket(self.subjects))
         if self.config.cache:
-            self.cache = RetrievalCache(await ensure_kv(
-                self.nc, retrieval_cache_bucket(self.subjects, self.config.cache_ttl_s)))
+            self.cache = RetrievalCache(await self.ensure_kv(
+                retrieval_cache_bucket(self.subjects, self.config.cache_ttl_s)))
 
-    async def corpus_versions(self, shards: list[str]) -> dict[str, int]:
-        """Each shard's corpus version, read from the KV bucket the ingestor bumps.
+    async def corpus_versions(self, shards: list[str]) -> dict[str, int] | None:
+        """Each shard's corpus version, read from the KV bucket the ingestor bumps (None
+        when the bucket does not answer in time: a cluster electing a leader).
 
         Read on every query (a KV get is ~0.3 ms, and runs beside the cache lookup), not
         kept from ``rag.corpus.version`` messages: a retriever that missed one while it
         reconnected would serve stale cached retrievals and answers until it restarted.
         """
+        return await best_effort(lambda: self._read_versions(shards))
+
+    async def _read_versions(self, shards: list[str]) -> dict[str, int]:
         assert self._corpus is not None, "setup() has not run"
         corpus = self._corpus
         found: dict[str, int] = {}
@@ -183,7 +188,10 @@ class Retriever(Actor):
             entry = await self._corpus.get(f"{shard}.model")
         except KeyNotFoundError:
             return None
-        return entry.value.decode() if entry.value else None
+        model = entry.value.decode() if entry.value else None
+        if model is not None:
+            self._models[shard] = model
+        return model
 
     async def _check_model(self, shard: str, model: str, store: VectorStore) -> None:
         """One model per shard: vectors of two models in one space would rank nonsense."""
@@ -200,6 +208,7 @@ class Retriever(Actor):
                 "query that, or purge this shard's documents first",
                 details={"shard_model": current, "update_model": model})
         await self._corpus.put(f"{shard}.model", model.encode())
+        self._models[shard] = model
 
     @endpoint(lambda s: s.index_apply("default"), request=IndexUpdate)
     async def index_apply(self, request: IndexUpdate, ctx: Context) -> IndexApplied:
@@ -246,7 +255,11 @@ class Retriever(Actor):
         """One shard's dense and keyword rankings for a query (the scatter target)."""
         store = self._store(request.shard)
         if request.dense is not None and request.model is not None:
-            held = await self.shard_model(request.shard)
+            # the model seen last, read again only when it disagrees (it changes only when
+            # the shard is emptied): no KV read on a search's path
+            held = self._models.get(request.shard)
+            if held != request.model:
+                held = await best_effort(lambda: self.shard_model(request.shard))
             if held is not None and held != request.model:
                 raise BadRequestError(
                     f"shard {request.shard!r} holds vectors of embedding model {held!r}, but "
@@ -306,14 +319,19 @@ class Retriever(Actor):
             if self.cache is not None:
                 cached = await self.cache.get(key)
 
+        known = True
+
         async def read_versions() -> None:
-            versions.update(await self.corpus_versions(shards))
+            nonlocal known
+            found = await self.corpus_versions(shards)
+            known = found is not None
+            versions.update(found or {})
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(lookup)
             tg.start_soon(read_versions)
-        if cached is not None and cached.versions != versions:
-            cached = None  # computed before a re-ingest: stale
+        if cached is not None and (not known or cached.versions != versions):
+            cached = None  # computed before a re-ingest (or nobody can say): stale
         timings: dict[str, float] = {}
         if cached is not None:
             self._cache_lookups.labels(self.name, "hit").inc()
@@ -330,7 +348,7 @@ class Retriever(Actor):
             sources = to_sources(gathered.hits, request.top_k, widen=request.widen)
             missing, vector = gathered.missing, gathered.vector
             timings.update(gathered.timings_ms)
-            if self.cache is not None:
+            if self.cache is not None and known:
                 await self.cache.put(key, CachedSources(sources=sources, missing_shards=missing,
                                                         vector=vector, versions=versions))
         timings["retrieval"] = (time.perf_counter() - started) * 1000
@@ -341,7 +359,8 @@ class Retriever(Actor):
             reply_to=request.reply_to, question=prepared.text, sources=sources,
             session_id=request.session_id, generate=request.generate,
             provider=request.provider, timings_ms=timings,
-            # a partial answer (a shard missing) is not worth caching
-            cache_scope=None if missing else answer_scope(filters=prepared.filters,
-                                                          shards=versions),
+            # a partial answer (a shard missing), or one whose corpus versions nobody could
+            # read, is not cached
+            cache_scope=None if missing or not known else answer_scope(
+                filters=prepared.filters, shards=versions),
             question_vector=vector), hint="start the context-trimmer")

@@ -8,6 +8,7 @@ import msgspec
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
+from ragbus.runtime import best_effort
 from ragbus.subjects import QueryFilters, Source
 
 __all__ = ("CachedSources", "RetrievalCache", "answer_scope", "retrieval_key")
@@ -47,13 +48,17 @@ class RetrievalCache:
         self._decoder = msgspec.json.Decoder(CachedSources)
 
     async def get(self, key: str) -> CachedSources | None:
-        try:
-            entry = await self._kv.get(key)
-        except KeyNotFoundError:
-            return None
-        return self._decoder.decode(entry.value) if entry.value else None
+        """The cached retrieval, or None (also when the bucket does not answer in time)."""
+        async def read() -> bytes | None:
+            try:
+                return (await self._kv.get(key)).value
+            except KeyNotFoundError:
+                return None
+
+        raw = await best_effort(read)
+        return self._decoder.decode(raw) if raw else None
 
     async def put(self, key: str, value: CachedSources) -> None:
         # only complete answers are cached: a shard that missed its deadline may answer next time
         if not value.missing_shards:
-            await self._kv.put(key, msgspec.json.encode(value))
+            await best_effort(lambda: self._kv.put(key, msgspec.json.encode(value)))

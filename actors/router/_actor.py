@@ -30,7 +30,6 @@ from ragbus.runtime import (
     codec,
     discover,
     endpoint,
-    ensure_kv,
 )
 from ragbus.subjects import (
     AuditKind,
@@ -192,10 +191,11 @@ class Router(Actor):
                                probe_timeout_s=cfg.breaker_probe_timeout_s)
         self._breakers = BreakerBoard(self.nc, self.subjects, self.id, policy,
                                       metrics=self.metrics, actor=self.name, log=self.log,
-                                      on_transition=self._audit_transition)
+                                      on_transition=self._audit_transition,
+                                      replicas=self.settings.nats.replicas)
         await self._breakers.start([p.name for p in self.providers])
         if cfg.answer_cache:
-            kv = await ensure_kv(self.nc, KeyValueConfig(
+            kv = await self.ensure_kv(KeyValueConfig(
                 bucket=self.subjects.bucket("answers"), history=1, ttl=cfg.answer_cache_ttl_s,
                 storage=StorageType.FILE, description="answer cache (exact and semantic)"))
             self.answers = AnswerCache(kv, threshold=cfg.answer_cache_threshold,

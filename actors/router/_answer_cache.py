@@ -16,6 +16,8 @@ import numpy as np
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
+from ragbus.runtime import best_effort
+
 __all__ = ("AnswerCache", "CachedAnswer")
 
 
@@ -44,11 +46,14 @@ class AnswerCache:
         self._many = msgspec.json.Decoder(list[CachedAnswer])
 
     async def _get(self, key: str) -> bytes | None:
-        try:
-            entry = await self._kv.get(key)
-        except KeyNotFoundError:
-            return None
-        return entry.value or None
+        """The entry, or None when there is none or the bucket does not answer in time."""
+        async def read() -> bytes | None:
+            try:
+                return (await self._kv.get(key)).value or None
+            except KeyNotFoundError:
+                return None
+
+        return await best_effort(read)
 
     async def lookup(self, *, scope: str, question: str, provider: str, model: str | None,
                      prompt: str, vector: bytes | None) -> tuple[CachedAnswer, str] | None:
@@ -72,6 +77,10 @@ class AnswerCache:
         return (best, "semantic") if best is not None else None
 
     async def store(self, *, scope: str, answer: CachedAnswer, prompt: str) -> None:
+        """Keep an answer; a bucket that does not answer in time just misses it."""
+        await best_effort(lambda: self._store(scope=scope, answer=answer, prompt=prompt))
+
+    async def _store(self, *, scope: str, answer: CachedAnswer, prompt: str) -> None:
         await self._kv.put("x." + _h(scope, _norm(answer.question), answer.provider,
                                      answer.model or "", prompt), msgspec.json.encode(answer))
         if answer.vector is None:

@@ -79,9 +79,10 @@ class BreakerBoard:
 
     def __init__(self, nc: NATS, subjects: Subjects, replica: str, policy: BreakerPolicy, *,
                  metrics: Metrics, actor: str = "router", log: Any = None,
-                 on_transition: Callable[[BreakerTransition], Awaitable[None]] | None = None
-                 ) -> None:
+                 on_transition: Callable[[BreakerTransition], Awaitable[None]] | None = None,
+                 replicas: int = 1) -> None:
         self._on_transition = on_transition
+        self._replicas = replicas
         self.nc = nc
         self.subjects = subjects
         self.replica = replica
@@ -108,7 +109,8 @@ class BreakerBoard:
             self._gauge.labels(self.actor, name).set(0)
         self._sub = await self.nc.subscribe(self.subjects.breaker_all, cb=self._on_msg)
         try:
-            self._kv = await ensure_kv(self.nc, breakers_bucket(self.subjects))
+            self._kv = await ensure_kv(self.nc, breakers_bucket(self.subjects),
+                                       replicas=self._replicas)
             for entry in await kv_entries(self._kv):
                 stored = stored_transition(entry.value, entry.revision)
                 if stored is not None:

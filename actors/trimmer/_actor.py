@@ -93,7 +93,8 @@ class ContextTrimmer(Actor):
         return self._memory
 
     async def setup(self) -> None:
-        kv = await open_memory(self.nc, self.subjects, self.config.memory_ttl_s)
+        kv = await open_memory(self.nc, self.subjects, self.config.memory_ttl_s,
+                               replicas=self.settings.nats.replicas)
         self._memory = MemoryStore(kv)
 
     # -- the query path -------------------------------------------------------------------

@@ -81,10 +81,11 @@ def memory_bucket(subjects: Subjects, ttl_s: float) -> KeyValueConfig:
                           description="conversation memory: <sha256(session id)> -> turns, brief")
 
 
-async def open_memory(nc: NATS, subjects: Subjects, ttl_s: float) -> KeyValue:
+async def open_memory(nc: NATS, subjects: Subjects, ttl_s: float, *,
+                      replicas: int = 1) -> KeyValue:
     """The memory bucket, created if missing, its TTL set to ``ttl_s`` if it was created
     with another (the setting would otherwise only apply to a fresh deployment)."""
-    kv = await ensure_kv(nc, memory_bucket(subjects, ttl_s))
+    kv = await ensure_kv(nc, memory_bucket(subjects, ttl_s), replicas=replicas)
     stream = f"KV_{subjects.bucket('memory')}"
     js = nc.jetstream()
     info = await js.stream_info(stream)

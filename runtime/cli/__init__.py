@@ -9,9 +9,10 @@ them, so that ``ragbus actor NAME`` loads that one actor and nothing else.
 from ._jobs import follow_job, submit_job
 from ._main import build_parser, main
 from ._run import run_actors
-from ._server import EmbeddedNats, NatsServerError, find_nats_server
+from ._server import EmbeddedCluster, EmbeddedNats, NatsServerError, find_nats_server
 
 __all__ = (
+    "EmbeddedCluster",
     "EmbeddedNats",
     "NatsServerError",
     "build_parser",

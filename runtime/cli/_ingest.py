@@ -86,7 +86,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     request = IngestRequest(path=str(path), tags=args.tag or [], collection=args.collection)
 
     async def work(nc: NATS, s: Subjects) -> JobProgress | None:
-        await submit_job(nc, request, s)
+        await submit_job(nc, request, s, replicas=args.loaded.settings.nats.replicas)
         out.print(f"submitted job [cyan]{request.job_id}[/] for {path}")
         if not args.wait:
             return None

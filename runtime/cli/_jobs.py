@@ -19,21 +19,27 @@ from ragbus.subjects import (
     now_ms,
 )
 
-from ..jetstream import ensure_kv, ensure_stream
+from ..jetstream import ensure_kv, ensure_stream, publish_once, through_elections
 
 __all__ = ("follow_job", "submit_job")
 
 
-async def submit_job(nc: NATS, request: IngestRequest, subjects: Subjects | None = None) -> None:
-    """Queue ``request`` durably. Submitting the same job id twice queues it once."""
+async def submit_job(nc: NATS, request: IngestRequest, subjects: Subjects | None = None, *,
+                     replicas: int = 1) -> None:
+    """Queue ``request`` durably. Submitting the same job id twice queues it once.
+
+    The publish carries the job id as ``Nats-Msg-Id``, so it is retried while a cluster
+    elects a new stream leader without ever being stored twice: JetStream drops a repeat
+    within its duplicate window.
+    """
     s = subjects or Subjects()
-    await ensure_stream(nc, ingest_stream(s))
-    kv = await ensure_kv(nc, jobs_bucket(s))
+    await ensure_stream(nc, ingest_stream(s), replicas=replicas)
+    kv = await ensure_kv(nc, jobs_bucket(s), replicas=replicas)
     queued = JobProgress(job_id=request.job_id, state=JobState.QUEUED, submitted_at=now_ms(),
                          updated_at=now_ms(), message="waiting for an ingestor")
-    await kv.put(request.job_id, msgspec.json.encode(queued))
-    await nc.jetstream().publish(s.ingest_submit, msgspec.json.encode(request),
-                                 headers={"Nats-Msg-Id": request.job_id})
+    await through_elections(lambda: kv.put(request.job_id, msgspec.json.encode(queued)))
+    await publish_once(nc, s.ingest_submit, msgspec.json.encode(request),
+                       msg_id=request.job_id)
 
 
 async def follow_job(nc: NATS, job_id: str, subjects: Subjects | None = None, *,

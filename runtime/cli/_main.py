@@ -56,9 +56,18 @@ def _cmd_up(args: argparse.Namespace) -> int:
     names = args.only.split(",") if args.only else sorted(ACTORS)
     classes = {name: load_actor(name) for name in names}
     embedded = loaded.settings.nats.url is None
+    if args.cluster < 1 or (args.cluster > 1 and not embedded):
+        err.print("[red]error:[/] --cluster N starts N >= 1 embedded nodes; with nats.url set "
+                  "ragbus uses that server (or cluster) instead")
+        return 2
+    if args.cluster > 1 and "nats.replicas" not in loaded.sources:
+        settings = msgspec.structs.replace(settings, nats=msgspec.structs.replace(
+            settings.nats, replicas=min(args.cluster, 3)))
 
     def ready(url: str, metrics_port: int | None, started: list[str]) -> None:
-        where = "embedded nats-server" if embedded else "NATS"
+        where = ("embedded nats-server" if args.cluster == 1 else
+                 f"embedded {args.cluster}-node cluster (replicas {settings.nats.replicas})"
+                 ) if embedded else "NATS"
         out.print(f"[bold green]ragbus is up[/]: {where} at [cyan]{url}[/]")
         if metrics_port is not None:
             out.print(f"metrics at http://{loaded.settings.metrics.host}:{metrics_port}/metrics")
@@ -70,7 +79,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
         out.print(f"actors: {', '.join(started) or '(none)'} — Ctrl-C drains and stops")
 
     anyio.run(lambda: run_actors(settings, classes, embedded=embedded,
-                                 ephemeral=args.ephemeral, on_ready=ready))
+                                 ephemeral=args.ephemeral, on_ready=ready,
+                                 cluster=args.cluster))
     out.print("stopped")
     return 0
 
@@ -142,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--only", help="comma-separated actor names to start (default: all)")
     up.add_argument("--local-llm", action="store_true",
                     help="start the embedded llama.cpp server (SmolLM2-135M) for the router")
+    up.add_argument("--cluster", type=int, default=1, metavar="N",
+                    help="start N embedded nats-server nodes clustered on loopback (with "
+                    "nats.replicas raised to min(N, 3) unless it is set)")
     up.set_defaults(func=_cmd_up)
 
     actor = sub.add_parser("actor", help="run one actor against the configured NATS")

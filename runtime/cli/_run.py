@@ -18,9 +18,9 @@ from ragbus.config import Settings
 
 from ..actor import Actor
 from ..metrics import Metrics
-from ..security import write_server_include
+from ..security import credentials, write_server_include
 from ..supervisor import Supervisor
-from ._server import EmbeddedNats
+from ._server import EmbeddedCluster, EmbeddedNats
 from ._state import RunInfo, clear_run_info, write_run_info
 
 __all__ = ("Ready", "run_actors", "watch_signals")
@@ -52,9 +52,15 @@ async def run_actors(
     ephemeral: bool = False,
     nats_url: str | None = None,
     on_ready: Ready | None = None,
+    cluster: int = 1,
 ) -> None:
-    """Run ``classes`` under a supervisor until a signal drains them."""
+    """Run ``classes`` under a supervisor until a signal drains them.
+
+    ``cluster`` > 1 (with ``embedded``) starts that many nats-server nodes clustered on
+    loopback instead of one; every actor connects with all their URLs.
+    """
     metrics = Metrics()
+    monitors: list[str] = []
     async with AsyncExitStack() as stack:
         url = nats_url or settings.nats.url
         if embedded:
@@ -66,10 +72,20 @@ async def run_actors(
                 auth_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="ragbus-auth-"))
                 include = write_server_include(Path(auth_dir) / "users.conf", settings,
                                                settings.security)
-            server = EmbeddedNats(nats_dir, max_payload_bytes=settings.nats.max_payload_bytes,
-                                  include=include)
-            url = await server.start()
-            stack.push_async_callback(server.stop)
+            if cluster > 1:
+                login = (credentials(settings.security, "admin").options()
+                         if settings.security.enabled else {})
+                login.pop("inbox_prefix", None)
+                nodes = EmbeddedCluster(cluster, nats_dir, include=include, login=login,
+                                        max_payload_bytes=settings.nats.max_payload_bytes)
+                url = await nodes.start()
+                monitors = [node.monitor_url for node in nodes.nodes]
+                stack.push_async_callback(nodes.stop)
+            else:
+                server = EmbeddedNats(nats_dir, include=include,
+                                      max_payload_bytes=settings.nats.max_payload_bytes)
+                url = await server.start()
+                stack.push_async_callback(server.stop)
         assert url is not None
         metrics_port: int | None = None
         if settings.metrics.enabled:
@@ -77,7 +93,7 @@ async def run_actors(
             stack.callback(close)
         if embedded:
             write_run_info(settings, RunInfo(nats_url=url, metrics_port=metrics_port,
-                                             pid=os.getpid()))
+                                             pid=os.getpid(), monitors=monitors))
             stack.callback(clear_run_info, settings)
         factories = {
             name: partial(cls, settings, nats_url=url, metrics=metrics)

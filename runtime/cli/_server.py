@@ -11,13 +11,18 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ("EmbeddedNats", "NatsServerError", "find_nats_server")
+import nats
+
+__all__ = ("ClusterRoutes", "EmbeddedCluster", "EmbeddedNats", "NatsServerError",
+           "find_nats_server")
 
 
 class NatsServerError(RuntimeError):
@@ -38,6 +43,15 @@ def find_nats_server() -> str:
     return found
 
 
+@dataclass(frozen=True, slots=True)
+class ClusterRoutes:
+    """A node's place in a cluster: its route port and its peers' route ports."""
+
+    name: str
+    port: int
+    routes: tuple[int, ...]
+
+
 class EmbeddedNats:
     """Start, wait for, and stop one nats-server process.
 
@@ -54,7 +68,14 @@ class EmbeddedNats:
         max_payload_bytes: int = 8 * 1024 * 1024,
         include: str | Path | None = None,
         start_timeout_s: float = 10.0,
+        server_name: str | None = None,
+        cluster: ClusterRoutes | None = None,
+        monitor: bool = False,
     ) -> None:
+        self._server_name = server_name
+        self._cluster = cluster
+        self._monitor = monitor
+        self.monitor_url = ""
         self._data_dir = Path(data_dir) if data_dir is not None else None
         self._host = host
         self._port = port
@@ -84,6 +105,15 @@ class EmbeddedNats:
             f"max_payload: {self._max_payload}",
             f"jetstream {{ store_dir: {json.dumps(str(store))} }}",
         ]
+        if self._server_name is not None:
+            lines.append(f"server_name: {json.dumps(self._server_name)}")
+        if self._monitor:
+            lines.append(f"http: {self._host}:-1")
+        if self._cluster is not None:
+            c = self._cluster
+            routes = ", ".join(json.dumps(f"nats-route://{self._host}:{p}") for p in c.routes)
+            lines.append(f"cluster {{ name: {json.dumps(c.name)}, listen: {self._host}:{c.port}"
+                         f", routes: [{routes}] }}")
         if self._include is not None:
             # nats-server reads include paths relative to the including file, even absolute ones
             lines.append(f"include {json.dumps(os.path.relpath(self._include, root))}")
@@ -131,7 +161,10 @@ class EmbeddedNats:
                 )
             if ports_file.is_file():
                 try:
-                    url: str = json.loads(ports_file.read_text())["nats"][0]
+                    ports = json.loads(ports_file.read_text())
+                    url: str = ports["nats"][0]
+                    if self._monitor:
+                        self.monitor_url = ports["monitoring"][0]
                 except (ValueError, KeyError, IndexError):
                     url = ""
                 if url and await _answers(url):
@@ -147,6 +180,27 @@ class EmbeddedNats:
         except OSError:
             return "(no log)"
         return " | ".join(lines[-5:]) or "(empty log)"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    async def kill(self) -> None:
+        """kill -9, as a crash would: no goodbye to clients or peers (tests, chaos)."""
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.kill()
+            await self._proc.wait()
+
+    async def restart(self) -> str:
+        """Start again on the same data directory and client port (a node brought back
+        after a crash, where its clients look for it)."""
+        self._proc = None
+        self._port = int(self.url.rsplit(":", 1)[1])
+        return await self.start()
 
     async def stop(self, timeout_s: float = 5.0) -> None:
         proc, self._proc = self._proc, None
@@ -168,6 +222,112 @@ class EmbeddedNats:
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
                         tb: TracebackType | None) -> None:
         await self.stop()
+
+
+class EmbeddedCluster:
+    """``size`` nats-server nodes clustered on loopback, JetStream on each.
+
+    What ``ragbus up --cluster 3`` runs and the cluster tests stand on: the nodes
+    route to each other on free loopback ports, each keeps its JetStream store in its
+    own folder (``<data_dir>/n1``, ...), and :meth:`start` returns once the JetStream
+    meta group has elected a leader, so streams of ``replicas <= size`` can be made.
+    ``url`` lists every node, comma-separated, as ``nats.url`` takes it: a client
+    reconnects to a surviving node when one dies.
+    """
+
+    def __init__(self, size: int = 3, data_dir: str | Path | None = None, *,
+                 include: str | Path | None = None, max_payload_bytes: int = 8 * 1024 * 1024,
+                 name: str = "ragbus", start_timeout_s: float = 30.0,
+                 login: dict[str, str] | None = None) -> None:
+        if size < 1:
+            raise ValueError(f"a cluster needs at least one node, not {size}")
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._root = Path(data_dir) if data_dir is not None else None
+        self._include = include
+        self._max_payload = max_payload_bytes
+        self._start_timeout = start_timeout_s
+        self._name = name
+        self._login = login or {}  # with users configured: who the readiness probe is
+        self.size = size
+        self.nodes: list[EmbeddedNats] = []
+
+    @property
+    def url(self) -> str:
+        return ",".join(node.url for node in self.nodes if node.url)
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    async def start(self) -> str:
+        if self.nodes:
+            return self.url
+        if self._root is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="ragbus-cluster-")
+            self._root = Path(self._tmp.name)
+        ports = [_free_port() for _ in range(self.size)]
+        self.nodes = [
+            EmbeddedNats(self._root / f"n{i + 1}", include=self._include,
+                         max_payload_bytes=self._max_payload, server_name=f"n{i + 1}",
+                         monitor=True,
+                         cluster=ClusterRoutes(self._name, port,
+                                               tuple(p for p in ports if p != port)))
+            for i, port in enumerate(ports)
+        ]
+        try:
+            for node in self.nodes:
+                await node.start()
+            await self.wait_for_meta_leader()
+        except BaseException:
+            await self.stop()
+            raise
+        return self.url
+
+    async def wait_for_meta_leader(self, timeout_s: float | None = None) -> None:
+        """Until JetStream answers through any node (its meta group has a leader)."""
+        give_up = time.monotonic() + (timeout_s or self._start_timeout)
+        last = ""
+        while time.monotonic() < give_up:
+            for node in self.nodes:
+                if not node.running:
+                    continue
+                try:
+                    nc = await nats.connect(node.url, connect_timeout=1,
+                                            max_reconnect_attempts=0, allow_reconnect=False,
+                                            **self._login)
+                except Exception as exc:
+                    last = repr(exc)
+                    continue
+                try:
+                    await nc.jetstream().account_info()
+                    return
+                except Exception as exc:  # no meta leader yet
+                    last = repr(exc)
+                finally:
+                    await nc.close()
+            await asyncio.sleep(0.2)
+        raise NatsServerError(f"the cluster elected no JetStream leader in time: {last}")
+
+    async def stop(self) -> None:
+        for node in self.nodes:
+            await node.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    async def __aenter__(self) -> EmbeddedCluster:
+        await self.start()
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 async def _answers(url: str) -> bool:

@@ -14,9 +14,11 @@ __all__ = ("RunInfo", "clear_run_info", "read_run_info", "write_run_info")
 
 
 class RunInfo(msgspec.Struct, frozen=True, kw_only=True):
-    nats_url: str
+    nats_url: str  # a cluster's nodes, comma-separated
     metrics_port: int | None = None
     pid: int = 0
+    #: the embedded nodes' monitoring endpoints (``ragbus status`` reads the cluster there)
+    monitors: list[str] = msgspec.field(default_factory=list)
 
 
 def _run_file(settings: Settings) -> Path:

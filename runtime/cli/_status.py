@@ -4,9 +4,11 @@ circuit breakers as the routers stored them."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import httpx
 from nats.js.errors import BucketNotFoundError
 from rich.console import Console
 from rich.markup import escape
@@ -26,8 +28,10 @@ from .. import discover
 from ..connection import NATS
 from ..jetstream import kv_entries
 from ..security import connect_as
+from ._state import read_run_info
 
-__all__ = ("add_commands", "breaker_states", "breaker_table")
+__all__ = ("Node", "StreamState", "add_commands", "breaker_states", "breaker_table",
+           "cluster_nodes", "stream_states")
 
 out = Console()
 
@@ -59,20 +63,102 @@ def breaker_table(states: list[BreakerTransition]) -> Table:
     return table
 
 
+@dataclass(frozen=True, slots=True)
+class StreamState:
+    """Where a stream (or KV bucket) lives: its leader and how current each copy is."""
+
+    name: str
+    replicas: int
+    leader: str | None
+    followers: tuple[tuple[str, bool, int], ...]  # name, current, lag (messages)
+    messages: int
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    name: str
+    url: str
+    meta_leader: str | None
+    up: bool
+
+
+async def stream_states(nc: NATS) -> list[StreamState]:
+    """Every stream and KV bucket of the account, with its replicas' state."""
+    found: list[StreamState] = []
+    for info in await nc.jetstream().streams_info():
+        cluster = info.cluster
+        followers = tuple((p.name or "?", bool(p.current), int(p.lag or 0))
+                          for p in (cluster.replicas or [])) if cluster else ()
+        found.append(StreamState(name=info.config.name or "?",
+                                 replicas=info.config.num_replicas or 1,
+                                 leader=cluster.leader if cluster else None,
+                                 followers=followers, messages=info.state.messages))
+    return sorted(found, key=lambda s: s.name)
+
+
+async def cluster_nodes(monitors: list[str]) -> list[Node]:
+    """The embedded nodes ``ragbus up --cluster`` started, read from their monitoring
+    endpoints (a node that does not answer is shown down)."""
+    nodes: list[Node] = []
+    async with httpx.AsyncClient(timeout=2.0) as http:
+        for url in monitors:
+            try:
+                varz = (await http.get(f"{url}/varz")).json()
+                jsz = (await http.get(f"{url}/jsz")).json()
+            except (httpx.HTTPError, ValueError):
+                nodes.append(Node(name="?", url=url, meta_leader=None, up=False))
+                continue
+            nodes.append(Node(name=str(varz.get("server_name", "?")),
+                              url=f"nats://{varz.get('host', '127.0.0.1')}:{varz.get('port')}",
+                              meta_leader=(jsz.get("meta_cluster") or {}).get("leader"),
+                              up=True))
+    return nodes
+
+
+def _cluster_tables(nodes: list[Node], streams: list[StreamState]) -> list[Table]:
+    tables: list[Table] = []
+    if nodes:
+        leader = next((n.meta_leader for n in nodes if n.meta_leader), None)
+        table = Table("node", "url", "state", title="NATS nodes")
+        for n in nodes:
+            state = ("[red]down[/]" if not n.up else
+                     "[bold]JetStream meta leader[/]" if n.name == leader else "up")
+            table.add_row(n.name, n.url, state)
+        tables.append(table)
+    if streams:
+        table = Table("stream", "replicas", "leader", "followers", "messages",
+                      title="JetStream streams and buckets")
+        for st in streams:
+            followers = ", ".join(f"{name} ({'current' if current else f'lag {lag}'})"
+                                  for name, current, lag in st.followers) or "-"
+            table.add_row(st.name, str(st.replicas), st.leader or "-", followers,
+                          str(st.messages))
+        tables.append(table)
+    return tables
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     loaded: Loaded = args.loaded
     url: str = args.nats_url
 
-    async def run() -> tuple[list[dict[str, Any]], list[BreakerTransition]]:
+    info = read_run_info(loaded.settings)
+    monitors = info.monitors if info is not None and info.nats_url == url else []
+
+    async def run() -> tuple[list[dict[str, Any]], list[BreakerTransition], list[Table]]:
         nc = await connect_as(loaded.settings.nats, loaded.settings.security, "admin", url=url,
                               name="ragbus-status", max_reconnect_attempts=0)
         try:
             services = await discover(nc, wait_s=args.wait)
-            return services, await breaker_states(nc, Subjects(loaded.settings.subject_prefix))
+            breakers = await breaker_states(nc, Subjects(loaded.settings.subject_prefix))
+            try:
+                streams = await stream_states(nc)
+            except Exception:  # JetStream unavailable (no leader): the nodes say more
+                streams = []
+            return services, breakers, _cluster_tables(await cluster_nodes(monitors), streams)
         finally:
             await nc.close()
 
-    services, breakers = anyio.run(run)
+    services, breakers, cluster = anyio.run(run)
     table = Table(title=f"actors on {url}")
     for col in ("actor", "id", "version", "endpoint", "requests", "errors", "avg ms",
                 "last error"):
@@ -87,6 +173,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     out.print(table if services else f"no actors answered on {url}")
     if breakers:
         out.print(breaker_table(breakers))
+    for extra in cluster:
+        out.print(extra)
     return 0 if services else 1
 
 

@@ -106,3 +106,47 @@ def test_up_with_the_local_llm_answers_with_it(tmp_path: Path) -> None:
     assert asked.returncode == 0, asked.stdout + asked.stderr
     assert "provider local (SmolLM2-135M-Instruct)" in asked.stdout
     assert proc.returncode == 0
+
+
+def test_up_on_a_three_node_cluster_survives_losing_a_node(tmp_path: Path) -> None:
+    """``ragbus up --cluster 3``: every stream and bucket at three replicas; kill -9 one
+    node and the system still ingests and answers, and ``ragbus status`` says so."""
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "otters.txt").write_text(
+        "Sea otters hold hands while sleeping so they do not drift apart.\n")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAGBUS_")},
+           "XDG_DATA_HOME": str(tmp_path), "RAGBUS_METRICS__PORT": "0",
+           "RAGBUS_LOGGING__FORMAT": "json", "RAGBUS_BRIDGE__PORT": "0", "COLUMNS": "220"}
+    proc = subprocess.Popen([*RAGBUS, "up", "--ephemeral", "--cluster", "3"], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*RAGBUS, *args], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=120)
+
+    try:
+        text = read_until(proc, "Ctrl-C", timeout_s=120)
+        assert "3-node cluster (replicas 3)" in text, text
+        assert cli("ingest", "docs", "--wait").returncode == 0
+        before = cli("status", "--wait", "1")
+        nodes = subprocess.run(["pgrep", "-P", str(proc.pid), "nats-server"],
+                               capture_output=True, text=True).stdout.split()
+        assert len(nodes) == 3
+        os.kill(int(nodes[0]), signal.SIGKILL)
+        asked = cli("ask", "Why do sea otters hold hands?")
+        (tmp_path / "docs" / "rafts.txt").write_text("Groups of resting otters are rafts.\n")
+        again = cli("ingest", "docs", "--wait")
+        after = cli("status", "--wait", "1")
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "JetStream meta leader" in before.stdout, before.stdout + before.stderr
+    assert "RAG_INGEST" in before.stdout
+    ingest_row = next(line for line in before.stdout.splitlines() if "RAG_INGEST" in line)
+    assert "│ 3 " in ingest_row  # three replicas
+    assert asked.returncode == 0, asked.stdout + asked.stderr
+    assert "otters" in asked.stdout.lower()
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "down" in after.stdout
