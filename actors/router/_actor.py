@@ -287,7 +287,8 @@ class Router(Actor):
         return plan(self.providers, mode=self.config.mode,
                     prompt_tokens=self.prompts.token_count(request, prompt),
                     local_limit=self.config.local_prompt_token_limit,
-                    pinned=request.provider, unavailable=self.down)
+                    pinned=request.provider, unavailable=self.down,
+                    llm_only=request.llm_only)
 
     @endpoint(lambda s: s.generate, request=Generate)
     async def generate(self, request: Generate, ctx: Context) -> None:
@@ -325,7 +326,10 @@ class Router(Actor):
         if outcome.provider is None:
             ctx.log.warning("router.all_failed", attempts=outcome.attempts,
                             skipped=chain.skipped)
-            if not request.context and not request.history and not request.brief:
+            if request.llm_only:
+                why = ("no LLM provider answered, and this request may not be answered "
+                       "extractively")
+            elif not request.context and not request.history and not request.brief:
                 # nothing to ground an answer in: say so, or the user retries an outage
                 why = ("no passage matched the question (try other words or filters, or "
                        "ingest documents) and no LLM provider answered")
