@@ -1,6 +1,6 @@
 """Typed settings: defaults < TOML file < ``RAGBUS_*`` environment variables."""
 
-from ._audit import ROLES, AuditSettings, SecuritySettings
+from ._audit import AUDIT_PUBLISHERS, ROLES, AuditSettings, SecuritySettings
 from ._errors import ConfigError, ProductionConfigError
 from ._loader import ENV_PREFIX, Loaded, load_settings, production_problems
 from ._router import (
@@ -27,6 +27,7 @@ from ._settings import (
 from ._trimmer import TrimmerSettings
 
 __all__ = (
+    "AUDIT_PUBLISHERS",
     "ENV_PREFIX",
     "IN_MEMORY",
     "MASK",

@@ -14,7 +14,7 @@ from msgspec import Meta
 from ._secret import Secret
 from ._section import NonNegative, Positive, PositiveInt, Section
 
-__all__ = ("ROLES", "AuditSettings", "SecuritySettings", "TextMode")
+__all__ = ("AUDIT_PUBLISHERS", "ROLES", "AuditSettings", "SecuritySettings", "TextMode")
 
 TextMode = Literal["full", "hashed", "omitted"]
 
@@ -23,14 +23,22 @@ _DAY = 24 * 3600.0
 #: Every role a connection can take on the bus (see runtime/security.py for what each may do).
 ROLES = ("admin", "audit", "auditor", "bridge", "client", "embedder", "ingestor", "retriever",
          "router", "trimmer")
+#: The roles that publish audit events (every actor's; not the CLI, clients or readers):
+#: a process logging in as one of them needs ``audit.hash_key`` in production.
+AUDIT_PUBLISHERS = ("audit", "bridge", "embedder", "ingestor", "retriever", "router",
+                    "trimmer")
 
 
 class AuditSettings(Section, frozen=True, kw_only=True):
     """The audit stream, the publisher every actor uses, and the audit-logger's store.
 
     ``text`` decides how question and answer text is kept: ``hashed`` (the
-    default) lets two events be matched without keeping what was asked; with
-    ``hash_key`` the hash is an HMAC, so short texts cannot be guessed back.
+    default) lets two events be matched without keeping what was asked. With
+    ``hash_key`` (a secret, required in production) the hash is an HMAC-SHA256
+    (``hmac-sha256:…``), so short texts cannot be guessed back by hashing
+    candidates; without it (development) it is plain SHA-256 (``sha256:…``) and
+    the publisher warns once. Every process that publishes must share the key,
+    or the same question hashes differently in two events.
     ``publish_retry_s`` must stay below ``duplicate_window_s``: a retry inside the
     window is dropped by the server, one after it would be a second copy.
     """

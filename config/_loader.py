@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 from msgspec import inspect as mi
 
+from ._audit import AUDIT_PUBLISHERS
 from ._errors import ConfigError, ProductionConfigError
 from ._secret import MASK, Secret
 from ._settings import IN_MEMORY, Settings
@@ -189,6 +190,19 @@ def production_problems(settings: Settings, roles: Collection[str] | None = None
             "no NATS credentials: set nats.creds_file, nats.token, or nats.user and "
             "nats.password (e.g. RAGBUS_NATS__PASSWORD)"
         )
+    audit = settings.audit
+    if audit.enabled and audit.text == "hashed" and (
+            roles is None or set(roles) & set(AUDIT_PUBLISHERS)):
+        key = audit.hash_key.get() if audit.hash_key is not None else ""
+        minimum = settings.security.min_password_length
+        if not key:
+            problems.append(
+                "audit.hash_key is not set: hashed question and answer text would be plain "
+                "SHA-256, which anyone can match against guessed questions; set a random "
+                "secret (e.g. RAGBUS_AUDIT__HASH_KEY), the same for every actor")
+        elif len(key) < minimum:
+            problems.append(f"audit.hash_key is shorter than {minimum} characters: use a "
+                            "random one")
     if settings.retriever.backend == "server" and settings.retriever.url == IN_MEMORY and (
             roles is None or "retriever" in roles):
         problems.append("retriever.url = ':memory:' keeps the index in the process only: "

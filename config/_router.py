@@ -127,7 +127,10 @@ class RouterSettings(Section, frozen=True, kw_only=True):
     skips local LLMs. The extractive provider is always the last resort, configured
     or not. Breakers open on a 429 for its Retry-After (else
     ``breaker_rate_limit_cooldown_s``) or after ``breaker_failure_threshold``
-    consecutive failures for ``breaker_failure_cooldown_s``.
+    consecutive failures for ``breaker_failure_cooldown_s``. A ``tree_summarize``
+    request is answered in two steps: its nodes are summarized in groups that fit
+    the smallest window in the chain (map, ``tree_*``), then the answer is asked
+    from the summaries (reduce).
     """
 
     providers: list[ProviderSettings] = msgspec.field(default_factory=_default_providers)
@@ -147,6 +150,14 @@ class RouterSettings(Section, frozen=True, kw_only=True):
     # how often the router replicas are counted to split providers' rate limits
     rate_limit_recount_s: Positive = 5.0
     extractive_sentences: PositiveInt = 3
+    # tree_summarize (the trimmer's mode for more nodes than one pass should take): each
+    # group's summary is at most this long (shorter when the answer's prompt needs it),
+    # this many map calls run at once, and the map step may use this share of the time
+    # left when the request arrives (the answer keeps the rest; a group not summarized
+    # by then goes to the answer as its best sentences)
+    tree_summary_tokens: PositiveInt = 256
+    tree_map_concurrency: PositiveInt = 4
+    tree_map_share: Annotated[float, Meta(gt=0, lt=1)] = 0.6
     prompts: list[PromptTemplate] = msgspec.field(default_factory=_default_prompts)
     local: LocalLLMSettings = msgspec.field(default_factory=LocalLLMSettings)
     # the answer cache (exact, and semantic above this cosine similarity); answers that

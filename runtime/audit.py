@@ -34,6 +34,7 @@ from ragbus.subjects import MSG_ID_HEADER, AuditEvent, AuditOutcome, Subjects, a
 from ._pii import PiiMasker
 from .jetstream import ensure_stream
 from .metrics import Metrics
+from .security import audit_role_of
 
 __all__ = (
     "AuditFields",
@@ -46,6 +47,8 @@ __all__ = (
 
 _encoder = msgspec.json.Encoder()
 _WORKERS = 4  # each publishes a share of publish_in_flight at once, pipelined
+# the warning that hashed text is unkeyed is said once per process, not once per actor
+_unkeyed_warned = False
 
 
 class AuditFields(TypedDict, total=False):
@@ -99,15 +102,22 @@ async def ensure_audit_stream(nc: NATS, settings: Settings) -> None:
 class AuditPublisher:
     """One per actor (or client). ``run`` must be running for events to leave.
 
-    Every ``Secret`` in ``settings`` is masked wherever it appears, plus ``secrets``.
+    Events go out on ``<prefix>.audit.<role>.<kind>``, ``role`` being the bus role the
+    publisher logs in as (by default the actor's, see ``security.audit_role_of``): the
+    bus lets each role publish there only, and the audit-logger keeps an event only if
+    its ``actor`` belongs to that role. Every ``Secret`` in ``settings`` is masked
+    wherever it appears, plus ``secrets``.
     """
 
     def __init__(self, settings: Settings, *, actor: str, instance: str | None = None,
-                 metrics: Metrics | None = None, secrets: Iterable[str] = ()) -> None:
+                 metrics: Metrics | None = None, secrets: Iterable[str] = (),
+                 role: str | None = None) -> None:
         self.settings = settings
         self.config = settings.audit
         self.subjects = Subjects(settings.subject_prefix)
         self.actor = actor
+        self.role = role or audit_role_of(actor)
+        self.subjects.audit(self.role, "x")  # refuses a role that is not a subject token
         self.instance = instance
         self.masker = PiiMasker([*secret_values(settings), *secrets])
         key = self.config.hash_key
@@ -139,7 +149,7 @@ class AuditPublisher:
     # -- building ---------------------------------------------------------------------
     def event(self, kind: str, **fields: Unpack[AuditFields]) -> AuditEvent:
         """An event with personal data masked and text kept as ``audit.text`` says."""
-        self.subjects.audit(kind)  # refuses a kind that is not a valid subject
+        self.subjects.audit(self.role, kind)  # refuses a kind that is not a valid subject
         mask = self.masker.mask_text
         question, answer = fields.get("question"), fields.get("answer")
         sizes = dict(fields.get("sizes") or {})
@@ -167,6 +177,20 @@ class AuditPublisher:
             answer=self._text(answer),
             details=self.masker.mask(fields.get("details") or {}),
         )
+
+    def warn_if_unkeyed(self) -> None:
+        """Say once per process that hashed text has no key (development only: production
+        refuses to start without ``audit.hash_key``). The value's ``sha256:`` prefix says it
+        in every event too; an HMAC's is ``hmac-sha256:``."""
+        global _unkeyed_warned
+        c = self.config
+        if _unkeyed_warned or not c.enabled or c.text != "hashed" or c.hash_key is not None:
+            return
+        _unkeyed_warned = True
+        self.log.warning("audit.unkeyed_hash",
+                         hint="question and answer text is kept as plain SHA-256, which "
+                              "anyone can match against guessed questions: set "
+                              "audit.hash_key (RAGBUS_AUDIT__HASH_KEY) to a random secret")
 
     def _text(self, value: str | None) -> str | None:
         if value is None or self.config.text == "omitted":
@@ -270,6 +294,7 @@ class AuditPublisher:
             task_status.started()
             await anyio.sleep_forever()
         self._running = True
+        self.warn_if_unkeyed()
         js = nc.jetstream(timeout=self.config.publish_timeout_s)
         if ensure_stream and self.config.enabled:
             await self._ensure_stream(nc)  # first: once started, events have somewhere to go
@@ -337,7 +362,7 @@ class AuditPublisher:
         Anything unacknowledged when this is cancelled goes back to ``_unsent`` for
         the flush on the way out (publishing it again is safe: same message id).
         """
-        todo = [(e, _encoder.encode(e), self.subjects.audit(e.kind)) for e in events]
+        todo = [(e, _encoder.encode(e), self.subjects.audit(self.role, e.kind)) for e in events]
         started = time.monotonic()
         give_up = started + (self.config.publish_retry_s if retry else 0.0)
         delay = 0.05

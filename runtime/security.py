@@ -7,7 +7,7 @@ requests need no grant (``allow_responses``); streamed events go to a
 may publish into inboxes. Every role reads only its own inbox prefix
 (``_INBOX.<role>.``), so no one can listen to another's replies. Only the
 audit-logger and the auditor role may read the audit stream; nobody but the
-actors may write to it.
+actors may write to it, each under its own role's name (``<prefix>.audit.<role>.>``).
 
 :func:`authorization_config` renders the ``authorization { users = [...] }``
 block for nats-server, with the passwords from the settings (the embedded
@@ -37,6 +37,7 @@ __all__ = (
     "MissingCredentialsError",
     "Role",
     "UnsafePasswordError",
+    "audit_role_of",
     "authorization_config",
     "connect_as",
     "credentials",
@@ -101,6 +102,17 @@ class Credentials:
 
 def inbox_prefix(role: str) -> str:
     return f"_INBOX.{role}"
+
+
+def audit_role_of(actor: str) -> str:
+    """The role an actor's audit events are published under: its bus role, or, for a
+    publisher that is no actor of ours (a third party, a test), its own name.
+
+    The audit-logger keeps an event only if this, for the event's ``actor``, is the
+    role in its subject: each role may publish under its own name only, so no role can
+    put an event in another's name.
+    """
+    return ACTOR_ROLES.get(actor, actor)
 
 
 def role_for_actor(actor: str) -> str:
@@ -203,7 +215,7 @@ def roles(s: Subjects, *, audit_durable: str = "audit-logger",
           ingest_durable: str = "ingestor") -> dict[str, Role]:
     """Every role's permissions under the prefix of ``s``."""
     p = s.prefix
-    audit = s.audit_all
+    audit = s.audit_role  # each role writes audit events under its own name only
     ingest = s.ingest_stream
     serving = ["$SRV.>", s.cancel_all]  # every actor: discovery and cancellation
 
@@ -214,39 +226,40 @@ def roles(s: Subjects, *, audit_durable: str = "audit-logger",
     auditor_allow, auditor_deny = _readers(s.audit_stream, audit_durable)
     table = [
         Role("embedder", allow_responses=True,
-             publish=(audit, *_bucket(s.bucket("embeddings"))),
+             publish=(audit("embedder"), *_bucket(s.bucket("embeddings"))),
              subscribe=(s.embed, *serving, inbox("embedder"))),
         Role("retriever", allow_responses=True,
-             publish=(s.embed, s.search_all, s.trim, any_inbox, audit,
+             publish=(s.embed, s.search_all, s.trim, any_inbox, audit("retriever"),
                       *_bucket(s.bucket("corpus")), *_bucket(s.bucket("retrieval"))),
              subscribe=(s.query, s.search_all, f"{p}.index.apply.*", *serving,
                         inbox("retriever"))),
         Role("trimmer", allow_responses=True,
              # cancels the brief's summary when it gives up waiting for it
-             publish=(s.generate, s.embed, s.cancel_all, any_inbox, audit,
+             publish=(s.generate, s.embed, s.cancel_all, any_inbox, audit("trimmer"),
                       *_bucket(s.bucket("memory"))),
              subscribe=(s.trim, s.memory_append, *serving, inbox("trimmer"))),
         Role("router", allow_responses=True,
              # pings its own replicas to split providers' rate limits among them
-             publish=(s.breaker_all, s.memory_append, any_inbox, audit, "$SRV.PING.router",
+             publish=(s.breaker_all, s.memory_append, any_inbox, audit("router"),
+                      "$SRV.PING.router",
                       *_bucket(s.bucket("breakers")), *_bucket(s.bucket("answers"))),
              subscribe=(s.generate, s.breaker_all, *serving, inbox("router"))),
         Role("ingestor", allow_responses=True,
              publish=(s.embed, f"{p}.index.apply.*", f"{p}.ingest.progress.*",
-                      s.corpus_version, audit, *_stream_admin(ingest),
+                      s.corpus_version, audit("ingestor"), *_stream_admin(ingest),
                       *_work_queue(ingest, ingest_durable), *_bucket(s.bucket("jobs")),
                       *_bucket(s.bucket("docs")), *_bucket(s.bucket("corpus"))),
              subscribe=(f"{p}.docs.*", f"{p}.jobs.*", _given_up(ingest, ingest_durable),
                         *serving, inbox("ingestor"))),
         Role("audit", allow_responses=True,
-             publish=(audit, *_stream_admin(s.audit_stream),
+             publish=(audit("audit"), *_stream_admin(s.audit_stream),
                       *_durable(s.audit_stream, audit_durable)),
              subscribe=(*serving, inbox("audit"))),
         Role("auditor", publish=tuple(auditor_allow), deny_publish=tuple(auditor_deny),
              subscribe=(inbox("auditor"),)),
         Role("bridge", allow_responses=True,
              # /readyz pings the actors a query needs
-             publish=(s.query, s.cancel_all, audit, "$SRV.PING"),
+             publish=(s.query, s.cancel_all, audit("bridge"), "$SRV.PING"),
              subscribe=(*serving, inbox("bridge"))),
         Role("client",
              publish=(s.query, s.cancel_all),

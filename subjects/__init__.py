@@ -15,7 +15,17 @@ from ._breaker import BreakerState, BreakerTransition, breakers_bucket, stored_t
 from ._control import Cancel
 from ._embed import Embed, Embedded
 from ._errors import ERROR_HEADER, ErrorCode, ErrorReply
-from ._events import Cancelled, ContextReady, Done, Failed, QueryEvent, Source, Sources, Token
+from ._events import (
+    Cancelled,
+    ContextReady,
+    Done,
+    Failed,
+    QueryEvent,
+    Source,
+    Sources,
+    Token,
+    TreeReport,
+)
 from ._generate import ChatTurn, ContextNode, Generate, TrimInfo, TurnDone
 from ._index import (
     DEFAULT_COLLECTION,
@@ -118,6 +128,7 @@ __all__ = (
     "Subjects",
     "Token",
     "Trace",
+    "TreeReport",
     "Trim",
     "TrimInfo",
     "TurnDone",

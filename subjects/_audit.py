@@ -43,7 +43,9 @@ class AuditKind(enum.StrEnum):
     AUTH_DENIED = "auth.denied"
     RATE_LIMITED = "rate.limited"
     CONFIG_LOADED = "config.loaded"
-    AUDIT_REJECTED = "audit.rejected"  # the audit-logger's note of an undecodable message
+    # the audit-logger's note of a message it did not keep: undecodable, or an event its
+    # subject does not vouch for (another role's actor, another kind)
+    AUDIT_REJECTED = "audit.rejected"
 
 
 class AuditOutcome(enum.StrEnum):

@@ -11,7 +11,7 @@ from ._errors import ErrorCode
 from ._generate import ContextNode, TrimInfo
 
 __all__ = ("Cancelled", "ContextReady", "Done", "Failed", "QueryEvent", "Source", "Sources",
-           "Token")
+           "Token", "TreeReport")
 
 
 class _Event(Message, frozen=True, kw_only=True, tag_field="type"):
@@ -51,8 +51,25 @@ class Token(_Event, frozen=True, kw_only=True, tag="token"):
     text: str
 
 
+class TreeReport(msgspec.Struct, frozen=True, kw_only=True):
+    """How a ``tree_summarize`` answer was made (``Done.tree``).
+
+    The context's nodes went in ``groups``; each group was summarized by a map call
+    that walked the provider chain (``map_calls`` counts its provider attempts,
+    fallbacks included; ``summarized_by`` how many groups each provider summarized).
+    ``cut`` groups ran out of the map step's time and went to the answer as their
+    best sentences, quoted from the nodes; ``empty`` groups had nothing to give.
+    """
+
+    groups: int
+    map_calls: int = 0
+    summarized_by: dict[str, int] = msgspec.field(default_factory=dict)
+    cut: int = 0
+    empty: int = 0
+
+
 class Done(_Event, frozen=True, kw_only=True, tag="done"):
-    """The stream ended normally."""
+    """The stream ended normally. ``tree`` is set when the answer was tree-summarized."""
 
     text_length: int = 0
     provider: str | None = None
@@ -61,6 +78,7 @@ class Done(_Event, frozen=True, kw_only=True, tag="done"):
     timings_ms: dict[str, float] = msgspec.field(default_factory=dict)
     cache_hit: bool = False
     prompt_version: str | None = None
+    tree: TreeReport | None = None
 
 
 class Failed(_Event, frozen=True, kw_only=True, tag="failed"):

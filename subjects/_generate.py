@@ -41,6 +41,10 @@ class TrimInfo(msgspec.Struct, frozen=True, kw_only=True):
     mode: Literal["compact", "tree_summarize"] = "compact"
     memory_turns: int = 0
     memory_tokens: int = 0
+    # who wrote the session's brief: an LLM through the router, the documented fallback
+    # (the conversation's most recent text, cut to size), "unknown" for a brief stored
+    # before this was recorded; None: no brief was sent
+    brief_source: Literal["llm", "fallback", "unknown"] | None = None
 
 
 class Generate(StreamRequest, frozen=True, kw_only=True):
@@ -48,7 +52,9 @@ class Generate(StreamRequest, frozen=True, kw_only=True):
 
     ``history`` and ``brief`` are the session's conversation memory, already within
     their budget. ``prompt_tokens`` is the trimmer's cl100k count of everything
-    here, which size-based routing uses.
+    here, which size-based routing uses. ``llm_only`` asks for an LLM's answer or
+    none: the router skips its extractive provider and fails with UNAVAILABLE when no
+    LLM answers (the conversation brief asks this way; extracted sentences are no summary).
     """
 
     question: str
@@ -66,6 +72,7 @@ class Generate(StreamRequest, frozen=True, kw_only=True):
     # None disables the cache for this request
     cache_scope: str | None = None
     question_vector: bytes | None = None
+    llm_only: bool = False
 
 
 class TurnDone(Message, frozen=True, kw_only=True):

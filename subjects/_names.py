@@ -111,16 +111,33 @@ class Subjects:
         return self._s("jobs", validate_token(verb, "jobs verb"))
 
     # -- audit (JetStream) ---------------------------------------------------------------
-    def audit(self, kind: str) -> str:
+    def audit(self, role: str, kind: str) -> str:
+        """``<prefix>.audit.<role>.<kind>``: the bus role the publisher logs in as, then the
+        kind. Each role may publish under its own name only, so the subject, not the
+        event, says who published (the audit-logger holds the event's ``actor`` to it)."""
         # kinds are dotted ("query.received"), which keeps them filterable by wildcard
         tokens = kind.split(".")
         for token in tokens:
             validate_token(token, "audit kind")
-        return self._s("audit", *tokens)
+        return self._s("audit", validate_token(role, "audit role"), *tokens)
+
+    def audit_role(self, role: str) -> str:
+        """Every audit subject one role may publish on (its permission)."""
+        return self._s("audit", validate_token(role, "audit role"), ">")
 
     @property
     def audit_all(self) -> str:
         return self._s("audit", ">")
+
+    def parse_audit(self, subject: str) -> tuple[str, str] | None:
+        """``(role, kind)`` of an audit subject under this prefix, else None."""
+        head = self._s("audit", "")
+        if not subject.startswith(head):
+            return None
+        role, _, kind = subject[len(head):].partition(".")
+        if not role or not kind:
+            return None
+        return role, kind
 
     # -- JetStream resources (names may not contain dots) ------------------------------
     def _resource(self, name: str) -> str:

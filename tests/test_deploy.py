@@ -22,7 +22,7 @@ import anyio
 import pytest
 import yaml
 
-from ragbus.config import ROLES, ProductionConfigError, load_settings
+from ragbus.config import AUDIT_PUBLISHERS, ROLES, ProductionConfigError, load_settings
 from ragbus.runtime import wait_for_instances
 from ragbus.runtime.cli import build_parser, find_nats_server
 from ragbus.runtime.security import connect_as, role_for_actor
@@ -89,6 +89,21 @@ def test_each_service_loads_its_settings_in_production_mode_with_only_its_own_pa
     if name == "retriever":
         assert (settings.retriever.backend, settings.retriever.url) == \
             ("server", "http://qdrant:6333")
+
+
+@pytest.mark.parametrize("name", RAGBUS_SERVICES)
+def test_every_service_that_publishes_audit_events_gets_the_one_hash_key(name: str) -> None:
+    """Production refuses an actor without it, and the same question must hash alike in
+    every actor's events; the CLI publishes none and goes without."""
+    env = service_env(name)
+    if role_of(name) in AUDIT_PUBLISHERS:
+        assert env["RAGBUS_AUDIT__HASH_KEY"] == example_env()["RAGBUS_AUDIT__HASH_KEY"]
+        without = {k: v for k, v in env.items() if k != "RAGBUS_AUDIT__HASH_KEY"}
+        with pytest.raises(ProductionConfigError, match=r"audit\.hash_key"):
+            load_settings(file=None, env=without, roles={role_of(name)})
+    else:
+        assert "RAGBUS_AUDIT__HASH_KEY" not in env
+    assert len(example_env()["RAGBUS_AUDIT__HASH_KEY"]) >= 16
 
 
 def test_the_example_env_has_a_long_enough_password_for_every_role() -> None:

@@ -6,6 +6,11 @@ batch is written, fsynced, and only then acknowledged; a batch interrupted
 anywhere before the acknowledgement comes again after ``audit.ack_wait_s`` and
 the store's event-id memory turns it into no new records.
 
+An event its subject does not vouch for (an ``actor`` of another role than the
+subject's, see ``_origin``) is acknowledged like any other, so it is not
+redelivered forever, counted as ``rejected``, logged, and replaced in the store by
+an ``audit.rejected`` note with its digest and why.
+
 One audit-logger per store: the store is locked, because two writers would fork
 the chain. Replicas for availability would need a store each.
 """
@@ -25,6 +30,7 @@ from ragbus.runtime import Actor, ActorOptions, WorkerThread
 from ragbus.runtime.audit import ensure_audit_stream
 
 from ._files import store_dir
+from ._origin import origin_check
 from ._pull import BatchPuller
 from ._store import AuditStore, Incoming
 
@@ -41,7 +47,8 @@ class AuditLogger(Actor):
         super().__init__(settings, **options)
         self.config = self.settings.audit
         self.store = AuditStore(store_dir(self.settings), fsync=self.config.fsync,
-                                dedupe_ids=self.config.dedupe_ids)
+                                dedupe_ids=self.config.dedupe_ids,
+                                check=origin_check(self.subjects))
         self.worker = WorkerThread("audit-store")
         records = self.metrics.get(Counter, "ragbus_audit_records",
                                    "Audit messages taken from the stream, by what became of them",
@@ -109,4 +116,6 @@ class AuditLogger(Actor):
         self._duplicates.inc(result.duplicates)
         self._rejected.inc(result.rejected)
         if result.rejected:
-            self.log.warning("audit.rejected", count=result.rejected)
+            # each rejection is in the store as an audit.rejected record saying why
+            self.log.warning("audit.rejected", count=result.rejected,
+                             hint="`ragbus audit tail --kind audit.rejected` shows why")

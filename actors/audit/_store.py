@@ -37,7 +37,7 @@ from ._files import (
 )
 from ._record import GENESIS, chain_hash, decode_line, encode_line, stored_event_id
 
-__all__ = ("AppendResult", "AuditStore", "Incoming")
+__all__ = ("AppendResult", "AuditStore", "Check", "Incoming")
 
 LOGGER = "audit-logger"
 _event_decoder = msgspec.json.Decoder(AuditEvent)
@@ -51,6 +51,10 @@ class Incoming:
     data: bytes
     stream_seq: int
     subject: str
+
+
+#: Why an event may not be kept as sent (its subject says another publisher), or None.
+Check = Callable[[Incoming, AuditEvent], str | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,9 +85,10 @@ class _RecentIds:
 
 class AuditStore:
     def __init__(self, directory: Path, *, fsync: bool = True, dedupe_ids: int = 200_000,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, check: Check | None = None) -> None:
         self.directory = directory
         self.fsync = fsync
+        self._check = check
         self._clock = clock
         self._ids = _RecentIds(dedupe_ids)
         self.seq = 0
@@ -218,6 +223,11 @@ class AuditStore:
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 event = _rejected(item, str(exc))
                 rejected += 1
+            else:
+                why = self._check(item, event) if self._check is not None else None
+                if why is not None:
+                    event = _rejected(item, why, claimed=event)
+                    rejected += 1
             if event.event_id in self._ids or event.event_id in fresh:
                 duplicates += 1
                 continue
@@ -256,20 +266,27 @@ class AuditStore:
             raise
 
 
-def _rejected(item: Incoming, error: str) -> AuditEvent:
-    """What is kept of a message that is not an audit event: where, how big, its digest.
+def _rejected(item: Incoming, error: str, *, claimed: AuditEvent | None = None) -> AuditEvent:
+    """What is kept of a message that is not an audit event, or of an event its subject
+    does not vouch for (``claimed``): where, how big, its digest, and why. The message
+    itself is not kept: a forged event stored as sent would be believed.
 
     Its id comes from the stream sequence, so a redelivery is still a duplicate.
     """
     event_id = hashlib.sha256(b"rejected:%d" % item.stream_seq).hexdigest()[:32]
+    details: dict[str, object] = {"error": error[:300],
+                                  "sha256": hashlib.sha256(item.data).hexdigest(),
+                                  "stream_seq": item.stream_seq}
+    if claimed is not None:
+        details.update(claimed_actor=claimed.actor[:100], claimed_kind=claimed.kind[:100],
+                       claimed_event_id=claimed.event_id[:64])
     return AuditEvent(
         event_id=event_id,
         kind=AuditKind.AUDIT_REJECTED,
         actor=LOGGER,
         subject=item.subject,
         outcome=AuditOutcome.FAILED,
-        code=ErrorCode.BAD_REQUEST.value,
+        code=(ErrorCode.FORBIDDEN if claimed is not None else ErrorCode.BAD_REQUEST).value,
         sizes={"bytes": len(item.data)},
-        details={"error": error[:200], "sha256": hashlib.sha256(item.data).hexdigest(),
-                 "stream_seq": item.stream_seq},
+        details=details,
     )

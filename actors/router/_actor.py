@@ -7,16 +7,23 @@ sent, because a silent restart would show the client two answers glued
 together. If every provider fails the client gets a short apology with the trace
 id (UNAVAILABLE). A ``Cancel`` cancels the handler's scope; the provider stream
 is closed on the way out, so the model stops generating.
+
+A ``tree_summarize`` request (see ``_tree``) first summarizes its nodes in groups,
+each through the same chain (breakers, rate limits and fallbacks apply to every
+call), at once but bounded, within a share of the request's time and cancelled
+with it; only the answer from the summaries is streamed.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 from typing import Any, Unpack
 
 import anyio
 import anyio.to_thread
+import msgspec
 from nats.js.api import KeyValueConfig, StorageType
 from prometheus_client import Counter, Histogram
 
@@ -31,6 +38,7 @@ from ragbus.runtime import (
     discover,
     endpoint,
 )
+from ragbus.runtime.text import count_tokens
 from ragbus.subjects import (
     AuditKind,
     BreakerTransition,
@@ -39,6 +47,7 @@ from ragbus.subjects import (
     Failed,
     Generate,
     Token,
+    TreeReport,
     TurnDone,
     now_ms,
 )
@@ -47,16 +56,28 @@ from ._answer_cache import AnswerCache, CachedAnswer
 from ._breaker import BreakerBoard, BreakerPolicy
 from ._coalesce import Coalescer
 from ._errors import MidStreamError, ProviderError, ProviderTimeoutError
-from ._extractive import ExtractiveProvider
+from ._extractive import ExtractiveProvider, extract
 from ._limits import RateLimits
 from ._local import LocalLLM, LocalLLMUnavailableError
 from ._openai import OpenAIProvider
 from ._prompts import Prompts
 from ._provider import Prompt, Provider, Usage
 from ._routing import Plan, plan
+from ._tree import (
+    REDUCE_NOTE,
+    groups,
+    map_overhead,
+    map_prompt,
+    note,
+    passage_tokens,
+    tree_version,
+)
 
 __all__ = ("Router",)
 
+# a summary shorter than this says nothing; a note's "Notes on passages [a] to [b]:" line
+_MIN_SUMMARY = 16
+_NOTE_HEADER = 16
 _TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # a whole answer: a cache hit in milliseconds, a long local generation in minutes
 _ANSWER_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -83,6 +104,11 @@ class _Answer:
     parts: list[str] = field(default_factory=list)
     first_token_at: float | None = None
     sink: Coalescer | None = None
+    tokens_before: int = 0  # provider deltas spent before the answer (tree_summarize's maps)
+    calls: int = 0  # providers called for it
+
+    def remaining(self) -> float:
+        return self.ctx.remaining()
 
     async def send(self, event: Token | Done | Failed) -> None:
         # no headers: the event names its request, and the client decodes one body per event
@@ -98,11 +124,53 @@ class _Answer:
 
 
 @dataclass(slots=True)
+class _Notes:
+    """One ``tree_summarize`` map call's summary, collected: none of it goes to the client.
+
+    It must end by ``deadline`` (the map step's share of the request's time). A provider
+    failing mid-stream here only costs its partial text: the next provider is tried.
+    """
+
+    ctx: Context
+    deadline: float
+    parts: list[str] = field(default_factory=list)
+    calls: int = 0
+
+    def remaining(self) -> float:
+        return min(self.ctx.remaining(), self.deadline - anyio.current_time())
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+@dataclass(slots=True)
 class _Outcome:
     provider: Provider | None = None
     usage: Usage | None = None
     mid_stream: ProviderError | None = None
     attempts: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """How a ``tree_summarize`` request's nodes are grouped; ``summary_tokens`` 0: no LLM
+    in the chain, so no map calls (the extractive provider groups by itself)."""
+
+    groups: list[list[int]]
+    summary_tokens: int
+    room: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Tree:
+    """What the map step did, for ``Done.tree`` and the usage; ``complete``: every group
+    was summarized by an LLM (a degraded answer is not cached)."""
+
+    report: TreeReport
+    map_ms: float
+    usage: dict[str, int]
+    complete: bool
 
 
 class Router(Actor):
@@ -278,22 +346,29 @@ class Router(Actor):
             await anyio.sleep(self.config.probe_interval_s)
 
     # -- the endpoint --------------------------------------------------------------------
-    def plan_for(self, request: Generate, prompt: Prompt) -> Plan:
+    def plan_for(self, request: Generate, prompt: Prompt, tokens: int | None = None) -> Plan:
+        """The chain for ``prompt``, sized by ``tokens`` (default: the request's count)."""
         names = [p.name for p in self.providers] + list(self.down)
         if request.provider is not None and request.provider not in names:
             known = ", ".join(names)
             raise BadRequestError(f"no provider named {request.provider!r}; known: {known}",
                              details={"provider": request.provider})
-        return plan(self.providers, mode=self.config.mode,
-                    prompt_tokens=self.prompts.token_count(request, prompt),
+        if tokens is None:
+            tokens = self.prompts.token_count(request, prompt)
+        return plan(self.providers, mode=self.config.mode, prompt_tokens=tokens,
                     local_limit=self.config.local_prompt_token_limit,
-                    pinned=request.provider, unavailable=self.down)
+                    pinned=request.provider, unavailable=self.down,
+                    llm_only=request.llm_only)
 
     @endpoint(lambda s: s.generate, request=Generate)
     async def generate(self, request: Generate, ctx: Context) -> None:
         started = anyio.current_time()
         prompt = self.prompts.render(request)
         chain = self.plan_for(request, prompt)
+        layout = self._layout(request, chain) if request.mode == "tree_summarize" else None
+        if layout is not None:  # another prompt: another version, another cache entry
+            prompt = replace(prompt, template=tree_version(prompt.template))
+        tree: _Tree | None = None
         answer = _Answer(ctx, request, started)
         answer.sink = Coalescer(answer.emit, min_chars=self.config.coalesce_chars,
                                 max_wait_s=self.config.coalesce_ms / 1000)
@@ -307,6 +382,8 @@ class Router(Actor):
             tg.start_soon(answer.sink.run_timer)
             with anyio.CancelScope(deadline=started + remaining - min(0.05, remaining / 10)) \
                     as scope:
+                if layout is not None:
+                    tree, prompt, chain = await self._summarize(answer, prompt, layout)
                 outcome = await self._run_chain(chain, prompt, answer)
                 await answer.sink.flush()
             tg.cancel_scope.cancel()
@@ -325,7 +402,10 @@ class Router(Actor):
         if outcome.provider is None:
             ctx.log.warning("router.all_failed", attempts=outcome.attempts,
                             skipped=chain.skipped)
-            if not request.context and not request.history and not request.brief:
+            if request.llm_only:
+                why = ("no LLM provider answered, and this request may not be answered "
+                       "extractively")
+            elif not request.context and not request.history and not request.brief:
                 # nothing to ground an answer in: say so, or the user retries an outage
                 why = ("no passage matched the question (try other words or filters, or "
                        "ingest documents) and no LLM provider answered")
@@ -337,7 +417,119 @@ class Router(Actor):
                 details={"attempts": outcome.attempts,
                          "skipped": [{"provider": n, "reason": r} for n, r in chain.skipped]},
                 trace_id=ctx.trace.trace_id)
-        await self._done(answer, outcome, prompt)
+        await self._done(answer, outcome, prompt, tree)
+
+    # -- tree_summarize ------------------------------------------------------------------
+    def _window(self, provider: Provider) -> int:
+        """The provider's context window as the trimmer's budgets state it."""
+        t = self.settings.trimmer
+        window = t.provider_context_tokens.get(provider.name, t.model_context_tokens)
+        return t.total_tokens if window is None else min(t.total_tokens, window)
+
+    def _prompt_room(self, llms: list[Provider], reserve: int) -> int:
+        """Prompt tokens every one of ``llms`` takes with ``reserve`` left for its reply
+        (local ones also within ``local_prompt_token_limit``)."""
+        limit = self.config.local_prompt_token_limit
+        return min(min(self._window(p) - reserve, limit if p.settings.is_local else 1 << 30)
+                   for p in llms)
+
+    def _layout(self, request: Generate, chain: Plan) -> _Layout | None:
+        """The groups of a ``tree_summarize`` request, and each summary's length; None
+        when the nodes fit one group (then one pass is what the mode asks for anyway).
+
+        Groups fit the smallest window among the LLMs the chain may use (any map call
+        may fall back to any of them), with the summary's room kept; summaries are
+        short enough for all of them to fit the answer's prompt with the answer's room.
+        """
+        nodes, cfg = request.context, self.config
+        most = self.settings.trimmer.tree_summarize_nodes
+        sizes = [passage_tokens(i + 1, node) for i, node in enumerate(nodes)]
+        llms = [p for p in chain.order if p.is_llm]
+        if not llms:  # the extractive provider groups by count alone
+            found = groups(sizes, room=max(1, sum(sizes)), max_nodes=most)
+            return _Layout(found, 0, 0) if len(found) > 1 else None
+        reserve = request.max_tokens or self.settings.trimmer.response_tokens
+        base = self.prompts.render(request, context="", note=REDUCE_NOTE)
+        notes_room = self._prompt_room(llms, reserve) - sum(
+            count_tokens(m["content"]) for m in base.messages)
+
+        def summary(k: int) -> int:  # each of k notes, with its header, in notes_room
+            return max(_MIN_SUMMARY, min(cfg.tree_summary_tokens,
+                                         notes_room // k - _NOTE_HEADER))
+
+        first = summary(max(1, math.ceil(len(nodes) / most)))
+        room = self._prompt_room(llms, first) - map_overhead(request.question)
+        found = groups(sizes, room=max(1, room), max_nodes=most)
+        if len(found) < 2:
+            return None
+        return _Layout(found, min(first, summary(len(found))), room)
+
+    async def _summarize(self, answer: _Answer, prompt: Prompt,
+                         layout: _Layout) -> tuple[_Tree, Prompt, Plan]:
+        """The map step: each group summarized through the provider chain, at most
+        ``tree_map_concurrency`` at once, within ``tree_map_share`` of the time left;
+        then the answer's prompt from the summaries, and its chain."""
+        request, ctx, cfg = answer.request, answer.ctx, self.config
+        context, found = request.context, layout.groups
+        started = anyio.current_time()
+        notes: list[str | None] = [None] * len(found)
+        finished = [False] * len(found)
+        by: dict[str, int] = {}
+        llm_groups = 0
+        usage = {"map_prompt_tokens": 0, "map_completion_tokens": 0}
+        targets = [_Notes(ctx, started + max(0.0, ctx.remaining()) * cfg.tree_map_share)
+                   for _ in found]
+        limiter = anyio.Semaphore(cfg.tree_map_concurrency)
+
+        async def summarize(i: int) -> None:
+            nonlocal llm_groups
+            p = map_prompt(request.question, context, found[i], max_tokens=layout.summary_tokens,
+                           room=layout.room, template=prompt.template)
+            async with limiter:
+                chain = self.plan_for(request, p, sum(count_tokens(m["content"])
+                                                     for m in p.messages))
+                outcome = await self._run_chain(chain, p, targets[i])
+            finished[i] = True
+            if outcome.provider is None or outcome.usage is None:
+                return
+            notes[i] = targets[i].text
+            by[outcome.provider.name] = by.get(outcome.provider.name, 0) + 1
+            llm_groups += outcome.provider.is_llm
+            spent = outcome.usage.as_dict()
+            usage["map_prompt_tokens"] += spent["prompt_tokens"]
+            usage["map_completion_tokens"] += spent["completion_tokens"]
+
+        if layout.summary_tokens > 0:
+            with anyio.CancelScope(deadline=targets[0].deadline):
+                async with anyio.create_task_group() as tg:
+                    for i in range(len(found)):
+                        tg.start_soon(summarize, i)
+        cut = empty = 0
+        for i, group in enumerate(found):
+            if notes[i] is not None or layout.summary_tokens == 0:
+                continue
+            picked = [] if finished[i] or request.llm_only else extract(
+                request.question, [context[j] for j in group], cfg.extractive_sentences)
+            if picked:  # out of time: the group's best sentences, quoted and cited
+                notes[i] = " ".join(f"{text} [{group[n - 1] + 1}]" for text, n in picked)
+                cut += 1
+            else:
+                empty += 1
+        map_ms = (anyio.current_time() - started) * 1000
+        calls = sum(t.calls for t in targets)
+        report = TreeReport(groups=len(found), map_calls=calls, summarized_by=by, cut=cut,
+                            empty=empty)
+        ctx.log.info("router.tree_map", groups=len(found), map_calls=calls,
+                     summarized_by=by, cut=cut, empty=empty, map_ms=round(map_ms, 1))
+        shown = "\n\n".join(note(g, text) for g, text in zip(found, notes, strict=True)
+                             if text is not None)
+        reduce = replace(self.prompts.render(request, context=shown, note=REDUCE_NOTE),
+                         template=prompt.template, groups=tuple(tuple(g) for g in found))
+        chain = self.plan_for(request, reduce, sum(count_tokens(m["content"])
+                                                   for m in reduce.messages))
+        answer.tokens_before = ctx.tokens_used
+        return (_Tree(report, map_ms, usage, complete=llm_groups == len(found)),
+                reduce, chain)
 
     def _cacheable(self, request: Generate) -> bool:
         # an answer shaped by this session's conversation is not anyone else's answer
@@ -383,8 +575,12 @@ class Router(Actor):
         ctx.log.info("router.cache_hit", match=how, provider=cached.provider)
         return True
 
-    async def _run_chain(self, chain: Plan, prompt: Prompt, answer: _Answer) -> _Outcome:
+    async def _run_chain(self, chain: Plan, prompt: Prompt,
+                         target: _Answer | _Notes) -> _Outcome:
+        """Walk the chain until a provider answers into ``target``: the client's answer
+        (streamed), or a map call's notes (collected)."""
         outcome = _Outcome()
+        log = target.ctx.log
         for i, provider in enumerate(chain.order):
             name = provider.name
             if not self.limits.has_capacity(name):  # before a probe is claimed for nothing
@@ -401,18 +597,22 @@ class Router(Actor):
                 self._series(self._fallbacks, name, "rate_limit").inc()
                 continue
             has_fallback = i + 1 < len(chain.order)
-            left = answer.ctx.remaining()
+            left = target.remaining()
             reserve = self.config.fallback_reserve_s if has_fallback else 0.0
             first_token_s = min(provider.settings.first_token_timeout_s,
                                 max(0.05, left - reserve))
             usage = Usage()
+            target.calls += 1
             try:
-                await self._relay(provider, prompt, answer, usage, first_token_s)
+                if isinstance(target, _Answer):
+                    await self._relay(provider, prompt, target, usage, first_token_s)
+                else:
+                    await self._collect(provider, prompt, target, usage, first_token_s)
             except MidStreamError as exc:
                 await self.breakers.failure(name, exc.cause, admission)
                 self._count(name, "failed_mid_stream")
-                answer.ctx.log.warning("router.mid_stream_failure", provider=name,
-                                       reason=exc.cause.reason, error=exc.cause.message)
+                log.warning("router.mid_stream_failure", provider=name,
+                            reason=exc.cause.reason, error=exc.cause.message)
                 outcome.provider, outcome.usage, outcome.mid_stream = provider, usage, exc.cause
                 return outcome
             except ProviderError as exc:
@@ -421,10 +621,12 @@ class Router(Actor):
                     first_token_s < provider.settings.first_token_timeout_s
                 if not cut_short:
                     await self.breakers.failure(name, exc, admission)
-                self._count(name, f"failed_{exc.reason}")
+                reason = exc.reason if isinstance(target, _Answer) or not usage.deltas \
+                    else "mid_stream"
+                self._count(name, f"failed_{reason}")
                 self._series(self._fallbacks, name, exc.reason).inc()
-                answer.ctx.log.info("router.fallback", provider=name, reason=exc.reason,
-                                    error=exc.message)
+                log.info("router.fallback", provider=name, reason=exc.reason,
+                         error=exc.message, collecting=isinstance(target, _Notes))
                 outcome.attempts.append({"provider": name, "error": exc.reason,
                                          "message": exc.message})
                 continue
@@ -455,7 +657,7 @@ class Router(Actor):
                         self._series(self._ttft, provider.name).observe(
                             answer.first_token_at - answer.started)
                     answer.parts.append(text)
-                    ctx.tokens_used = usage.deltas
+                    ctx.tokens_used = answer.tokens_before + usage.deltas
                     await sink.add(text)
         except ProviderError as exc:
             if usage.deltas:
@@ -463,8 +665,24 @@ class Router(Actor):
                 raise MidStreamError(exc) from exc
             raise
         finally:
-            ctx.tokens_used = usage.deltas
+            ctx.tokens_used = answer.tokens_before + usage.deltas
             self._series(self._tokens, provider.name).inc(usage.deltas)
+
+    async def _collect(self, provider: Provider, prompt: Prompt, notes: _Notes, usage: Usage,
+                       first_token_s: float) -> None:
+        """One provider's text for a map call, kept for the answer's prompt. A failure
+        mid-stream loses only the partial notes (the client saw none of them): it comes
+        out as the ``ProviderError`` it is, and the chain goes on to the next provider."""
+        notes.parts.clear()
+        stream = provider.stream(prompt, usage, first_token_timeout_s=first_token_s)
+        try:
+            async with contextlib.aclosing(stream):
+                async for text in stream:
+                    notes.parts.append(text)
+                    notes.ctx.tokens_used += 1  # what the request has cost, maps included
+        except ProviderError:
+            notes.parts.clear()
+            raise
 
     # -- endings -------------------------------------------------------------------------
     def _observe_answer(self, request: Generate, provider: str, answer_cache: str,
@@ -489,7 +707,8 @@ class Router(Actor):
                         sizes={"partial_text_length": ctx.partial_text_length},
                         details={"message": message})
 
-    async def _done(self, answer: _Answer, outcome: _Outcome, prompt: Prompt) -> None:
+    async def _done(self, answer: _Answer, outcome: _Outcome, prompt: Prompt,
+                    tree: _Tree | None = None) -> None:
         request, ctx = answer.request, answer.ctx
         provider, usage = outcome.provider, outcome.usage
         assert provider is not None
@@ -501,18 +720,26 @@ class Router(Actor):
         elapsed = (now - answer.started) * 1000
         timings.update(first_token=round(before + first, 3), total=round(before + elapsed, 3),
                        router_first_token=round(first, 3), generation=round(elapsed, 3))
+        spent = usage.as_dict()
+        details: dict[str, Any] = {"provider": provider.name, "model": provider.model,
+                                   "prompt_version": prompt.template}
+        if tree is not None:
+            timings.update(tree_map=round(tree.map_ms, 3),
+                           tree_reduce=round(elapsed - tree.map_ms, 3))
+            spent.update(tree.usage)
+            details["tree"] = msgspec.to_builtins(tree.report)
         self._observe_answer(request, provider.name, "miss", first / 1000, elapsed / 1000)
         await answer.send(Done(
             request_id=request.request_id, text_length=ctx.partial_text_length,
-            provider=provider.name, model=provider.model, usage=usage.as_dict(),
-            timings_ms=timings, cache_hit=False, prompt_version=prompt.template))
+            provider=provider.name, model=provider.model, usage=spent,
+            timings_ms=timings, cache_hit=False, prompt_version=prompt.template,
+            tree=tree.report if tree is not None else None))
         await ctx.audit(AuditKind.ANSWER_DONE, session=request.session_id,
                         question=request.question, answer=answer.text,
                         duration_ms=round(elapsed, 3),
-                        sizes={"text_length": ctx.partial_text_length, **usage.as_dict()},
-                        details={"provider": provider.name, "model": provider.model,
-                                 "prompt_version": prompt.template})
-        if self._cacheable(request) and provider.is_llm:
+                        sizes={"text_length": ctx.partial_text_length, **spent},
+                        details=details)
+        if self._cacheable(request) and provider.is_llm and (tree is None or tree.complete):
             assert self.answers is not None
             assert request.cache_scope is not None
             await self.answers.store(scope=request.cache_scope, prompt=prompt.template,

@@ -4,14 +4,15 @@ It cannot be down, rate limited or slow, so every chain ends with it. It ranks
 sentences by the question words they contain, weighted by how rare each word is
 in the context (so "the" counts for nothing and a name counts for a lot), and
 cites each sentence with the number of the passage it came from, as an LLM
-following the prompt would.
+following the prompt would. For ``tree_summarize`` it takes the best sentences of
+each group of passages, then the best of those (``extract_groups``).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -24,7 +25,7 @@ from ragbus.subjects import ContextNode
 from ._errors import NothingToExtractError
 from ._provider import Prompt, Usage
 
-__all__ = ("ExtractiveProvider", "extract")
+__all__ = ("ExtractiveProvider", "extract", "extract_groups")
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 _PIECE = re.compile(r"\S+\s*")
@@ -103,6 +104,29 @@ def extract(question: str, context: list[ContextNode], limit: int) -> list[tuple
     return result
 
 
+def extract_groups(question: str, context: list[ContextNode],
+                   groups: Sequence[Sequence[int]], limit: int) -> list[tuple[str, int]]:
+    """``tree_summarize`` without an LLM: the best ``limit`` sentences of each group (of
+    0-based indexes into ``context``), then the best ``limit`` of those, as (sentence,
+    1-based passage number in ``context``) pairs.
+
+    Each group is ranked on its own, as a map call would see it, so a group's best
+    sentence competes in the end even where another group holds the rarer words.
+    """
+    candidates: list[tuple[str, int]] = []
+    for group in groups:
+        members = [context[i] for i in group]
+        candidates += [(text, group[passage - 1] + 1)
+                       for text, passage in extract(question, members, limit)]
+    if not candidates:
+        return []
+    # the candidates as one-sentence passages: ranked again, cited back to their nodes
+    as_nodes = [ContextNode(chunk_id=str(i), doc_id="", text=text, score=0.0)
+                for i, (text, _) in enumerate(candidates)]
+    return [(text, candidates[passage - 1][1])
+            for text, passage in extract(question, as_nodes, limit)]
+
+
 class ExtractiveProvider:
     """Streams the extracted sentences word by word, each followed by its citation."""
 
@@ -122,10 +146,14 @@ class ExtractiveProvider:
 
     async def stream(self, prompt: Prompt, usage: Usage, *,
                      first_token_timeout_s: float) -> AsyncGenerator[str, None]:
-        picked = extract(prompt.question, prompt.context, self.sentences)
+        if prompt.groups is not None:
+            picked = extract_groups(prompt.question, prompt.context, prompt.groups,
+                                    self.sentences)
+        else:
+            picked = extract(prompt.question, prompt.context, self.sentences)
         if not picked:
             raise NothingToExtractError(self.name, "no context to answer from")
-        text = " ".join(f"{sentence} [{number}]" for sentence, number in picked)
+        text = " ".join(f"{sentence} [{prompt.number(passage)}]" for sentence, passage in picked)
         for i, piece in enumerate(_PIECE.findall(text)):
             usage.deltas += 1
             usage.completion_tokens += 1

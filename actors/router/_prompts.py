@@ -14,17 +14,23 @@ from dataclasses import dataclass
 
 from ragbus.config import PromptTemplate
 from ragbus.runtime.text import count_tokens
-from ragbus.subjects import Generate
+from ragbus.subjects import ContextNode, Generate
 
 from ._provider import Prompt
 
-__all__ = ("Prompts", "template_id")
+__all__ = ("Prompts", "passage", "template_id")
 
 _PLACEHOLDER = re.compile(r"\{(context|question|brief)\}")
 
 
 def template_id(template: PromptTemplate) -> str:
     return f"{template.name}:{template.version}"
+
+
+def passage(number: int, node: ContextNode) -> str:
+    """A context node as a prompt shows it: ``[n] title``, then its text."""
+    head = f"[{number}] {node.title}" if node.title else f"[{number}]"
+    return f"{head}\n{node.text.strip()}"
 
 
 def _fill(text: str, values: dict[str, str]) -> str:
@@ -64,15 +70,20 @@ class Prompts:
                 return bucket.template
         return self._buckets[-1].template  # float rounding at the top end
 
-    def render(self, request: Generate) -> Prompt:
+    def render(self, request: Generate, *, context: str | None = None,
+               note: str | None = None) -> Prompt:
+        """The request's prompt from its session's template. ``context`` replaces the
+        numbered passages (``tree_summarize``'s answer is asked from notes on them), and
+        ``note`` is added to the system message to say so."""
         template = self.choose(request.session_id or request.request_id)
-        passages = []
-        for number, node in enumerate(request.context, start=1):
-            head = f"[{number}] {node.title}" if node.title else f"[{number}]"
-            passages.append(f"{head}\n{node.text.strip()}")
-        values = {"context": "\n\n".join(passages) or "(no context was found)",
+        if context is None:
+            context = "\n\n".join(passage(number, node) for number, node
+                                  in enumerate(request.context, start=1))
+        values = {"context": context or "(no context was found)",
                   "question": request.question.strip(), "brief": request.brief or ""}
         system = _fill(template.system, values)
+        if note:
+            system += f"\n\n{note}"
         if request.brief and "{brief}" not in template.system + template.user:
             system += f"\n\nEarlier in this conversation: {request.brief}"
         messages = [{"role": "system", "content": system}]

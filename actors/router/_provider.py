@@ -20,13 +20,26 @@ __all__ = ("Prompt", "Provider", "Usage")
 
 @dataclass(frozen=True, slots=True)
 class Prompt:
-    """The chat messages for an LLM, and the raw parts for the extractive provider."""
+    """The chat messages for an LLM, and the raw parts for the extractive provider.
+
+    ``numbers`` are the citation numbers of ``context``'s nodes when they are not
+    1, 2, ... (a map call of ``tree_summarize`` sees one group of the nodes, cited as
+    in the whole context); ``groups`` asks the extractive provider for the best
+    sentences per group of ``context`` first, then the best of those (its own
+    ``tree_summarize``).
+    """
 
     messages: list[dict[str, str]]
     question: str
     context: list[ContextNode]
     max_tokens: int | None
     template: str
+    numbers: tuple[int, ...] | None = None
+    groups: tuple[tuple[int, ...], ...] | None = None
+
+    def number(self, passage: int) -> int:
+        """The citation number of the 1-based ``passage`` of ``context``."""
+        return self.numbers[passage - 1] if self.numbers is not None else passage
 
 
 @dataclass(slots=True)

@@ -4,7 +4,8 @@
 one kind. A prompt over the local limit skips local LLMs (small local models
 have small context windows; truncating silently would answer a different
 question). A pinned provider is tried alone. Whatever the mode, the extractive
-providers end the chain: they need no model and cannot be down.
+providers end the chain: they need no model and cannot be down; only a request that
+asks for an LLM's answer (``Generate.llm_only``) goes without them.
 """
 
 from __future__ import annotations
@@ -30,12 +31,18 @@ class Plan:
 
 
 def plan(providers: Sequence[Provider], *, mode: str, prompt_tokens: int, local_limit: int,
-         pinned: str | None = None, unavailable: Collection[str] = ()) -> Plan:
+         pinned: str | None = None, unavailable: Collection[str] = (),
+         llm_only: bool = False) -> Plan:
     """The chain for one request. ``unavailable`` names providers to leave out (not
-    started, not answering); a pinned one of those leaves only the last resort."""
+    started, not answering); a pinned one of those leaves only the last resort.
+    ``llm_only`` leaves the last resort out too: the chain may end up empty."""
     result = Plan()
     last_resort = [p for p in providers if not p.is_llm]
     llms = [p for p in providers if p.is_llm]
+    if llm_only:
+        result.skipped += [(p.name, "the request asks for an LLM's answer") for p in last_resort]
+        providers = llms
+        last_resort = []
     if pinned is not None:
         chosen = [p for p in providers if p.name == pinned and p.name not in unavailable]
         if not chosen:

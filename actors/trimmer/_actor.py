@@ -38,6 +38,7 @@ from ._budget import Budget
 from ._compress import compress, embed, sentences, similarities
 from ._locks import KeyedLocks
 from ._memory import (
+    BriefSource,
     MemoryStore,
     Recalled,
     SessionMemory,
@@ -134,6 +135,7 @@ class ContextTrimmer(Actor):
             tokens_used=used, tokens_available=budget.prompt, tokens_removed=before - after,
             context_tokens_before=before, context_tokens_after=after, compressed=compressed,
             mode=mode, memory_turns=recalled.turns, memory_tokens=recalled.tokens,
+            brief_source=recalled.brief_source,
         )
         self._observe(info, overflow_tokens=before - room)
         timings = {**request.timings_ms, "trim": (time.perf_counter() - started) * 1000}
@@ -235,9 +237,9 @@ class ContextTrimmer(Actor):
                 n = overflow(memory.turns, cfg.memory_turns,
                              cfg.memory_tokens - cfg.brief_tokens)
                 if n:
-                    brief = await self._brief(memory.brief, memory.turns[:n], ctx)
+                    brief, source = await self._brief(memory.brief, memory.turns[:n], ctx)
                     memory = replace(memory, turns=memory.turns[n:], brief=brief,
-                                     folded=memory.folded + n)
+                                     brief_source=source, folded=memory.folded + n)
                 memory = replace(memory, updated_at=now_ms())
                 if await self.memory.put(memory, revision):
                     return
@@ -246,7 +248,9 @@ class ContextTrimmer(Actor):
         raise UnavailableError(f"session memory kept changing during {_CAS_ATTEMPTS} attempts; "
                           "resend the turn")
 
-    async def _brief(self, brief: str | None, turns: list[StoredTurn], ctx: Context) -> str:
+    async def _brief(self, brief: str | None, turns: list[StoredTurn],
+                     ctx: Context) -> tuple[str, BriefSource]:
+        """The new brief and who wrote it: an LLM's summary, else the fallback."""
         cfg = self.config
         if cfg.summarizer:
             # keep time to write the fallback and the entry before this message's deadline
@@ -257,7 +261,7 @@ class ContextTrimmer(Actor):
                                           trace=ctx.trace)
                 if summary is not None:
                     self._briefs.labels(self.name, "llm").inc()
-                    return summary
+                    return summary, "llm"
         self._briefs.labels(self.name, "fallback").inc()
         ctx.log.info("memory.brief_fallback", turns=len(turns))
-        return fallback_brief(brief, turns, cfg.brief_tokens)
+        return fallback_brief(brief, turns, cfg.brief_tokens), "fallback"

@@ -2,10 +2,13 @@
 
 The summary is asked of the router like any answer (a ``Generate`` whose
 context is the conversation), so provider choice, breakers and limits apply to
-it too. It runs when a turn is stored, off the query path, with its own short
-deadline. If no router is subscribed (known at once: see ``runtime.handoff``),
-the router fails, or the deadline passes, the brief is the conversation's text
-cut to its most recent part: worse than a summary, but never lost and never late.
+it too, except that only an LLM may answer it (``llm_only``): the router's
+extractive last resort would return the transcript's sentences that share most
+words with the instruction, which is no summary. It runs when a turn is stored,
+off the query path, with its own short deadline. If no router is subscribed
+(known at once: see ``runtime.handoff``), no LLM answers, or the deadline passes,
+the brief is the conversation's text cut to its most recent part: worse than a
+summary, but never lost, never late, and recorded as the fallback it is.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ async def summarize(nc: NATS, subjects: Subjects, brief: str | None,
                     turns: Sequence[StoredTurn], *, max_tokens: int, timeout: float,
                     trace: Trace | None = None) -> str | None:
     """The LLM's summary of ``brief`` and ``turns`` within ``max_tokens``, or None when no
-    router answered in ``timeout`` seconds (or it failed)."""
+    router answered in ``timeout`` seconds, or no LLM provider did."""
     request_id = new_id()
     message = Generate(
         request_id=request_id,
@@ -58,6 +61,7 @@ async def summarize(nc: NATS, subjects: Subjects, brief: str | None,
                              text=transcript(brief, turns), score=1.0,
                              title="Conversation so far")],
         max_tokens=max_tokens,
+        llm_only=True,
     )
     parts: dict[int, str] = {}
     async with Client(nc, subjects).open_stream(subjects.generate, message) as events:

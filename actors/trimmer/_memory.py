@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -26,6 +27,7 @@ from ragbus.runtime.text import count_tokens, truncate
 from ragbus.subjects import ChatTurn, Subjects
 
 __all__ = (
+    "BriefSource",
     "MemoryStore",
     "Recalled",
     "SessionMemory",
@@ -50,12 +52,20 @@ class StoredTurn(msgspec.Struct, frozen=True, kw_only=True):
     at: int
 
 
+BriefSource = Literal["llm", "fallback"]
+
+
 class SessionMemory(msgspec.Struct, frozen=True, kw_only=True):
-    """What is stored per session; ``folded`` counts turns that went into the brief."""
+    """What is stored per session; ``folded`` counts turns that went into the brief.
+
+    ``brief_source`` says who wrote the brief (an LLM, or the fallback that cuts the
+    transcript); None with a brief means it was stored before that was recorded.
+    """
 
     session_id: str
     turns: list[StoredTurn] = msgspec.field(default_factory=list)
     brief: str | None = None
+    brief_source: BriefSource | None = None
     folded: int = 0
     seen: list[str] = msgspec.field(default_factory=list)
     updated_at: int = 0
@@ -73,6 +83,7 @@ class Recalled:
     brief: str | None = None
     tokens: int = 0
     turns: int = 0
+    brief_source: Literal["llm", "fallback", "unknown"] | None = None
 
 
 def memory_bucket(subjects: Subjects, ttl_s: float) -> KeyValueConfig:
@@ -152,7 +163,9 @@ def recall(memory: SessionMemory | None, budget: int, brief_tokens: int) -> Reca
     for t in recent:
         history.append(ChatTurn(role="user", content=t.question))
         history.append(ChatTurn(role="assistant", content=t.answer))
-    return Recalled(history=history, brief=brief or None, tokens=used, turns=len(recent))
+    source = (memory.brief_source or "unknown") if brief else None
+    return Recalled(history=history, brief=brief or None, tokens=used, turns=len(recent),
+                    brief_source=source)
 
 
 class MemoryStore:

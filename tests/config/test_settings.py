@@ -116,7 +116,8 @@ def test_production_refuses_without_credentials_auth_and_with_wildcard_origin() 
         load_settings(env={"RAGBUS_ENVIRONMENT": "production",
                            "RAGBUS_BRIDGE__ALLOWED_ORIGINS": "*"})
     problems = info.value.problems
-    assert len(problems) == 4
+    assert len(problems) == 5
+    assert any("audit.hash_key" in p for p in problems)
     assert any("security.enabled is false" in p for p in problems)
     assert any("NATS credentials" in p for p in problems)
     assert any("auth secret" in p for p in problems)
@@ -133,6 +134,7 @@ def test_production_starts_when_safe() -> None:
            for role in ROLES},
         "RAGBUS_BRIDGE__JWT_SECRET": "jwt-secret-value",
         "RAGBUS_BRIDGE__ALLOWED_ORIGINS": "https://app.example.com",
+        "RAGBUS_AUDIT__HASH_KEY": "audit-hash-key-0123456789abcdef",
     })
     assert production_problems(loaded.settings) == []
 
@@ -152,7 +154,8 @@ def test_development_needs_nothing_even_with_wildcard() -> None:
 
 def test_production_needs_only_the_passwords_of_the_roles_a_process_logs_in_as() -> None:
     env = {"RAGBUS_ENVIRONMENT": "production", "RAGBUS_SECURITY__ENABLED": "true",
-           "RAGBUS_SECURITY__EMBEDDER_PASSWORD": "embedder-0123456789abcdef"}
+           "RAGBUS_SECURITY__EMBEDDER_PASSWORD": "embedder-0123456789abcdef",
+           "RAGBUS_AUDIT__HASH_KEY": "audit-hash-key-0123456789abcdef"}
     loaded = load_settings(env=env, roles={"embedder"})  # an embedder's container
     assert production_problems(loaded.settings, {"embedder"}) == []
     with pytest.raises(ProductionConfigError) as info:  # the whole system needs them all
@@ -165,6 +168,38 @@ def test_production_needs_only_the_passwords_of_the_roles_a_process_logs_in_as()
     assert any("auth secret" in p for p in info.value.problems)
     with pytest.raises(KeyError, match="no role 'embeder'"):
         production_problems(loaded.settings, {"embeder"})
+
+
+def test_production_requires_a_secret_key_for_hashed_audit_text() -> None:
+    """Unkeyed SHA-256 of a short question is found by hashing candidates: an HMAC key
+    is required wherever audit events are published in production."""
+    from ragbus.config import AUDIT_PUBLISHERS, ROLES
+
+    env = {"RAGBUS_ENVIRONMENT": "production", "RAGBUS_SECURITY__ENABLED": "true",
+           **{f"RAGBUS_SECURITY__{role.upper()}_PASSWORD": f"{role}-0123456789abcdef"
+              for role in ROLES}}
+    loaded = load_settings(env=env, check=False)
+
+    def needs_key(**audit: str) -> dict[str, bool]:
+        settings = loaded.settings
+        if audit:
+            settings = load_settings(env={**env, **{f"RAGBUS_AUDIT__{k.upper()}": v
+                                                    for k, v in audit.items()}},
+                                     check=False).settings
+        return {role: any("audit.hash_key" in p for p in production_problems(settings, {role}))
+                for role in ROLES}
+
+    assert needs_key() == {role: role in AUDIT_PUBLISHERS for role in ROLES}
+    assert set(AUDIT_PUBLISHERS) == set(ROLES) - {"admin", "auditor", "client"}
+    problems = production_problems(load_settings(
+        env={**env, "RAGBUS_AUDIT__HASH_KEY": "short"}, check=False).settings, {"router"})
+    assert any("audit.hash_key is shorter than 16" in p for p in problems)
+    assert not any(needs_key(hash_key="audit-hash-key-0123456789abcdef").values())
+    assert not any(needs_key(text="omitted").values())  # nothing is hashed
+    assert not any(needs_key(enabled="false").values())
+    with pytest.raises(ProductionConfigError) as info:
+        load_settings(env=env, roles={"router"})
+    assert any("RAGBUS_AUDIT__HASH_KEY" in p for p in info.value.problems)
 
 
 def test_the_server_backend_without_a_url_is_refused_naming_the_setting() -> None:

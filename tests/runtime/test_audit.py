@@ -8,9 +8,11 @@ import anyio
 import msgspec
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
+from structlog.testing import capture_logs
 
 from ragbus.config import AuditSettings, NatsSettings, Secret, Settings
 from ragbus.runtime import Metrics, connect
+from ragbus.runtime import audit as audit_module
 from ragbus.runtime.audit import AuditPublisher, ensure_audit_stream
 from ragbus.runtime.connection import NATS
 from ragbus.subjects import MSG_ID_HEADER, AuditEvent, AuditKind, AuditOutcome, Subjects
@@ -68,6 +70,27 @@ async def test_events_reach_the_stream_with_their_id_as_msg_id(
         "r1", "s1", 1.5, {"top_k": 5})
     assert (second.subject, second.outcome, second.code) == ("doc-7", AuditOutcome.FAILED,
                                                              "NOT_FOUND")
+
+
+async def test_an_event_is_published_under_its_actors_bus_role(
+    nc: NATS, settings: Settings
+) -> None:
+    """Each role may publish only under its own name, so the subject says who published."""
+    publishers = [AuditPublisher(settings, actor="context-trimmer"),
+                  AuditPublisher(settings, actor="audit-logger"),
+                  AuditPublisher(settings, actor="bench", role="admin"),
+                  AuditPublisher(settings, actor="tester")]
+    assert [p.role for p in publishers] == ["trimmer", "audit", "admin", "tester"]
+    sub = await nc.subscribe(S.audit_all)
+    async with anyio.create_task_group() as tg:
+        for p in publishers:
+            await tg.start(p.run, nc)
+            assert await p.emit(AuditKind.ANSWER_DONE, request_id=p.actor)
+            assert await p.flush()
+        tg.cancel_scope.cancel()
+    subjects = [(await sub.next_msg(2)).subject for _ in publishers]
+    assert subjects == ["rag.audit.trimmer.answer.done", "rag.audit.audit.answer.done",
+                        "rag.audit.admin.answer.done", "rag.audit.tester.answer.done"]
 
 
 async def test_a_retried_event_is_stored_once(nc: NATS, settings: Settings) -> None:
@@ -131,6 +154,29 @@ def test_question_and_answer_text_is_kept_as_configured(settings: Settings, mode
         assert "NATS" not in msgspec.json.encode(a).decode()  # ... without keeping it
     else:
         assert (a.question, a.answer) == (None, None)
+
+
+async def test_without_a_hash_key_the_publisher_warns_once_that_hashes_can_be_guessed(
+    nc: NATS, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Development runs without a key; a short question's SHA-256 is found by trying
+    candidates, so say so when publishing starts, once per process, not once per actor."""
+    monkeypatch.setattr(audit_module, "_unkeyed_warned", False)
+    with capture_logs() as logs:
+        async with anyio.create_task_group() as tg:
+            for actor in ("retriever", "router"):
+                await tg.start(AuditPublisher(audit_settings(settings), actor=actor).run, nc)
+            tg.cancel_scope.cancel()
+    warnings = [e for e in logs if e["event"] == "audit.unkeyed_hash"]
+    assert len(warnings) == 1
+    assert "audit.hash_key" in warnings[0]["hint"]
+    monkeypatch.setattr(audit_module, "_unkeyed_warned", False)
+    with capture_logs() as logs:
+        for mode in ("full", "omitted"):  # nothing is hashed: nothing to warn about
+            AuditPublisher(audit_settings(settings, text=mode), actor="x").warn_if_unkeyed()
+        AuditPublisher(audit_settings(settings, hash_key=Secret("k" * 32)),
+                       actor="router").warn_if_unkeyed()
+    assert [e for e in logs if e["event"] == "audit.unkeyed_hash"] == []
 
 
 def test_a_hash_key_makes_hashes_unguessable(settings: Settings) -> None:

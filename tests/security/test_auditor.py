@@ -22,7 +22,8 @@ async def test_on_a_secured_bus_the_auditor_role_reads_the_stream(secure_url: st
         await ensure_audit_stream(audit_role.nc, Settings())
         for i in range(5):
             event = AuditEvent(kind="config.loaded", actor="embedder", request_id=str(i))
-            await embedder.nc.jetstream().publish(S.audit(event.kind), msgspec.json.encode(event),
+            await embedder.nc.jetstream().publish(S.audit("embedder", event.kind),
+                                                  msgspec.json.encode(event),
                                                   headers={MSG_ID_HEADER: event.event_id})
     finally:
         await audit_role.nc.close()

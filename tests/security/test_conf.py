@@ -137,3 +137,11 @@ def test_prefixes_shape_the_permissions() -> None:
     assert '"team1.rag.embed"' in block
     assert '"$JS.API.STREAM.INFO.TEAM1_RAG_AUDIT"' in block
     assert '"rag.embed"' not in block
+
+
+def test_every_actors_role_is_an_audit_publisher_and_no_other_is() -> None:
+    """Production asks the audit hash key of exactly the processes that publish events."""
+    from ragbus.config import AUDIT_PUBLISHERS
+    from ragbus.runtime.security import ACTOR_ROLES
+
+    assert set(AUDIT_PUBLISHERS) == set(ACTOR_ROLES.values())

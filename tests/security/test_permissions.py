@@ -164,7 +164,7 @@ async def test_every_actor_can_write_audit_events_and_only_readers_read_them(
     for role in (*ACTORS, "audit"):
         event = AuditEvent(kind="config.loaded", actor=role)
         ack = await logins[role].nc.jetstream().publish(
-            S.audit(event.kind), msgspec.json.encode(event), timeout=2,
+            S.audit(role, event.kind), msgspec.json.encode(event), timeout=2,
             headers={MSG_ID_HEADER: event.event_id})
         assert ack.stream == S.audit_stream
     # the audit-logger's durable consumer, and a third party's own
@@ -177,6 +177,29 @@ async def test_every_actor_can_write_audit_events_and_only_readers_read_them(
         for msg in msgs:
             await msg.ack()
     assert {r: c.errors for r, c in logins.items() if c.errors} == {}
+
+
+async def test_a_role_writes_audit_events_only_under_its_own_name(
+    logins: dict[str, As],
+) -> None:
+    """The subject names the publisher's role, so an event's origin is the bus's word,
+    not the event's: the bridge cannot file a ``doc.deleted`` as the ingestor."""
+    await audit_stream_ready(logins["audit"])
+    js = logins["audit"].nc.jetstream()
+    before = (await js.stream_info(S.audit_stream)).state.messages
+    attempts = [("bridge", "ingestor"), ("embedder", "router"), ("router", "audit"),
+                ("audit", "bridge"), ("retriever", "trimmer")]
+    for role, other in attempts:
+        await logins[role].nc.publish(S.audit(other, "doc.deleted"), msgspec.json.encode(
+            AuditEvent(kind="doc.deleted", actor=other)))
+        await settled(logins[role])
+    for role, other in attempts:
+        assert await logins[role].refused("publish", S.audit(other, "doc.deleted")), role
+    for role in ("client", "admin", "auditor"):  # they publish no audit events at all
+        await logins[role].nc.publish(S.audit(role, "doc.deleted"), b"{}")
+        await settled(logins[role])
+        assert await logins[role].refused("publish", S.audit(role, "doc.deleted")), role
+    assert (await js.stream_info(S.audit_stream)).state.messages == before
 
 
 async def test_ingestion_roles_reach_their_stream_and_buckets(logins: dict[str, As]) -> None:
@@ -247,11 +270,11 @@ async def test_a_client_cannot_publish_ingest_or_breaker_messages(
     breakers = await collect(logins["router"], S.breaker_all)
     await client.nc.publish(S.ingest_submit, msgspec.json.encode(IngestRequest(path="/etc")))
     await client.nc.publish(S.breaker("openai"), b'{"state": "open"}')
-    for subject in (S.docs("delete"), S.audit("doc.purged"), S.embed, S.generate):
+    for subject in (S.docs("delete"), S.audit("client", "doc.purged"), S.embed, S.generate):
         await client.nc.publish(subject, b"{}")
     await settled(client)
     for subject in (S.ingest_submit, S.breaker("openai"), S.docs("delete"),
-                    S.audit("doc.purged"), S.embed, S.generate):
+                    S.audit("client", "doc.purged"), S.embed, S.generate):
         assert await client.refused("publish", subject), subject
     await anyio.sleep(0.2)
     assert breakers == []
@@ -274,9 +297,9 @@ async def test_the_auditor_cannot_take_the_audit_loggers_events(logins: dict[str
         f"$JS.API.CONSUMER.CREATE.{stream}.audit-logger",
         f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.audit-logger",
         f"$JS.API.STREAM.PURGE.{stream}", f"$JS.API.STREAM.UPDATE.{stream}")]) == []
-    await auditor.nc.publish(S.audit("doc.deleted"), b"{}")  # nor forge events
+    await auditor.nc.publish(S.audit("ingestor", "doc.deleted"), b"{}")  # nor forge events
     await settled(auditor)
-    assert await auditor.refused("publish", S.audit("doc.deleted"))
+    assert await auditor.refused("publish", S.audit("ingestor", "doc.deleted"))
 
 
 def test_every_role_reads_only_its_own_inbox() -> None:

@@ -27,6 +27,7 @@ import nats.errors
 import pytest
 from websockets.asyncio.client import connect as ws_connect
 
+from ragbus.actors.audit import read_entries
 from ragbus.config import ROLES
 from ragbus.runtime import Client
 from ragbus.subjects import Done, Query, QueryEvent, Sources, Subjects, Token
@@ -78,8 +79,9 @@ def production_env(tmp_path: Path, provider_url: str) -> dict[str, str]:
     example = (Path(__file__).resolve().parents[2] / ".env.example").read_text()
     names = re.findall(r"^(RAGBUS_SECURITY__\w+_PASSWORD)=", example, re.MULTILINE)
     assert sorted(names) == sorted(f"RAGBUS_SECURITY__{r.upper()}_PASSWORD" for r in ROLES)
+    assert re.search(r"^RAGBUS_AUDIT__HASH_KEY=", example, re.MULTILINE)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAGBUS_")}
-    env.update({name: secrets.token_hex(16) for name in names})
+    env.update({name: secrets.token_hex(16) for name in [*names, "RAGBUS_AUDIT__HASH_KEY"]})
     env.update({
         "RAGBUS_ENVIRONMENT": "production",
         "RAGBUS_SECURITY__ENABLED": "true",
@@ -205,7 +207,8 @@ async def test_production_mode_comes_up_ingests_and_answers_with_every_role_mini
 
         # what the client role may not do: publish to ingest, index, generate, audit
         forbidden = (S.ingest_submit, S.index_apply("default"), S.generate,
-                     S.audit("doc.deleted"), S.embed, S.breaker("cloud"))
+                     S.audit("client", "doc.deleted"),
+                     S.audit("ingestor", "doc.deleted"), S.embed, S.breaker("cloud"))
         for subject in forbidden:
             await nc.publish(subject, b"{}")
         await nc.flush()
@@ -265,6 +268,20 @@ async def test_production_mode_comes_up_ingests_and_answers_with_every_role_mini
     assert "succeeded" in jobs.stdout, jobs.stdout
     assert asked.returncode == 0, asked.stdout + asked.stderr
     assert "sourdough" in asked.stdout.lower() or "bread" in asked.stdout.lower()
+
+    # the audit trail: every actor's events kept, none refused as written in another's
+    # name, question and answer text as keyed hashes
+    store = tmp_path / "data" / "audit"
+    with anyio.fail_after(30):
+        while not any(e.event.kind == "answer.done" for e in read_entries(store)):  # noqa: ASYNC110 - a file another process writes
+            await anyio.sleep(0.2)
+    events = [e.event for e in read_entries(store)]
+    assert [e for e in events if e.kind == "audit.rejected"] == []
+    assert {e.actor for e in events} >= {"embedder", "retriever", "context-trimmer", "router",
+                                         "ingestor", "audit-logger", "bridge"}
+    hashed = [t for e in events for t in (e.question, e.answer) if t is not None]
+    assert hashed
+    assert all(t.startswith("hmac-sha256:") for t in hashed), hashed
 
     # nothing refused but what the client was made to try
     violations = system.violations()

@@ -24,10 +24,13 @@ def every_subject(s: Subjects) -> dict[str, str]:
             continue
         if isinstance(member, property):
             found[name] = getattr(s, name)
-        elif inspect.isfunction(member):
-            (arg,) = list(inspect.signature(member).parameters)[1:]
-            sample = "x1"
-            found[name] = getattr(s, name)(sample).replace(sample, PLACEHOLDER.format(arg))
+        elif inspect.isfunction(member) and name != "parse_audit":
+            args = list(inspect.signature(member).parameters)[1:]
+            samples = [f"x{i}" for i in range(1, len(args) + 1)]
+            subject = getattr(s, name)(*samples)
+            for arg, sample in zip(args, samples, strict=True):
+                subject = subject.replace(sample, PLACEHOLDER.format(arg))
+            found[name] = subject
     return found
 
 
@@ -70,3 +73,20 @@ def test_a_value_that_would_change_a_subjects_shape_is_refused(bad: str) -> None
 def test_a_bad_prefix_is_refused(bad: str) -> None:
     with pytest.raises(ValueError, match="prefix"):
         Subjects(bad)
+
+
+def test_an_audit_subject_names_the_publishers_role_then_the_kind() -> None:
+    """The role is what the bus lets a publisher use (each role may publish under its own
+    name only), so the audit-logger can hold the event's ``actor`` against it."""
+    s = Subjects("team1.rag")
+    assert s.audit("bridge", "auth.denied") == "team1.rag.audit.bridge.auth.denied"
+    assert s.audit_role("bridge") == "team1.rag.audit.bridge.>"
+    assert s.audit_all == "team1.rag.audit.>"  # still every event, for any consumer
+    assert s.parse_audit("team1.rag.audit.bridge.auth.denied") == ("bridge", "auth.denied")
+    for foreign in ("team1.rag.audit.bridge", "rag.audit.bridge.auth.denied",
+                    "team1.rag.query", "team1.rag.audit"):
+        assert s.parse_audit(foreign) is None, foreign
+    with pytest.raises(ValueError, match="role"):
+        s.audit("bridge.x", "auth.denied")
+    with pytest.raises(ValueError, match="audit kind"):
+        s.audit("bridge", "auth.>")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -15,7 +16,7 @@ import pytest
 
 from ragbus.actors.audit import AuditLogger, StoreLockedError, read_entries, verify_store
 from ragbus.actors.audit._files import read_head
-from ragbus.config import AuditSettings, NatsSettings, RuntimeSettings, Settings
+from ragbus.config import AuditSettings, NatsSettings, RuntimeSettings, Secret, Settings
 from ragbus.runtime import Metrics
 from ragbus.runtime.audit import AuditPublisher, ensure_audit_stream
 from ragbus.runtime.cli import main as cli
@@ -25,6 +26,7 @@ from tests.support import running
 from tests.support.cli import RAGBUS
 
 S = Subjects()
+OLD_STORE = Path(__file__).parent / "store_before_17"
 
 
 def make_settings(nats_url: str, store: Path, **audit: object) -> Settings:
@@ -86,12 +88,87 @@ async def test_a_message_that_is_not_an_event_is_recorded_and_the_logger_goes_on
     settings = make_settings(nats_url, tmp_path / "audit")
     async with running(AuditLogger(settings)) as (logger,):
         js = nc.jetstream()
-        await js.publish(S.audit("query.received"), b"\xff not json")
-        await js.publish(S.audit("doc.deleted"), msgspec.json.encode(
+        await js.publish(S.audit("third-party", "query.received"), b"\xff not json")
+        await js.publish(S.audit("third-party", "doc.deleted"), msgspec.json.encode(
             AuditEvent(kind="doc.deleted", actor="third-party")))
         await wait_for(lambda: len(recorded(logger.store.directory)) >= 2)
     kinds = [e.kind for e in recorded(tmp_path / "audit")]
     assert kinds == ["audit.rejected", "doc.deleted"]
+
+
+async def test_an_event_in_another_roles_name_is_rejected_counted_and_acknowledged(
+    nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
+    """The bus lets each role publish only under ``<prefix>.audit.<its role>.``; an event
+    that names an actor of another role there is a forgery (or a bug) and is not kept as
+    if it were true: a rejection note takes its place, with its digest."""
+    settings = make_settings(nats_url, tmp_path / "audit")
+    metrics = Metrics()
+    forged = AuditEvent(kind="doc.deleted", actor="ingestor", subject="handbook")
+    honest = AuditEvent(kind="rate.limited", actor="bridge")
+    relabelled = AuditEvent(kind="auth.denied", actor="bridge")  # kind is not the subject's
+    unknown = AuditEvent(kind="doc.deleted", actor="someone-else")
+    async with running(AuditLogger(settings, metrics=metrics)) as (logger,):
+        js = nc.jetstream()
+        for i, (subject, event) in enumerate((
+                (S.audit("bridge", "doc.deleted"), forged),
+                (S.audit("bridge", "rate.limited"), honest),
+                (S.audit("bridge", "doc.deleted"), relabelled),
+                (S.audit("bridge", "doc.deleted"), unknown),
+                ("rag.audit.doc.deleted", forged))):  # no role: as published before #17
+            await js.publish(subject, msgspec.json.encode(event),
+                             headers={MSG_ID_HEADER: f"{i}-{event.event_id}"})
+        await wait_for(lambda: len(recorded(logger.store.directory)) >= 5)
+        info = await js.consumer_info(S.audit_stream, "audit-logger")
+    kept = recorded(tmp_path / "audit")
+    assert [e.kind for e in kept] == ["audit.rejected", "rate.limited", "audit.rejected",
+                                      "audit.rejected", "audit.rejected"]
+    assert kept[1].event_id == honest.event_id
+    assert all(e.actor in ("bridge", "audit-logger") for e in kept)
+    note = kept[0]
+    assert note.subject == "rag.audit.bridge.doc.deleted"
+    assert "'ingestor'" in note.details["error"]
+    assert "only role 'bridge'" in note.details["error"]
+    assert note.details["sha256"] == hashlib.sha256(msgspec.json.encode(forged)).hexdigest()
+    assert "kind" in kept[2].details["error"]
+    assert "'someone-else'" in kept[3].details["error"]
+    assert "no role" in kept[4].details["error"]
+    assert metrics.registry.get_sample_value(
+        "ragbus_audit_records_total", {"actor": "audit-logger", "result": "rejected"}) == 4
+    # acknowledged like any other message: never redelivered
+    assert (info.num_ack_pending, info.num_pending) == (0, 0)
+    assert verify_store(tmp_path / "audit").ok
+
+
+async def test_a_store_written_before_roles_were_in_subjects_still_verifies_and_goes_on(
+    nats_url: str, nc: NATS, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its records hold unkeyed hashes and an event forged under the old rules: the chain
+    is what verify checks, and the new logger continues it."""
+    store = tmp_path / "audit"
+    store.mkdir()
+    for name in ("HEAD", "audit-2026-12-04.jsonl"):
+        shutil.copy(OLD_STORE / name, store / name)
+    code, text = verify_cli(store, capsys)
+    assert code == 0, text
+    old = [e.event for e in read_entries(store)]
+    assert old[1].question is not None
+    assert old[1].question.startswith("sha256:")
+    settings = make_settings(nats_url, store, hash_key=Secret("a-key-of-32-characters-0123456789"))
+    audit = AuditPublisher(settings, actor="router")
+    async with running(AuditLogger(settings)), anyio.create_task_group() as tg:
+        await tg.start(audit.run, nc)
+        await audit.emit("answer.done", question="Is it yes?", answer="Yes.")
+        assert await audit.flush()
+        await wait_for(lambda: any(e.kind == "answer.done" and e.question and
+                                   e.question.startswith("hmac-sha256:")
+                                   for e in recorded(store)))
+        tg.cancel_scope.cancel()
+    code, text = verify_cli(store, capsys)
+    assert code == 0, text
+    entries = list(read_entries(store))
+    assert [e.event for e in entries[:5]] == old
+    assert entries[5].seq == 6
 
 
 async def test_a_consumer_reset_redelivers_everything_and_writes_nothing_new(
@@ -127,15 +204,15 @@ async def test_an_event_repeated_after_the_duplicate_window_is_stored_once(
     await ensure_audit_stream(nc, settings)
     event = AuditEvent(kind="rate.limited", actor="bridge")
     js = nc.jetstream()
-    await js.publish(S.audit(event.kind), msgspec.json.encode(event),
+    await js.publish(S.audit("bridge", event.kind), msgspec.json.encode(event),
                      headers={MSG_ID_HEADER: event.event_id})
     async with running(AuditLogger(settings)) as (logger,):
         await wait_for(lambda: len(recorded(logger.store.directory)) >= 1)
     await anyio.sleep(0.7)  # past the server's window: a very late retry becomes a 2nd message
-    await js.publish(S.audit(event.kind), msgspec.json.encode(event),
+    await js.publish(S.audit("bridge", event.kind), msgspec.json.encode(event),
                      headers={MSG_ID_HEADER: event.event_id})
-    info = await js.stream_info(S.audit_stream, subjects_filter=S.audit(event.kind))
-    assert info.state.subjects == {S.audit(event.kind): 2}
+    info = await js.stream_info(S.audit_stream, subjects_filter=S.audit("bridge", event.kind))
+    assert info.state.subjects == {S.audit("bridge", event.kind): 2}
     metrics = Metrics()
     async with running(AuditLogger(settings, metrics=metrics)):  # a restarted logger
         await wait_for(lambda: metrics.registry.get_sample_value(

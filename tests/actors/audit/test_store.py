@@ -37,7 +37,7 @@ class Clock:
 def incoming(n: int, start: int = 0, *, kind: str = "query.received") -> list[Incoming]:
     return [Incoming(msgspec.json.encode(AuditEvent(event_id=f"{i:032x}", kind=kind,
                                                     actor="test", time=int(T0 * 1000) + i)),
-                     stream_seq=i + 1, subject=f"rag.audit.{kind}")
+                     stream_seq=i + 1, subject=f"rag.audit.test.{kind}")
             for i in range(start, start + n)]
 
 

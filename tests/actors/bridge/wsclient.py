@@ -123,7 +123,7 @@ async def closed_with(ws: ClientConnection, timeout: float = 10.0) -> tuple[int,
 
 async def watch_audit(nc: NATS, kind: str) -> Subscription:
     """Subscribe before the action: audit events also reach core subscribers."""
-    sub = await nc.subscribe(S.audit(kind))
+    sub = await nc.subscribe(S.audit("bridge", kind))
     await nc.flush()
     return sub
 

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from ragbus.actors.router._errors import NothingToExtractError
-from ragbus.actors.router._extractive import ExtractiveProvider, extract
+from ragbus.actors.router._extractive import ExtractiveProvider, extract, extract_groups
 from ragbus.actors.router._provider import Prompt, Usage
 from ragbus.subjects import ContextNode
 from tests.actors.router._fixtures import CONTEXT, extractive
@@ -85,3 +85,27 @@ def test_a_sentence_is_not_cut_at_a_dot_inside_a_name_or_a_call() -> None:
                   "line of a file?", context, limit=3)
     assert ("A common directory location for a virtual environment is .venv.", 1) in got
     assert ("To read every line of a file, call f.readlines() on the file object.", 1) in got
+
+
+async def test_a_map_call_cites_its_passages_by_their_numbers_in_the_whole_context() -> None:
+    """tree_summarize shows one group per map call; the citations must still name the
+    nodes as the client numbers them."""
+    provider = ExtractiveProvider(extractive(), sentences=1)
+    group = Prompt(messages=[], question="How often must passwords be rotated?",
+                   context=CONTEXT, max_tokens=None, template="t:1", numbers=(7, 8, 9))
+    text = "".join([t async for t in provider.stream(group, Usage(), first_token_timeout_s=1)])
+    assert text.strip() == "Passwords must be rotated every 90 days. [9]"
+
+
+def test_grouped_extraction_takes_each_groups_best_then_the_best_of_those() -> None:
+    context = [ContextNode(chunk_id=str(i), doc_id=str(i), score=1.0, text=text) for i, text in
+               enumerate(["Otters sleep holding hands.", "Otters eat urchins at sea.",
+                          "Beavers build dams.", "Sleep matters to beavers too."])]
+    picked = extract_groups("Why do otters sleep holding hands?", context,
+                            [[0, 1], [2, 3]], 2)
+    assert picked == [("Otters sleep holding hands.", 1), ("Otters eat urchins at sea.", 2)]
+    # one sentence from each group competes when only one per group is taken
+    assert extract_groups("Why do otters sleep holding hands?", context,
+                          [[0, 1], [2, 3]], 1) == [("Otters sleep holding hands.", 1)]
+    assert [n for _, n in extract_groups("Do beavers sleep?", context, [[0, 1], [2, 3]],
+                                         3)] == [4, 1, 3]  # ties: earlier groups first

@@ -362,3 +362,30 @@ async def test_the_local_provider_is_skipped_until_the_local_llm_is_started(
         pinned = (await ask(nc, generate(nc, provider="local")))[-1]
     assert isinstance(pinned, Done)
     assert pinned.provider == "extractive"
+
+
+async def test_an_llm_only_request_is_never_answered_extractively(
+    settings: Settings, nc: NATS
+) -> None:
+    """The conversation brief asks this way: sentences picked by word overlap with the
+    summary instruction are no summary, so no LLM means UNAVAILABLE, not extractive."""
+    async with FakeOpenAI(Behaviour.server_error()) as broken, \
+            FakeOpenAI(Behaviour(tokens=("A summary.",))) as working:
+        s = with_router(settings, [openai("broken", broken.base_url), extractive()])
+        async with running(Router(s)):
+            failed = await ask(nc, generate(nc, llm_only=True))
+            plain = await ask(nc, generate(nc))  # the same chain answers other requests
+        s = with_router(settings, [openai("working", working.base_url), extractive()])
+        async with running(Router(s)):
+            answered = await ask(nc, generate(nc, llm_only=True))
+    (event,) = failed
+    assert isinstance(event, Failed)
+    assert event.code == ErrorCode.UNAVAILABLE
+    assert [a["provider"] for a in event.details["attempts"]] == ["broken"]
+    assert {"provider": "extractive", "reason": "the request asks for an LLM's answer"} in \
+        event.details["skipped"]
+    assert "no LLM provider answered" in event.message
+    assert isinstance(plain[-1], Done)
+    assert plain[-1].provider == "extractive"
+    assert isinstance(answered[-1], Done)
+    assert (answered[-1].provider, text_of(answered)) == ("working", "A summary.")

@@ -69,3 +69,13 @@ def test_a_pinned_provider_is_tried_alone_before_the_last_resort() -> None:
     gone = plan(ALL, mode="local-first", prompt_tokens=1, local_limit=3000,  # type: ignore[arg-type]
                 pinned="ollama", unavailable={"ollama"})
     assert gone.names == ["extractive"]
+
+
+def test_an_llm_only_request_leaves_the_extractive_provider_out() -> None:
+    chain = plan(ALL, mode="local-first", prompt_tokens=10, local_limit=3000,  # type: ignore[arg-type]
+                 llm_only=True)
+    assert chain.names == ["ollama", "local", "vllm", "groq"]
+    assert ("extractive", "the request asks for an LLM's answer") in chain.skipped
+    pinned = plan(ALL, mode="local-first", prompt_tokens=10, local_limit=3000,  # type: ignore[arg-type]
+                  pinned="extractive", llm_only=True)
+    assert pinned.names == []

@@ -10,14 +10,29 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 
 from ragbus.actors.embedder import Embedder
+from ragbus.actors.router import Router
 from ragbus.actors.trimmer import ContextTrimmer
 from ragbus.actors.trimmer._compress import sentences
-from ragbus.actors.trimmer._memory import MemoryStore, SessionMemory, StoredTurn, transcript
+from ragbus.actors.trimmer._memory import (
+    MemoryStore,
+    SessionMemory,
+    StoredTurn,
+    memory_key,
+    transcript,
+)
 from ragbus.actors.trimmer._trim import similarity
-from ragbus.config import NatsSettings, RuntimeSettings, Settings, TrimmerSettings
+from ragbus.config import (
+    NatsSettings,
+    ProviderSettings,
+    RouterSettings,
+    RuntimeSettings,
+    Settings,
+    TrimmerSettings,
+)
 from ragbus.runtime import Actor, Client, Context, codec, endpoint
 from ragbus.runtime.connection import NATS
 from ragbus.runtime.text import count_tokens, truncate
@@ -498,6 +513,8 @@ async def test_oldest_turns_fold_into_a_truncated_brief_when_no_router_answers(
                                     keep="tail")
     assert [x.request_id for x in fourth.turns] == ["req2", "req3"]
     assert generate.brief == fourth.brief
+    assert fourth.brief_source == "fallback"
+    assert generate.trim_info.brief_source == "fallback"
     assert [t.content for t in generate.history if t.role == "user"] == [
         turns[2].question, turns[3].question]
     assert isinstance(events[0], ContextReady)
@@ -550,10 +567,13 @@ async def test_the_brief_is_the_llm_summary_when_the_router_answers(
             await stored(nc, "llm", seen(t))
         memory = await stored(nc, "llm", lambda m: m.folded == 1)
     assert memory.brief == summary
+    assert memory.brief_source == "llm"
     assert [x.request_id for x in memory.turns] == ["req1"]
     (asked,) = router.received
-    # a summary request: the conversation as context, no session (it is not a turn itself)
+    # a summary request: the conversation as context, no session (it is not a turn itself),
+    # and only an LLM may answer it
     assert asked.session_id is None
+    assert asked.llm_only
     assert asked.context[0].text == transcript(None, [as_stored(turns[0])])
     assert asked.max_tokens == 200
     assert asked.deadline is not None
@@ -577,3 +597,61 @@ async def test_a_router_that_never_answers_is_cancelled_and_the_brief_falls_back
             await router.cancelled.wait()  # told to stop, not left generating
     assert len(router.received) == 1
     assert memory.brief == truncate(transcript(None, [as_stored(turns[0])]), 200, keep="tail")
+
+
+async def test_with_no_llm_the_brief_is_the_documented_fallback_and_says_so(
+    nats_url: str, nc: NATS
+) -> None:
+    """The real router with only its extractive last resort: the summary request is not
+    answered with sentences picked by word overlap with the instruction, the brief is the
+    transcript's tail, and the query's trim_info says where the brief came from."""
+    settings = msgspec.structs.replace(
+        make_settings(nats_url, memory_turns=1, summarizer_timeout_s=5.0),
+        router=RouterSettings(providers=[ProviderSettings(name="extractive", kind="extractive")]))
+    turns = [turn_done("plain", i) for i in range(2)]
+    async with running(Router(settings), ContextTrimmer(settings)) as (_, trimmer):
+        for t in turns:
+            await nc.publish(S.memory_append, codec.encode(t))
+            await stored(nc, "plain", seen(t))
+        memory = await stored(nc, "plain", lambda m: m.folded == 1)
+        events = await events_of(nc, Trim(question="And then?", sources=[], session_id="plain",
+                                          generate=False, reply_to=nc.new_inbox()))
+    assert memory.brief == truncate(transcript(None, [as_stored(turns[0])]), 200, keep="tail")
+    assert memory.brief_source == "fallback"
+    assert isinstance(events[0], ContextReady)
+    assert events[0].trim_info.brief_source == "fallback"
+    assert trimmer.metrics.registry.get_sample_value(
+        "ragbus_memory_briefs_total", {"actor": "context-trimmer", "via": "fallback"}) == 1
+
+
+async def test_the_query_reports_an_llm_brief_and_no_brief_as_such(
+    nats_url: str, nc: NATS
+) -> None:
+    settings = make_settings(nats_url, memory_turns=1, summarizer_timeout_s=5.0)
+    router = StandInRouter(settings, answer="They discussed widgets 0 and 1.")
+    async with running(router, ContextTrimmer(settings)):
+        await nc.publish(S.memory_append, codec.encode(turn_done("told", 0)))
+        await stored(nc, "told", lambda m: len(m.turns) == 1)
+        before = await events_of(nc, Trim(question="So?", sources=[], session_id="told",
+                                          generate=False, reply_to=nc.new_inbox()))
+        await nc.publish(S.memory_append, codec.encode(turn_done("told", 1)))
+        await stored(nc, "told", lambda m: m.folded == 1)
+        after = await events_of(nc, Trim(question="So?", sources=[], session_id="told",
+                                         generate=False, reply_to=nc.new_inbox()))
+    assert isinstance(before[0], ContextReady)
+    assert isinstance(after[0], ContextReady)
+    assert before[0].trim_info.brief_source is None  # turns only, no brief yet
+    assert after[0].trim_info.brief_source == "llm"
+
+
+async def test_a_brief_stored_before_its_source_was_recorded_is_reported_as_unknown(
+    nats_url: str, nc: NATS
+) -> None:
+    async with running(ContextTrimmer(make_settings(nats_url))):
+        kv = await nc.jetstream().key_value(S.bucket("memory"))
+        await kv.put(memory_key("old"), msgspec.json.encode(
+            {"session_id": "old", "brief": "Written by an older version.", "turns": []}))
+        events = await events_of(nc, Trim(question="So?", sources=[], session_id="old",
+                                          generate=False, reply_to=nc.new_inbox()))
+    assert isinstance(events[0], ContextReady)
+    assert events[0].trim_info.brief_source == "unknown"

@@ -23,7 +23,7 @@ T0_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 def event(i: int, kind: str, at_ms: int) -> Incoming:
     e = AuditEvent(event_id=f"{i:032x}", kind=kind, actor="ingestor", subject=f"doc-{i}",
                    time=at_ms, duration_ms=2.5, sizes={"chunks": i})
-    return Incoming(msgspec.json.encode(e), stream_seq=i + 1, subject=f"rag.audit.{kind}")
+    return Incoming(msgspec.json.encode(e), stream_seq=i + 1, subject=f"rag.audit.test.{kind}")
 
 
 def fill(store: Path, items: list[Incoming]) -> None:
