@@ -6,6 +6,7 @@ Below it: ``subjects`` (the wire contract) and ``config`` (typed settings). Abov
 that may import ``actors``.
 """
 
+from . import codec, tracing
 from ._discovery import discover, wait_for_instances
 from .actor import Actor, ActorOptions, Context, Durable, EndpointSpec, endpoint
 from .audit import AuditPublisher, ensure_audit_stream
@@ -61,6 +62,7 @@ __all__ = (
     "UnsupportedVersionError",
     "WorkerThread",
     "best_effort",
+    "codec",
     "configure_logging",
     "connect",
     "connect_as",
@@ -74,5 +76,6 @@ __all__ = (
     "error_from_reply",
     "get_logger",
     "kv_entries",
+    "tracing",
     "wait_for_instances",
 )

@@ -54,7 +54,7 @@ from ragbus.subjects import (
     now_ms,
 )
 
-from . import codec
+from . import codec, tracing
 from ._discovery import Discovery, EndpointCounters
 from ._inflight import InFlight, Work
 from .audit import AuditFields, AuditPublisher, config_summary
@@ -149,7 +149,8 @@ class Context:
     """Per-message facts and helpers handed to a handler."""
 
     __slots__ = ("_actor", "_work", "attempt", "deadline", "endpoint", "final_attempt", "log",
-                 "msg", "partial_text_length", "request_id", "state", "tokens_used", "trace")
+                 "msg", "partial_text_length", "request_id", "span", "state", "tokens_used",
+                 "trace")
 
     def __init__(self, actor: Actor, msg: Msg, endpoint: str, request_id: str, deadline: int,
                  trace: Trace, log: Any) -> None:
@@ -160,6 +161,8 @@ class Context:
         self.final_attempt = True
         #: what the handler keeps about this message, for ``Actor.job_failed`` to read
         self.state: Any = None
+        #: this message's span (``runtime.tracing``; a no-op unless tracing is on)
+        self.span = tracing.Span(None, trace)
         self.msg = msg
         self.endpoint = endpoint
         self.request_id = request_id
@@ -194,6 +197,10 @@ class Context:
         fields.setdefault("trace_id", self.trace.trace_id)
         return await self._actor.audit.emit(kind, **fields)
 
+    def annotate(self, **attributes: Any) -> None:
+        """Mark this message's span (shard, hits, tokens, provider, cache hit, ...)."""
+        self.span.set(**attributes)
+
     def cancellable_as(self, other_id: str) -> None:
         """Let ``rag.cancel.<other_id>`` stop this request too (a job by its job id)."""
         if self._work is not None:
@@ -212,6 +219,8 @@ class Context:
         timeout = self.remaining()
         if timeout <= 0:
             raise DeadlineExceededError("the deadline passed before the request could be sent")
+        if isinstance(message, Request) and message.trace is None:
+            message = msgspec.structs.replace(message, trace=self.trace)  # parent: this span
         try:
             answer = await self.nc.request(subject, codec.encode(message), timeout=timeout,
                                            headers=self.headers())
@@ -624,7 +633,20 @@ class Actor:
                                    trace_id=trace.trace_id)
             return await outcome.failed(err, None, request_id, reply_to, log)
 
-        ctx = Context(self, msg, spec.name, request_id, deadline, trace, log)
+        with tracing.span(f"{self.name} {spec.name}", trace, actor=self.name,
+                          endpoint=spec.name, request_id=request_id) as span:
+            ctx = Context(self, msg, spec.name, request_id, deadline, span.trace, log)
+            ctx.span = span
+            code = await self._run(spec, msg, outcome, ctx, request, reply_to)
+            if code == ErrorCode.CANCELLED.value:
+                span.cancelled()
+            elif code is not None:
+                span.failed(code)
+            return code
+
+    async def _run(self, spec: EndpointSpec, msg: Msg, outcome: _Outcome, ctx: Context,
+                   request: Message, reply_to: str | None) -> str | None:
+        request_id, trace, log = ctx.request_id, ctx.trace, ctx.log
         outcome.prepare(ctx)
         handler: Handler = getattr(type(self), spec.method)
         scope = anyio.CancelScope(deadline=anyio.current_time() + ctx.remaining())
@@ -644,14 +666,16 @@ class Actor:
                     result = await handler(self, request, ctx)
                 if scope.cancelled_caught:
                     if work is not None and work.stopping:
-                        err = UnavailableError(f"{self.name} stopped before finishing; retry",
-                                          trace_id=trace.trace_id)
-                        return await outcome.stopped(err, ctx, request, reply_to)
+                        stopped = UnavailableError(
+                            f"{self.name} stopped before finishing; retry",
+                            trace_id=trace.trace_id)
+                        return await outcome.stopped(stopped, ctx, request, reply_to)
                     if work is not None and work.cancel_requested:
                         return await outcome.cancelled(ctx, request, reply_to, work.reason)
-                    err = DeadlineExceededError("the deadline passed while the request was handled",
-                                           trace_id=trace.trace_id)
-                    return await outcome.failed(err, ctx, request_id, reply_to, log,
+                    late = DeadlineExceededError(
+                        "the deadline passed while the request was handled",
+                        trace_id=trace.trace_id)
+                    return await outcome.failed(late, ctx, request_id, reply_to, log,
                                                 request=request)
                 await outcome.done(result)
                 return None

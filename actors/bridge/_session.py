@@ -23,7 +23,7 @@ import nats.errors
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from ragbus.runtime import EventStream
+from ragbus.runtime import EventStream, tracing
 from ragbus.subjects import (
     Cancelled,
     Done,
@@ -297,10 +297,17 @@ class Session:
         """Relay one ask's events until its end; leaving early cancels it on the bus."""
         b = self.bridge
         try:
-            async with b.client.open_stream(b.subjects.query, query,
-                                            hint="start the retriever") as ask.events:
-                async for event in ask.events:
-                    self.relay(ask, event)
+            with tracing.span("bridge ask", query.trace or Trace(), identity=ask.identity,
+                              request_id=ask.request_id) as span:
+                query = msgspec.structs.replace(query, trace=span.trace)
+                async with b.client.open_stream(b.subjects.query, query,
+                                                hint="start the retriever") as ask.events:
+                    async for event in ask.events:
+                        self.relay(ask, event)
+                        if isinstance(event, Failed):
+                            span.failed(event.code.value, event.message)
+                        elif isinstance(event, Cancelled):
+                            span.cancelled()
         except (OSError, nats.errors.Error) as exc:  # the bus is gone: say so now
             b.log.warning("bridge.publish_failed", error=str(exc), request_id=ask.request_id)
             self.finish(ask, FailedFrame(id=ask.id, request_id=ask.request_id,

@@ -136,6 +136,7 @@ class Embedder(Actor):
             await cache.put_many(list(fresh.items()))
         hits = sum(1 for v in cached if v is not None)
         self._lookups.labels(self.name, "hit").inc(hits)
+        ctx.annotate(texts=len(keys), cache_hits=hits, model=model.model_id)
         self._lookups.labels(self.name, "miss").inc(len(keys) - hits)
         body = b"".join(v if v is not None else fresh[k] for k, v in zip(keys, cached, strict=True))
         return Embedded(

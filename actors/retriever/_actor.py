@@ -352,6 +352,8 @@ class Retriever(Actor):
                 await self.cache.put(key, CachedSources(sources=sources, missing_shards=missing,
                                                         vector=vector, versions=versions))
         timings["retrieval"] = (time.perf_counter() - started) * 1000
+        ctx.annotate(shards=len(shards), hits=len(sources), missing=len(missing),
+                     mode=request.retrieval, cache_hit=cached is not None)
         await ctx.publish(request.reply_to, Sources(request_id=request.request_id,
                                                     sources=sources, missing_shards=missing))
         await ctx.hand_off(self.subjects.trim, Trim(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import anyio
 import numpy as np
 
-from ragbus.runtime import BadRequestError, Client, Context, RagbusError
+from ragbus.runtime import BadRequestError, Client, Context, RagbusError, tracing
 from ragbus.runtime.text import BM25Encoder
 from ragbus.subjects import (
     Embed,
@@ -103,8 +103,11 @@ async def gather(ctx: Context, client: Client, subjects: Subjects, query: Query,
                 result = await client.request(subjects.search(shard), search, SearchResult,
                                               timeout=budget)
             else:
-                with anyio.move_on_after(budget):
+                with anyio.move_on_after(budget), tracing.span(
+                        f"retriever search {shard}", ctx.trace, shard=shard,
+                        dense=dense is not None, in_process=True) as searched:
                     result = await in_process(search)
+                    searched.set(hits=len(result.dense) + len(result.sparse))
         except RagbusError as exc:
             if exc.code.value == "BAD_REQUEST":
                 raise

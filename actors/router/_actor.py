@@ -37,6 +37,7 @@ from ragbus.runtime import (
     codec,
     discover,
     endpoint,
+    tracing,
 )
 from ragbus.runtime.text import count_tokens
 from ragbus.subjects import (
@@ -548,6 +549,7 @@ class Router(Actor):
             scope=request.cache_scope, question=request.question, provider=first.name,
             model=first.model, prompt=prompt.template, vector=request.question_vector)
         self._series(self._answer_cache, "miss" if found is None else found[1]).inc()
+        ctx.annotate(answer_cache="miss" if found is None else found[1])
         if found is None:
             return False
         cached, how = found
@@ -604,10 +606,8 @@ class Router(Actor):
             usage = Usage()
             target.calls += 1
             try:
-                if isinstance(target, _Answer):
-                    await self._relay(provider, prompt, target, usage, first_token_s)
-                else:
-                    await self._collect(provider, prompt, target, usage, first_token_s)
+                await self._call(provider, prompt, target, usage, first_token_s,
+                                 breaker="half_open" if admission.probe else "closed")
             except MidStreamError as exc:
                 await self.breakers.failure(name, exc.cause, admission)
                 self._count(name, "failed_mid_stream")
@@ -640,6 +640,25 @@ class Router(Actor):
             outcome.provider, outcome.usage = provider, usage
             return outcome
         return outcome
+
+    async def _call(self, provider: Provider, prompt: Prompt, target: _Answer | _Notes,
+                    usage: Usage, first_token_s: float, *, breaker: str) -> None:
+        """One provider call, a span of its own in the request's trace."""
+        with tracing.span(f"provider {provider.name}", target.ctx.trace,
+                          provider=provider.name, model=provider.model,
+                          kind=provider.settings.kind, breaker=breaker,
+                          map_call=isinstance(target, _Notes)) as call:
+            try:
+                if isinstance(target, _Answer):
+                    await self._relay(provider, prompt, target, usage, first_token_s)
+                else:
+                    await self._collect(provider, prompt, target, usage, first_token_s)
+            except (ProviderError, MidStreamError) as exc:
+                cause = exc.cause if isinstance(exc, MidStreamError) else exc
+                call.failed(cause.reason, cause.message)
+                raise
+            finally:
+                call.set(tokens=usage.deltas, prompt_tokens=usage.prompt_tokens)
 
     async def _relay(self, provider: Provider, prompt: Prompt, answer: _Answer, usage: Usage,
                      first_token_s: float) -> None:
@@ -752,6 +771,8 @@ class Router(Actor):
             await ctx.publish(self.subjects.memory_append, TurnDone(
                 session_id=request.session_id, request_id=request.request_id,
                 question=request.question, answer=answer.text, at=now_ms()))
+        ctx.annotate(provider=provider.name, model=provider.model, tokens=usage.deltas,
+                     prompt=prompt.template, cache_hit=False)
         ctx.log.info("router.done", provider=provider.name, chars=ctx.partial_text_length,
                      deltas=usage.deltas, first_token_ms=round(first, 1),
                      total_ms=round(elapsed, 1), prompt=prompt.template)

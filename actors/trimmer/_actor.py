@@ -138,6 +138,8 @@ class ContextTrimmer(Actor):
             brief_source=recalled.brief_source,
         )
         self._observe(info, overflow_tokens=before - room)
+        ctx.annotate(nodes_before=info.nodes_before, nodes_after=info.nodes_after,
+                     tokens=info.tokens_used, compressed=compressed, mode=mode)
         timings = {**request.timings_ms, "trim": (time.perf_counter() - started) * 1000}
         context = [node.to_context() for node in kept]
         ctx.log.debug("trim.done", nodes_before=info.nodes_before, nodes_after=info.nodes_after,

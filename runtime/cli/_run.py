@@ -16,6 +16,7 @@ from anyio.abc import TaskStatus
 
 from ragbus.config import Settings
 
+from .. import tracing
 from ..actor import Actor
 from ..metrics import Metrics
 from ..security import credentials, write_server_include
@@ -62,6 +63,9 @@ async def run_actors(
     metrics = Metrics()
     monitors: list[str] = []
     async with AsyncExitStack() as stack:
+        traces = tracing.configure()  # on with OTEL_EXPORTER_OTLP_ENDPOINT and ragbus[otel]
+        if traces is not None:
+            stack.callback(traces.shutdown)  # last: the spans of the drain are sent too
         url = nats_url or settings.nats.url
         if embedded:
             nats_dir: Path | None = None
