@@ -68,7 +68,7 @@ from .errors import (
     UnsupportedVersionError,
 )
 from .handoff import HandOff, Unserved
-from .jetstream import ensure_kv, ensure_stream
+from .jetstream import TRANSIENT, ensure_kv, ensure_stream
 from .metrics import Metrics
 from .security import connect_as, role_for_actor
 
@@ -700,6 +700,15 @@ class Actor:
                     UnavailableError(f"{self.name} stopped before finishing; retry",
                                      trace_id=trace.trace_id), ctx, request, reply_to)
             raise
+        except TRANSIENT as exc:
+            # the cluster outlasted a handler's own retries (an election, a lost node):
+            # the request may succeed again soon, so say so rather than INTERNAL
+            log.warning("handler.unavailable", error=repr(exc))
+            unavailable = UnavailableError(
+                f"{self.name} could not reach JetStream (the NATS cluster may be electing "
+                "a leader); retry", trace_id=trace.trace_id)
+            return await outcome.failed(unavailable, ctx, request_id, reply_to, log,
+                                        request=request, raised=True)
         except Exception:
             log.exception("handler.failed")
             return await outcome.failed(internal(), ctx, request_id, reply_to, log,

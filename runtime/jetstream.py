@@ -33,8 +33,8 @@ from nats.js.errors import (
 )
 from nats.js.kv import KV_DEL, KV_MARKER_REASON, KV_OP, KV_PURGE, KeyValue
 
-__all__ = ("CACHE_WAIT_S", "TRANSIENT", "best_effort", "ensure_kv", "ensure_stream",
-           "kv_entries", "publish_once", "through_elections")
+__all__ = ("CACHE_WAIT_S", "TRANSIENT", "ElectionProofKV", "best_effort", "ensure_kv",
+           "ensure_stream", "kv_entries", "publish_once", "through_elections")
 
 MSG_ID = "Nats-Msg-Id"
 _EXISTS = 10058  # JetStream API error code: stream name already in use
@@ -74,7 +74,9 @@ async def _ensure_stream(nc: NATS, config: StreamConfig, replicas: int) -> None:
 async def ensure_kv(nc: NATS, config: KeyValueConfig, *, replicas: int = 1) -> KeyValue:
     """Open the bucket, creating it first if no one has; ``replicas`` copies of it on a
     cluster (an existing bucket with fewer is raised). Retried through elections."""
-    return await through_elections(lambda: _ensure_kv(nc, config, replicas))
+    kv = await through_elections(lambda: _ensure_kv(nc, config, replicas))
+    return ElectionProofKV(name=kv._name, stream=kv._stream, pre=kv._pre, js=kv._js,
+                           direct=kv._direct)
 
 
 async def _ensure_kv(nc: NATS, config: KeyValueConfig, replicas: int) -> KeyValue:
@@ -161,6 +163,42 @@ async def through_elections(op: Callable[[], Awaitable[T]], *, within_s: float =
                 raise
             await anyio.sleep(wait)
             wait = min(2.0, wait * 2)
+
+
+class ElectionProofKV(KeyValue):
+    """A bucket whose reads and writes wait out a leader election (up to 20 s) instead of
+    failing the request that made them: on a cluster, a node's death must not turn a
+    query or an ingest into an INTERNAL error. A retried write is the same write: ``put``
+    is idempotent, and a stored-but-unacknowledged ``create``/``update`` comes back as the
+    revision conflict its caller already handles. Watches are left as they are."""
+
+    async def get(self, key: str, revision: int | None = None,
+                  validate_keys: bool = True) -> KeyValue.Entry:
+        return await through_elections(lambda: super(ElectionProofKV, self).get(
+            key, revision, validate_keys))
+
+    async def put(self, key: str, value: bytes, validate_keys: bool = True) -> int:
+        return await through_elections(lambda: super(ElectionProofKV, self).put(
+            key, value, validate_keys))
+
+    async def create(self, key: str, value: bytes, validate_keys: bool = True,
+                     msg_ttl: float | None = None) -> int:
+        return await through_elections(lambda: super(ElectionProofKV, self).create(
+            key, value, validate_keys, msg_ttl))
+
+    async def update(self, key: str, value: bytes, last: int | None = None,
+                     validate_keys: bool = True) -> int:
+        return await through_elections(lambda: super(ElectionProofKV, self).update(
+            key, value, last, validate_keys))
+
+    async def delete(self, key: str, last: int | None = None, validate_keys: bool = True,
+                     msg_ttl: float | None = None) -> bool:
+        return await through_elections(lambda: super(ElectionProofKV, self).delete(
+            key, last, validate_keys, msg_ttl))
+
+    async def purge(self, key: str, msg_ttl: float | None = None) -> bool:
+        return await through_elections(lambda: super(ElectionProofKV, self).purge(
+            key, msg_ttl))
 
 
 async def publish_once(nc: NATS, subject: str, data: bytes, *, msg_id: str,

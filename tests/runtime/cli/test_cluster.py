@@ -84,6 +84,29 @@ async def test_killing_the_stream_leader_loses_nothing_and_stores_nothing_twice(
         await nc.close()
 
 
+async def test_a_bucket_from_ensure_kv_reads_and_writes_through_its_leaders_death(
+    nats_cluster: EmbeddedCluster,
+) -> None:
+    """The retriever's shard-model key, the ingestor's manifests, the breaker's state: a
+    write right after kill -9 of the bucket's leader waits out the election instead of
+    failing the request that made it."""
+    nc = await connect_all(nats_cluster)
+    js = nc.jetstream()
+    try:
+        kv = await ensure_kv(nc, KeyValueConfig(bucket="corpus"), replicas=3)
+        await kv.put("docs.model", b"minilm")
+        leader = (await js.stream_info("KV_corpus")).cluster.leader  # type: ignore[union-attr]
+        victim = next(n for n in nats_cluster.nodes if n._server_name == leader)
+        await victim.kill()
+        await kv.put("docs.model", b"minilm-2")
+        assert (await kv.get("docs.model")).value == b"minilm-2"
+        assert await kv.create("other.model", b"e5") > 0
+        info = await js.stream_info("KV_corpus")
+        assert info.cluster is not None and info.cluster.leader != leader
+    finally:
+        await nc.close()
+
+
 async def test_a_killed_node_comes_back_and_catches_up(nats_cluster: EmbeddedCluster) -> None:
     nc = await connect_all(nats_cluster)
     js = nc.jetstream()
