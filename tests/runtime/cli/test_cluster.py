@@ -102,7 +102,8 @@ async def test_a_bucket_from_ensure_kv_reads_and_writes_through_its_leaders_deat
         assert (await kv.get("docs.model")).value == b"minilm-2"
         assert await kv.create("other.model", b"e5") > 0
         info = await js.stream_info("KV_corpus")
-        assert info.cluster is not None and info.cluster.leader != leader
+        assert info.cluster is not None
+        assert info.cluster.leader != leader
     finally:
         await nc.close()
 
