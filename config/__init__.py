@@ -23,7 +23,7 @@ from ._settings import (
     Settings,
     default_data_dir,
 )
-from ._trimmer import TrimmerSettings
+from ._trimmer import Compression, TrimmerSettings
 
 __all__ = (
     "ENV_PREFIX",
@@ -31,6 +31,7 @@ __all__ = (
     "ROLES",
     "AuditSettings",
     "BridgeSettings",
+    "Compression",
     "ConfigError",
     "EmbedderSettings",
     "HttpStack",
