@@ -209,8 +209,12 @@ class RetrieverSettings(_Section, frozen=True, kw_only=True):
     api_key: Secret | None = None
     data_dir: str | None = None
     shards: list[str] = msgspec.field(default_factory=lambda: ["default"])
-    # build HNSW once writes have been quiet this long (off the request path)
+    # build HNSW (in another process, swapped in when done) once writes have been quiet
+    # this long and enough points are unindexed for the engine to build anything
     optimize_idle_s: Annotated[float, Meta(ge=0)] = 2.0
+    # edge: vectors (KB) a segment holds before it gets HNSW; None: the engine's 10,000
+    # (~6,700 points of 384 dimensions); below it searches are exact, brute force
+    indexing_threshold_kb: PositiveInt | None = None
     # shards a query searches when it names none (default: the ones served here)
     query_shards: list[str] | None = None
     # a shard's share of the query's time; the rest is for trimming and generation
