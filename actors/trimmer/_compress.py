@@ -160,7 +160,8 @@ async def embed(ctx: Context, texts: list[str], timeout: float) -> NDArray[np.fl
     """Vectors for ``texts`` from the embedder, or None if it did not answer in time."""
     seconds = min(timeout, ctx.remaining())
     # the embedder gets the same short deadline, so it does not work on past our giving up
-    message = Embed(texts=texts, deadline=deadline_after(seconds), trace=ctx.trace)
+    # bulk: a context's sentences are many texts; a lane="query" request is one question
+    message = Embed(texts=texts, deadline=deadline_after(seconds), trace=ctx.trace, lane="bulk")
     with anyio.move_on_after(seconds):
         try:
             reply = await ctx.request(ctx.subjects.embed, message, Embedded)
