@@ -35,7 +35,7 @@ from ragbus.subjects import ContextReady, Done, Generate, Trim, TrimInfo, TurnDo
 
 from ._brief import fallback_brief, summarize
 from ._budget import Budget
-from ._compress import compress, embed, lexical_scores, sentences, similarities
+from ._compress import compress, embed, lexical_scores, similarities, split
 from ._locks import KeyedLocks
 from ._memory import (
     MemoryStore,
@@ -185,7 +185,7 @@ class ContextTrimmer(Actor):
         embedder does not answer in time.
         """
         cfg = self.config
-        parts = [sentences(n.text) if n.tokens > cfg.min_node_tokens else [] for n in nodes]
+        parts = [list(split(n.text)) if n.tokens > cfg.min_node_tokens else [] for n in nodes]
         if not any(parts):
             return nodes, False
         if cfg.compression_method == "lexical":

@@ -15,10 +15,12 @@ Two relevance signals:
   on two cores (sentence vectors are cached by the embedder, so only repeats are
   cheap). bench.quality measures both; the lexical one scores as well on it.
 
-The selection is pure (:func:`compress` takes the scores); the bus call that
-produces embedding scores is :func:`embed`, which gives up (returns None)
-rather than hold the query past its own short deadline: trimming without
-compression is still a valid answer.
+What a hit's text yields (its sentences; each sentence's terms and token count)
+is cached by the text itself, per process: a chunk that answers many questions is
+split, analysed and counted once. The selection is pure (:func:`compress` takes
+the scores); the bus call that produces embedding scores is :func:`embed`,
+which gives up (returns None) rather than hold the query past its own short
+deadline: trimming without compression is still a valid answer.
 """
 
 from __future__ import annotations
@@ -27,18 +29,27 @@ import math
 import re
 from collections import Counter
 from collections.abc import Sequence
+from functools import lru_cache
 
 import anyio
 import numpy as np
 from numpy.typing import NDArray
 
 from ragbus.runtime import Context, RagbusError
-from ragbus.runtime.text import analyze, count_tokens, count_tokens_batch, truncate
+from ragbus.runtime.text import analyze, count_tokens, truncate
 from ragbus.subjects import Embed, Embedded, deadline_after
 
 from ._trim import Node
 
-__all__ = ("compress", "compress_node", "embed", "lexical_scores", "sentences", "similarities")
+__all__ = (
+    "compress",
+    "compress_node",
+    "embed",
+    "lexical_scores",
+    "sentences",
+    "similarities",
+    "split",
+)
 
 # BM25's saturation and length normalisation, as the retriever's keyword half uses them
 _K1 = 0.9
@@ -70,6 +81,22 @@ def sentences(text: str) -> list[str]:
     return [s.strip() for s in out if s.strip()]
 
 
+@lru_cache(maxsize=4096)
+def split(text: str) -> tuple[str, ...]:
+    """:func:`sentences` of ``text``, cached by the text (hits repeat across questions)."""
+    return tuple(sentences(text))
+
+
+@lru_cache(maxsize=32768)
+def _terms(sentence: str) -> tuple[str, ...]:
+    return tuple(analyze(sentence))
+
+
+@lru_cache(maxsize=32768)
+def _tokens(sentence: str) -> int:
+    return count_tokens(sentence)
+
+
 def compress_node(parts: Sequence[str], scores: Sequence[float], max_tokens: int) -> str:
     """The sentences with the best ``scores`` that fit ``max_tokens``, in text order.
 
@@ -79,7 +106,7 @@ def compress_node(parts: Sequence[str], scores: Sequence[float], max_tokens: int
     """
     if not parts or max_tokens <= 0:
         return ""
-    sizes = count_tokens_batch(list(parts))
+    sizes = [_tokens(p) for p in parts]
     order = sorted(range(len(parts)), key=lambda i: -scores[i])
     chosen: list[int] = []
     used = 0
@@ -127,7 +154,7 @@ def lexical_scores(question: str,
     wanted = set(analyze(question))
     if not wanted:
         return [[0.0] * len(ps) for ps in parts]
-    analysed = [[analyze(s) for s in ps] for ps in parts]
+    analysed = [[_terms(s) for s in ps] for ps in parts]
     terms = [[Counter(t for t in a if t in wanted) for a in ps] for ps in analysed]
     lengths = [[len(a) for a in ps] for ps in analysed]
     flat = [c for cs in terms for c in cs]
