@@ -8,7 +8,7 @@ the engines' own model classes, and raise only the :class:`StoreError` family on
 purpose.
 """
 
-from ._edge import EdgeStore, build_command, build_index
+from ._edge import EdgeStore, build_command
 from ._errors import (
     BackendError,
     CollectionMissingError,
@@ -53,5 +53,4 @@ __all__ = (
     "StoredPoint",
     "VectorStore",
     "build_command",
-    "build_index",
 )

@@ -9,7 +9,7 @@ An HNSW build holds the GIL and the shard for its whole length (measured here:
 10k points 12 s, 13k points 22 s with the machine busy; a search from another
 thread and every other Python thread waited all that time). So the retriever
 builds in another process, on a copy, and swaps the result in
-(:meth:`EdgeStore.begin_build`, :meth:`EdgeStore.copy_to`, :func:`build_index`,
+(:meth:`EdgeStore.begin_build`, :meth:`EdgeStore.copy_to`, :func:`build_command`,
 :meth:`EdgeStore.install`): the live shard keeps answering searches and taking
 writes (brute force over what is not indexed yet), writes made meanwhile are
 replayed onto the built copy, and the swap itself is a close, a few renames and
@@ -29,11 +29,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
 
-import msgspec
 import qdrant_edge as qe
 
 from ragbus.subjects import SparseVector
 
+from . import _build
+from ._build import edge_config
 from ._edge_filter import to_edge_filter
 from ._errors import (
     BackendError,
@@ -54,7 +55,7 @@ from ._types import Hit, Page, Record, StoredPoint, check_id, check_sparse, plai
 if TYPE_CHECKING:
     from qdrant_edge import NamedVector
 
-__all__ = ("EdgeStore", "build_command", "build_index")
+__all__ = ("EdgeStore", "build_command")
 
 #: Points per engine call: bounds the memory of one conversion, not a tuning knob.
 _BATCH: Final = 512
@@ -276,8 +277,9 @@ class EdgeStore:
         """Flush, and from now on keep every write for :meth:`install` to replay.
 
         Call with no write running; then :meth:`copy_to` (from any thread, searches
-        may go on meanwhile, writes must wait for it), then :func:`build_index` in
-        another process, then :meth:`install` (or :meth:`abort_build`).
+        may go on meanwhile, writes must wait for it), then a build of the copy in
+        another process (:func:`build_command`), then :meth:`install` (or
+        :meth:`abort_build`).
         """
         shard = self._require()
         with self._engine("flush"):
@@ -381,22 +383,7 @@ class EdgeStore:
 
     def _config(self, dim: int | None = None) -> qe.EdgeConfig:
         """The shard's config; without ``dim`` the dense vector is inherited from disk."""
-        t = self._tuning
-        return qe.EdgeConfig(
-            vectors=None
-            if dim is None
-            else {DENSE: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)},
-            # Always given: a load needs at least one vector in its config, and this one
-            # also makes the engine check the IDF modifier of an existing shard.
-            sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
-            hnsw_config=qe.HnswIndexConfig(
-                m=t.hnsw_m,
-                ef_construct=t.hnsw_ef_construct,
-                full_scan_threshold=t.full_scan_threshold_kb,
-            ),
-            optimizers=qe.EdgeOptimizersConfig(indexing_threshold=t.indexing_threshold_kb),
-            max_search_threads=t.search_threads,
-        )
+        return edge_config(config_params(self._tuning, dim))
 
     def _read_dim(self) -> int:
         """Dense size of an existing shard, after checking it is cosine."""
@@ -477,20 +464,18 @@ class EdgeStore:
             raise BackendError(f"qdrant-edge could not {action} in {self._path}: {exc}") from exc
 
 
-def build_index(path: Path, tuning: EdgeTuning = _DEFAULT_TUNING) -> bool:
-    """Open the shard copy at ``path``, build its indexes, close it: what the child
-    process of a build runs (``build_command``). ``True`` if anything was built."""
-    store = EdgeStore(path, tuning=tuning)
-    try:
-        return store.optimize()
-    finally:
-        store.close()
+def config_params(tuning: EdgeTuning, dim: int | None = None) -> dict[str, Any]:
+    """What :func:`~._build.edge_config` makes the shard's config from (plain JSON)."""
+    return {"dim": dim, "dense": DENSE, "sparse": SPARSE, "hnsw_m": tuning.hnsw_m,
+            "hnsw_ef_construct": tuning.hnsw_ef_construct,
+            "full_scan_threshold_kb": tuning.full_scan_threshold_kb,
+            "indexing_threshold_kb": tuning.indexing_threshold_kb,
+            "search_threads": tuning.search_threads}
 
 
 def build_command(path: Path, tuning: EdgeTuning = _DEFAULT_TUNING) -> list[str]:
-    """The command line that runs :func:`build_index` on ``path`` in a new process."""
-    return [sys.executable, "-m", f"{__package__}._build", str(path),
-            msgspec.json.encode(tuning).decode()]
+    """The command line that builds the shard copy at ``path`` in a new process."""
+    return [sys.executable, _build.__file__, str(path), json.dumps(config_params(tuning))]
 
 
 def _search_params(search: SearchTuning) -> qe.SearchParams | None:
