@@ -52,10 +52,10 @@ class TrimmerSettings(Section, frozen=True, kw_only=True):
     millisecond; ``"embedding"`` is the cosine of sentence embeddings, one
     embedder call for every sentence of the hits (hundreds of ms for fresh hits
     on two cores; waiting at most ``embed_timeout_s``, without an answer the
-    context is only trimmed); ``"off"`` only trims. bench.quality compares them:
-    the lexical score keeps the relevant document as identifiable as the embedding
-    one does, at a few hundredth of the cost. The booleans of earlier versions
-    still load: ``true`` is the default method, ``false`` is ``"off"``.
+    context is only trimmed); ``"off"`` only trims. bench.quality compares their
+    cost and how well the compressed context still points at the relevant document
+    (README, Benchmarks). The booleans of earlier versions still load: ``true`` is
+    the default method, ``false`` is ``"off"``.
 
     Memory keeps the last ``memory_turns`` question/answer turns per session for
     ``memory_ttl_s`` after the session's last turn; turns beyond that, or beyond

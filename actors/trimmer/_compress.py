@@ -13,7 +13,8 @@ Two relevance signals:
 * :func:`similarities`: cosine of embeddings from the embedder actor. Every
   sentence of every hit is a text to embed: hundreds of ms for a fresh top-10
   on two cores (sentence vectors are cached by the embedder, so only repeats are
-  cheap). bench.quality measures both; the lexical one scores as well on it.
+  cheap). bench.quality measures both (cost, and whether the compressed
+  context still points at the relevant document).
 
 What a hit's text yields (its sentences; each sentence's terms and token count)
 is cached by the text itself, per process: a chunk that answers many questions is

@@ -158,7 +158,8 @@ async def test_a_query_lane_request_does_not_wait_behind_a_running_bulk_batch(
         assert embedder.query_batcher is not None
 
         async def bulk() -> None:
-            await client.request(EMBED, Embed(texts=long_texts), Embedded)  # bulk: the default
+            # bulk: the default; two batches of 32, seconds each (more on a busy machine)
+            await client.request(EMBED, Embed(texts=long_texts), Embedded, timeout=300)
             order.append("bulk")
 
         async with anyio.create_task_group() as tg:
@@ -168,7 +169,7 @@ async def test_a_query_lane_request_does_not_wait_behind_a_running_bulk_batch(
                     await anyio.sleep(0.001)
             await anyio.sleep(0.05)  # the first bulk batch is on the worker thread
             reply = await client.request(
-                EMBED, Embed(texts=["how do otters sleep?"], lane="query"), Embedded)
+                EMBED, Embed(texts=["how do otters sleep?"], lane="query"), Embedded, timeout=60)
             order.append("query")
         assert embedder.query_batcher.texts_embedded == 1
         assert embedder.batcher.texts_embedded == 64
