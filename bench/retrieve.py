@@ -29,7 +29,10 @@ them (caches still off): ``sources_top10_ms_p50`` is the time to the ``sources``
 event, ``default_top10_ms_p50|p99`` the time to ``done`` (the answer's context is
 ready), ``trim_ms_p50`` the trimmer's own time, and ``qps_default_top10`` the same
 open-loop search as ``qps`` (which is top_k 5 with compression off: the top-10
-queries carry twice the hits over every hop and have them compressed).
+queries carry twice the hits over every hop and have them compressed). The
+trimmer analyses each hit's sentences once per text: ``trim_ms_p50`` is from the
+first pass over the questions (every hit new to it), the open loop repeats them
+(as popular chunks repeat in use), so there it reuses that work.
 
     python -m bench.retrieve [--chunks N] [--queries N] [--embedder-threads N]
 """
