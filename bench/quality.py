@@ -4,8 +4,20 @@ Ingests the corpus through the actors (ingestor -> embedder -> retriever), then
 asks each of the 300 judged test queries as a ``Query`` on the bus, once per
 retrieval mode, and scores nDCG@10 against the qrels. Chunks are ranked, so a
 document's rank is that of its best chunk. ``compression_ratio`` is the share of
-context tokens the context-trimmer removes at top_k 10 (null until that actor
-exists).
+context tokens the context-trimmer removes at top_k 10 with the compression it
+ships (null until that actor exists).
+
+Compression is then compared method by method (``trimmer.compression`` =
+``off``, ``lexical``, ``embedding``, each through the real context-trimmer on the
+same top-10 hits; ``random`` picks sentences at random at the same ratio, in
+process with the trimmer's own functions): its cost (``trim_ms_p50_<method>``,
+the trimmer's own timing; ``embedding`` twice, cold and then with every sentence
+vector in the embedder's cache), the share of tokens it removes
+(``compression_ratio_<method>``) and *support MRR* (``support_<method>``, per
+judge in ``support_<method>_dense|bm25``): whether the compressed context still
+ranks the relevant abstract first when re-scored against the question, by two
+judges of different families so that neither method grades itself (see
+bench/_support.py).
 
 The published dense figure (0.6451 for all-MiniLM-L6-v2) embeds each document
 once, title and text cut at 256 tokens. The real path chunks documents instead,
@@ -20,12 +32,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib
 import json
 import math
+import random
 import tempfile
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,35 +46,54 @@ import anyio
 import msgspec
 import numpy as np
 import structlog
+from msgspec.structs import replace
 
 from bench._data import SCIFACT
+from bench._stats import percentile
+from bench._support import BM25Judge, Case, support
 from ragbus.actors.embedder import Embedder, EmbeddingModel
 from ragbus.actors.ingestor import Ingestor
 from ragbus.actors.retriever import Retriever
+from ragbus.actors.trimmer import (
+    Budget,
+    ContextTrimmer,
+    compress,
+    dedupe,
+    fit,
+    from_sources,
+    sentences,
+    shortlist,
+)
 from ragbus.config import (
+    Compression,
     IngestorSettings,
     NatsSettings,
     RetrieverSettings,
     RuntimeSettings,
     Settings,
+    TrimmerSettings,
 )
 from ragbus.runtime import Actor, connect
 from ragbus.runtime.cli import EmbeddedNats, follow_job, submit_job
 from ragbus.runtime.connection import NATS
+from ragbus.runtime.text import count_tokens
 from ragbus.subjects import (
     ContextReady,
+    Done,
     Failed,
     IngestRequest,
     JobState,
     Query,
     QueryEvent,
     RetrievalMode,
+    Source,
     Sources,
     Subjects,
 )
 
 DATA = SCIFACT
 MODES: tuple[RetrievalMode, ...] = ("dense", "hybrid", "keyword")
+METHODS: tuple[Compression, ...] = ("off", "lexical", "embedding")
 
 
 def load_qrels(path: Path) -> dict[str, dict[str, int]]:
@@ -79,15 +111,24 @@ def ndcg_at_10(ranked: list[str], relevant: dict[str, int]) -> float:
     return dcg / idcg if idcg else 0.0
 
 
+@dataclass
+class Answer:
+    """What a retrieval-only query sent back."""
+
+    docs: list[str] = field(default_factory=list)
+    sources: list[Source] = field(default_factory=list)
+    context: ContextReady | None = None
+    trim_ms: float | None = None
+
+
 async def _ask(nc: NATS, s: Subjects, question: str, mode: RetrievalMode,
-               top_k: int, want_context: bool) -> tuple[list[str], ContextReady | None]:
+               top_k: int, want_context: bool) -> Answer:
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox)
     query = Query(question=question, reply_to=inbox, top_k=top_k, retrieval=mode,
                   generate=False)
     await nc.publish(s.query, msgspec.json.encode(query))
-    docs: list[str] = []
-    context = None
+    answer = Answer()
     decoder: msgspec.json.Decoder[QueryEvent] = msgspec.json.Decoder(QueryEvent)
     try:
         while True:
@@ -95,16 +136,38 @@ async def _ask(nc: NATS, s: Subjects, question: str, mode: RetrievalMode,
             if isinstance(event, Failed):
                 raise SystemExit(f"query failed: {event.code} {event.message}")
             if isinstance(event, Sources):
+                answer.sources = event.sources
                 for source in event.sources:
-                    if source.doc_id not in docs:
-                        docs.append(source.doc_id)
+                    if source.doc_id not in answer.docs:
+                        answer.docs.append(source.doc_id)
                 if not want_context:
-                    return docs, None
+                    return answer
             if isinstance(event, ContextReady):
-                context = event
-                return docs, context
+                answer.context = event
+            if isinstance(event, Done):
+                answer.trim_ms = event.timings_ms.get("trim")
+                return answer
     finally:
         await sub.unsubscribe()
+
+
+def random_context(question: str, sources: list[Source], cfg: TrimmerSettings,
+                   rng: random.Random) -> list[tuple[str, str]]:
+    """The trimmer's own steps with sentences scored at random: the floor of support MRR."""
+    budget = Budget.from_settings(cfg, None)
+    room = budget.context_for(count_tokens(question), 0)
+    nodes = shortlist(dedupe(from_sources(sources), cfg.near_duplicate), room,
+                      ratio=cfg.compression_ratio, min_nodes=cfg.min_nodes)
+    parts = [sentences(n.text) if n.tokens > cfg.min_node_tokens else [] for n in nodes]
+    scores = [[rng.random() for _ in ps] for ps in parts]
+    nodes = compress(nodes, parts, scores, cfg.compression_ratio, keep_below=cfg.min_node_tokens)
+    kept = fit(nodes, room, min_nodes=cfg.min_nodes, min_node_tokens=cfg.min_node_tokens)
+    return [(n.doc_id, n.text) for n in kept]
+
+
+def _corpus_texts(corpus: Path) -> list[str]:
+    with corpus.open() as f:
+        return [f"{r.get('title', '')} {r['text']}" for r in map(json.loads, f)]
 
 
 def whole_document_rankings(model: EmbeddingModel, corpus: Path,
@@ -135,17 +198,8 @@ def whole_document_rankings(model: EmbeddingModel, corpus: Path,
     return {qid: [ids[j] for j in row] for qid, row in zip(qids, top, strict=True)}
 
 
-def _trimmer() -> type[Actor] | None:
-    """The context-trimmer, if this checkout has it (it came after the retriever)."""
-    try:
-        module = importlib.import_module("ragbus.actors.trimmer")
-    except ImportError:
-        return None
-    cls: type[Actor] | None = getattr(module, "ContextTrimmer", None)
-    return cls
-
-
-async def run(data: Path, limit: int | None, whole_docs: bool = False) -> dict[str, Any]:
+async def run(data: Path, limit: int | None, whole_docs: bool = False,
+              compression: bool = True) -> dict[str, Any]:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
     qrels = load_qrels(data / "qrels" / "test.tsv")
     queries = {}
@@ -155,8 +209,8 @@ async def run(data: Path, limit: int | None, whole_docs: bool = False) -> dict[s
             if record["_id"] in qrels:
                 queries[record["_id"]] = record["text"]
     ids = sorted(queries, key=int)[:limit]
-    trimmer_cls = _trimmer()
     results: dict[str, Any] = {}
+    contexts: dict[str, list[Answer]] = {}
     with tempfile.TemporaryDirectory(prefix="ragbus-quality-") as tmp:
         async with EmbeddedNats() as server:
             settings = Settings(
@@ -171,6 +225,7 @@ async def run(data: Path, limit: int | None, whole_docs: bool = False) -> dict[s
             retriever = Retriever(settings)
             embedder = Embedder(settings)
             actors: list[Actor] = [embedder, retriever, Ingestor(settings)]
+            embedder_model: EmbeddingModel | None = None
             async with anyio.create_task_group() as tg:
                 for actor in actors:
                     await tg.start(actor.serve)
@@ -184,11 +239,12 @@ async def run(data: Path, limit: int | None, whole_docs: bool = False) -> dict[s
                 with anyio.fail_after(600):  # HNSW is built once writes are quiet
                     while not retriever.optimized:  # noqa: ASYNC110
                         await anyio.sleep(0.2)
+                embedder_model = embedder.model
                 for mode in MODES:
                     scores = []
                     for qid in ids:
-                        docs, _ = await _ask(nc, s, queries[qid], mode, 30, False)
-                        scores.append(ndcg_at_10(docs, qrels[qid]))
+                        answer = await _ask(nc, s, queries[qid], mode, 30, False)
+                        scores.append(ndcg_at_10(answer.docs, qrels[qid]))
                     results[f"{mode}_ndcg10"] = round(sum(scores) / len(scores), 4)
                 if whole_docs:
                     assert embedder.model is not None
@@ -198,28 +254,93 @@ async def run(data: Path, limit: int | None, whole_docs: bool = False) -> dict[s
                             model, data / "corpus.jsonl", {q: queries[q] for q in ids}))
                     results["whole"] = round(sum(ndcg_at_10(ranked[q], qrels[q])
                                                  for q in ids) / len(ids), 4)
-                ratios = []
-                if trimmer_cls is not None:
+                if compression:
                     # started only now: during the nDCG runs it would compress every
                     # top-30 hand-off nobody waits for, and load the embedder meanwhile
-                    await tg.start(trimmer_cls(settings).serve)
-                    for qid in ids:
-                        _, ctx = await _ask(nc, s, queries[qid], "hybrid", 10, True)
-                        info = ctx.trim_info if ctx else None
-                        if info and info.context_tokens_before:
-                            ratios.append(1 - info.context_tokens_after
-                                          / info.context_tokens_before)
+                    shipped = TrimmerSettings().compression_method
+                    for method, label in ((shipped, "shipped"), *[(m, m) for m in METHODS]):
+                        if label != "shipped" and method == shipped:
+                            contexts[method] = contexts["shipped"]
+                            continue
+                        # embedding: waits for every sentence vector, however long it
+                        # takes (the shipped 3 s give up under load), so its quality counts
+                        trimmer = ContextTrimmer(replace(settings, trimmer=TrimmerSettings(
+                            compression=method, embed_timeout_s=120)))
+                        async with anyio.create_task_group() as each:
+                            await each.start(trimmer.serve)
+                            # embedding twice: cold, then with every sentence vector cached
+                            for run in (("", "_warm") if method == "embedding" else ("",)):
+                                got = [await _ask(nc, s, queries[q], "hybrid", 10, True)
+                                       for q in ids]
+                                contexts[label + run] = got
+                            each.cancel_scope.cancel()
                 tg.cancel_scope.cancel()
             await nc.close()
-    return {
+    out: dict[str, Any] = {
         "dense_ndcg10": results["dense_ndcg10"],
         "hybrid_ndcg10": results["hybrid_ndcg10"],
         "keyword_ndcg10": results["keyword_ndcg10"],
         "queries": len(ids),
-        "compression_ratio": round(sum(ratios) / len(ratios), 3) if ratios else None,
+        "compression_ratio": _ratio(contexts["shipped"]) if "shipped" in contexts else None,
         # --whole-docs: dense under the published protocol (no chunking), for the model check
         "dense_ndcg10_whole_docs": results.get("whole"),
     }
+    if "shipped" in contexts:
+        out["compression"] = TrimmerSettings().compression_method
+        out.update(await anyio.to_thread.run_sync(
+            _compare, contexts, [queries[q] for q in ids], [qrels[q] for q in ids],
+            data / "corpus.jsonl", embedder_model))
+    return out
+
+
+def _ratio(answers: list[Answer]) -> float | None:
+    ratios = [1 - a.context.trim_info.context_tokens_after
+              / a.context.trim_info.context_tokens_before
+              for a in answers if a.context and a.context.trim_info.context_tokens_before]
+    return round(sum(ratios) / len(ratios), 3) if ratios else None
+
+
+def _nodes(answer: Answer) -> list[tuple[str, str]]:
+    context = answer.context
+    return [(n.doc_id, n.text) for n in context.nodes] if context else []
+
+
+def _compare(contexts: dict[str, list[Answer]], questions: list[str],
+             qrels: list[dict[str, int]], corpus: Path,
+             model: EmbeddingModel | None) -> dict[str, Any]:
+    """Cost, ratio and support MRR of each compression method (see the module doc)."""
+    assert model is not None
+    off = contexts["off"]
+    # judged queries whose relevant abstract is among the uncompressed top-10
+    eligible = [i for i, a in enumerate(off)
+                if any(qrels[i].get(src.doc_id, 0) > 0 for src in a.sources)]
+    judge = BM25Judge(_corpus_texts(corpus))
+    rng = random.Random(7)
+    cfg = TrimmerSettings()
+    out: dict[str, Any] = {"support_queries": len(eligible)}
+    cases: dict[str, list[Case]] = {}
+    for label, answers in contexts.items():
+        if label == "shipped":
+            continue
+        cases[label] = [Case(questions[i], _nodes(answers[i]),
+                             frozenset(d for d, r in qrels[i].items() if r > 0))
+                        for i in eligible]
+        trims = [a.trim_ms for a in answers if a.trim_ms is not None]
+        out[f"trim_ms_p50_{label}"] = round(percentile(trims, 50), 2) if trims else None
+        out[f"trim_ms_p99_{label}"] = round(percentile(trims, 99), 2) if trims else None
+        if not label.endswith("_warm"):
+            out[f"compression_ratio_{label}"] = _ratio(answers)
+    cases["random"] = [Case(questions[i], random_context(questions[i], off[i].sources, cfg, rng),
+                            frozenset(d for d, r in qrels[i].items() if r > 0))
+                       for i in eligible]
+    for label, group in cases.items():
+        if label.endswith("_warm"):
+            continue  # the same sentences as the cold run
+        scored = support(group, model, judge)
+        out[f"support_{label}"] = scored["mean"]
+        out[f"support_{label}_dense"] = scored["dense"]
+        out[f"support_{label}_bm25"] = scored["bm25"]
+    return out
 
 
 def main() -> None:
@@ -229,10 +350,13 @@ def main() -> None:
     parser.add_argument("--whole-docs", action="store_true",
                         help="also score dense retrieval under the published protocol: one "
                         "vector per whole document, no chunking (embeds the corpus again)")
+    parser.add_argument("--no-compression", action="store_true",
+                        help="skip the comparison of compression methods (nDCG only)")
     args = parser.parse_args()
     if not (args.data / "corpus.jsonl").is_file():
         raise SystemExit(f"BEIR SciFact not found in {args.data}")
-    print(json.dumps(anyio.run(run, args.data, args.queries, args.whole_docs)))
+    print(json.dumps(anyio.run(run, args.data, args.queries, args.whole_docs,
+                               not args.no_compression)))
 
 
 if __name__ == "__main__":

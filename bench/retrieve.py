@@ -23,6 +23,17 @@ path, so the actors' rate can be read against what the machine allows at all.
 Caches are off so every query does the work, and compression is off (context
 of top 5 stays near its 1,000-token threshold; bench.quality measures it).
 
+Then the context-trimmer is restarted with its defaults (compression as shipped)
+and the same queries are asked at top_k 10, as a user with default settings asks
+them (caches still off): ``sources_top10_ms_p50`` is the time to the ``sources``
+event, ``default_top10_ms_p50|p99`` the time to ``done`` (the answer's context is
+ready), ``trim_ms_p50`` the trimmer's own time, and ``qps_default_top10`` the same
+open-loop search as ``qps`` (which is top_k 5 with compression off: the top-10
+queries carry twice the hits over every hop and have them compressed). The
+trimmer analyses each hit's sentences once per text: ``trim_ms_p50`` is from the
+first pass over the questions (every hit new to it), the open loop repeats them
+(as popular chunks repeat in use), so there it reuses that work.
+
     python -m bench.retrieve [--chunks N] [--queries N] [--embedder-threads N]
 """
 
@@ -37,6 +48,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +56,7 @@ import anyio
 import msgspec
 import numpy as np
 import structlog
+from msgspec.structs import replace
 
 from bench._data import SCIFACT
 from bench._processes import serve_actors
@@ -67,6 +80,7 @@ from ragbus.runtime.cli import EmbeddedNats
 from ragbus.runtime.connection import NATS
 from ragbus.runtime.text import BM25Encoder, count_tokens
 from ragbus.subjects import (
+    ContextReady,
     Done,
     Failed,
     IndexApplied,
@@ -75,6 +89,7 @@ from ragbus.subjects import (
     Query,
     QueryEvent,
     SearchHit,
+    Sources,
     Subjects,
 )
 
@@ -104,7 +119,7 @@ def _cpu_of(pids: list[int]) -> Clock:
     return clock
 
 
-async def _step(questions: list[str], ask: Callable[[str], Awaitable[None]],
+async def _step(questions: list[str], ask: Callable[[str], Awaitable[object]],
                 rate: int, clock: Clock) -> tuple[float, float, float]:
     """Send ``rate`` queries a second for ``STEP_S``: p99 ms, achieved rate, and CPU ms
     per query of the processes ``clock`` covers (nats-server not counted)."""
@@ -126,7 +141,7 @@ async def _step(questions: list[str], ask: Callable[[str], Awaitable[None]],
     return percentile(latencies, 99), achieved, (clock() - cpu) * 1000 / n
 
 
-async def _open_loop(questions: list[str], ask: Callable[[str], Awaitable[None]],
+async def _open_loop(questions: list[str], ask: Callable[[str], Awaitable[object]],
                      clock: Clock = time.process_time,
                      label: str = "") -> tuple[int, float, float]:
     """The highest rate of ``RATES`` served with p99 < 50 ms, that p99, and its CPU ms
@@ -146,7 +161,7 @@ _SPLIT = ("embedder", "retriever", "context-trimmer")
 
 
 async def _split_qps(settings: Settings, questions: list[str],
-                     ask: Callable[[str], Awaitable[None]]) -> tuple[int, float, float]:
+                     ask: Callable[[str], Awaitable[object]]) -> tuple[int, float, float]:
     """The open-loop search with each actor in its own process (one GIL each)."""
     spawn = multiprocessing.get_context("spawn")
     processes = [spawn.Process(target=serve_actors, args=(settings, (name,)), daemon=True)
@@ -171,6 +186,52 @@ async def _split_qps(settings: Settings, questions: list[str],
             process.terminate()
         for process in processes:
             process.join(15)
+
+
+_DECODER: msgspec.json.Decoder[QueryEvent] = msgspec.json.Decoder(QueryEvent)
+
+
+@dataclass(frozen=True, slots=True)
+class Timed:
+    sources_ms: float
+    done_ms: float
+    trim_ms: float
+    compressed: bool
+
+
+async def _timed(conn: NATS, s: Subjects, question: str, top_k: int) -> Timed:
+    """One retrieval-only query through the actors, timed to its sources and its done."""
+    inbox = conn.new_inbox()
+    sub = await conn.subscribe(inbox)
+    started = time.perf_counter()
+    sources = float("nan")
+    compressed = False
+    await conn.publish(s.query, msgspec.json.encode(Query(
+        question=question, reply_to=inbox, top_k=top_k, generate=False)))
+    try:
+        while True:
+            event = _DECODER.decode((await sub.next_msg(timeout=30)).data)
+            if isinstance(event, Failed):
+                raise SystemExit(f"query failed: {event.message}")
+            if isinstance(event, Sources):
+                sources = (time.perf_counter() - started) * 1000
+            if isinstance(event, ContextReady):
+                compressed = event.trim_info.compressed
+            if isinstance(event, Done):
+                return Timed(sources_ms=sources, done_ms=(time.perf_counter() - started) * 1000,
+                             trim_ms=event.timings_ms.get("trim", float("nan")),
+                             compressed=compressed)
+    finally:
+        await sub.unsubscribe()
+
+
+async def _serve_trimmer(trimmer: ContextTrimmer) -> anyio.abc.TaskGroup:
+    """Start ``trimmer`` in a task group of its own, so it can be swapped for another:
+    stop it with ``request_stop()``, then leave the group."""
+    group = anyio.create_task_group()
+    await group.__aenter__()
+    await group.start(trimmer.serve)
+    return group
 
 
 def _chunks(n: int) -> list[tuple[str, str]]:
@@ -221,9 +282,11 @@ async def run(n_chunks: int, n_queries: int, threads: int | None = None) -> dict
             s = Subjects()
             nc = await connect(settings.nats, name="bench-retrieve")
             embedder, retriever = Embedder(settings), Retriever(settings)
+            trimmer = ContextTrimmer(settings)
             async with anyio.create_task_group() as tg:
-                for actor in (embedder, retriever, ContextTrimmer(settings)):
+                for actor in (embedder, retriever):
                     await tg.start(actor.serve)
+                trimmer_tg = await _serve_trimmer(trimmer)
                 await _load(nc, s, chunks)
                 with anyio.fail_after(600):
                     while not retriever.optimized:  # noqa: ASYNC110 - HNSW built off-path
@@ -258,22 +321,8 @@ async def run(n_chunks: int, n_queries: int, threads: int | None = None) -> dict
                     fit(nodes, room, min_nodes=cfg.min_nodes,
                         min_node_tokens=cfg.min_node_tokens)
 
-                decoder: msgspec.json.Decoder[QueryEvent] = msgspec.json.Decoder(QueryEvent)
-
                 async def through_actors(question: str, conn: NATS) -> None:
-                    inbox = conn.new_inbox()
-                    sub = await conn.subscribe(inbox)
-                    await conn.publish(s.query, msgspec.json.encode(Query(
-                        question=question, reply_to=inbox, top_k=TOP_K, generate=False)))
-                    try:
-                        while True:
-                            event = decoder.decode((await sub.next_msg(timeout=30)).data)
-                            if isinstance(event, Failed):
-                                raise SystemExit(f"query failed: {event.message}")
-                            if isinstance(event, Done):
-                                return
-                    finally:
-                        await sub.unsubscribe()
+                    await _timed(conn, s, question, TOP_K)
 
                 for q in queries[:10]:  # warm both paths
                     await inproc(q)
@@ -292,10 +341,26 @@ async def run(n_chunks: int, n_queries: int, threads: int | None = None) -> dict
                 qps_in, loaded_p99_in, cpu_ms_in = await _open_loop(queries, inproc,
                                                                     label="in-process: ")
                 qps, loaded_p99, cpu_ms = await _open_loop(queries, lambda q: through_actors(q, nc))
+                trimmer.request_stop()
+                await trimmer_tg.__aexit__(None, None, None)
+
+                # the defaults at top_k 10: the trimmer as shipped (caches still off)
+                shipped = ContextTrimmer(replace(settings, trimmer=TrimmerSettings()))
+                shipped_tg = await _serve_trimmer(shipped)
+                for q in queries[:10]:
+                    await _timed(nc, s, q, 10)
+                top10 = [await _timed(nc, s, q, 10) for q in queries]
+                qps10, loaded10_p99, cpu10_ms = await _open_loop(
+                    queries, lambda q: _timed(nc, s, q, 10), label="defaults, top 10: ")
+                shipped.request_stop()
+                await shipped_tg.__aexit__(None, None, None)
                 tg.cancel_scope.cancel()  # the store is closed: a retriever process opens it
             split, split_p99, split_cpu = await _split_qps(
                 settings, queries, lambda q: through_actors(q, nc))
             await nc.close()
+    sources10 = [t.sources_ms for t in top10]
+    done10 = [t.done_ms for t in top10]
+    trims = [t.trim_ms for t in top10]
     i50, a50 = percentile(inproc_ms, 50), percentile(actor_ms, 50)
     i99, a99 = percentile(inproc_ms, 99), percentile(actor_ms, 99)
     return {
@@ -313,6 +378,16 @@ async def run(n_chunks: int, n_queries: int, threads: int | None = None) -> dict
         "qps_split": split,
         "loaded_ms_p99_split": round(split_p99, 2),
         "cpu_ms_per_query_split": round(split_cpu, 2),
+        "sources_top10_ms_p50": round(percentile(sources10, 50), 2),
+        "default_top10_ms_p50": round(percentile(done10, 50), 2),
+        "default_top10_ms_p99": round(percentile(done10, 99), 2),
+        "trim_ms_p50": round(percentile(trims, 50), 2),
+        "trim_ms_p99": round(percentile(trims, 99), 2),
+        "compression": TrimmerSettings().compression_method,
+        "compressed_share": round(sum(t.compressed for t in top10) / len(top10), 3),
+        "qps_default_top10": qps10,
+        "loaded_ms_p99_default_top10": round(loaded10_p99, 2),
+        "cpu_ms_per_query_default_top10": round(cpu10_ms, 2),
         "chunks": len(chunks),
     }
 

@@ -24,7 +24,7 @@ from ._settings import (
     Settings,
     default_data_dir,
 )
-from ._trimmer import TrimmerSettings
+from ._trimmer import Compression, TrimmerSettings
 
 __all__ = (
     "AUDIT_PUBLISHERS",
@@ -34,6 +34,7 @@ __all__ = (
     "ROLES",
     "AuditSettings",
     "BridgeSettings",
+    "Compression",
     "ConfigError",
     "EmbedderSettings",
     "HttpStack",

@@ -174,6 +174,16 @@ class EmbedderSettings(_Section, frozen=True, kw_only=True):
     cache: bool = True
     cache_max_bytes: PositiveInt = 1024 * 1024 * 1024
     max_texts: PositiveInt = 2048
+    # requests with lane="query" (a question's vector) run on a second model instance
+    # with its own thread and ``query_threads`` onnxruntime threads, so they never wait
+    # behind a bulk batch already running (~1.5-2 s for 32 x 256 tokens); ~100 MB more
+    query_lane: bool = True
+    query_threads: PositiveInt = 1
+    query_lane_max_texts: PositiveInt = 8
+    # requests admitted at once: each only waits on a batcher, and under the kernel's
+    # runtime.concurrency (64) an ingest's bulk requests would fill every slot and make
+    # a query's request wait in the subscription behind them
+    concurrency: PositiveInt = 1024
 
 
 class IngestorSettings(_Section, frozen=True, kw_only=True):
@@ -222,8 +232,12 @@ class RetrieverSettings(_Section, frozen=True, kw_only=True):
     api_key: Secret | None = None
     data_dir: str | None = None
     shards: list[str] = msgspec.field(default_factory=lambda: ["default"])
-    # build HNSW once writes have been quiet this long (off the request path)
+    # build HNSW (in another process, swapped in when done) once writes have been quiet
+    # this long and enough points are unindexed for the engine to build anything
     optimize_idle_s: Annotated[float, Meta(ge=0)] = 2.0
+    # edge: vectors (KB) a segment holds before it gets HNSW; None: the engine's 10,000
+    # (~6,700 points of 384 dimensions); below it searches are exact, brute force
+    indexing_threshold_kb: PositiveInt | None = None
     # shards a query searches when it names none (default: the ones served here)
     query_shards: list[str] | None = None
     # a shard's share of the query's time; the rest is for trimming and generation

@@ -6,14 +6,17 @@ the chunker and the router agree on what a token is.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
 
 from ._section import Positive, PositiveInt, Section
 
-__all__ = ("TrimmerSettings",)
+__all__ = ("Compression", "TrimmerSettings")
+
+#: how contextual compression scores sentences (see actors/trimmer/_compress.py)
+Compression = Literal["lexical", "embedding", "off"]
 
 _DAY = 24 * 3600.0
 
@@ -39,14 +42,20 @@ class TrimmerSettings(Section, frozen=True, kw_only=True):
     count as the same text (the lower-scored one is dropped); 1.0 drops only
     identical texts.
 
-    Contextual compression keeps, of each hit, the sentences most similar to the
-    question, up to ``compression_ratio`` of its tokens. It runs when the context
-    is over budget: over ``compress_above_tokens`` (a soft budget; a top-10 of
-    200-token chunks is ~1400 tokens and goes to the model at about half that),
-    or over the room the hard budget leaves, whichever is smaller. It costs one
-    embedder call for the hits' sentences (waiting at most ``embed_timeout_s``;
-    without an answer the context is only trimmed), so small contexts are sent
-    as they are.
+    Contextual compression keeps, of each hit, the sentences that score best
+    against the question, up to ``compression_ratio`` of its tokens. It runs when
+    the context is over budget: over ``compress_above_tokens`` (a soft budget; a
+    top-10 of 200-token chunks is ~1400 tokens and goes to the model at about half
+    that), or over the room the hard budget leaves, whichever is smaller.
+    ``compression`` picks the score: ``"lexical"`` (default) is BM25 of the
+    question against each sentence, computed in the trimmer in about a
+    millisecond; ``"embedding"`` is the cosine of sentence embeddings, one
+    embedder call for every sentence of the hits (hundreds of ms for fresh hits
+    on two cores; waiting at most ``embed_timeout_s``, without an answer the
+    context is only trimmed); ``"off"`` only trims. bench.quality compares their
+    cost and how well the compressed context still points at the relevant document
+    (README, Benchmarks). The booleans of earlier versions still load: ``true`` is
+    the default method, ``false`` is ``"off"``.
 
     Memory keeps the last ``memory_turns`` question/answer turns per session for
     ``memory_ttl_s`` after the session's last turn; turns beyond that, or beyond
@@ -69,7 +78,7 @@ class TrimmerSettings(Section, frozen=True, kw_only=True):
     near_duplicate: Fraction = 0.9
     tree_summarize_nodes: PositiveInt = 10
     # contextual compression
-    compression: bool = True
+    compression: Compression | bool = "lexical"
     compress_above_tokens: PositiveInt = 1000
     compression_ratio: Fraction = 0.5
     embed_timeout_s: Positive = 3.0
@@ -81,7 +90,17 @@ class TrimmerSettings(Section, frozen=True, kw_only=True):
     summarizer: bool = True
     summarizer_timeout_s: Positive = 8.0
 
+    @property
+    def compression_method(self) -> Compression:
+        """``compression`` with the old booleans read as methods."""
+        c = self.compression
+        if isinstance(c, bool):
+            return "lexical" if c else "off"
+        return c
+
     def __post_init__(self) -> None:
+        if isinstance(self.compression, bool):  # settings files of earlier versions
+            msgspec.structs.force_setattr(self, "compression", self.compression_method)
         if self.brief_tokens > self.memory_tokens:
             raise ValueError(
                 f"brief_tokens={self.brief_tokens} is above memory_tokens={self.memory_tokens}: "

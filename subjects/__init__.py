@@ -13,7 +13,7 @@ from ._base import (
 )
 from ._breaker import BreakerState, BreakerTransition, breakers_bucket, stored_transition
 from ._control import Cancel
-from ._embed import Embed, Embedded
+from ._embed import Embed, Embedded, EmbedLane
 from ._errors import ERROR_HEADER, ErrorCode, ErrorReply
 from ._events import (
     Cancelled,
@@ -95,6 +95,7 @@ __all__ = (
     "DocListed",
     "Done",
     "Embed",
+    "EmbedLane",
     "Embedded",
     "ErrorCode",
     "ErrorReply",

@@ -1,10 +1,19 @@
-"""The embedder actor: ``Embed`` in, ``Embedded`` out, cached and micro-batched."""
+"""The embedder actor: ``Embed`` in, ``Embedded`` out, cached and micro-batched.
+
+Two lanes: bulk (ingest chunks, compression sentences; batches of up to
+``batch_size`` on all cores) and query (a question's vector: a second model
+instance on a thread of its own with ``query_threads`` threads). A batch cannot be
+interrupted once it runs, so a priority inside one queue would still leave a
+question waiting up to a whole bulk batch (1.5-2 s); a lane of its own leaves it
+waiting for nothing but CPU.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Unpack
 
+import anyio
 import numpy as np
 from nats.js.api import KeyValueConfig, StorageType
 from numpy.typing import NDArray
@@ -38,11 +47,18 @@ class Embedder(Actor):
 
     def __init__(self, settings: Settings | None = None,
                  **options: Unpack[ActorOptions]) -> None:
+        settings = settings or Settings()
+        if options.get("concurrency") is None:
+            options["concurrency"] = settings.embedder.concurrency
         super().__init__(settings, **options)
         self.config = self.settings.embedder
         self.worker = WorkerThread("embedder")
+        self.query_worker = WorkerThread("embedder-query")
         self.model: EmbeddingModel | None = None
         self.batcher: MicroBatcher | None = None
+        #: the query lane (None when ``embedder.query_lane`` is off)
+        self.query_model: EmbeddingModel | None = None
+        self.query_batcher: MicroBatcher | None = None
         self.cache: EmbeddingCache | None = None
         self._lookups = self.metrics.get(
             Counter,
@@ -68,6 +84,11 @@ class Embedder(Actor):
         except ModelLoadError as exc:
             raise UnavailableError(
                 f"embedding model {cfg.model!r} cannot be loaded: {exc}") from exc
+        if cfg.query_lane:
+            self.query_model = await self.query_worker.run(
+                EmbeddingModel.load, cfg.model, batch_size=cfg.query_lane_max_texts,
+                threads=cfg.query_threads, spin_wait=cfg.spin_wait,
+            )
         model = self.model
         kv = None
         if cfg.cache:
@@ -83,27 +104,39 @@ class Embedder(Actor):
         # cache off means off: no shared bucket and no in-process copy either
         self.cache = EmbeddingCache(kv, model.model_id, local_entries=4096 if cfg.cache else 0)
 
-        def embed_batch(texts: Sequence[str]) -> NDArray[np.float32]:
-            self._batch_sizes.labels(self.name).observe(len(texts))
-            return model.embed(texts)
+        sizes = self._batch_sizes.labels(self.name)
+
+        def runs(lane: EmbeddingModel) -> Callable[[Sequence[str]], NDArray[np.float32]]:
+            def embed_batch(texts: Sequence[str]) -> NDArray[np.float32]:
+                sizes.observe(len(texts))
+                return lane.embed(texts)
+            return embed_batch
 
         self.batcher = MicroBatcher(
-            embed_batch,
+            runs(model),
             self.worker,
             dim=model.dim,
             batch_size=cfg.batch_size,
             max_wait_s=cfg.max_wait_ms / 1000,
         )
+        if self.query_model is not None:
+            self.query_batcher = MicroBatcher(
+                runs(self.query_model), self.query_worker, dim=model.dim,
+                batch_size=cfg.query_lane_max_texts, max_wait_s=0.0)
         self.log.info(
             "embedder.model", model_id=model.model_id, dim=model.dim, batch_size=cfg.batch_size
         )
 
     async def background(self) -> None:
         assert self.batcher is not None
-        await self.batcher.run()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.batcher.run)
+            if self.query_batcher is not None:
+                tg.start_soon(self.query_batcher.run)
 
     async def teardown(self) -> None:
         self.worker.close()
+        self.query_worker.close()
 
     @endpoint(lambda s: s.embed, request=Embed)
     async def embed(self, request: Embed, ctx: Context) -> Embedded:
@@ -131,7 +164,10 @@ class Embedder(Actor):
                 todo.setdefault(key, text)
         fresh: dict[str, bytes] = {}
         if todo:
-            vectors = await batcher.embed(list(todo.values()))
+            lane = self.query_batcher if (
+                request.lane == "query" and len(todo) <= self.config.query_lane_max_texts
+            ) else None
+            vectors = await (lane or batcher).embed(list(todo.values()))
             fresh = {k: vectors[i].astype("<f4").tobytes() for i, k in enumerate(todo)}
             await cache.put_many(list(fresh.items()))
         hits = sum(1 for v in cached if v is not None)

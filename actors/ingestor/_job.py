@@ -309,7 +309,9 @@ class JobRunner:
             reply = await self.client.request(
                 self.subjects.embed,
                 Embed(
-                    texts=texts[start : start + self.config.embed_batch], deadline=self._deadline()
+                    texts=texts[start : start + self.config.embed_batch],
+                    deadline=self._deadline(),
+                    lane="bulk",
                 ),
                 Embedded,
             )

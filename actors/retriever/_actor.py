@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Unpack
 
 import anyio
+import msgspec
 import numpy as np
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
@@ -46,6 +47,7 @@ from ._query import dense_array, gather, prepare, to_sources
 from .store import (
     DimensionMismatchError,
     EdgeStore,
+    EdgeTuning,
     Filter,
     Hit,
     InvalidPointError,
@@ -53,6 +55,7 @@ from .store import (
     ServerStore,
     StoreError,
     VectorStore,
+    build_command,
 )
 
 __all__ = ("Retriever",)
@@ -70,9 +73,11 @@ class Retriever(Actor):
         self.worker = WorkerThread("retriever")
         self.stores: dict[str, VectorStore] = {}
         self._last_write: dict[str, float] = {}
-        self._optimized: dict[str, bool] = {}
+        # writes to a shard wait while a build copies its files
+        self._writes = {shard: anyio.Lock() for shard in self.config.shards}
+        self._retry_build_at: dict[str, float] = {}
         self.optimizations = 0
-        self._optimizing = 0
+        self._building = 0
         self.cache: RetrievalCache | None = None
         self._corpus: KeyValue | None = None
         self._models: dict[str, str] = {}  # shard -> its model, as last read or written
@@ -101,7 +106,8 @@ class Retriever(Actor):
             return ServerStore(client, collection, owns_client=True)
         root = Path(self.config.data_dir) if self.config.data_dir else \
             self.settings.data_root / "qdrant"
-        return EdgeStore(root / shard)
+        return EdgeStore(root / shard, tuning=EdgeTuning(
+            indexing_threshold_kb=self.config.indexing_threshold_kb))
 
     async def setup(self) -> None:
         for shard in self.config.shards:
@@ -148,27 +154,67 @@ class Retriever(Actor):
         self.worker.close()
 
     async def background(self) -> None:
-        """Build HNSW once writes to a shard have been quiet for ``optimize_idle_s``."""
+        """Build HNSW for a shard once enough of it is unindexed for the engine to build
+        anything and writes to it have been quiet for ``optimize_idle_s``.
+
+        A build holds the GIL and the shard for seconds to minutes, so it runs in
+        another process on a copy (see ``EdgeStore``): this process keeps serving
+        searches (brute force over the unindexed points) and writes meanwhile.
+        Below the engine's indexing threshold (~6,700 points of 384 dimensions by
+        default) there is nothing to build and nothing is started.
+        """
         idle = self.config.optimize_idle_s
         while True:
             await anyio.sleep(max(0.05, idle / 4))
             now = time.monotonic()
-            for shard, last in list(self._last_write.items()):
-                if not self._optimized.get(shard, True) and now - last >= idle:
-                    self._optimized[shard] = True
-                    self._optimizing += 1
-                    try:
-                        rebuilt = await self.worker.run(self.stores[shard].optimize)
-                    finally:
-                        self._optimizing -= 1
-                    self.optimizations += int(rebuilt)
-                    self.log.info("retriever.optimized", shard=shard, rebuilt=rebuilt)
+            for shard, store in list(self.stores.items()):
+                if (isinstance(store, EdgeStore) and store.needs_index
+                        and now - self._last_write.get(shard, 0.0) >= idle
+                        and now >= self._retry_build_at.get(shard, 0.0)):
+                    await self._build(shard, store)
+
+    async def _build(self, shard: str, store: EdgeStore) -> None:
+        """One index build of ``shard`` in a child process, swapped in when done."""
+        self._building += 1
+        started = time.perf_counter()
+        try:
+            try:
+                async with self._writes[shard]:  # no write between the flush and the copy
+                    target = await self.worker.run(store.begin_build)
+                    await anyio.to_thread.run_sync(store.copy_to, target)
+                copied = time.perf_counter()
+                done = await anyio.run_process(build_command(target, store.tuning),
+                                               check=False)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await self.worker.run(store.abort_build)
+                raise
+            if done.returncode != 0:
+                await self.worker.run(store.abort_build)
+                self._retry_build_at[shard] = time.monotonic() + 60
+                self.log.error("retriever.build_failed", shard=shard, code=done.returncode,
+                               error=done.stderr.decode(errors="replace")[-2000:])
+                return
+            built = time.perf_counter()
+            replayed = await self.worker.run(store.install, target)
+            swapped = time.perf_counter()
+            await anyio.to_thread.run_sync(store.discard_replaced)
+        finally:
+            self._building -= 1
+        report = msgspec.json.decode(done.stdout.strip().splitlines()[-1]) \
+            if done.stdout.strip() else {}
+        self.optimizations += int(bool(report.get("rebuilt")))
+        self.log.info("retriever.index_built", shard=shard, rebuilt=report.get("rebuilt"),
+                      copy_s=round(copied - started, 3), build_s=round(built - copied, 3),
+                      swap_s=round(swapped - built, 3), replayed=replayed,
+                      points=await self.worker.run(store.count))
 
     @property
     def optimized(self) -> bool:
-        """Every write so far has been followed by a finished index build (benchmarks wait
-        for it: searches of a shard still being written fall back to brute force)."""
-        return self._optimizing == 0 and all(self._optimized.values())
+        """No index build is running or due (benchmarks wait for it: searches of points
+        not indexed yet are brute force)."""
+        return self._building == 0 and not any(
+            isinstance(store, EdgeStore) and store.needs_index for store in self.stores.values())
 
     def _store(self, shard: str) -> VectorStore:
         try:
@@ -238,14 +284,14 @@ class Retriever(Actor):
             return store.count()
 
         try:
-            points = await self.worker.run(apply)
+            async with self._writes[request.collection]:
+                points = await self.worker.run(apply)
         except DimensionMismatchError as exc:
             raise BadRequestError(str(exc), details={"model_id": request.model_id}) from None
         except InvalidPointError as exc:
             raise BadRequestError(str(exc)) from None
         if records or request.deletes or request.patches:
             self._last_write[request.collection] = time.monotonic()
-            self._optimized[request.collection] = False
         return IndexApplied(request_id=request.request_id, upserted=len(records),
                             deleted=len(request.deletes),
                             patched=sum(len(p.ids) for p in request.patches), points=points)

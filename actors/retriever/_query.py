@@ -128,7 +128,7 @@ async def gather(ctx: Context, client: Client, subjects: Subjects, query: Query,
     async def dense_half() -> None:
         nonlocal vector, model
         e = time.perf_counter()
-        reply = await ctx.request(subjects.embed, Embed(texts=[prepared.text],
+        reply = await ctx.request(subjects.embed, Embed(texts=[prepared.text], lane="query",
                                                         deadline=ctx.deadline), Embedded)
         vector, model = reply.vectors, reply.model_id
         timings["embed"] = (time.perf_counter() - e) * 1000

@@ -35,7 +35,7 @@ from ragbus.subjects import ContextReady, Done, Generate, Trim, TrimInfo, TurnDo
 
 from ._brief import fallback_brief, summarize
 from ._budget import Budget
-from ._compress import compress, embed, sentences, similarities
+from ._compress import compress, embed, lexical_scores, similarities, split
 from ._locks import KeyedLocks
 from ._memory import (
     BriefSource,
@@ -118,11 +118,12 @@ class ContextTrimmer(Actor):
 
         nodes = from_sources(request.sources)
         before = context_tokens(nodes)
-        ratio = cfg.compression_ratio if cfg.compression else 1.0
+        method = cfg.compression_method
+        ratio = cfg.compression_ratio if method != "off" else 1.0
         nodes = shortlist(dedupe(nodes, cfg.near_duplicate), room, ratio=ratio,
                           min_nodes=cfg.min_nodes)
         compressed = False
-        if cfg.compression and room > 0 and context_tokens(nodes) > min(
+        if method != "off" and room > 0 and context_tokens(nodes) > min(
                 room, cfg.compress_above_tokens):
             nodes, compressed = await self._compress(nodes, request, ctx)
         kept = fit(nodes, room, min_nodes=cfg.min_nodes, min_node_tokens=cfg.min_node_tokens)
@@ -184,18 +185,30 @@ class ContextTrimmer(Actor):
 
     async def _compress(self, nodes: list[Node], request: Trim,
                         ctx: Context) -> tuple[list[Node], bool]:
-        """Nodes cut to their sentences most similar to the question, if the embedder
-        answers in time; else the nodes as they were.
+        """Nodes cut to their sentences that score best against the question (see
+        ``trimmer.compression``); with embeddings, the nodes as they were if the
+        embedder does not answer in time.
+        """
+        cfg = self.config
+        parts = [list(split(n.text)) if n.tokens > cfg.min_node_tokens else [] for n in nodes]
+        if not any(parts):
+            return nodes, False
+        if cfg.compression_method == "lexical":
+            scores = lexical_scores(request.question, parts)
+            return compress(nodes, parts, scores, cfg.compression_ratio,
+                            keep_below=cfg.min_node_tokens), True
+        return await self._compress_embedded(nodes, parts, request, ctx)
+
+    async def _compress_embedded(self, nodes: list[Node], parts: list[list[str]],
+                                 request: Trim, ctx: Context) -> tuple[list[Node], bool]:
+        """Compression by embedding cosine.
 
         The retriever's vector of the question is reused when it came along (same
         embedder, so the same space); otherwise the question is embedded with the
         sentences, in the same call.
         """
         cfg = self.config
-        parts = [sentences(n.text) if n.tokens > cfg.min_node_tokens else [] for n in nodes]
         flat = [p for ps in parts for p in ps]
-        if not flat:
-            return nodes, False
         given = np.frombuffer(request.question_vector, dtype="<f4") \
             if request.question_vector else None
         texts = flat if given is not None else [request.question, *flat]

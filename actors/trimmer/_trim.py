@@ -24,6 +24,7 @@ import math
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Literal
 
 from ragbus.runtime.text import count_tokens, count_tokens_batch, truncate
@@ -96,6 +97,7 @@ def context_tokens(nodes: Sequence[Node]) -> int:
     return sum(n.tokens for n in nodes)
 
 
+@lru_cache(maxsize=1024)  # hits repeat across questions: each text is shingled once
 def _shingles(text: str) -> frozenset[tuple[str, ...]]:
     words = _WORD.findall(text.casefold())
     n = min(_SHINGLE, len(words))

@@ -44,11 +44,11 @@ def analyze(text: str) -> list[str]:
     """The terms of ``text``: lower-cased, stop words dropped, possessives and suffixes
     stripped."""
     terms = []
-    for match in _TOKEN.finditer(text.lower()):
-        word = match.group()
-        if word.endswith("'s"):
-            word = word[:-2]
-        word = word.replace("'", "")
+    for word in _TOKEN.findall(text.lower()):
+        if "'" in word:  # rare: keep the common case free of string edits
+            if word.endswith("'s"):
+                word = word[:-2]
+            word = word.replace("'", "")
         if word and word not in _STOP:
             terms.append(_stem(word))
     return terms

@@ -8,7 +8,7 @@ the engines' own model classes, and raise only the :class:`StoreError` family on
 purpose.
 """
 
-from ._edge import EdgeStore
+from ._edge import EdgeStore, build_command
 from ._errors import (
     BackendError,
     CollectionMissingError,
@@ -52,4 +52,5 @@ __all__ = (
     "StoreUnavailableError",
     "StoredPoint",
     "VectorStore",
+    "build_command",
 )

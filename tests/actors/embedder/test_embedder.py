@@ -145,3 +145,48 @@ async def test_actor_keeps_answering_while_the_model_runs(nats_url: str, nc: NAT
             order.append("ping")
     assert [p["name"] for p in pings] == ["embedder"]
     assert order == ["ping", "embed"]  # discovery answered while inference was running
+
+
+async def test_a_query_lane_request_does_not_wait_behind_a_running_bulk_batch(
+    nats_url: str, nc: NATS
+) -> None:
+    long_texts = [" ".join(f"word{i}x{j}" for j in range(180)) for i in range(64)]
+    order: list[str] = []
+    client = Client(nc)
+    async with running(Embedder(make_settings(nats_url, cache=False))) as (embedder,):
+        assert embedder.batcher is not None
+        assert embedder.query_batcher is not None
+
+        async def bulk() -> None:
+            # bulk: the default; two batches of 32, seconds each (more on a busy machine)
+            await client.request(EMBED, Embed(texts=long_texts), Embedded, timeout=300)
+            order.append("bulk")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(bulk)
+            with anyio.fail_after(30):
+                while not len(embedder.inflight):  # noqa: ASYNC110 - polling a counter
+                    await anyio.sleep(0.001)
+            await anyio.sleep(0.05)  # the first bulk batch is on the worker thread
+            reply = await client.request(
+                EMBED, Embed(texts=["how do otters sleep?"], lane="query"), Embedded, timeout=60)
+            order.append("query")
+        assert embedder.query_batcher.texts_embedded == 1
+        assert embedder.batcher.texts_embedded == 64
+        assert embedder.model is not None
+        np.testing.assert_allclose(vectors(reply), embedder.model.embed(["how do otters sleep?"]),
+                                   atol=1e-5)  # the same vector space in both lanes
+        # more texts than the query lane takes are served in bulk
+        many = [f"q{i}" for i in range(embedder.config.query_lane_max_texts + 1)]
+        await client.request(EMBED, Embed(texts=many, lane="query"), Embedded)
+        assert embedder.query_batcher.texts_embedded == 1
+    assert order == ["query", "bulk"]
+
+
+async def test_without_the_query_lane_every_request_is_bulk(nats_url: str, nc: NATS) -> None:
+    settings = make_settings(nats_url, cache=False, query_lane=False)
+    async with running(Embedder(settings)) as (embedder,):
+        await Client(nc).request(EMBED, Embed(texts=["a question"], lane="query"), Embedded)
+        assert embedder.query_batcher is None
+        assert embedder.batcher is not None
+        assert embedder.batcher.texts_embedded == 1

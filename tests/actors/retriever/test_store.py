@@ -8,6 +8,7 @@ geometry is tiny and known: point ``i`` lies on axis ``i`` of a 16-dim space.
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +37,7 @@ from ragbus.actors.retriever.store import (
     StoreLockedError,
     StoreUnavailableError,
     VectorStore,
+    build_command,
 )
 from ragbus.subjects import SparseVector
 from tests.support.ports import free_port
@@ -483,6 +485,100 @@ def test_edge_filtered_recall_after_optimize(tmp_path: Path) -> None:
             recall.append(len(truth & set(ids_of(hits))) / 10)
 
     assert float(np.mean(recall)) >= 0.95
+
+
+def _points(rng: np.random.Generator, start: int, n: int) -> list[Record]:
+    vectors = rng.standard_normal((n, DIM)).astype(np.float32)
+    return [Record(id=pid(start + i), dense=vectors[i].tolist(), payload={"n": start + i})
+            for i in range(n)]
+
+
+def test_edge_needs_an_index_only_past_the_engines_threshold(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    tuning = EdgeTuning(indexing_threshold_kb=4)  # 4 KB of 16 float32s: 64 points
+    with EdgeStore(tmp_path, tuning=tuning) as s:
+        s.ensure_collection(DIM)
+        assert s.index_threshold_points == 64
+        s.upsert(_points(rng, 0, 63))
+        assert not s.needs_index  # an optimize would find nothing to build
+        s.upsert(_points(rng, 63, 1))
+        assert s.needs_index
+        assert s.optimize() is True
+        assert not s.needs_index
+    # the default threshold is the engine's, in points of the shard's size
+    with EdgeStore(tmp_path / "default") as s:
+        s.ensure_collection(384)
+        assert s.index_threshold_points == 10_000 * 1024 // (4 * 384)
+    # reopened never built (one segment): its points count as unindexed
+    with EdgeStore(tmp_path / "unbuilt", tuning=tuning) as s:
+        s.ensure_collection(DIM)
+        s.upsert(_points(rng, 0, 100))
+    with EdgeStore(tmp_path / "unbuilt", tuning=tuning) as s:
+        assert s.needs_index
+
+
+def test_edge_builds_in_another_process_while_the_live_shard_serves(tmp_path: Path) -> None:
+    """The copy is built by a child process; meanwhile the live shard answers searches and
+    takes writes, and those writes are replayed onto the built copy when it is swapped in."""
+    rng = np.random.default_rng(5)
+    tuning = EdgeTuning(indexing_threshold_kb=4)
+    with EdgeStore(tmp_path / "s", tuning=tuning) as s:
+        s.ensure_collection(DIM)
+        s.upsert(_points(rng, 0, 300))
+        assert s.needs_index
+        target = s.begin_build()
+        s.copy_to(target)
+        child = subprocess.Popen(build_command(target, tuning), stdout=subprocess.PIPE)
+        # served meanwhile: searches, an upsert, a soft delete, a hard delete
+        query = rng.standard_normal(DIM).tolist()
+        assert len(s.search(query, limit=5)) == 5
+        s.upsert(_points(rng, 300, 20))
+        s.set_payload([pid(1)], {"deleted": True})
+        s.delete([pid(2)])
+        out, _ = child.communicate(timeout=120)
+        assert child.returncode == 0
+        assert msgspec.json.decode(out)["rebuilt"] is True
+        assert s.install(target) == 3  # the three writes, replayed
+        s.discard_replaced()
+        assert s.count(filter=Filter()) == 318  # 320 written, one deleted, one soft-deleted
+        assert {p.id for p in s.retrieve([pid(1), pid(2), pid(310)])} == {pid(1), pid(310)}
+        assert [h.id for h in s.search(query, limit=400)].count(pid(1)) == 0  # soft-deleted
+        assert not s.needs_index  # 20 new points: below the threshold
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]  # no copy left behind
+    with EdgeStore(tmp_path / "s", tuning=tuning) as s:
+        assert s.count(filter=Filter()) == 318
+
+
+def test_edge_undoes_a_swap_that_a_crash_interrupted(tmp_path: Path) -> None:
+    rng = np.random.default_rng(6)
+    with EdgeStore(tmp_path / "s") as s:
+        s.ensure_collection(DIM)
+        s.upsert(_points(rng, 0, 10))
+    # the crash came after the live files were moved aside, before the new ones were in
+    aside = tmp_path / "s.swapping"
+    aside.mkdir()
+    for entry in (tmp_path / "s").iterdir():
+        if entry.name != ".ragbus-store.lock":
+            entry.rename(aside / entry.name)
+    (tmp_path / "s" / "segments").mkdir()  # part of the new files
+    (tmp_path / "s.build").mkdir()  # and the copy the build worked on
+    with EdgeStore(tmp_path / "s") as s:
+        assert s.count(filter=Filter()) == 10
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+
+
+def test_edge_abandoned_build_keeps_the_live_shard(tmp_path: Path) -> None:
+    rng = np.random.default_rng(8)
+    with EdgeStore(tmp_path / "s", tuning=EdgeTuning(indexing_threshold_kb=4)) as s:
+        s.ensure_collection(DIM)
+        s.upsert(_points(rng, 0, 100))
+        s.copy_to(s.begin_build())
+        assert s.building
+        s.upsert(_points(rng, 100, 5))
+        s.abort_build()
+        assert not s.building
+        assert not s.build_path.exists()
+        assert s.count(filter=Filter()) == 105
 
 
 # -- server only -----------------------------------------------------------------------------

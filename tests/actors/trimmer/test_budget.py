@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from ragbus.actors.trimmer._budget import Budget
@@ -78,3 +80,33 @@ def test_settings_load_from_the_environment() -> None:
     assert cfg.memory_ttl_s == 60
     assert cfg.min_nodes == 5
     assert TrimmerSettings().memory_ttl_s == 30 * 24 * 3600
+
+
+@pytest.mark.parametrize(
+    ("env", "method"),
+    [
+        ({}, "lexical"),
+        ({"RAGBUS_TRIMMER__COMPRESSION": "embedding"}, "embedding"),
+        ({"RAGBUS_TRIMMER__COMPRESSION": "off"}, "off"),
+        # the booleans of earlier versions: on is the shipped method, off is off
+        ({"RAGBUS_TRIMMER__COMPRESSION": "true"}, "lexical"),
+        ({"RAGBUS_TRIMMER__COMPRESSION": "false"}, "off"),
+    ],
+)
+def test_compression_names_its_method_and_old_booleans_still_load(
+    env: dict[str, str], method: str
+) -> None:
+    cfg = load_settings(env=env).settings.trimmer
+    assert cfg.compression == cfg.compression_method == method
+
+
+def test_a_boolean_compression_in_a_toml_file_still_loads(tmp_path: Path) -> None:
+    path = tmp_path / "ragbus.toml"
+    path.write_text("[trimmer]\ncompression = false\n")
+    assert load_settings(path, env={}).settings.trimmer.compression == "off"
+    assert TrimmerSettings(compression=True).compression == "lexical"
+
+
+def test_an_unknown_compression_method_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"trimmer\.compression"):
+        load_settings(env={"RAGBUS_TRIMMER__COMPRESSION": "fuzzy"})

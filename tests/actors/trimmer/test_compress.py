@@ -1,7 +1,8 @@
-"""Sentence selection for contextual compression, given the similarities.
+"""Sentence selection for contextual compression, given the scores, and the lexical score.
 
-The similarities themselves come from the real embedder over the bus; that path
-is tested in test_trimmer.py. Here the selection rules are pinned down.
+Embedding similarities come from the real embedder over the bus; that path is
+tested in test_trimmer.py. Here the selection rules and the lexical score are
+pinned down.
 """
 
 from __future__ import annotations
@@ -10,7 +11,13 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ragbus.actors.trimmer._compress import compress, compress_node, sentences, similarities
+from ragbus.actors.trimmer._compress import (
+    compress,
+    compress_node,
+    lexical_scores,
+    sentences,
+    similarities,
+)
 from ragbus.actors.trimmer._trim import from_sources
 from ragbus.runtime.text import count_tokens
 from ragbus.subjects import Source
@@ -64,6 +71,34 @@ def test_small_nodes_are_left_whole_and_the_rest_cut_to_the_ratio() -> None:
     assert out[0] == nodes[0]
     assert out[1].tokens <= nodes[1].tokens // 2
     assert out[1].tokens == count_tokens(out[1].text)
+
+
+def test_lexical_scores_rank_sentences_with_the_questions_terms_first() -> None:
+    question = "Does smoking raise the risk of lung cancer?"
+    parts = [
+        ["The weather was mild.", "Smokers had a higher risk of lung cancers than others.",
+         "Risk was measured yearly."],
+        ["Cancer registries were consulted.", "Nothing else happened."],
+    ]
+    scores = lexical_scores(question, parts)
+    assert [len(s) for s in scores] == [3, 2]
+    first = scores[0]
+    # stemmed like the keyword search: "Smokers", "cancers" match "smoking", "cancer"
+    assert first[1] > first[2] > first[0] == 0.0
+    assert scores[1][0] > scores[1][1] == 0.0
+
+
+def test_a_rare_question_term_outweighs_a_common_one() -> None:
+    # "cells" is in every sentence of the context, "apoptosis" in one: that one wins
+    parts = [["Cells divide.", "Cells grow.", "Cells undergo apoptosis.", "Cells move."]]
+    scores = lexical_scores("apoptosis in cells", parts)[0]
+    assert scores.index(max(scores)) == 2
+
+
+def test_a_question_of_stop_words_only_scores_nothing() -> None:
+    assert lexical_scores("Is it to be?", [["It is here.", "To be or not."], []]) == [
+        [0.0, 0.0], []]
+    assert lexical_scores("anything", [[], []]) == [[], []]
 
 
 def test_similarities_are_cosines() -> None:

@@ -217,10 +217,13 @@ def vaccine_hits() -> list[Source]:
     return hits
 
 
+@pytest.mark.parametrize("method", ["lexical", "embedding"])
 async def test_an_over_budget_context_keeps_the_sentences_about_the_question(
-    nats_url: str, nc: NATS
+    nats_url: str, nc: NATS, method: str
 ) -> None:
-    settings = make_settings(nats_url)
+    # the embedder's answer is waited for however busy the machine is: what is kept is
+    # the point here, the timeout has its own test
+    settings = make_settings(nats_url, compression=method, embed_timeout_s=60.0)
     hits = vaccine_hits()
 
     def trim(sources: list[Source]) -> Trim:
@@ -269,7 +272,7 @@ async def test_an_over_budget_context_keeps_the_sentences_about_the_question(
 async def test_the_retrievers_question_vector_is_used_for_compression(
     nats_url: str, nc: NATS
 ) -> None:
-    settings = make_settings(nats_url)
+    settings = make_settings(nats_url, compression="embedding", embed_timeout_s=60.0)
     hits = vaccine_hits()[:5]
     client = Client(nc)
 
@@ -303,13 +306,39 @@ async def test_the_retrievers_question_vector_is_used_for_compression(
     assert [n.text for n in wrong_size.nodes] == [h.text for h in hits]
 
 
-async def test_without_an_embedder_the_context_is_trimmed_uncompressed(
+async def test_lexical_compression_needs_no_embedder(nats_url: str, nc: NATS) -> None:
+    hits = vaccine_hits()
+    trim = Trim(question=VACCINE_QUESTION, sources=hits, generate=False,
+                reply_to=nc.new_inbox())
+    async with running(ContextTrimmer(make_settings(nats_url))):  # the default: lexical
+        events = await events_of(nc, trim)
+    ready = events[0]
+    assert isinstance(ready, ContextReady), events
+    assert ready.trim_info.compressed
+    assert [n.chunk_id for n in ready.nodes] == [h.chunk_id for h in hits]
+    for node, relevant in zip(ready.nodes, RELEVANT, strict=False):
+        assert relevant in node.text
+
+
+async def test_compression_off_only_trims(nats_url: str, nc: NATS) -> None:
+    hits = vaccine_hits()
+    trim = Trim(question=VACCINE_QUESTION, sources=hits[:4], generate=False,
+                reply_to=nc.new_inbox())
+    async with running(ContextTrimmer(make_settings(nats_url, compression="off"))):
+        events = await events_of(nc, trim)
+    ready = events[0]
+    assert isinstance(ready, ContextReady), events
+    assert not ready.trim_info.compressed  # ~1100 tokens: over the soft budget, under the cap
+    assert [n.text for n in ready.nodes] == [h.text for h in hits[:4]]
+
+
+async def test_without_an_embedder_embedding_compression_leaves_the_context_uncompressed(
     nats_url: str, nc: NATS
 ) -> None:
     hits = vaccine_hits()
     trim = Trim(question=VACCINE_QUESTION, sources=hits, generate=False,
                 reply_to=nc.new_inbox())
-    async with running(ContextTrimmer(make_settings(nats_url))):
+    async with running(ContextTrimmer(make_settings(nats_url, compression="embedding"))):
         events = await events_of(nc, trim)
     ready = events[0]
     assert isinstance(ready, ContextReady), events

@@ -1,0 +1,70 @@
+"""The retriever's index side: writes, and HNSW builds that never stop searches."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import anyio
+import numpy as np
+
+from ragbus.actors.retriever import Retriever
+from ragbus.config import NatsSettings, RetrieverSettings, RuntimeSettings, Settings
+from ragbus.runtime import Client
+from ragbus.runtime.connection import NATS
+from ragbus.subjects import IndexApplied, IndexUpdate, PointUpsert, Search, SearchResult, Subjects
+from tests.support import running
+
+S = Subjects()
+DIM = 16
+
+
+def points(rng: np.random.Generator, start: int, n: int) -> list[PointUpsert]:
+    vectors = rng.standard_normal((n, DIM)).astype("<f4")
+    return [PointUpsert(id=str(uuid.UUID(int=start + i + 1)), vector=vectors[i].tobytes(),
+                        payload={"doc_id": f"d{start + i}", "text": "t", "deleted": False})
+            for i in range(n)]
+
+
+async def test_an_index_build_runs_elsewhere_while_searches_are_answered(
+    nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
+    """The build holds the GIL for its whole length, so in the retriever's process it
+    would freeze every search; in a child process, searches go on and are answered
+    while it runs, and it starts only once enough points are unindexed."""
+    settings = Settings(
+        nats=NatsSettings(url=nats_url),
+        runtime=RuntimeSettings(default_timeout_s=30),
+        # 4 KB of 16 float32s: segments of 64 points and more get HNSW
+        retriever=RetrieverSettings(data_dir=str(tmp_path / "qdrant"), optimize_idle_s=0.2,
+                                    indexing_threshold_kb=4),
+    )
+    rng = np.random.default_rng(1)
+    client = Client(nc, S)
+    retriever = Retriever(settings)
+    query = rng.standard_normal(DIM).astype("<f4").tobytes()
+    async with running(retriever):
+        async def write(start: int, n: int) -> None:
+            await client.request(S.index_apply("default"), IndexUpdate(
+                model_id="m", dim=DIM, upserts=points(rng, start, n)), IndexApplied, timeout=30)
+
+        await write(0, 60)  # below the threshold: nothing to build
+        await anyio.sleep(0.6)
+        assert retriever.optimized
+        assert retriever.optimizations == 0
+
+        await write(60, 240)
+        answered_during_build = 0
+        with anyio.fail_after(120):
+            while not (retriever.optimized and retriever.optimizations == 1):
+                building = not retriever.optimized
+                result = await client.request(S.search("default"), Search(
+                    shard="default", dense=query, limit=5), SearchResult, timeout=5)
+                assert len(result.dense) == 5
+                if building and not retriever.optimized:
+                    answered_during_build += 1
+                await anyio.sleep(0.01)
+        assert answered_during_build > 0
+        store = retriever.stores["default"]
+        assert await retriever.worker.run(store.count) == 300
+    assert sorted(p.name for p in (tmp_path / "qdrant").iterdir()) == ["default"]
