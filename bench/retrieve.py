@@ -52,7 +52,7 @@ from ragbus.actors.embedder import Embedder
 from ragbus.actors.ingestor._chunking import chunk_text
 from ragbus.actors.ingestor._readers import read_file
 from ragbus.actors.retriever import Retriever
-from ragbus.actors.retriever._fusion import rrf
+from ragbus.actors.retriever._fusion import collapse, fuse
 from ragbus.actors.retriever._query import to_sources
 from ragbus.actors.retriever.store import Filter
 from ragbus.actors.retriever.store import SparseVector as StoreSparse
@@ -256,8 +256,11 @@ async def run(n_chunks: int, n_queries: int, threads: int | None = None) -> dict
                         both.start_soon(keyword_half)
                         vec = (await embedder.worker.run(model.embed, [question]))[0]
                     dense = await retriever.worker.run(search, vec.tolist())
-                    hits = rrf([[SearchHit(chunk_id=h.id, score=h.score, payload=h.payload)
-                                 for h in lst] for lst in (dense, keyword)])
+                    rcfg = settings.retriever
+                    d, k = ([SearchHit(chunk_id=h.id, score=h.score, payload=h.payload)
+                             for h in lst] for lst in (dense, keyword))
+                    hits = collapse(fuse(d, k, rcfg.fusion, rrf_k=rcfg.rrf_k,
+                                         dense_weight=rcfg.dense_weight), rcfg.per_doc)
                     sources = to_sources(hits, TOP_K, widen=False)
                     budget = Budget.from_settings(cfg, None)
                     room = budget.context_for(count_tokens(question), 0)

@@ -43,7 +43,7 @@ from ragbus.subjects._audit import AuditKind
 
 from ._cache import CachedSources, RetrievalCache, answer_scope, retrieval_key
 from ._filters import to_store_filter
-from ._query import dense_array, gather, prepare, to_sources
+from ._query import Ranking, dense_array, gather, prepare, to_sources
 from .store import (
     DimensionMismatch,
     EdgeStore,
@@ -248,9 +248,11 @@ class Retriever(Actor):
         prepared = prepare(request, cfg.max_top_k)
         shards = request.collections or cfg.query_shards or cfg.shards
         versions = {s: self.corpus_versions.get(s, 0) for s in shards}
+        ranking = Ranking(fusion=cfg.fusion, dense_weight=cfg.dense_weight, rrf_k=cfg.rrf_k,
+                          per_doc=cfg.per_doc, candidates=cfg.candidates)
         key = retrieval_key(question=prepared.text, filters=prepared.filters,
                             top_k=request.top_k, mode=request.retrieval, widen=request.widen,
-                            shards=versions)
+                            shards=versions, ranking=repr(ranking))
         cached = await self.cache.get(key) if self.cache is not None else None
         timings: dict[str, float] = {}
         if cached is not None:
@@ -261,8 +263,8 @@ class Retriever(Actor):
             if self.cache is not None:
                 self._cache_lookups.labels(self.name, "miss").inc()
             gathered = await gather(ctx, Client(self.nc, self.subjects), self.subjects,
-                                    request, prepared, shards, candidates=cfg.candidates,
-                                    search_timeout_s=cfg.search_timeout_s, rrf_k=cfg.rrf_k,
+                                    request, prepared, shards,
+                                    search_timeout_s=cfg.search_timeout_s, ranking=ranking,
                                     local={s: partial(self.search, ctx=ctx) for s in shards
                                            if s in self.stores})
             sources = to_sources(gathered.hits, request.top_k, widen=request.widen)

@@ -27,11 +27,13 @@ def answer_scope(*, filters: QueryFilters | None, shards: dict[str, int]) -> str
 
 
 def retrieval_key(*, question: str, filters: QueryFilters | None, top_k: int, mode: str,
-                  widen: bool, shards: dict[str, int]) -> str:
-    """``shards`` maps each searched shard to its corpus version."""
+                  widen: bool, shards: dict[str, int], ranking: str = "") -> str:
+    """``shards`` maps each searched shard to its corpus version; ``ranking`` names how
+    hits are fused and collapsed, so a retriever restarted with other settings does not
+    serve rankings made under the old ones."""
     canonical = msgspec.json.encode({
         "q": " ".join(question.lower().split()), "f": filters, "k": top_k, "m": mode,
-        "w": widen, "s": sorted(shards.items()),
+        "w": widen, "s": sorted(shards.items()), "r": ranking,
     })
     return hashlib.sha256(canonical).hexdigest()
 
