@@ -1,11 +1,14 @@
-"""Retrieval quality on BEIR SciFact through the real query path.
+"""Retrieval quality on a BEIR set through the real query path (SciFact by default).
 
 Ingests the corpus through the actors (ingestor -> embedder -> retriever), then
-asks each of the 300 judged test queries as a ``Query`` on the bus, once per
-retrieval mode, and scores nDCG@10 against the qrels. Chunks are ranked, so a
-document's rank is that of its best chunk. ``compression_ratio`` is the share of
-context tokens the context-trimmer removes at top_k 10 (null until that actor
-exists).
+asks each judged test query as a ``Query`` on the bus, once per retrieval mode and
+once naming no mode (``default``: what a user gets without choosing), with
+``top_k`` 10, and scores nDCG@10 on the documents of the sources returned, in
+order. ``compression_ratio`` is the share of context tokens the context-trimmer
+removes at top_k 10. ``--data DIR`` takes any BEIR layout (corpus.jsonl,
+queries.jsonl, qrels/test.tsv; ids may be strings), e.g. the man pages set that
+``python -m bench.manpages`` builds. ``--warm`` fills the embedder's cache with
+vectors ``bench.variants`` computed before (same model, same texts).
 
 The published dense figure (0.6451 for all-MiniLM-L6-v2) embeds each document
 once, title and text cut at 256 tokens. The real path chunks documents instead,
@@ -13,7 +16,7 @@ which changes the score (long abstracts are searched whole). ``--whole-docs``
 also scores the published protocol with the same model object, as
 ``dense_ndcg10_whole_docs``: whether the model is faithful, apart from chunking.
 
-    python -m bench.quality [--data DIR] [--queries N] [--whole-docs]
+    python -m bench.quality [--data DIR] [--queries N] [--whole-docs] [--warm]
 """
 
 from __future__ import annotations
