@@ -119,6 +119,13 @@ def study(corpus: Corpus, cache: VectorCache, *, context: bool = True,
     kw_parent = Keyword([text for _, text in parents], BM25Encoder())
     kwp_scores = [kw_parent.scores(q)[unit_parent] for q in questions]
 
+    # section-level vectors beside chunk vectors (when the parents were embedded): a
+    # chunk scores the better of its own cosine and its parent section's
+    parent_texts = [text for _, text in parents]
+    section_scores = None
+    if cache.has(parent_texts):
+        section_scores = np.maximum(ctx_scores, (qv @ cache.get(parent_texts).T)[:, unit_parent])
+
     def score(system: System) -> float:
         total = 0.0
         for i, qid in enumerate(qids):
@@ -159,6 +166,11 @@ def study(corpus: Corpus, cache: VectorCache, *, context: bool = True,
         def kp(i: int, n: int = n) -> list[SearchHit]:
             return hits(units, kwp_scores[i], n, positive=True)
 
+        @functools.cache
+        def ds(i: int, n: int = n) -> list[SearchHit]:
+            assert section_scores is not None
+            return hits(units, section_scores[i], n)
+
         for per_doc in (0, 1):
             def c(f: System, p: int = per_doc) -> System:
                 return lambda i: fusion.collapse(f(i), p)
@@ -166,6 +178,12 @@ def study(corpus: Corpus, cache: VectorCache, *, context: bool = True,
             tag = {"candidates": n, "per_doc": per_doc}
             yield run("dense", c(d), **tag)
             yield run("dense+context", c(dc), **tag)
+            if section_scores is not None:
+                yield run("dense+context+sections", c(ds), **tag)
+
+                def dsf(i: int) -> list[SearchHit]:
+                    return fusion.dbsf(ds(i), kt(i), 0.7)
+                yield run("dbsf0.7 dense+context+sections|keyword+context", c(dsf), **tag)
             yield run("keyword", c(k), **tag)
             yield run("keyword+context", c(kt), **tag)
             yield run("keyword-code", c(kc), **tag)

@@ -58,6 +58,10 @@ class VectorCache:
     def __len__(self) -> int:
         return len(self._rows)
 
+    def has(self, texts: Sequence[str]) -> bool:
+        """Whether every one of ``texts`` is cached (nothing would be embedded)."""
+        return all(_key(t) in self._index for t in texts)
+
     def get(self, texts: Sequence[str], *, flush_every: int = 512,
             progress: bool = False) -> NDArray[np.float32]:
         """Vectors of ``texts`` (embedding the ones not cached, saved as it goes)."""
