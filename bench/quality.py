@@ -16,7 +16,7 @@ which changes the score (long abstracts are searched whole). ``--whole-docs``
 also scores the published protocol with the same model object, as
 ``dense_ndcg10_whole_docs``: whether the model is faithful, apart from chunking.
 
-    python -m bench.quality [--data DIR] [--queries N] [--whole-docs] [--warm]
+    python -m bench.quality [--data DIR] [--queries N] [--whole-docs] [--warm] [--no-compression]
 """
 
 from __future__ import annotations
@@ -195,7 +195,7 @@ async def warm_embeddings(nc: NATS, s: Subjects, model_id: str) -> int:
 
 
 async def run(data: Path, limit: int | None, whole_docs: bool = False,
-              warm: bool = False) -> dict[str, Any]:
+              warm: bool = False, trim: bool = True) -> dict[str, Any]:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
     qrels = load_qrels(data / "qrels" / "test.tsv")
     queries = load_queries(data / "queries.jsonl", qrels)
@@ -247,7 +247,7 @@ async def run(data: Path, limit: int | None, whole_docs: bool = False,
                     results["whole"] = round(sum(ndcg_at_10(ranked[q], qrels[q])
                                                  for q in ids) / len(ids), 4)
                 ratios = []
-                if trimmer_cls is not None:
+                if trimmer_cls is not None and trim:
                     # started only now: during the nDCG runs it would compress every
                     # top-30 hand-off nobody waits for, and load the embedder meanwhile
                     await tg.start(trimmer_cls(settings).serve)
@@ -283,11 +283,15 @@ def main() -> None:
     parser.add_argument("--warm", action="store_true",
                         help="fill the embedder's cache with the vectors bench.variants "
                         "cached (~/.cache/ragbus-bench/vectors) before ingesting")
+    parser.add_argument("--no-compression", action="store_true",
+                        help="skip compression_ratio (one more pass of every query through "
+                        "the context-trimmer, which embeds their sentences)")
     args = parser.parse_args()
     if not (args.data / "corpus.jsonl").is_file():
         raise SystemExit(f"no BEIR set (corpus.jsonl, queries.jsonl, qrels/test.tsv) in "
                          f"{args.data}")
-    print(json.dumps(anyio.run(run, args.data, args.queries, args.whole_docs, args.warm)))
+    print(json.dumps(anyio.run(run, args.data, args.queries, args.whole_docs, args.warm,
+                               not args.no_compression)))
 
 
 if __name__ == "__main__":
