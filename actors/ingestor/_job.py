@@ -1,8 +1,9 @@
 """One ingest job: read sources, chunk, embed what is new, write the index, keep manifests.
 
-Per document the work is a diff against its manifest: chunks whose hash is
-known are kept (their payload is patched to the new version), new chunks are
-embedded and upserted under deterministic ids, vanished chunks are deleted. An
+Per document the work is a diff against its manifest: chunks whose hash (of the
+text indexed for them, title context included) is known are kept (their payload
+is patched to the new version), new chunks are embedded and upserted under
+deterministic ids, vanished chunks are deleted. An
 unchanged document costs one KV read. Documents run concurrently (bounded), so
 the embedder's micro-batcher always has work queued.
 """
