@@ -39,7 +39,7 @@ import structlog
 from bench._data import SCIFACT
 from bench._stats import percentile
 from ragbus.actors.embedder import Embedder, EmbeddingModel
-from ragbus.actors.ingestor import ChunkingConfig, Ingestor, chunk_text, read_file
+from ragbus.actors.ingestor import ChunkingConfig, Ingestor, chunk_text, embedded_text, read_file
 from ragbus.actors.retriever import Retriever
 from ragbus.actors.retriever.store import Filter
 from ragbus.actors.trimmer import ContextTrimmer
@@ -127,17 +127,24 @@ async def _ingest(nc: object, path: Path) -> tuple[JobProgress, float]:
     return last, elapsed
 
 
-def _chunk_texts(path: Path, settings: Settings) -> list[str]:
-    """The texts the ingestor will embed, in the order it sends them."""
+def _chunk_texts(path: Path, settings: Settings) -> tuple[list[str], list[str]]:
+    """The texts the ingestor will embed, in the order it sends them, and the chunks
+    they are made of (what the index's payloads hold)."""
     cfg = settings.ingestor
     chunking = ChunkingConfig(chunk_tokens=cfg.chunk_tokens, overlap_tokens=cfg.overlap_tokens,
                               parent_tokens=cfg.parent_tokens)
     texts: list[str] = []
+    chunks: list[str] = []
     for doc in read_file(path).documents:
-        unique = {c.sha256: c.text for c in chunk_text(doc.text, chunking,
-                                                       markdown=doc.markdown).chunks}
-        texts.extend(unique.values())
-    return texts
+        chunked = chunk_text(doc.text, chunking, markdown=doc.markdown)
+        unique: dict[str, tuple[str, str]] = {}
+        for c in chunked.chunks:
+            text = embedded_text(c.text, doc.title, chunked.parent_of(c).headings) \
+                if cfg.embed_context else c.text
+            unique.setdefault(text, (text, c.text))
+        texts.extend(t for t, _ in unique.values())
+        chunks.extend(c for _, c in unique.values())
+    return texts, chunks
 
 
 def _raw(model: EmbeddingModel, batches: list[list[str]]) -> float:
@@ -160,7 +167,7 @@ async def run(docs: int, corpus: Path, with_queries: bool = False) -> dict[str, 
             settings = Settings(nats=NatsSettings(url=server.url),
                                 retriever=RetrieverSettings(data_dir=f"{tmp}/qdrant"))
             size = settings.embedder.batch_size
-            texts = _chunk_texts(data, settings)
+            texts, chunk_texts = _chunk_texts(data, settings)
             batches = [texts[i:i + size] for i in range(0, len(texts), size)]
             model = EmbeddingModel.load(settings.embedder.model, batch_size=size)
             model.embed(texts[:8])  # warm-up, as the actor's model is warmed by its probe
@@ -204,7 +211,7 @@ async def run(docs: int, corpus: Path, with_queries: bool = False) -> dict[str, 
                 tg.cancel_scope.cancel()
             await nc.close()
             raw_s += _raw(model, batches[1::2])
-    if indexed != sorted(texts):
+    if indexed != sorted(chunk_texts):
         raise SystemExit("the indexed chunks differ from the raw baseline's texts")
 
     raw_rate = len(texts) / raw_s

@@ -1,11 +1,14 @@
-"""Retrieval quality on BEIR SciFact through the real query path.
+"""Retrieval quality on a BEIR set through the real query path (SciFact by default).
 
 Ingests the corpus through the actors (ingestor -> embedder -> retriever), then
-asks each of the 300 judged test queries as a ``Query`` on the bus, once per
-retrieval mode, and scores nDCG@10 against the qrels. Chunks are ranked, so a
-document's rank is that of its best chunk. ``compression_ratio`` is the share of
-context tokens the context-trimmer removes at top_k 10 with the compression it
-ships (null until that actor exists).
+asks each judged test query as a ``Query`` on the bus, once per retrieval mode and
+once naming no mode (``default``: what a user gets without choosing), with
+``top_k`` 10, and scores nDCG@10 on the documents of the sources returned, in
+order. ``compression_ratio`` is the share of context tokens the context-trimmer
+removes at top_k 10. ``--data DIR`` takes any BEIR layout (corpus.jsonl,
+queries.jsonl, qrels/test.tsv; ids may be strings), e.g. the man pages set that
+``python -m bench.manpages`` builds. ``--warm`` fills the embedder's cache with
+vectors ``bench.variants`` computed before (same model, same texts).
 
 Compression is then compared method by method (``trimmer.compression`` =
 ``off``, ``lexical``, ``embedding``, each through the real context-trimmer on the
@@ -25,12 +28,13 @@ which changes the score (long abstracts are searched whole). ``--whole-docs``
 also scores the published protocol with the same model object, as
 ``dense_ndcg10_whole_docs``: whether the model is faithful, apart from chunking.
 
-    python -m bench.quality [--data DIR] [--queries N] [--whole-docs]
+    python -m bench.quality [--data DIR] [--queries N] [--whole-docs] [--warm] [--no-compression]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import csv
 import json
 import math
@@ -51,7 +55,7 @@ from msgspec.structs import replace
 from bench._data import SCIFACT
 from bench._stats import percentile
 from bench._support import BM25Judge, Case, support
-from ragbus.actors.embedder import Embedder, EmbeddingModel
+from ragbus.actors.embedder import Embedder, EmbeddingModel, text_key
 from ragbus.actors.ingestor import Ingestor
 from ragbus.actors.retriever import Retriever
 from ragbus.actors.trimmer import (
@@ -92,7 +96,12 @@ from ragbus.subjects import (
 )
 
 DATA = SCIFACT
-MODES: tuple[RetrievalMode, ...] = ("dense", "hybrid", "keyword")
+#: ``None``: the Query's default, what a user gets without choosing
+MODES: tuple[tuple[str, RetrievalMode | None], ...] = (
+    ("dense", "dense"), ("hybrid", "hybrid"), ("keyword", "keyword"), ("default", None))
+#: sources asked per query: nDCG@10 is scored on the documents of exactly what a client
+#: asking for ten sources is shown (a document named twice counts once, at its first place)
+TOP_K = 10
 METHODS: tuple[Compression, ...] = ("off", "lexical", "embedding")
 
 
@@ -102,6 +111,23 @@ def load_qrels(path: Path) -> dict[str, dict[str, int]]:
         for row in csv.DictReader(f, delimiter="\t"):
             qrels[row["query-id"].strip()][row["corpus-id"].strip()] = int(row["score"])
     return dict(qrels)
+
+
+def load_queries(path: Path, qrels: dict[str, dict[str, int]]) -> dict[str, str]:
+    """The judged queries' texts, by id (ids are strings: BEIR sets use both kinds)."""
+    queries = {}
+    with path.open() as f:
+        for line in f:
+            record = json.loads(line)
+            qid = str(record["_id"])
+            if qid in qrels:
+                queries[qid] = record["text"]
+    return queries
+
+
+def _query_order(qid: str) -> tuple[int, int | str]:
+    """Numeric ids in numeric order (SciFact's "2" before "10"), then the others."""
+    return (0, int(qid)) if qid.isdigit() else (1, qid)
 
 
 def ndcg_at_10(ranked: list[str], relevant: dict[str, int]) -> float:
@@ -121,12 +147,14 @@ class Answer:
     trim_ms: float | None = None
 
 
-async def _ask(nc: NATS, s: Subjects, question: str, mode: RetrievalMode,
+async def _ask(nc: NATS, s: Subjects, question: str, mode: RetrievalMode | None,
                top_k: int, want_context: bool) -> Answer:
+    """Ask on the bus; ``mode=None`` leaves ``retrieval`` out, as a user who does not choose."""
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox)
-    query = Query(question=question, reply_to=inbox, top_k=top_k, retrieval=mode,
-                  generate=False)
+    query = Query(question=question, reply_to=inbox, top_k=top_k, generate=False) \
+        if mode is None else Query(question=question, reply_to=inbox, top_k=top_k,
+                                   retrieval=mode, generate=False)
     await nc.publish(s.query, msgspec.json.encode(query))
     answer = Answer()
     decoder: msgspec.json.Decoder[QueryEvent] = msgspec.json.Decoder(QueryEvent)
@@ -198,17 +226,31 @@ def whole_document_rankings(model: EmbeddingModel, corpus: Path,
     return {qid: [ids[j] for j in row] for qid, row in zip(qids, top, strict=True)}
 
 
+async def warm_embeddings(nc: NATS, s: Subjects, model_id: str) -> int:
+    """Put the vectors ``bench.variants`` cached for this model into the embedder's cache.
+
+    The ingest then reads chunk vectors from the embedder's own cache (the path a
+    re-ingest takes) instead of computing them again: the same model's vectors of
+    the same texts, so the scores are those of a cold run, minutes sooner. Questions
+    are embedded as usual.
+    """
+    from bench._vectors import cached_vectors
+
+    kv = await nc.jetstream().key_value(s.bucket("embeddings"))
+    prefix = text_key(model_id, "").rsplit(".", 1)[0]
+    items = [(f"{prefix}.{sha}", vector.astype("<f4").tobytes())
+             for sha, vector in cached_vectors(model_id)]
+    for start in range(0, len(items), 512):
+        await asyncio.gather(*(kv.put(k, v) for k, v in items[start:start + 512]))
+    return len(items)
+
+
 async def run(data: Path, limit: int | None, whole_docs: bool = False,
-              compression: bool = True) -> dict[str, Any]:
+              warm: bool = False, compression: bool = True) -> dict[str, Any]:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
     qrels = load_qrels(data / "qrels" / "test.tsv")
-    queries = {}
-    with (data / "queries.jsonl").open() as f:
-        for line in f:
-            record = json.loads(line)
-            if record["_id"] in qrels:
-                queries[record["_id"]] = record["text"]
-    ids = sorted(queries, key=int)[:limit]
+    queries = load_queries(data / "queries.jsonl", qrels)
+    ids = sorted(queries, key=_query_order)[:limit]
     results: dict[str, Any] = {}
     contexts: dict[str, list[Answer]] = {}
     with tempfile.TemporaryDirectory(prefix="ragbus-quality-") as tmp:
@@ -229,6 +271,9 @@ async def run(data: Path, limit: int | None, whole_docs: bool = False,
             async with anyio.create_task_group() as tg:
                 for actor in actors:
                     await tg.start(actor.serve)
+                if warm:
+                    assert embedder.model is not None
+                    results["warmed"] = await warm_embeddings(nc, s, embedder.model.model_id)
                 started = time.perf_counter()
                 request = IngestRequest(path=str(data / "corpus.jsonl"))
                 await submit_job(nc, request)
@@ -240,12 +285,12 @@ async def run(data: Path, limit: int | None, whole_docs: bool = False,
                     while not retriever.optimized:  # noqa: ASYNC110
                         await anyio.sleep(0.2)
                 embedder_model = embedder.model
-                for mode in MODES:
+                for name, mode in MODES:
                     scores = []
                     for qid in ids:
-                        answer = await _ask(nc, s, queries[qid], mode, 30, False)
+                        answer = await _ask(nc, s, queries[qid], mode, TOP_K, False)
                         scores.append(ndcg_at_10(answer.docs, qrels[qid]))
-                    results[f"{mode}_ndcg10"] = round(sum(scores) / len(scores), 4)
+                    results[f"{name}_ndcg10"] = round(sum(scores) / len(scores), 4)
                 if whole_docs:
                     assert embedder.model is not None
                     model = embedder.model
@@ -277,11 +322,14 @@ async def run(data: Path, limit: int | None, whole_docs: bool = False,
                 tg.cancel_scope.cancel()
             await nc.close()
     out: dict[str, Any] = {
+        "set": data.name,
         "dense_ndcg10": results["dense_ndcg10"],
         "hybrid_ndcg10": results["hybrid_ndcg10"],
         "keyword_ndcg10": results["keyword_ndcg10"],
+        "default_ndcg10": results["default_ndcg10"],
         "queries": len(ids),
         "compression_ratio": _ratio(contexts["shipped"]) if "shipped" in contexts else None,
+        "embeddings_warmed": results.get("warmed", 0),
         # --whole-docs: dense under the published protocol (no chunking), for the model check
         "dense_ndcg10_whole_docs": results.get("whole"),
     }
@@ -350,12 +398,17 @@ def main() -> None:
     parser.add_argument("--whole-docs", action="store_true",
                         help="also score dense retrieval under the published protocol: one "
                         "vector per whole document, no chunking (embeds the corpus again)")
+    parser.add_argument("--warm", action="store_true",
+                        help="fill the embedder's cache with the vectors bench.variants "
+                        "cached (~/.cache/ragbus-bench/vectors) before ingesting")
     parser.add_argument("--no-compression", action="store_true",
-                        help="skip the comparison of compression methods (nDCG only)")
+                        help="skip compression_ratio (one more pass of every query through "
+                        "the context-trimmer, which embeds their sentences)")
     args = parser.parse_args()
     if not (args.data / "corpus.jsonl").is_file():
-        raise SystemExit(f"BEIR SciFact not found in {args.data}")
-    print(json.dumps(anyio.run(run, args.data, args.queries, args.whole_docs,
+        raise SystemExit(f"no BEIR set (corpus.jsonl, queries.jsonl, qrels/test.tsv) in "
+                         f"{args.data}")
+    print(json.dumps(anyio.run(run, args.data, args.queries, args.whole_docs, args.warm,
                                not args.no_compression)))
 
 

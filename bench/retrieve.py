@@ -63,7 +63,7 @@ from bench._processes import serve_actors
 from bench._stats import percentile
 from ragbus.actors.embedder import Embedder
 from ragbus.actors.ingestor import chunk_text, read_file
-from ragbus.actors.retriever import Retriever, rrf, to_sources
+from ragbus.actors.retriever import Retriever, collapse, fuse, to_sources
 from ragbus.actors.retriever.store import Filter
 from ragbus.actors.trimmer import Budget, ContextTrimmer, dedupe, fit, from_sources, shortlist
 from ragbus.config import (
@@ -311,8 +311,11 @@ async def run(n_chunks: int, n_queries: int, threads: int | None = None) -> dict
                         both.start_soon(keyword_half)
                         vec = (await embedder.worker.run(model.embed, [question]))[0]
                     dense = await retriever.worker.run(search, vec.tolist())
-                    hits = rrf([[SearchHit(chunk_id=h.id, score=h.score, payload=h.payload)
-                                 for h in lst] for lst in (dense, keyword)])
+                    rcfg = settings.retriever
+                    d, k = ([SearchHit(chunk_id=h.id, score=h.score, payload=h.payload)
+                             for h in lst] for lst in (dense, keyword))
+                    hits = collapse(fuse(d, k, rcfg.fusion, rrf_k=rcfg.rrf_k,
+                                         dense_weight=rcfg.dense_weight), rcfg.per_doc)
                     sources = to_sources(hits, TOP_K, widen=False)
                     budget = Budget.from_settings(cfg, None)
                     room = budget.context_for(count_tokens(question), 0)

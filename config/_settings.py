@@ -215,6 +215,10 @@ class IngestorSettings(_Section, frozen=True, kw_only=True):
     bm25_k1: Positive = 0.9
     bm25_b: Annotated[float, Meta(ge=0, le=1)] = 0.4
     bm25_avg_len: Positive = 100.0
+    # embed (and index for keywords) each chunk with its document's title and heading
+    # trail in front (actors/ingestor/_points.py, embedded_text); changing it re-embeds
+    # every document on its next ingest
+    embed_context: bool = True
 
 
 class RetrieverSettings(_Section, frozen=True, kw_only=True):
@@ -242,9 +246,18 @@ class RetrieverSettings(_Section, frozen=True, kw_only=True):
     query_shards: list[str] | None = None
     # a shard's share of the query's time; the rest is for trimming and generation
     search_timeout_s: Positive = 2.0
+    # how hybrid queries fuse the dense and keyword rankings (actors/retriever/_fusion.py;
+    # README, Benchmarks: what each choice scored on both evaluation sets)
+    fusion: Literal["dbsf", "convex", "rrf"] = "dbsf"
+    # the dense ranking's share: convex weight, or RRF weight (0.5: equal, classic RRF)
+    dense_weight: Annotated[float, Meta(ge=0, le=1)] = 0.7
     rrf_k: PositiveInt = 60
-    # candidates fetched per ranking before fusion, at least top_k
-    candidates: PositiveInt = 30
+    # hits of one document a query returns at most (0: no limit); the rest make room
+    # for other documents instead of crowding the top_k with neighbouring chunks
+    per_doc: Annotated[int, Meta(ge=0)] = 1
+    # candidates fetched per ranking and shard before fusion, at least top_k: enough that
+    # one hit per document still leaves top_k documents, and for scores to have a spread
+    candidates: PositiveInt = 100
     max_top_k: PositiveInt = 100
     cache: bool = True
     cache_ttl_s: Positive = 24 * 3600.0

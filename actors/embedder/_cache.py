@@ -23,6 +23,7 @@ _UNSAFE = re.compile(r"[^-_a-zA-Z0-9]")
 
 
 def text_key(model_id: str, text: str) -> str:
+    """The shared cache's key for ``text``'s vector under ``model_id`` (KV-safe)."""
     return f"{_UNSAFE.sub('_', model_id)}.{hashlib.sha256(text.encode()).hexdigest()}"
 
 

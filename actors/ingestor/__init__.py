@@ -1,15 +1,19 @@
 """The ingestor actor: documents in, token-aware chunks out, only changes embedded.
 
-Also exported: the readers and the chunker the actor runs, as plain functions.
+Also exported: the readers, the chunker and what is embedded for a chunk, as the
+actor runs them, as plain functions (benchmarks do the same work without the bus).
 """
 
 from ._actor import Ingestor
-from ._chunking import ChunkingConfig, chunk_text
+from ._chunking import DEFAULT_CHUNKING, ChunkingConfig, chunk_text
+from ._points import embedded_text
 from ._readers import read_file
 
 __all__ = (
+    "DEFAULT_CHUNKING",
     "ChunkingConfig",
     "Ingestor",
     "chunk_text",
+    "embedded_text",
     "read_file",
 )

@@ -144,7 +144,7 @@ class Ingestor(Actor):
                 info = await js.consumer_info(self.subjects.ingest_stream, DURABLE)
             except Exception as exc:  # not created yet, or the bus is reconnecting
                 self.log.debug("ingest.backlog_unknown", error=repr(exc))
-                await anyio.sleep(0.2)
+                await anyio.sleep(min(0.2, BACKLOG_INTERVAL_S))
                 continue
             self._waiting.set(info.num_pending or 0)
             await anyio.sleep(BACKLOG_INTERVAL_S)

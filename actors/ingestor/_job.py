@@ -1,8 +1,9 @@
 """One ingest job: read sources, chunk, embed what is new, write the index, keep manifests.
 
-Per document the work is a diff against its manifest: chunks whose hash is
-known are kept (their payload is patched to the new version), new chunks are
-embedded and upserted under deterministic ids, vanished chunks are deleted. An
+Per document the work is a diff against its manifest: chunks whose hash (of the
+text indexed for them, title context included) is known are kept (their payload
+is patched to the new version), new chunks are embedded and upserted under
+deterministic ids, vanished chunks are deleted. An
 unchanged document costs one KV read. Documents run concurrently (bounded), so
 the embedder's micro-batcher always has work queued.
 """
@@ -39,9 +40,9 @@ from ragbus.subjects import (
     now_ms,
 )
 
-from ._chunking import ChunkingConfig, chunk_text
+from ._chunking import Chunk, ChunkedText, ChunkingConfig, chunk_text, sha256_hex
 from ._manifest import ChunkRef, Manifest, Manifests, VersionEntry
-from ._points import chunk_payload, point_id
+from ._points import chunk_payload, embedded_text, point_id
 from ._progress import Progress
 from ._read_errors import ReaderError
 from ._read_types import ReaderOptions, RecordFields, SourceDocument
@@ -51,6 +52,9 @@ __all__ = ("Doc", "JobRunner", "inline_documents")
 
 # points per IndexUpdate: ~6 KB each with parent text, well under the 1 MiB message limit
 _UPSERT_BATCH = 64
+#: names what ``embed_context`` embeds; part of the index spec, so turning the setting on
+#: or off makes the next ingest re-embed documents that did not change
+_CONTEXT_RECIPE = "embed:title+headings/1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,12 +143,14 @@ class JobRunner:
     # -- the job ------------------------------------------------------------------------
     @property
     def index_spec(self) -> str:
-        """The embedding model and chunking settings, as recorded in each manifest: an
-        unchanged document is skipped only if it was indexed under the same spec."""
+        """The embedding model, chunking settings and what is embedded for a chunk, as
+        recorded in each manifest: an unchanged document is skipped only if it was indexed
+        under the same spec."""
         assert self.model_id is not None, "run() learns the model first"
         c = self.chunking
+        embedded = _CONTEXT_RECIPE if self.config.embed_context else "embed:chunk"
         return (f"{self.model_id}|chunks {c.chunk_tokens}/{c.overlap_tokens}/"
-                f"{c.parent_tokens}")
+                f"{c.parent_tokens}|{embedded}")
 
     async def run(self) -> None:
         await self._embed(["model probe"])  # which model: it decides what is up to date
@@ -225,24 +231,25 @@ class JobRunner:
             )
         else:
             chunked = chunk_text(doc.text, self.chunking, markdown=doc.markdown)
-        unique = {c.sha256: c for c in chunked.chunks}  # a repeated passage is indexed once
+        # keyed by what is indexed: with context on, a new title re-embeds every chunk
+        unique = {sha256_hex(t): (c, t) for c, t in self._indexed(doc, chunked)}
         # a chunk embedded under another spec is not known: its vector is from elsewhere
         known = {ref.sha256: ref.id for ref in old.chunks} if old and same_spec else {}
-        fresh = [c for sha, c in unique.items() if sha not in known]
+        fresh = [(sha, c, t) for sha, (c, t) in unique.items() if sha not in known]
         kept = [known[sha] for sha in unique if sha in known]
         vanished = [ref.id for ref in (old.chunks if old else []) if ref.sha256 not in unique]
         version = old.version + 1 if old else 1
         self.progress.chunks_total += len(unique)
 
-        vectors, hits = await self._embed([c.text for c in fresh])
+        vectors, hits = await self._embed([t for _, _, t in fresh])
         self.progress.embeddings_computed += len(fresh) - hits
         self.progress.embeddings_reused += len(kept) + hits
         created = datetime.now(UTC).isoformat()
         upserts = [
             PointUpsert(
-                id=point_id(self.collection, doc.doc_id, c.sha256),
+                id=point_id(self.collection, doc.doc_id, sha),
                 vector=vectors[i].astype("<f4").tobytes(),
-                sparse=self._sparse(c.text),
+                sparse=self._sparse(t),
                 payload=chunk_payload(
                     doc_id=doc.doc_id,
                     title=doc.title,
@@ -255,7 +262,7 @@ class JobRunner:
                     metadata=doc.metadata,
                 ),
             )
-            for i, c in enumerate(fresh)
+            for i, (sha, c, t) in enumerate(fresh)
         ]
         for start in range(0, len(upserts), _UPSERT_BATCH):
             await self._apply(upserts=upserts[start : start + _UPSERT_BATCH])
@@ -296,6 +303,13 @@ class JobRunner:
         )
         self.progress.chunks_done += len(unique)
         self.progress.docs_changed += 1
+
+    def _indexed(self, doc: Doc, chunked: ChunkedText) -> list[tuple[Chunk, str]]:
+        """Each chunk with the text embedded and indexed for it (``embedded_text``)."""
+        if not self.config.embed_context:
+            return [(c, c.text) for c in chunked.chunks]
+        return [(c, embedded_text(c.text, doc.title, chunked.parent_of(c).headings))
+                for c in chunked.chunks]
 
     def _sparse(self, text: str) -> SparseVector | None:
         weights = self.bm25.document(text)

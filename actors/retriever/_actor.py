@@ -43,7 +43,7 @@ from ragbus.subjects import (
 
 from ._cache import CachedSources, RetrievalCache, answer_scope, retrieval_key
 from ._filters import to_store_filter
-from ._query import dense_array, gather, prepare, to_sources
+from ._query import Ranking, dense_array, gather, prepare, to_sources
 from .store import (
     DimensionMismatchError,
     EdgeStore,
@@ -354,9 +354,11 @@ class Retriever(Actor):
                         details={"retrieval": request.retrieval, "generate": request.generate})
         prepared = prepare(request, cfg.max_top_k)
         shards = request.collections or cfg.query_shards or cfg.shards
+        ranking = Ranking(fusion=cfg.fusion, dense_weight=cfg.dense_weight, rrf_k=cfg.rrf_k,
+                          per_doc=cfg.per_doc, candidates=cfg.candidates)
         key = retrieval_key(question=prepared.text, filters=prepared.filters,
                             top_k=request.top_k, mode=request.retrieval, widen=request.widen,
-                            shards=shards)
+                            shards=shards, ranking=repr(ranking))
         cached: CachedSources | None = None
         versions: dict[str, int] = {}
 
@@ -387,8 +389,8 @@ class Retriever(Actor):
             if self.cache is not None:
                 self._cache_lookups.labels(self.name, "miss").inc()
             gathered = await gather(ctx, Client(self.nc, self.subjects), self.subjects,
-                                    request, prepared, shards, candidates=cfg.candidates,
-                                    search_timeout_s=cfg.search_timeout_s, rrf_k=cfg.rrf_k,
+                                    request, prepared, shards,
+                                    search_timeout_s=cfg.search_timeout_s, ranking=ranking,
                                     local={s: partial(self.search, ctx=ctx) for s in shards
                                            if s in self.stores})
             sources = to_sources(gathered.hits, request.top_k, widen=request.widen)

@@ -32,12 +32,14 @@ def answer_scope(*, filters: QueryFilters | None, shards: dict[str, int]) -> str
 
 
 def retrieval_key(*, question: str, filters: QueryFilters | None, top_k: int, mode: str,
-                  widen: bool, shards: list[str]) -> str:
-    """The same search of the same shards; their versions are checked on the entry, so the
-    lookup can run while the versions are read."""
+                  widen: bool, shards: list[str], ranking: str = "") -> str:
+    """The same search of the same shards, ranked the same way. The shards' versions are
+    checked on the entry, so the lookup can run while the versions are read; ``ranking``
+    names how hits are fused and collapsed, so a retriever restarted with other settings
+    does not serve rankings made under the old ones."""
     canonical = msgspec.json.encode({
         "q": " ".join(question.lower().split()), "f": filters, "k": top_k, "m": mode,
-        "w": widen, "s": sorted(shards),
+        "w": widen, "s": sorted(shards), "r": ranking,
     })
     return hashlib.sha256(canonical).hexdigest()
 

@@ -30,10 +30,11 @@ from ragbus.subjects import (
 )
 
 from ._filters import to_store_filter
-from ._fusion import by_score, rrf
+from ._fusion import Fusion, by_score, collapse, fuse
 from ._selfquery import merge_filters, self_query
 
-__all__ = ("Gathered", "LocalSearch", "Prepared", "dense_array", "gather", "prepare", "to_sources")
+__all__ = ("Gathered", "LocalSearch", "Prepared", "Ranking", "dense_array", "gather", "prepare",
+           "to_sources")
 
 _QUERY_BM25 = BM25Encoder()
 
@@ -64,13 +65,25 @@ class Gathered:
     vector: bytes | None  # the question's embedding, when one was made
 
 
+@dataclass(frozen=True, slots=True)
+class Ranking:
+    """How the gathered hits become one ranking (``retriever.*`` settings of that name)."""
+
+    fusion: Fusion = "dbsf"
+    dense_weight: float = 0.7
+    rrf_k: int = 60
+    per_doc: int = 1
+    #: hits fetched per ranking and shard before fusion (at least the query's top_k)
+    candidates: int = 100
+
+
 #: a shard this retriever serves itself: searched in-process, not over the bus
 LocalSearch = Callable[[Search], Awaitable[SearchResult]]
 
 
 async def gather(ctx: Context, client: Client, subjects: Subjects, query: Query,
-                 prepared: Prepared, shards: Sequence[str], *, candidates: int,
-                 search_timeout_s: float, rrf_k: int,
+                 prepared: Prepared, shards: Sequence[str], *,
+                 search_timeout_s: float, ranking: Ranking,
                  local: Mapping[str, LocalSearch] | None = None) -> Gathered:
     """Scatter the query to its shards and fuse what comes back by the deadline.
 
@@ -81,7 +94,7 @@ async def gather(ctx: Context, client: Client, subjects: Subjects, query: Query,
     its share of the time is reported missing, and the answer goes on without it.
     """
     local = local or {}
-    limit = max(candidates, query.top_k)
+    limit = max(ranking.candidates, query.top_k)
     timings: dict[str, float] = {}
     dense_lists: dict[str, list[SearchHit]] = {}
     sparse_lists: dict[str, list[SearchHit]] = {}
@@ -152,7 +165,9 @@ async def gather(ctx: Context, client: Client, subjects: Subjects, query: Query,
     elif query.retrieval == "keyword":
         hits = sparse_hits
     else:
-        hits = rrf([dense_hits, sparse_hits], k=rrf_k)
+        hits = fuse(dense_hits, sparse_hits, ranking.fusion, rrf_k=ranking.rrf_k,
+                    dense_weight=ranking.dense_weight)
+    hits = collapse(hits, ranking.per_doc)
     return Gathered(hits=hits, missing=[s for s in shards if s in missing], timings_ms=timings,
                     vector=vector)
 

@@ -202,6 +202,38 @@ async def test_new_chunking_settings_re_embed_unchanged_documents_and_say_how_ma
     assert {p["chunk_sha256"] for p in indexed} == expected  # no chunk of the old cut is left
 
 
+async def test_chunks_are_embedded_with_their_title_and_re_embedded_when_that_is_turned_off(
+    nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
+    text = "\n\n".join(paragraphs(4))
+    doc = InlineDocument(id="d", title="River handbook", text=text)
+    chunks = chunk_text(text).chunks
+    assert len(chunks) > 1
+
+    async def ingest_with(embed_context: bool) -> tuple[JobProgress, list[float]]:
+        settings = make_settings(nats_url, tmp_path, embed_context=embed_context)
+        async with running(Embedder(settings), Retriever(settings), Ingestor(settings)) as (
+            embedder, retriever, _
+        ):
+            job = await ingest(nc, IngestRequest(documents=[doc]))  # a new job id each time
+            assert embedder.model is not None
+            probe = embedder.model.embed([f"River handbook\n\n{chunks[1].text}"])[0].tolist()
+            store = retriever.stores["default"]
+            found = await retriever.worker.run(lambda: store.search(probe, limit=1))
+            assert len(await points(retriever)) == len(chunks)  # replaced, never doubled
+        return job, [h.score for h in found]
+
+    on, on_score = await ingest_with(True)  # the default
+    again, _ = await ingest_with(True)
+    off, off_score = await ingest_with(False)
+    assert on.embeddings_computed == len(chunks)
+    assert on_score[0] == pytest.approx(1.0, abs=1e-3)  # the titled text is what is indexed
+    assert again.embeddings_computed == 0  # unchanged: nothing re-embedded
+    assert off.docs_changed == 1  # the setting changed what is embedded: re-embedded
+    assert off.embeddings_computed == len(chunks)
+    assert off_score[0] < 0.99
+
+
 async def test_delete_hides_a_document_and_purge_removes_it(
     nats_url: str, nc: NATS, tmp_path: Path
 ) -> None:

@@ -211,7 +211,7 @@ async def test_widening_replaces_chunks_by_their_parent_sections(
         f"Section {i} on glaciers. " + " ".join(f"Glacier fact {i}.{j} about ice flow and "
                                                   f"moraines number {j}." for j in range(12))
         for i in range(3))
-    async with system(nats_url, tmp_path, cache=False):
+    async with system(nats_url, tmp_path, cache=False, per_doc=0):
         await ingest(nc, {"glaciers": (long_doc, [])})
         narrow, _ = await ask(nc, q(nc, "glacier moraines ice flow", top_k=5))
         wide, _ = await ask(nc, q(nc, "glacier moraines ice flow", top_k=5, widen=True))
@@ -221,6 +221,44 @@ async def test_widening_replaces_chunks_by_their_parent_sections(
     parents = [s.metadata["parent_id"] for s in wide.sources]
     assert len(parents) == len(set(parents))
     assert all(len(w.text) > max(len(n.text) for n in narrow.sources) for w in wide.sources)
+
+
+GLACIERS = {
+    "glaciers": ("\n\n".join(f"Glacier ice flows downhill, section {i}: moraines, crevasses and "
+                             f"meltwater of valley glaciers, observation {i}." * 3
+                             for i in range(8)), []),
+    "ice-age": ("The last ice age ended when glaciers retreated from northern Europe.", []),
+    "sea-ice": ("Sea ice forms when ocean water freezes; it is not glacier ice.", []),
+}
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "dense", "keyword"])
+async def test_one_source_per_document_so_a_long_one_cannot_crowd_out_the_rest(
+    nats_url: str, nc: NATS, tmp_path: Path, mode: str
+) -> None:
+    question = "valley glacier moraines and crevasses"
+    # per_doc = 1 is the default
+    async with system(nats_url, tmp_path, cache=False, shards=["one"]):
+        await ingest(nc, GLACIERS, collection="one")
+        one, _ = await ask(nc, q(nc, question, top_k=3, retrieval=mode))
+    async with system(nats_url, tmp_path, cache=False, shards=["every"], per_doc=0):
+        await ingest(nc, GLACIERS, collection="every")
+        every, _ = await ask(nc, q(nc, question, top_k=3, retrieval=mode))
+    assert isinstance(one, Sources)
+    assert isinstance(every, Sources)
+    assert sorted(s.doc_id for s in one.sources) == sorted(GLACIERS)
+    assert [s.doc_id for s in every.sources].count("glaciers") >= 2  # what it prevents
+
+
+async def test_rrf_fusion_is_still_there_for_who_configures_it(
+    nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
+    async with system(nats_url, tmp_path, cache=False, fusion="rrf", dense_weight=0.5):
+        await ingest(nc, DOCS)
+        hybrid, _ = await ask(nc, q(nc, "Zyxqwerty handshake"))
+    assert isinstance(hybrid, Sources)
+    assert hybrid.sources[0].doc_id == "zyx"
+    assert hybrid.sources[0].score == pytest.approx(2 / 61)  # first in both lists
 
 
 class SlowRetriever(Retriever):
