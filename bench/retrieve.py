@@ -19,6 +19,25 @@ actors in this process (as ``ragbus up`` does: one GIL); ``qps_split`` runs each
 a process of its own (as ``ragbus actor NAME`` does), with ``cpu_ms_per_query_split``
 summed over all of them. ``qps_inproc`` is the same search against the in-process
 path, so the actors' rate can be read against what the machine allows at all.
+``qps_inproc`` embeds each question alone (the bulk model, all cores) while the
+actors coalesce concurrent questions, so it understates one process:
+``qps_inproc_batched`` runs the in-process path through the embedder's own
+micro-batcher for questions (the query lane: same batch size, model instance and
+thread the actors use), and ``qps_vs_inproc_batched`` is the actors' rate against
+it (target >= 0.9).
+
+The bus tax against its floor: ``bare_chain_ms_p50`` is the same five sequential
+hops (client -> retriever -> embedder -> retriever -> trimmer -> client) through
+plain nats-py subscribers doing nothing, on the same server, after the rest;
+``bus_overhead_ms_p50`` is actors p50 minus in-process p50, and
+``overhead_vs_floor`` their quotient (target <= 1.3: at most 30% over the raw
+client per hop).
+
+``--chunks`` beyond the ~12.9k chunks SciFact yields repeats its chunks under new
+document ids (``chunks_repeated`` says how many); ``load_s`` is the time to write
+them, ``index_build_s`` the time from the last write until HNSW is built and
+swapped in, ``rss_mb`` this process's RSS then (the retriever's store and both
+embedder models live in it).
 
 Caches are off so every query does the work, and compression is off (context
 of top 5 stays near its 1,000-token threshold; bench.quality measures it).
@@ -225,6 +244,56 @@ async def _timed(conn: NATS, s: Subjects, question: str, top_k: int) -> Timed:
         await sub.unsubscribe()
 
 
+async def _bare_chain(url: str, questions: list[str]) -> list[float]:
+    """The floor under the actors' hops: the same five hops (client -> retriever ->
+    embedder -> retriever -> trimmer -> client) through plain nats-py subscribers that do
+    nothing but pass the message on, one connection per stand-in actor as the actors
+    have, timed per question (ms). The payload is the question's ``Query`` each way."""
+    conns = [await connect(NatsSettings(url=url), name=f"bench-bare-{i}") for i in range(4)]
+    client, retriever, embedder, trimmer = conns
+
+    async def embed(msg: Any) -> None:
+        await msg.respond(msg.data)
+
+    async def retrieve(msg: Any) -> None:
+        await retriever.request("bare.embed", msg.data, timeout=10)
+        await retriever.publish("bare.trim", msg.data, headers=msg.headers)
+
+    async def trim(msg: Any) -> None:
+        await trimmer.publish((msg.headers or {})["reply-to"], msg.data)
+
+    await embedder.subscribe("bare.embed", cb=embed)
+    await retriever.subscribe("bare.query", cb=retrieve)
+    await trimmer.subscribe("bare.trim", cb=trim)
+    for conn in (embedder, retriever, trimmer):
+        await conn.flush()
+    took: list[float] = []
+    try:
+        for question in questions:
+            inbox = client.new_inbox()
+            sub = await client.subscribe(inbox)
+            data = msgspec.json.encode(Query(question=question, reply_to=inbox, top_k=TOP_K,
+                                             generate=False))
+            started = time.perf_counter()
+            await client.publish("bare.query", data, headers={"reply-to": inbox})
+            await sub.next_msg(timeout=10)
+            took.append((time.perf_counter() - started) * 1000)
+            await sub.unsubscribe()
+    finally:
+        for conn in conns:
+            await conn.close()
+    return took
+
+
+def _rss_mb() -> float:
+    """This process's resident set (MB): the retriever's store and both embedder models
+    live here during the in-process phases."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 async def _serve_trimmer(trimmer: ContextTrimmer) -> anyio.abc.TaskGroup:
     """Start ``trimmer`` in a task group of its own, so it can be swapped for another:
     stop it with ``request_stop()``, then leave the group."""
@@ -234,13 +303,23 @@ async def _serve_trimmer(trimmer: ContextTrimmer) -> anyio.abc.TaskGroup:
     return group
 
 
-def _chunks(n: int) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
+def _chunks(n: int) -> tuple[list[tuple[str, str]], int]:
+    """``n`` (doc id, text) chunks and how many of them are repeats: past the ~12.9k
+    chunks SciFact yields, its chunks are used again under new document ids (``#r2``,
+    ...), so their keyword vectors are real and the index holds what was asked for."""
+    real: list[tuple[str, str]] = []
     for doc in read_file(DATA / "corpus.jsonl").documents:
-        out.extend((doc.doc_id, c.text) for c in chunk_text(doc.text).chunks)
-        if len(out) >= n:
-            break
-    return out[:n]
+        real.extend((doc.doc_id, c.text) for c in chunk_text(doc.text).chunks)
+        if len(real) >= n:
+            return real[:n], 0
+    if not real:
+        raise SystemExit(f"no chunks in {DATA / 'corpus.jsonl'}")
+    out = list(real)
+    round_ = 2
+    while len(out) < n:
+        out.extend((f"{doc_id}#r{round_}", text) for doc_id, text in real[:n - len(out)])
+        round_ += 1
+    return out, n - len(real)
 
 
 async def _load(nc: NATS, s: Subjects, chunks: list[tuple[str, str]]) -> None:
@@ -267,7 +346,7 @@ async def _load(nc: NATS, s: Subjects, chunks: list[tuple[str, str]]) -> None:
 async def run(n_chunks: int, n_queries: int, threads: int | None = None) -> dict[str, Any]:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
     queries = [json.loads(line)["text"] for line in (DATA / "queries.jsonl").open()][:n_queries]
-    chunks = _chunks(n_chunks)
+    chunks, repeated = _chunks(n_chunks)
     with tempfile.TemporaryDirectory(prefix="ragbus-retrieve-") as tmp:
         async with EmbeddedNats() as server:
             settings = Settings(
@@ -287,16 +366,25 @@ async def run(n_chunks: int, n_queries: int, threads: int | None = None) -> dict
                 for actor in (embedder, retriever):
                     await tg.start(actor.serve)
                 trimmer_tg = await _serve_trimmer(trimmer)
+                started = time.perf_counter()
                 await _load(nc, s, chunks)
-                with anyio.fail_after(600):
+                loaded = time.perf_counter()
+                with anyio.fail_after(3600):
                     while not retriever.optimized:  # noqa: ASYNC110 - HNSW built off-path
                         await anyio.sleep(0.2)
+                load_s, build_s = loaded - started, time.perf_counter() - loaded
                 assert embedder.model is not None
                 model, store = embedder.model, retriever.stores["default"]
                 cfg = settings.trimmer
                 bm25 = BM25Encoder()
 
-                async def inproc(question: str) -> None:
+                # the actors' own micro-batcher for questions (the query lane when it is
+                # on): the batched in-process path coalesces concurrent questions as the
+                # embedder does, with the same batch size, model instance and thread
+                lane = embedder.query_batcher or embedder.batcher
+                assert lane is not None
+
+                async def inproc(question: str, batched: bool = False) -> None:
                     w = bm25.query(question)
                     keyword: list[Any] = []
 
@@ -309,7 +397,8 @@ async def run(n_chunks: int, n_queries: int, threads: int | None = None) -> dict
 
                     async with anyio.create_task_group() as both:
                         both.start_soon(keyword_half)
-                        vec = (await embedder.worker.run(model.embed, [question]))[0]
+                        vec = (await lane.embed([question]))[0] if batched else \
+                            (await embedder.worker.run(model.embed, [question]))[0]
                     dense = await retriever.worker.run(search, vec.tolist())
                     rcfg = settings.retriever
                     d, k = ([SearchHit(chunk_id=h.id, score=h.score, payload=h.payload)
@@ -343,6 +432,8 @@ async def run(n_chunks: int, n_queries: int, threads: int | None = None) -> dict
                 # the same schedule against the monolith: the rate this machine allows at all
                 qps_in, loaded_p99_in, cpu_ms_in = await _open_loop(queries, inproc,
                                                                     label="in-process: ")
+                qps_inb, loaded_p99_inb, cpu_ms_inb = await _open_loop(
+                    queries, lambda q: inproc(q, batched=True), label="in-process batched: ")
                 qps, loaded_p99, cpu_ms = await _open_loop(queries, lambda q: through_actors(q, nc))
                 trimmer.request_stop()
                 await trimmer_tg.__aexit__(None, None, None)
@@ -358,26 +449,36 @@ async def run(n_chunks: int, n_queries: int, threads: int | None = None) -> dict
                 shipped.request_stop()
                 await shipped_tg.__aexit__(None, None, None)
                 tg.cancel_scope.cancel()  # the store is closed: a retriever process opens it
+            rss_mb = _rss_mb()
             split, split_p99, split_cpu = await _split_qps(
                 settings, queries, lambda q: through_actors(q, nc))
             await nc.close()
+            bare = await _bare_chain(server.url, queries)
     sources10 = [t.sources_ms for t in top10]
     done10 = [t.done_ms for t in top10]
     trims = [t.trim_ms for t in top10]
     i50, a50 = percentile(inproc_ms, 50), percentile(actor_ms, 50)
     i99, a99 = percentile(inproc_ms, 99), percentile(actor_ms, 99)
+    bare50 = percentile(bare, 50)
     return {
         "inproc_ms_p50": round(i50, 2),
         "actor_ms_p50": round(a50, 2),
         "actor_ms_p99": round(a99, 2),
         "ratio_p50": round(a50 / i50, 3),
         "ratio_p99": round(a99 / i99, 3),
+        "bare_chain_ms_p50": round(bare50, 3),
+        "bus_overhead_ms_p50": round(a50 - i50, 3),
+        "overhead_vs_floor": round((a50 - i50) / bare50, 3),
         "qps": qps,
         "loaded_ms_p99": round(loaded_p99, 2),
         "cpu_ms_per_query": round(cpu_ms, 2),
         "qps_inproc": qps_in,
         "loaded_ms_p99_inproc": round(loaded_p99_in, 2),
         "cpu_ms_per_query_inproc": round(cpu_ms_in, 2),
+        "qps_inproc_batched": qps_inb,
+        "loaded_ms_p99_inproc_batched": round(loaded_p99_inb, 2),
+        "cpu_ms_per_query_inproc_batched": round(cpu_ms_inb, 2),
+        "qps_vs_inproc_batched": round(qps / qps_inb, 3) if qps_inb else None,
         "qps_split": split,
         "loaded_ms_p99_split": round(split_p99, 2),
         "cpu_ms_per_query_split": round(split_cpu, 2),
@@ -392,6 +493,10 @@ async def run(n_chunks: int, n_queries: int, threads: int | None = None) -> dict
         "loaded_ms_p99_default_top10": round(loaded10_p99, 2),
         "cpu_ms_per_query_default_top10": round(cpu10_ms, 2),
         "chunks": len(chunks),
+        "chunks_repeated": repeated,
+        "load_s": round(load_s, 1),
+        "index_build_s": round(build_s, 1),
+        "rss_mb": round(rss_mb),
     }
 
 
