@@ -13,11 +13,16 @@ like users with think time; ``burst`` has every client ask at the same instant,
 round after round (ws and direct rounds alternating which goes first), which
 measures a saturated process rather than the bridge's latency.
 
+``--cold`` measures the other end: every cache on the query path off and a
+distinct question per ask (the twin on the other path asks the same text), so
+each ask embeds, searches, trims and answers; the JSON's ``variant`` says which
+run it is.
+
 ``ttft`` is from sending the question to receiving the first token;
 ``bridge_overhead_ms_p50`` is the WebSocket p50 minus the direct p50; ``errors``
 counts asks on either path that did not end with ``done`` and a token.
 
-    python -m bench.bridge [--clients 100] [--asks 5] [--mode paced|burst] [--rate 50]
+    python -m bench.bridge [--clients 100] [--asks 5] [--mode paced|burst] [--rate 50] [--cold]
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from websockets.asyncio.client import connect as ws_connect
 from bench._stats import percentile
 from ragbus.config import (
     BridgeSettings,
+    EmbedderSettings,
     IngestorSettings,
     NatsSettings,
     ProviderSettings,
@@ -106,15 +112,19 @@ async def running(*actors: Actor) -> AsyncIterator[None]:
                 actor.request_stop()
 
 
-def settings_for(url: str, root: Path) -> Settings:
+def settings_for(url: str, root: Path, *, caches: bool = True) -> Settings:
+    """The bench's settings; ``caches=False`` turns off every cache on the query path
+    (embeddings, retrievals, answers), so each ask does all of its work."""
     return Settings(
         data_dir=str(root),
         nats=NatsSettings(url=url),
         runtime=RuntimeSettings(concurrency=256, default_timeout_s=TIMEOUT_S),
-        retriever=RetrieverSettings(data_dir=str(root / "qdrant")),
+        embedder=EmbedderSettings(cache=caches),
+        retriever=RetrieverSettings(data_dir=str(root / "qdrant"), cache=caches),
         ingestor=IngestorSettings(progress_interval_ms=0),
         router=RouterSettings(providers=[ProviderSettings(name="extractive",
-                                                          kind="extractive")]),
+                                                          kind="extractive")],
+                              answer_cache=caches),
         bridge=BridgeSettings(port=0, asks_per_minute=1_000_000, concurrent_asks=10_000,
                               ask_timeout_s=TIMEOUT_S),
     )
@@ -176,7 +186,7 @@ async def ws_ask(ws: ClientConnection, ask_id: str, question: str) -> tuple[floa
 
 
 async def run(clients: int, asks: int, docs: int, mode: str = "paced",
-              rate: float = 50.0) -> dict[str, object]:
+              rate: float = 50.0, cold: bool = False) -> dict[str, object]:
     from ragbus.actors.bridge import Bridge
     from ragbus.actors.embedder import Embedder
     from ragbus.actors.ingestor import Ingestor
@@ -188,7 +198,7 @@ async def run(clients: int, asks: int, docs: int, mode: str = "paced",
     documents, questions = corpus(docs)
     with tempfile.TemporaryDirectory() as tmp:
         async with EmbeddedNats() as server:
-            settings = settings_for(server.url, Path(tmp))
+            settings = settings_for(server.url, Path(tmp), caches=not cold)
             bridge = Bridge(settings)
             actors = (Embedder(settings), Retriever(settings), Ingestor(settings),
                       ContextTrimmer(settings), Router(settings), bridge)
@@ -211,7 +221,10 @@ async def run(clients: int, asks: int, docs: int, mode: str = "paced",
                 errors = 0
 
                 def question(client: int, round_: int) -> str:
-                    return questions[(client * asks + round_) % len(questions)]
+                    k = client * asks + round_
+                    if cold:  # every ask its own text (its twin on the other path the same)
+                        return f"{questions[k % len(questions)]} (ask {k})"
+                    return questions[k % len(questions)]
 
                 async def ask_ws(c: int, round_: int, record: bool) -> None:
                     nonlocal errors
@@ -234,7 +247,9 @@ async def run(clients: int, asks: int, docs: int, mode: str = "paced",
                         for c in range(clients):
                             tg.start_soon(path, c, round_, record)
 
-                for round_ in range(asks):  # warm-up: every question once on each path
+                # warm-up: every question once on each path (cold: one round, which warms
+                # connections and code paths; with caches off it leaves nothing to reuse)
+                for round_ in range(1 if cold else asks):
                     await burst(ask_direct, round_, False)
                     await burst(ask_ws, round_, False)
                 if mode == "burst":
@@ -272,7 +287,9 @@ async def run(clients: int, asks: int, docs: int, mode: str = "paced",
         "direct_ttft_ms_p50": round(direct50, 2),
         "load": (f"paced: {rate:g} asks/s per path" if mode == "paced"
                  else f"burst: {clients} asks at once per round"),
-        "query_path": "embedder+retriever+context-trimmer+router(extractive), warm caches",
+        "variant": "cold" if cold else "warm",
+        "query_path": "embedder+retriever+context-trimmer+router(extractive), " + (
+            "caches off, a distinct question per ask" if cold else "warm caches"),
     }
 
 
@@ -287,10 +304,13 @@ def main() -> None:
                              "every client asks at the same instant, round after round")
     parser.add_argument("--rate", type=float, default=50.0,
                         help="paced mode: asks per second on each path")
+    parser.add_argument("--cold", action="store_true",
+                        help="caches off and a distinct question per ask: every ask embeds, "
+                             "searches and answers (the default measures warm cache hits)")
     args = parser.parse_args()
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     print(json.dumps(anyio.run(run, args.clients, args.asks, args.docs, args.mode,
-                               args.rate)))
+                               args.rate, args.cold)))
 
 
 if __name__ == "__main__":
