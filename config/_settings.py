@@ -76,6 +76,10 @@ class RuntimeSettings(_Section, frozen=True, kw_only=True):
     """How every actor handles messages."""
 
     concurrency: PositiveInt = 64
+    # admission: with every slot busy, a message is refused at once with OVERLOADED when
+    # the wait it would have (queued ahead x mean handling time / concurrency) is over
+    # this; None queues without limit (the pre-#20 behaviour)
+    max_queue_wait_s: Positive | None = 0.5
     max_message_bytes: PositiveInt = 1024 * 1024
     default_timeout_s: Positive = 30.0
     drain_grace_s: Annotated[float, Meta(ge=0)] = 10.0

@@ -61,6 +61,7 @@ from .audit import AuditFields, AuditPublisher, config_summary
 from .errors import (
     BadRequestError,
     DeadlineExceededError,
+    OverloadedError,
     RagbusError,
     RequestCancelledError,
     TooLargeError,
@@ -286,6 +287,10 @@ class Actor:
         self._stop = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
         self._slots = anyio.Semaphore(self.concurrency)
+        #: messages waiting for a slot, and the mean time a handler takes (EWMA, s): what
+        #: admission estimates a newcomer's wait from
+        self._queued = 0
+        self._service_s = 0.0
         self._counters: dict[str, EndpointCounters] = {}
         self._inflight_gauge = self.metrics.inflight.labels(self.name)
         self._accepting = False
@@ -440,14 +445,51 @@ class Actor:
         return subs
 
     async def _admit(self, spec: EndpointSpec, msg: Msg, route: _Route) -> None:
-        await self._slots.acquire()
+        """Start the message's handler now if a slot is free; else queue it, unless the
+        wait it would have is over ``runtime.max_queue_wait_s``: then refuse it at once
+        with ``OVERLOADED`` (and a ``retry_after_s``), so that above capacity a client
+        hears in milliseconds what it would otherwise wait seconds for, and the queries
+        that are admitted keep their latency. nats-py runs this callback one message at a
+        time, so it never waits itself: a waiting callback would queue messages unseen
+        in the client's buffer, without bound."""
         if not self._accepting or self._tg is None:
-            self._slots.release()
             await self._reply_error(
                 msg.reply, UnavailableError(f"{self.name} is shutting down; retry"), None, None,
                 spec)
             return
-        self._tg.start_soon(self._handle, spec, msg, route, time.perf_counter_ns(), None)
+        received = time.perf_counter_ns()
+        if self._slots.value > 0:
+            self._slots.acquire_nowait()
+            self._tg.start_soon(self._handle, spec, msg, route, received, None)
+            return
+        limit = self.settings.runtime.max_queue_wait_s
+        wait_s = (self._queued + 1) * self._service_s / self.concurrency
+        if limit is not None and wait_s > limit:
+            await self._shed(spec, msg, wait_s)
+            return
+        self._queued += 1
+        self._tg.start_soon(self._queue_then_handle, spec, msg, route, received)
+
+    async def _queue_then_handle(self, spec: EndpointSpec, msg: Msg, route: _Route,
+                                 received: int) -> None:
+        try:
+            await self._slots.acquire()
+        finally:
+            self._queued -= 1
+        await self._handle(spec, msg, route, received, None)
+
+    async def _shed(self, spec: EndpointSpec, msg: Msg, wait_s: float) -> None:
+        """Refuse a message admission will not queue, to whoever awaits its outcome: its
+        reply subject, and a stream request's ``reply_to`` (read without decoding the
+        rest; a message too broken to read is refused on its reply subject only)."""
+        try:
+            envelope = _ENVELOPE.decode(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            envelope = _Envelope()
+        err = OverloadedError(
+            f"{self.name} is over capacity (about {wait_s:.1f} s of work queued); retry "
+            "later or elsewhere", details={"retry_after_s": round(max(wait_s, 0.1), 2)})
+        await self._reply_error(msg.reply, err, envelope.request_id, envelope.reply_to, spec)
 
     async def _consume_all(self, *,
                            task_status: TaskStatus[_Consumers] = anyio.TASK_STATUS_IGNORED,
@@ -580,6 +622,7 @@ class Actor:
     async def _handle(self, spec: EndpointSpec, msg: Msg, route: _Route, received_ns: int,
                       durable: Durable | None) -> None:
         error: str | None = None
+        started = time.perf_counter_ns()  # after any wait for a slot: the service time
         route.messages.inc()
         self._inflight_gauge.inc()
         try:
@@ -593,6 +636,9 @@ class Actor:
             route.counters.record(elapsed, error)
             if durable is None:
                 self._slots.release()
+                service_s = (time.perf_counter_ns() - started) / 1e9
+                self._service_s = service_s if not self._service_s else (
+                    self._service_s + 0.1 * (service_s - self._service_s))
 
     async def _process(self, spec: EndpointSpec, msg: Msg, outcome: _Outcome) -> str | None:
         """Run one message; returns the error code it ended with, if any."""
@@ -850,6 +896,15 @@ class _Reply(_Outcome):
 
 
 #: a peer's failure that may pass: the message is worth another delivery
+class _Envelope(msgspec.Struct):
+    """What a refusal needs of a message it does not handle: who awaits its outcome."""
+
+    request_id: str | None = None
+    reply_to: str | None = None
+
+
+_ENVELOPE = msgspec.json.Decoder(_Envelope)
+
 _RETRIABLE = frozenset({ErrorCode.UNAVAILABLE, ErrorCode.DEADLINE_EXCEEDED,
                         ErrorCode.OVERLOADED, ErrorCode.RATE_LIMIT})
 

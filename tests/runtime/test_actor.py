@@ -14,6 +14,7 @@ from ragbus.runtime import (
     Client,
     DeadlineExceededError,
     InternalError,
+    OverloadedError,
     RequestCancelledError,
     TooLargeError,
     UnavailableError,
@@ -121,6 +122,61 @@ async def test_slow_requests_run_concurrently_up_to_the_limit(nats_url: str, nc:
                 tg.start_soon(one, i)
     assert sorted(int(p.text) for p in results) == list(range(12))
     assert echo.max_active == 4  # concurrent, and never beyond the limit
+
+
+async def test_over_capacity_a_request_is_refused_at_once_instead_of_queued(
+    nats_url: str, nc: NATS
+) -> None:
+    """One slot, handlers of 0.4 s, at most 0.5 s of queueing: of five at once, one runs,
+    one waits (0.4 s ahead of it), three are told OVERLOADED with a retry hint, and a
+    stream request's refusal reaches its reply_to as a failed event."""
+    settings = Settings(nats=NatsSettings(url=nats_url),
+                        runtime=RuntimeSettings(concurrency=1, max_queue_wait_s=0.5))
+    client = Client(nc)
+    events = await nc.subscribe("inbox.shed")
+    async with running(Echo(settings)):
+        await client.request(ECHO, Ping(text="warm", sleep_s=0.4), Pong, timeout=10)
+        answered: list[Pong] = []
+        refused: list[OverloadedError] = []
+
+        async def one(i: int) -> None:
+            try:
+                answered.append(await client.request(ECHO, Ping(text=str(i), sleep_s=0.4),
+                                                     Pong, timeout=10))
+            except OverloadedError as exc:
+                refused.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(5):
+                tg.start_soon(one, i)
+            await anyio.sleep(0.1)  # all five are in: one running, one queued
+            await nc.publish(STREAM, msgspec.json.encode(StreamPing(
+                request_id="s1", reply_to="inbox.shed", tokens=1)))
+            failed = msgspec.json.decode((await events.next_msg(timeout=5)).data)
+    assert len(answered) == 2
+    assert len(refused) == 3
+    assert all(exc.details["retry_after_s"] > 0 for exc in refused)
+    assert failed["type"] == "failed"
+    assert failed["code"] == "OVERLOADED"
+    assert failed["request_id"] == "s1"
+
+
+async def test_with_no_queue_limit_every_request_waits_its_turn(nats_url: str, nc: NATS) -> None:
+    settings = Settings(nats=NatsSettings(url=nats_url),
+                        runtime=RuntimeSettings(concurrency=1, max_queue_wait_s=None))
+    client = Client(nc)
+    async with running(Echo(settings)):
+        await client.request(ECHO, Ping(text="warm", sleep_s=0.3), Pong, timeout=10)
+        answered: list[Pong] = []
+
+        async def one(i: int) -> None:
+            answered.append(await client.request(ECHO, Ping(text=str(i), sleep_s=0.3), Pong,
+                                                 timeout=10))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(5):
+                tg.start_soon(one, i)
+    assert sorted(int(p.text) for p in answered) == list(range(5))
 
 
 async def test_cancel_stops_the_handler_and_requester_sees_cancelled(

@@ -132,7 +132,7 @@ async def test_actor_keeps_answering_while_the_model_runs(nats_url: str, nc: NAT
     async with running(Embedder(make_settings(nats_url, cache=False))) as (embedder,):
 
         async def big() -> None:
-            await Client(nc).request(EMBED, Embed(texts=long_texts), Embedded)
+            await Client(nc).request(EMBED, Embed(texts=long_texts), Embedded, timeout=300)
             order.append("embed")
 
         async with anyio.create_task_group() as tg:
