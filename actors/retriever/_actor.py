@@ -367,7 +367,9 @@ class Retriever(Actor):
             if self.cache is not None:
                 cached = await self.cache.get(key)
 
-        known = True
+        # the versions validate a cached retrieval and scope a cached answer: a query that
+        # can use neither (retrieval cache off, no answer) skips the KV read
+        known = self.cache is not None or request.generate
 
         async def read_versions() -> None:
             nonlocal known
@@ -377,7 +379,8 @@ class Retriever(Actor):
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(lookup)
-            tg.start_soon(read_versions)
+            if known:
+                tg.start_soon(read_versions)
         if cached is not None and (not known or cached.versions != versions):
             cached = None  # computed before a re-ingest (or nobody can say): stale
         timings: dict[str, float] = {}
