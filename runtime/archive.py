@@ -43,9 +43,10 @@ def sha256_file(path: Path) -> str:
 
 
 def pack(source: Path, archive: Path, *, skip: Collection[str] = ()) -> None:
-    """``source``'s files (not those named in ``skip``, at any depth) as an uncompressed
-    tar: vectors and JSONL compress poorly for the CPU they would cost."""
-    with tarfile.open(archive, "w") as tar:
+    """``source``'s files (not those named in ``skip``, at any depth) as a gzipped tar, at
+    the fastest level: qdrant-edge preallocates its files (~200 MB of mostly zeros for a
+    shard of one point), which this shrinks ~200-fold in about half a second."""
+    with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
         for path in sorted(source.rglob("*")):
             if path.name in skip or any(part in skip for part in path.relative_to(source).parts):
                 continue
@@ -61,7 +62,7 @@ def unpack(archive: Path, target: Path) -> list[str]:
     """
     target.mkdir(parents=True, exist_ok=True)
     try:
-        with tarfile.open(archive, "r") as tar:
+        with tarfile.open(archive, "r:*") as tar:
             members = tar.getmembers()
             tar.extractall(target, filter="data")
     except (tarfile.TarError, OSError) as exc:

@@ -162,7 +162,7 @@ class AuditLogger(Actor):
         outstanding = await self._caught_up(min(5.0, max(0.0, ctx.remaining() / 3)))
         obs = await open_backup_bucket(self.nc, self.subjects)
         with tempfile.TemporaryDirectory(prefix="ragbus-audit-backup-") as tmp:
-            files, archive = Path(tmp) / "audit", Path(tmp) / "audit.tar"
+            files, archive = Path(tmp) / "audit", Path(tmp) / "audit.tar.gz"
             seq = await self.worker.run(self.store.copy_files, files)
             await anyio.to_thread.run_sync(pack, files, archive)
             digest = await anyio.to_thread.run_sync(sha256_file, archive)
@@ -181,7 +181,7 @@ class AuditLogger(Actor):
             return Restored(request_id=request.request_id, details={"records": self.store.seq})
         obs = await open_backup_bucket(self.nc, self.subjects)
         with tempfile.TemporaryDirectory(prefix="ragbus-audit-restore-") as tmp:
-            archive, files = Path(tmp) / "audit.tar", Path(tmp) / "audit"
+            archive, files = Path(tmp) / "audit.tar.gz", Path(tmp) / "audit"
             await fetch_object(obs, request.name, archive, sha256=request.sha256)
             await anyio.to_thread.run_sync(unpack, archive, files)
             try:

@@ -339,7 +339,7 @@ class Retriever(Actor):
         store = self._edge(shard)
         obs = await open_backup_bucket(self.nc, self.subjects)
         with tempfile.TemporaryDirectory(prefix=".backup-", dir=store.path.parent) as tmp:
-            copy, archive = Path(tmp) / "shard", Path(tmp) / "shard.tar"
+            copy, archive = Path(tmp) / "shard", Path(tmp) / "shard.tar.gz"
             async with self._writes[shard], self._files[shard]:
                 if store.dim is not None:
                     await self.worker.run(store.flush)
@@ -372,7 +372,7 @@ class Retriever(Actor):
                             details={"shard": shard, "points": held})
         obs = await open_backup_bucket(self.nc, self.subjects)
         with tempfile.TemporaryDirectory(prefix=".restore-", dir=store.path.parent) as tmp:
-            archive, files = Path(tmp) / "shard.tar", Path(tmp) / "shard"
+            archive, files = Path(tmp) / "shard.tar.gz", Path(tmp) / "shard"
             await fetch_object(obs, request.name, archive, sha256=request.sha256)
             await anyio.to_thread.run_sync(unpack, archive, files)
             async with self._writes[shard], self._files[shard]:

@@ -236,7 +236,7 @@ async def run_backup(loaded: Loaded, url: str, directory: Path, *, caches: bool,
         await _backup_stream(js, s.ingest_stream, directory, manifest)
         backup_id = new_id()
         for shard in settings.retriever.shards:
-            file = f"shards/{shard}.tar"
+            file = f"shards/{shard}.tar.gz"
             done = await _from_owner(nc, s, s.snapshot_shard(shard),
                                      f"{backup_id}.shard.{shard}", directory / file,
                                      timeout_s, f"start the retriever serving shard {shard!r}")
@@ -244,10 +244,10 @@ async def run_backup(loaded: Loaded, url: str, directory: Path, *, caches: bool,
             manifest.shards[shard] = {"file": file, **done.details}
         if audit:  # last: it holds the events of everything above
             done = await _from_owner(nc, s, s.snapshot_audit, f"{backup_id}.audit",
-                                     directory / "audit.tar", timeout_s,
+                                     directory / "audit.tar.gz", timeout_s,
                                      "start the audit-logger, or pass --no-audit")
-            _record(manifest, directory, "audit.tar")
-            manifest.audit = {"file": "audit.tar", **done.details}
+            _record(manifest, directory, "audit.tar.gz")
+            manifest.audit = {"file": "audit.tar.gz", **done.details}
     finally:
         await nc.close()
     (directory / MANIFEST).write_bytes(msgspec.json.format(msgspec.json.encode(manifest)))
@@ -324,8 +324,8 @@ async def run_restore(loaded: Loaded, url: str, directory: Path, *, force: bool,
                             f"{restore_id}.shard.{shard}", manifest.files[file].sha256,
                             force, timeout_s)
         if manifest.audit is not None:
-            await _to_owner(nc, s, s.restore_audit, directory / "audit.tar",
-                            f"{restore_id}.audit", manifest.files["audit.tar"].sha256,
+            await _to_owner(nc, s, s.restore_audit, directory / "audit.tar.gz",
+                            f"{restore_id}.audit", manifest.files["audit.tar.gz"].sha256,
                             force, timeout_s)
         for name in manifest.kv:
             file = f"kv/{name}.json"

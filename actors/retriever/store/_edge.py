@@ -302,8 +302,9 @@ class EdgeStore:
 
     def replace_with(self, source: Path) -> int:
         """Swap the shard files in ``source`` (a restored backup) in for this store's and
-        load them; returns the points they hold. ``source`` without a shard (a backup
-        of a shard never written to) leaves an empty store.
+        load them; returns the points they hold. ``source`` is emptied and removed;
+        without a shard in it (a backup of a shard never written to) the store is left
+        empty.
 
         Searches must not run meanwhile (call it on the thread that runs them) and no
         build may be running. The files replaced are moved aside first and moved back
@@ -346,6 +347,7 @@ class EdgeStore:
                     lambda: qe.EdgeShard.load(str(self._path), self._config()))
             raise
         shutil.rmtree(aside, ignore_errors=True)
+        shutil.rmtree(source, ignore_errors=True)
         if self._shard is None:
             self._unindexed = 0
             return 0

@@ -140,14 +140,14 @@ def test_backup_restore_into_a_fresh_system_answers_the_same(tmp_path: Path) -> 
     # the same backup, damaged: a flipped byte in the shard's archive is named
     damaged = tmp_path / "damaged"
     shutil.copytree(backup, damaged)
-    flip_a_byte(damaged / "shards" / "default.tar")
+    flip_a_byte(damaged / "shards" / "default.tar.gz")
     caught = first.cli("backup", "verify", str(damaged))
     assert caught.returncode == 1
-    assert "shards/default.tar is corrupted" in caught.stderr
+    assert "shards/default.tar.gz is corrupted" in caught.stderr
     with running(System(tmp_path / "third")) as third:
         refused = third.cli("restore", str(damaged))
         assert refused.returncode == 1
-        assert "shards/default.tar is corrupted" in refused.stderr
+        assert "shards/default.tar.gz is corrupted" in refused.stderr
         # nothing was restored: the shard and the manifests are still empty
         assert third.sources() == []
 
