@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import tarfile
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import anyio
@@ -24,7 +24,7 @@ from nats.js.object_store import ObjectStore
 
 from ragbus.subjects import Subjects, backup_bucket
 
-from .errors import BadRequestError
+from .errors import BadRequestError, UnavailableError
 from .jetstream import through_elections
 
 __all__ = ("drop_object", "fetch_object", "open_backup_bucket", "pack", "sha256_file",
@@ -83,16 +83,20 @@ async def open_backup_bucket(nc: NATS, s: Subjects) -> ObjectStore:
     return await through_elections(open_or_create)
 
 
-async def store_object(obs: ObjectStore, name: str, path: Path) -> None:
+async def store_object(obs: ObjectStore, name: str, path: Path, *,
+                       timeout_s: float = 300.0) -> None:
     """Put the file at ``path`` into the bucket as ``name`` (read in chunks, not whole)."""
-    with path.open("rb") as f:
+    with _within(timeout_s, f"storing archive {name!r}"), path.open("rb") as f:
         await obs.put(name, f)
 
 
-async def fetch_object(obs: ObjectStore, name: str, path: Path, *, sha256: str) -> None:
+async def fetch_object(obs: ObjectStore, name: str, path: Path, *, sha256: str,
+                       timeout_s: float = 300.0) -> None:
     """Write object ``name`` to ``path`` and check it is the archive ``sha256`` names."""
+    if not name or not sha256:
+        raise BadRequestError("an archive transfer needs the archive's name and SHA-256")
     try:
-        with path.open("wb") as f:
+        with _within(timeout_s, f"fetching archive {name!r}"), path.open("wb") as f:
             await obs.get(name, writeinto=f)
     except JsNotFoundError as exc:
         raise BadRequestError(f"no archive {name!r} in the backup bucket") from exc
@@ -100,6 +104,16 @@ async def fetch_object(obs: ObjectStore, name: str, path: Path, *, sha256: str) 
     if got != sha256:
         raise BadRequestError(f"archive {name!r} arrived with SHA-256 {got}, not the "
                               f"{sha256} it was sent with: it was changed on the way")
+
+
+@contextlib.contextmanager
+def _within(seconds: float, what: str) -> Iterator[None]:
+    """A transfer that stalls (the bus went away mid-object) ends as UNAVAILABLE."""
+    try:
+        with anyio.fail_after(seconds):
+            yield
+    except TimeoutError:
+        raise UnavailableError(f"{what} took over {seconds:g} s; retry") from None
 
 
 async def drop_object(obs: ObjectStore, name: str) -> None:

@@ -12,12 +12,14 @@ written over the bus, as admin.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import msgspec
 from nats.aio.client import Client as NATS
+from nats.errors import Error as NatsError
 from nats.js.api import StreamConfig
 from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
@@ -37,7 +39,7 @@ from ragbus.subjects import (
 
 from ..archive import drop_object, fetch_object, open_backup_bucket, sha256_file, store_object
 from ..client import Client
-from ..errors import BadRequestError, UnsupportedVersionError
+from ..errors import BadRequestError, UnavailableError, UnsupportedVersionError
 from ..jetstream import kv_entries, through_elections
 from ..security import CACHE_BUCKETS, STATE_BUCKETS, connect_as
 
@@ -47,6 +49,7 @@ out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
 MANIFEST = "manifest.json"
+R = TypeVar("R", Snapshotted, Restored)
 
 
 class FileEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -119,6 +122,9 @@ def verify_backup(directory: Path) -> Manifest:
     is missing or differs is named in the error."""
     manifest = read_manifest(directory)
     for name, entry in sorted(manifest.files.items()):
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise BadRequestError(f"{directory / MANIFEST} is corrupted: it names {name!r}, "
+                                  "outside the backup")
         path = directory / name
         if not path.is_file():
             raise BadRequestError(f"backup file {path} is missing", details={"file": name})
@@ -186,30 +192,26 @@ async def _backup_stream(js: Any, stream: str, directory: Path, manifest: Manife
                                 "first_seq": info.state.first_seq, "last_seq": last}
 
 
+async def _ask(nc: NATS, s: Subjects, subject: str, message: Snapshot | Restore,
+               reply: type[R], *, timeout_s: float, hint: str) -> R:
+    """A request to an owner; nobody serving it names what to start."""
+    try:
+        return await Client(nc, s).request(subject, message, reply, timeout=timeout_s)
+    except UnavailableError as exc:
+        raise UnavailableError(f"{exc.message} ({hint})", details=exc.details) from None
+
+
 async def _from_owner(nc: NATS, s: Subjects, subject: str, name: str, target: Path,
                       timeout_s: float, hint: str) -> Snapshotted:
     """Ask an owner for its snapshot, then move the archive from the bucket to ``target``."""
     obs = await open_backup_bucket(nc, s)
+    done = await _ask(nc, s, subject, Snapshot(name=name), Snapshotted, timeout_s=timeout_s,
+                      hint=hint)
     try:
-        done = await Client(nc, s).request(subject, Snapshot(name=name), Snapshotted,
-                                           timeout=timeout_s)
-    except BadRequestError:
-        raise
-    except Exception as exc:
-        _unserved(exc, hint)
-        raise
-    try:
-        await fetch_object(obs, name, target, sha256=done.sha256)
+        await fetch_object(obs, name, target, sha256=done.sha256, timeout_s=timeout_s)
     finally:
         await drop_object(obs, name)
     return done
-
-
-def _unserved(exc: Exception, hint: str) -> None:
-    from ..errors import UnavailableError
-
-    if isinstance(exc, UnavailableError):
-        raise UnavailableError(f"{exc.message} ({hint})") from None
 
 
 def _prepare(directory: Path) -> None:
@@ -278,15 +280,25 @@ async def _restore_kv(js: Any, dump: KvDump, *, force: bool) -> None:
 
 
 async def _to_owner(nc: NATS, s: Subjects, subject: str, path: Path, name: str,
-                    sha256: str, force: bool, timeout_s: float) -> Restored:
+                    sha256: str, force: bool, timeout_s: float, hint: str) -> Restored:
     obs = await open_backup_bucket(nc, s)
-    await store_object(obs, name, path)
+    await store_object(obs, name, path, timeout_s=timeout_s)
     try:
-        return await Client(nc, s).request(
-            subject, Restore(name=name, sha256=sha256, force=force), Restored,
-            timeout=timeout_s)
+        return await _ask(nc, s, subject, Restore(name=name, sha256=sha256, force=force),
+                          Restored, timeout_s=timeout_s, hint=hint)
     finally:
         await drop_object(obs, name)
+
+
+async def _restore_stream(js: Any, stream: str, config: dict[str, Any], path: Path) -> None:
+    """Publish the messages again, in order (the stream created as it was if nobody did)."""
+    try:
+        await js.stream_info(stream)
+    except NotFoundError:
+        await js.add_stream(StreamConfig.from_response(dict(config)))
+    for line in (await anyio.Path(path).read_bytes()).splitlines():
+        msg = msgspec.json.decode(line, type=StreamMessage)
+        await js.publish(msg.subject, msg.data, headers=msg.headers)
 
 
 async def run_restore(loaded: Loaded, url: str, directory: Path, *, force: bool,
@@ -299,7 +311,6 @@ async def run_restore(loaded: Loaded, url: str, directory: Path, *, force: bool,
                               f"system's prefix is {settings.subject_prefix!r}")
     nc = await connect_as(settings.nats, settings.security, "admin", url=url,
                           name="ragbus-restore", max_reconnect_attempts=2)
-    client = Client(nc, s)
     try:
         js = nc.jetstream()
         # every refusal before any change: an empty system, or --force
@@ -311,33 +322,34 @@ async def run_restore(loaded: Loaded, url: str, directory: Path, *, force: bool,
                         f"this system is not empty: KV {s.bucket(name)} holds {held} entries. "
                         "Restore into a freshly started system (ragbus up on an empty data "
                         "directory), or pass --force to replace what it holds")
+        hints = {shard: f"start a retriever serving shard {shard!r}"
+                 for shard in manifest.shards}
+        audit_hint = "start the audit-logger"
         for shard in manifest.shards:
-            await client.request(s.restore_shard(shard), Restore(force=force, dry_run=True),
-                                 Restored, timeout=timeout_s)
+            await _ask(nc, s, s.restore_shard(shard), Restore(force=force, dry_run=True),
+                       Restored, timeout_s=min(timeout_s, 30.0), hint=hints[shard])
         if manifest.audit is not None:
-            await client.request(s.restore_audit, Restore(force=force, dry_run=True),
-                                 Restored, timeout=timeout_s)
+            await _ask(nc, s, s.restore_audit, Restore(force=force, dry_run=True), Restored,
+                       timeout_s=min(timeout_s, 30.0), hint=audit_hint)
         restore_id = new_id()
         for shard, info in manifest.shards.items():
             file = info["file"]
             await _to_owner(nc, s, s.restore_shard(shard), directory / file,
                             f"{restore_id}.shard.{shard}", manifest.files[file].sha256,
-                            force, timeout_s)
+                            force, timeout_s, hints[shard])
         if manifest.audit is not None:
             await _to_owner(nc, s, s.restore_audit, directory / "audit.tar.gz",
                             f"{restore_id}.audit", manifest.files["audit.tar.gz"].sha256,
-                            force, timeout_s)
+                            force, timeout_s, audit_hint)
         for name in manifest.kv:
             file = f"kv/{name}.json"
             if file in manifest.files:
                 dump = msgspec.json.decode((directory / file).read_bytes(), type=KvDump)
                 await _restore_kv(js, dump, force=force)
-        for stream in manifest.streams:
+        for stream, info in manifest.streams.items():
             file = f"streams/{stream}.jsonl"
             if file in manifest.files:
-                for line in (directory / file).read_bytes().splitlines():
-                    msg = msgspec.json.decode(line, type=StreamMessage)
-                    await js.publish(msg.subject, msg.data, headers=msg.headers)
+                await _restore_stream(js, stream, info["config"], directory / file)
     finally:
         await nc.close()
     return manifest
@@ -351,6 +363,15 @@ def _summary(manifest: Manifest) -> str:
     records = manifest.audit.get("records", 0) if manifest.audit else "no audit store"
     return (f"{len(manifest.files)} files, {total} bytes: {kv} KV entries, "
             f"{len(manifest.shards)} shards ({points} points), audit records: {records}")
+
+
+def _run(job: Callable[[], Awaitable[Manifest]]) -> Manifest:
+    """``job`` to its end; the bus failing under it is UNAVAILABLE, said plainly."""
+    try:
+        return anyio.run(job)
+    except NatsError as exc:
+        raise UnavailableError(f"NATS failed during the operation ({exc!r}): run it again "
+                               "(a restore that got part of the way: with --force)") from None
 
 
 def _verifying(args: argparse.Namespace) -> bool:
@@ -372,8 +393,8 @@ def _cmd_backup(args: argparse.Namespace) -> int:
         return 2
     loaded: Loaded = args.loaded
     directory = Path(args.backup_target[0])
-    manifest = anyio.run(lambda: run_backup(loaded, args.nats_url, directory, caches=args.caches,
-                                            audit=not args.no_audit, timeout_s=args.timeout))
+    manifest = _run(lambda: run_backup(loaded, args.nats_url, directory, caches=args.caches,
+                                       audit=not args.no_audit, timeout_s=args.timeout))
     out.print(f"[green]backed up[/] to {directory}: {_summary(manifest)}")
     return 0
 
@@ -381,8 +402,8 @@ def _cmd_backup(args: argparse.Namespace) -> int:
 def _cmd_restore(args: argparse.Namespace) -> int:
     loaded: Loaded = args.loaded
     directory = Path(args.directory)
-    manifest = anyio.run(lambda: run_restore(loaded, args.nats_url, directory,
-                                             force=args.force, timeout_s=args.timeout))
+    manifest = _run(lambda: run_restore(loaded, args.nats_url, directory,
+                                        force=args.force, timeout_s=args.timeout))
     out.print(f"[green]restored[/] from {directory}: {_summary(manifest)}")
     return 0
 
