@@ -12,6 +12,7 @@ written over the bus, as admin.
 from __future__ import annotations
 
 import argparse
+import contextlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -346,6 +347,11 @@ async def run_restore(loaded: Loaded, url: str, directory: Path, *, force: bool,
             if file in manifest.files:
                 dump = msgspec.json.decode((directory / file).read_bytes(), type=KvDump)
                 await _restore_kv(js, dump, force=force)
+        if force:  # cached answers of what was replaced could match the restored versions
+            for name in CACHE_BUCKETS:
+                if f"kv/{name}.json" not in manifest.files:
+                    with contextlib.suppress(NotFoundError):
+                        await js.purge_stream(f"KV_{s.bucket(name)}")
         for stream, info in manifest.streams.items():
             file = f"streams/{stream}.jsonl"
             if file in manifest.files:
@@ -411,9 +417,13 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     backup = sub.add_parser(
         "backup", help="back up a running system into DIR (or: backup verify DIR)",
+        usage="ragbus backup [--caches] [--no-audit] [--timeout S] DIR\n"
+              "       ragbus backup verify DIR",
         description="ragbus backup DIR: KV buckets, the ingest stream, every shard and the "
         "audit store, with a manifest of digests. ragbus backup verify DIR: check them.")
-    backup.add_argument("backup_target", nargs="+", metavar="DIR | verify DIR")
+    backup.add_argument("backup_target", nargs="+", metavar="DIR",
+                        help="a new directory to back up into, or `verify DIR` to check one "
+                        "(./verify for a directory of that name)")
     backup.add_argument("--caches", action="store_true",
                         help="also the caches (retrieval, answers, embeddings)")
     backup.add_argument("--no-audit", action="store_true",
