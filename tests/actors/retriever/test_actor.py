@@ -128,3 +128,49 @@ async def test_a_shard_snapshot_restores_into_another_retriever_and_a_full_one_r
     assert [(h.chunk_id, h.score) for h in after.dense] == [
         (h.chunk_id, h.score) for h in before.dense]
     assert len(after.dense) == 5
+
+
+async def test_a_snapshot_taken_while_writes_go_on_holds_what_it_says(
+    nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
+    """Writes wait from the flush to the end of the copy, so the copy holds exactly the
+    points counted at that moment, whole batches only, while writes keep coming."""
+
+    def settings(name: str) -> Settings:
+        return Settings(nats=NatsSettings(url=nats_url),
+                        runtime=RuntimeSettings(default_timeout_s=30),
+                        retriever=RetrieverSettings(data_dir=str(tmp_path / name)))
+
+    rng = np.random.default_rng(3)
+    client = Client(nc, S)
+    written = 0
+    async with running(Retriever(settings("live"))), anyio.create_task_group() as tg:
+        async def keep_writing() -> None:
+            nonlocal written
+            while True:
+                await client.request(S.index_apply("default"), IndexUpdate(
+                    model_id="m", dim=DIM, upserts=points(rng, written, 10)), IndexApplied,
+                    timeout=30)
+                written += 10
+
+        await client.request(S.index_apply("default"), IndexUpdate(
+            model_id="m", dim=DIM, upserts=points(rng, 10_000, 10)), IndexApplied, timeout=30)
+        tg.start_soon(keep_writing)
+        snaps = []
+        for i in range(3):
+            snaps.append(await client.request(S.snapshot_shard("default"), Snapshot(
+                name=f"live-{i}"), Snapshotted, timeout=60))
+        tg.cancel_scope.cancel()
+    counted = [snap.details["points"] for snap in snaps]
+    assert all(n % 10 == 0 for n in counted)
+    assert counted == sorted(counted)
+    assert written > 0
+
+    restored = Retriever(settings("restored"))
+    async with running(restored):
+        for snap in snaps:
+            done = await client.request(S.restore_shard("default"), Restore(
+                name=snap.name, sha256=snap.sha256, force=True), Restored, timeout=60)
+            assert done.details["points"] == snap.details["points"]
+            assert await restored.worker.run(restored.stores["default"].count) \
+                == snap.details["points"]
