@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -50,6 +51,8 @@ out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
 MANIFEST = "manifest.json"
+#: the manifest's own SHA-256 (it cannot hold it itself), so a change to it is named too
+MANIFEST_DIGEST = "manifest.json.sha256"
 R = TypeVar("R", Snapshotted, Restored)
 
 
@@ -112,6 +115,14 @@ def read_manifest(directory: Path) -> Manifest:
             f"{directory} was written with backup schema {schema}; this ragbus reads "
             f"schema {BACKUP_SCHEMA} and older: restore it with a newer ragbus",
             details={"schema": schema, "supported": BACKUP_SCHEMA})
+    try:
+        recorded = (directory / MANIFEST_DIGEST).read_text().split()[0]
+    except (OSError, IndexError):
+        raise BadRequestError(f"backup file {directory / MANIFEST_DIGEST} is missing or "
+                              "empty") from None
+    if hashlib.sha256(raw).hexdigest() != recorded:
+        raise BadRequestError(f"backup file {path} is corrupted: its SHA-256 is not the one "
+                              f"{MANIFEST_DIGEST} holds", details={"file": MANIFEST})
     try:
         return msgspec.json.decode(raw, type=Manifest)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -253,7 +264,10 @@ async def run_backup(loaded: Loaded, url: str, directory: Path, *, caches: bool,
             manifest.audit = {"file": "audit.tar.gz", **done.details}
     finally:
         await nc.close()
-    (directory / MANIFEST).write_bytes(msgspec.json.format(msgspec.json.encode(manifest)))
+    raw = msgspec.json.format(msgspec.json.encode(manifest))
+    await anyio.Path(directory / MANIFEST).write_bytes(raw)
+    await anyio.Path(directory / MANIFEST_DIGEST).write_text(
+        f"{hashlib.sha256(raw).hexdigest()}  {MANIFEST}\n")  # as sha256sum writes it
     return manifest
 
 

@@ -144,6 +144,12 @@ def test_backup_restore_into_a_fresh_system_answers_the_same(tmp_path: Path) -> 
     caught = first.cli("backup", "verify", str(damaged))
     assert caught.returncode == 1
     assert "shards/default.tar.gz is corrupted" in caught.stderr
+    edited = tmp_path / "edited"  # the manifest itself has a digest too
+    shutil.copytree(backup, edited)
+    flip_a_byte(edited / "manifest.json")
+    named = first.cli("backup", "verify", str(edited))
+    assert named.returncode == 1
+    assert "manifest.json is corrupted" in named.stderr
     with running(System(tmp_path / "third")) as third:
         refused = third.cli("restore", str(damaged))
         assert refused.returncode == 1
