@@ -108,6 +108,13 @@ def test_backup_restore_into_a_fresh_system_answers_the_same(tmp_path: Path) -> 
         before = first.sources()
         made = first.cli("backup", str(backup))
         assert made.returncode == 0, made.stdout + made.stderr
+        twice = first.cli("backup", str(backup))
+        bare = first.cli("backup", str(tmp_path / "bare"), "--no-audit")
+    assert twice.returncode == 1
+    assert "is not empty: back up into a new directory" in twice.stderr
+    assert bare.returncode == 0, bare.stdout + bare.stderr
+    assert json.loads((tmp_path / "bare" / "manifest.json").read_text())["audit"] is None
+    assert not (tmp_path / "bare" / "audit.tar.gz").exists()
     manifest = json.loads((backup / "manifest.json").read_text())
     assert manifest["schema"] == 1
     assert manifest["shards"]["default"]["points"] >= 2
