@@ -31,8 +31,10 @@ from .connection import NATS, connect
 
 __all__ = (
     "ACTOR_ROLES",
+    "BACKUP_BUCKETS",
     "CACHE_BUCKETS",
     "ROLES",
+    "STATE_BUCKETS",
     "Credentials",
     "MissingCredentialsError",
     "Role",
@@ -156,6 +158,16 @@ def _kv_reads(stream: str) -> list[str]:
     ]
 
 
+def _objects(bucket: str) -> list[str]:
+    """Create, put, get and delete objects of one object store bucket (``runtime.archive``):
+    chunks and metadata on ``$O.<bucket>.>``, gets by an ordered consumer with flow
+    control, deletes by purging an object's chunks. nats-py's get finds the bucket's
+    stream by subject (``STREAM.NAMES``: stream names, nothing they hold)."""
+    stream = f"OBJ_{bucket}"
+    return [*_stream_admin(stream), f"$O.{bucket}.>", f"$JS.API.STREAM.PURGE.{stream}",
+            f"$JS.FC.{stream}.>", "$JS.API.STREAM.NAMES", *_kv_reads(stream)]
+
+
 def _cache_admin(bucket: str) -> list[str]:
     """Look at and empty one KV bucket (``ragbus cache stats|purge``), nothing else."""
     stream = f"KV_{bucket}"
@@ -224,14 +236,17 @@ def roles(s: Subjects, *, audit_durable: str = "audit-logger",
 
     any_inbox = "_INBOX.>"  # streamed events go to whichever inbox a requester named
     auditor_allow, auditor_deny = _readers(s.audit_stream, audit_durable)
+    backups = _objects(s.bucket("backup"))  # archives between their owner and the CLI
     table = [
         Role("embedder", allow_responses=True,
              publish=(audit("embedder"), *_bucket(s.bucket("embeddings"))),
              subscribe=(s.embed, *serving, inbox("embedder"))),
         Role("retriever", allow_responses=True,
              publish=(s.embed, s.search_all, s.trim, any_inbox, audit("retriever"),
-                      *_bucket(s.bucket("corpus")), *_bucket(s.bucket("retrieval"))),
-             subscribe=(s.query, s.search_all, f"{p}.index.apply.*", *serving,
+                      *_bucket(s.bucket("corpus")), *_bucket(s.bucket("retrieval")),
+                      *backups),
+             subscribe=(s.query, s.search_all, f"{p}.index.apply.*",
+                        s.snapshot_shard_all, s.restore_shard_all, *serving,
                         inbox("retriever"))),
         Role("trimmer", allow_responses=True,
              # cancels the brief's summary when it gives up waiting for it
@@ -253,8 +268,8 @@ def roles(s: Subjects, *, audit_durable: str = "audit-logger",
                         *serving, inbox("ingestor"))),
         Role("audit", allow_responses=True,
              publish=(audit("audit"), *_stream_admin(s.audit_stream),
-                      *_durable(s.audit_stream, audit_durable)),
-             subscribe=(*serving, inbox("audit"))),
+                      *_durable(s.audit_stream, audit_durable), *backups),
+             subscribe=(s.snapshot_audit, s.restore_audit, *serving, inbox("audit"))),
         Role("auditor", publish=tuple(auditor_allow), deny_publish=tuple(auditor_deny),
              subscribe=(inbox("auditor"),)),
         Role("bridge", allow_responses=True,
@@ -266,12 +281,18 @@ def roles(s: Subjects, *, audit_durable: str = "audit-logger",
              subscribe=(inbox("client"),)),
         Role("admin",
              publish=(s.query, s.cancel_all, s.ingest_submit, f"{p}.docs.*", f"{p}.jobs.*",
+                      # ragbus backup|restore: asks the owners of shards and audit store
+                      s.backup_all,
                       # ragbus status: every stream's leader and replicas
                       "$SRV.>", "$JS.API.STREAM.LIST", *_stream_admin(ingest),
-                      *_bucket(s.bucket("jobs")),
-                      *_bucket_reader(s.bucket("breakers")),
+                      # ragbus backup: the ingest stream's messages, read by sequence
+                      f"$JS.API.STREAM.MSG.GET.{ingest}",
+                      # ragbus backup|restore: every bucket read, written, emptied (--force)
+                      *(grant for name in BACKUP_BUCKETS for grant in
+                        (*_bucket(s.bucket(name)), f"$JS.API.STREAM.PURGE.KV_{s.bucket(name)}")),
                       *(grant for cache in CACHE_BUCKETS
-                        for grant in _cache_admin(s.bucket(cache)))),
+                        for grant in _cache_admin(s.bucket(cache))),
+                      *backups),
              subscribe=(f"{p}.ingest.progress.*", inbox("admin"))),
     ]
     by_name = {role.name: role for role in table}
@@ -281,6 +302,9 @@ def roles(s: Subjects, *, audit_durable: str = "audit-logger",
 
 #: the shared caches, each a KV bucket under the prefix (``ragbus cache``)
 CACHE_BUCKETS = ("retrieval", "answers", "embeddings")
+#: the KV buckets ``ragbus backup`` keeps: the system's state, then the caches (--caches)
+STATE_BUCKETS = ("docs", "corpus", "jobs", "memory", "breakers")
+BACKUP_BUCKETS = (*STATE_BUCKETS, *CACHE_BUCKETS)
 
 
 def role_table(s: Subjects, *, audit_durable: str = "audit-logger") -> str:
@@ -291,7 +315,7 @@ def role_table(s: Subjects, *, audit_durable: str = "audit-logger") -> str:
     """
     rows = ["| role | publishes | subscribes | JetStream |", "|---|---|---|---|"]
     for role in roles(s, audit_durable=audit_durable).values():
-        plain = [f"`{x}`" for x in role.publish if not x.startswith(("$JS.", "$KV."))]
+        plain = [f"`{x}`" for x in role.publish if not x.startswith(("$JS.", "$KV.", "$O."))]
         if role.allow_responses:
             plain.append("replies")
         rows.append(f"| {role.name} | {', '.join(plain) or '-'} | "
@@ -306,6 +330,9 @@ def _jetstream_grants(role: Role) -> list[str]:
     streams = sorted(g.removeprefix(info) for g in grants if g.startswith(info))
     said: list[str] = ["every stream's state (list)"] if "$JS.API.STREAM.LIST" in grants else []
     for stream in streams:
+        if stream.startswith("OBJ_"):
+            said.append(f"objects `{stream[4:]}` read, write")
+            continue
         if stream.startswith("KV_"):
             bucket = stream[3:]
             if f"$KV.{bucket}.>" in grants:

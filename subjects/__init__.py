@@ -1,6 +1,7 @@
 """The wire contract: every subject name and every message type, declared once."""
 
 from ._audit import MSG_ID_HEADER, AuditEvent, AuditKind, AuditOutcome, audit_stream
+from ._backup import BACKUP_SCHEMA, Restore, Restored, Snapshot, Snapshotted, backup_bucket
 from ._base import (
     SCHEMA_VERSION,
     Message,
@@ -71,6 +72,7 @@ from ._streams import (
 )
 
 __all__ = (
+    "BACKUP_SCHEMA",
     "DEFAULT_COLLECTION",
     "DEFAULT_PREFIX",
     "ERROR_HEADER",
@@ -118,10 +120,14 @@ __all__ = (
     "QueryEvent",
     "QueryFilters",
     "Request",
+    "Restore",
+    "Restored",
     "RetrievalMode",
     "Search",
     "SearchHit",
     "SearchResult",
+    "Snapshot",
+    "Snapshotted",
     "Source",
     "Sources",
     "SparseVector",
@@ -134,6 +140,7 @@ __all__ = (
     "TrimInfo",
     "TurnDone",
     "audit_stream",
+    "backup_bucket",
     "breakers_bucket",
     "corpus_bucket",
     "deadline_after",

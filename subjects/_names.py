@@ -110,6 +110,34 @@ class Subjects:
         """``jobs.list``, ``jobs.get``: the ingestor's job API."""
         return self._s("jobs", validate_token(verb, "jobs verb"))
 
+    # -- backup and restore (core request/reply, admin only) ---------------------------
+    def snapshot_shard(self, shard: str) -> str:
+        return self._s("backup", "snapshot", "shard", validate_token(shard, "shard"))
+
+    def restore_shard(self, shard: str) -> str:
+        return self._s("backup", "restore", "shard", validate_token(shard, "shard"))
+
+    @property
+    def snapshot_shard_all(self) -> str:
+        return self._s("backup", "snapshot", "shard", "*")
+
+    @property
+    def restore_shard_all(self) -> str:
+        return self._s("backup", "restore", "shard", "*")
+
+    @property
+    def snapshot_audit(self) -> str:
+        return self._s("backup", "snapshot", "audit")
+
+    @property
+    def restore_audit(self) -> str:
+        return self._s("backup", "restore", "audit")
+
+    @property
+    def backup_all(self) -> str:
+        """Every backup request (the admin role's permission)."""
+        return self._s("backup", ">")
+
     # -- audit (JetStream) ---------------------------------------------------------------
     def audit(self, role: str, kind: str) -> str:
         """``<prefix>.audit.<role>.<kind>``: the bus role the publisher logs in as, then the

@@ -17,7 +17,9 @@ the chain. Replicas for availability would need a store each.
 
 from __future__ import annotations
 
+import tempfile
 import time
+from pathlib import Path
 from typing import Unpack
 
 import anyio
@@ -26,9 +28,26 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from prometheus_client import Counter, Histogram
 
 from ragbus.config import Settings
-from ragbus.runtime import Actor, ActorOptions, WorkerThread
+from ragbus.runtime import (
+    Actor,
+    ActorOptions,
+    BadRequestError,
+    Context,
+    WorkerThread,
+    endpoint,
+)
+from ragbus.runtime.archive import (
+    fetch_object,
+    open_backup_bucket,
+    pack,
+    sha256_file,
+    store_object,
+    unpack,
+)
 from ragbus.runtime.audit import ensure_audit_stream
+from ragbus.subjects import Restore, Restored, Snapshot, Snapshotted
 
+from ._errors import AuditStoreError
 from ._files import store_dir
 from ._origin import origin_check
 from ._pull import BatchPuller
@@ -119,3 +138,56 @@ class AuditLogger(Actor):
             # each rejection is in the store as an audit.rejected record saying why
             self.log.warning("audit.rejected", count=result.rejected,
                              hint="`ragbus audit tail --kind audit.rejected` shows why")
+
+    async def _caught_up(self, within_s: float) -> int:
+        """Wait (up to ``within_s``) until every event in the stream is in the store;
+        returns how many were still outstanding when it stopped waiting."""
+        js = self.nc.jetstream()
+        give_up = anyio.current_time() + within_s
+        while True:
+            info = await js.consumer_info(self.subjects.audit_stream, self.config.durable)
+            outstanding = (info.num_pending or 0) + (info.num_ack_pending or 0)
+            if not outstanding or anyio.current_time() >= give_up:
+                return outstanding
+            await anyio.sleep(0.1)
+
+    @endpoint(lambda s: s.snapshot_audit, request=Snapshot)
+    async def snapshot(self, request: Snapshot, ctx: Context) -> Snapshotted:
+        """The store's files and HEAD, packed into the backup bucket as ``name``.
+
+        First the logger catches up with the stream (for a few seconds at most), so the
+        files hold every event the stream held when the backup began; the copy is made
+        between two batches, where the files and HEAD agree.
+        """
+        outstanding = await self._caught_up(min(5.0, max(0.0, ctx.remaining() / 3)))
+        obs = await open_backup_bucket(self.nc, self.subjects)
+        with tempfile.TemporaryDirectory(prefix="ragbus-audit-backup-") as tmp:
+            files, archive = Path(tmp) / "audit", Path(tmp) / "audit.tar.gz"
+            seq = await self.worker.run(self.store.copy_files, files)
+            await anyio.to_thread.run_sync(pack, files, archive)
+            digest = await anyio.to_thread.run_sync(sha256_file, archive)
+            await store_object(obs, request.name, archive)
+            size = archive.stat().st_size
+        self.log.info("audit.snapshot", records=seq, bytes=size, outstanding=outstanding)
+        return Snapshotted(request_id=request.request_id, name=request.name, bytes=size,
+                           sha256=digest, details={"records": seq, "head": self.store.head,
+                                                   "outstanding": outstanding})
+
+    @endpoint(lambda s: s.restore_audit, request=Restore)
+    async def restore(self, request: Restore, ctx: Context) -> Restored:
+        """Make the chain in archive ``name`` this store's, the store's own records
+        appended after it (see ``AuditStore.replace_with``); new events continue it."""
+        if request.dry_run:
+            return Restored(request_id=request.request_id, details={"records": self.store.seq})
+        obs = await open_backup_bucket(self.nc, self.subjects)
+        with tempfile.TemporaryDirectory(prefix="ragbus-audit-restore-") as tmp:
+            archive, files = Path(tmp) / "audit.tar.gz", Path(tmp) / "audit"
+            await fetch_object(obs, request.name, archive, sha256=request.sha256)
+            await anyio.to_thread.run_sync(unpack, archive, files)
+            try:
+                seq = await self.worker.run(self.store.replace_with, files)
+            except AuditStoreError as exc:
+                raise BadRequestError(str(exc)) from None
+        self.log.info("audit.restored", records=seq, head=self.store.head)
+        return Restored(request_id=request.request_id,
+                        details={"records": seq, "head": self.store.head})

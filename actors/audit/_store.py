@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from ragbus.subjects import AuditEvent, AuditKind, AuditOutcome, ErrorCode
 
 from ._errors import AuditStoreError, StoreLockedError, StoreTamperedError
 from ._files import (
+    HEAD_FILE,
     Head,
     file_name,
     read_head,
@@ -35,7 +37,7 @@ from ._files import (
     truncate_torn_tail,
     write_head,
 )
-from ._record import GENESIS, chain_hash, decode_line, encode_line, stored_event_id
+from ._record import GENESIS, Record, chain_hash, decode_line, encode_line, stored_event_id
 
 __all__ = ("AppendResult", "AuditStore", "Check", "Incoming")
 
@@ -205,6 +207,77 @@ class AuditStore:
             os.close(self._lock_fd)
             self._lock_fd = None
 
+    # -- backup and restore ------------------------------------------------------------
+    def copy_files(self, target: Path) -> int:
+        """Copy the store's files and HEAD to ``target``; returns the last record's seq.
+
+        Call it where appends run (the same thread): between two batches the files
+        and HEAD agree, so the copy is a whole chain.
+        """
+        target.mkdir(parents=True, exist_ok=True)
+        for path in store_files(self.directory):
+            shutil.copy2(path, target / path.name)
+        if (self.directory / HEAD_FILE).exists():
+            shutil.copy2(self.directory / HEAD_FILE, target / HEAD_FILE)
+        return self.seq
+
+    def replace_with(self, source: Path) -> int:
+        """Make the chain in ``source`` (a restored backup's files and HEAD) this store's,
+        then append this store's own records to it; returns the new chain's last seq.
+
+        A freshly started system has records already (its actors' start-up events),
+        so they are not refused but carried over: appended after the restored chain
+        as new records (an event the backup holds already is not written twice), and
+        the replaced files are kept as they were in ``replaced-<time>/`` in the store
+        directory. The restored chain's end is checked as on every open; if it does not
+        check out, the store is put back as it was.
+        """
+        if self._lock_fd is None:
+            raise AuditStoreError("the audit store is not open: call open() first")
+        names = sorted(p.name for p in source.iterdir())
+        strays = [n for n in names if n != HEAD_FILE and not _is_store_file(source / n)]
+        if strays:
+            raise AuditStoreError(f"the backup's audit files include {', '.join(strays)}, "
+                                  "which are no audit store files")
+        current = [*store_files(self.directory)]
+        carried = [Incoming(bytes(record.event), record.stream_seq, "")
+                   for path in current for record in _records(path)]
+        if (self.directory / HEAD_FILE).exists():
+            current.append(self.directory / HEAD_FILE)
+        aside = self.directory / f"replaced-{int(self._clock() * 1000)}"
+        self._reset()
+        aside.mkdir()
+        for path in current:
+            path.rename(aside / path.name)
+        for name in sorted(names, key=lambda n: n == HEAD_FILE):  # HEAD last
+            (source / name).rename(self.directory / name)
+        try:
+            self.open()
+        except BaseException:
+            self._reset()
+            for name in names:
+                (self.directory / name).unlink(missing_ok=True)
+            for path in aside.iterdir():
+                path.rename(self.directory / path.name)
+            aside.rmdir()
+            self.open()
+            raise
+        if not current:
+            aside.rmdir()
+        # checked when they were first written; their subjects are not in the records
+        check, self._check = self._check, None
+        try:
+            self.append(carried)
+        finally:
+            self._check = check
+        return self.seq
+
+    def _reset(self) -> None:
+        """Close, and forget what was read from the files (an open reads it again)."""
+        self.close()
+        self._ids = _RecentIds(self._ids.capacity)
+        self.seq, self.head, self._file, self._lines = 0, GENESIS, "", 0
+
     # -- appending --------------------------------------------------------------------
     def seen(self, event_id: str) -> bool:
         return event_id in self._ids
@@ -264,6 +337,14 @@ class AuditStore:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, start)
             raise
+
+
+def _records(path: Path) -> list[Record]:
+    return [decode_line(line) for line in path.read_bytes().splitlines() if line]
+
+
+def _is_store_file(path: Path) -> bool:
+    return path.is_file() and path in store_files(path.parent)
 
 
 def _rejected(item: Incoming, error: str, *, claimed: AuditEvent | None = None) -> AuditEvent:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -27,14 +29,26 @@ from ragbus.runtime import (
     best_effort,
     endpoint,
 )
+from ragbus.runtime.archive import (
+    fetch_object,
+    open_backup_bucket,
+    pack,
+    sha256_file,
+    store_object,
+    unpack,
+)
 from ragbus.subjects import (
     AuditKind,
     IndexApplied,
     IndexUpdate,
     Query,
+    Restore,
+    Restored,
     Search,
     SearchHit,
     SearchResult,
+    Snapshot,
+    Snapshotted,
     Sources,
     Trim,
     corpus_bucket,
@@ -61,6 +75,11 @@ from .store import (
 __all__ = ("Retriever",)
 
 
+def ctx_shard(subject: str) -> str:
+    """The shard a per-shard backup subject names (its last token)."""
+    return subject.rsplit(".", 1)[-1]
+
+
 class Retriever(Actor):
     """Owns one vector store per shard it serves; applies index updates, serves searches."""
 
@@ -75,6 +94,8 @@ class Retriever(Actor):
         self._last_write: dict[str, float] = {}
         # writes to a shard wait while a build copies its files
         self._writes = {shard: anyio.Lock() for shard in self.config.shards}
+        # a backup's copy and a build's swap never overlap
+        self._files = {shard: anyio.Lock() for shard in self.config.shards}
         self._retry_build_at: dict[str, float] = {}
         self.optimizations = 0
         self._building = 0
@@ -86,10 +107,12 @@ class Retriever(Actor):
                                                ["actor", "result"])
 
     def routes(self, spec: EndpointSpec) -> list[tuple[str, str]]:
-        if spec.name in ("index_apply", "search"):
+        per_shard = {"index_apply": self.subjects.index_apply, "search": self.subjects.search,
+                     "snapshot": self.subjects.snapshot_shard,
+                     "restore": self.subjects.restore_shard}
+        if spec.name in per_shard:
             # one subscription per shard; replicas of a shard share its queue group
-            subject = self.subjects.index_apply if spec.name == "index_apply" \
-                else self.subjects.search
+            subject = per_shard[spec.name]
             return [(subject(shard), f"{self.name}-{shard}") for shard in self.config.shards]
         return super().routes(spec)
 
@@ -196,7 +219,8 @@ class Retriever(Actor):
                                error=done.stderr.decode(errors="replace")[-2000:])
                 return
             built = time.perf_counter()
-            replayed = await self.worker.run(store.install, target)
+            async with self._files[shard]:
+                replayed = await self.worker.run(store.install, target)
             swapped = time.perf_counter()
             await anyio.to_thread.run_sync(store.discard_replaced)
         finally:
@@ -295,6 +319,86 @@ class Retriever(Actor):
         return IndexApplied(request_id=request.request_id, upserted=len(records),
                             deleted=len(request.deletes),
                             patched=sum(len(p.ids) for p in request.patches), points=points)
+
+    def _edge(self, shard: str) -> EdgeStore:
+        store = self._store(shard)
+        if not isinstance(store, EdgeStore):
+            raise BadRequestError(f"shard {shard!r} is on a Qdrant server (retriever.backend = "
+                                  "server): back it up with Qdrant's own snapshots")
+        return store
+
+    @endpoint(lambda s: s.snapshot_shard("default"), request=Snapshot)
+    async def snapshot(self, request: Snapshot, ctx: Context) -> Snapshotted:
+        """A consistent copy of one shard, packed into the backup bucket as ``name``.
+
+        Writes to the shard wait from the flush to the end of the copy (as for a
+        build), searches go on meanwhile; the copy is packed and sent after the
+        writes are let go.
+        """
+        shard = ctx_shard(ctx.msg.subject)
+        store = self._edge(shard)
+        obs = await open_backup_bucket(self.nc, self.subjects)
+        with tempfile.TemporaryDirectory(prefix=".backup-", dir=store.path.parent) as tmp:
+            copy, archive = Path(tmp) / "shard", Path(tmp) / "shard.tar.gz"
+            async with self._writes[shard], self._files[shard]:
+                if store.dim is not None:
+                    await self.worker.run(store.flush)
+                    await anyio.to_thread.run_sync(store.copy_to, copy)
+                points = await self.worker.run(store.count) if store.dim is not None else 0
+            if not copy.exists():
+                copy.mkdir()  # never written to: an empty archive says so
+            await anyio.to_thread.run_sync(pack, copy, archive)
+            digest = await anyio.to_thread.run_sync(sha256_file, archive)
+            await store_object(obs, request.name, archive)
+            size = archive.stat().st_size
+        model = await self.shard_model(shard)
+        self.log.info("retriever.snapshot", shard=shard, points=points, bytes=size)
+        return Snapshotted(request_id=request.request_id, name=request.name, bytes=size,
+                           sha256=digest, details={"shard": shard, "points": points,
+                                                   "dim": store.dim, "model": model})
+
+    @endpoint(lambda s: s.restore_shard("default"), request=Restore)
+    async def restore(self, request: Restore, ctx: Context) -> Restored:
+        """Replace one shard with the archive ``name`` from the backup bucket.
+
+        Refused if the shard holds any point (deleted ones too) unless ``force``; the
+        archive's digest is checked before anything is replaced.
+        """
+        shard = ctx_shard(ctx.msg.subject)
+        store = self._edge(shard)
+        held = await self._refuse_unless_empty(shard, store, request.force)
+        if request.dry_run:
+            return Restored(request_id=request.request_id,
+                            details={"shard": shard, "points": held})
+        obs = await open_backup_bucket(self.nc, self.subjects)
+        with tempfile.TemporaryDirectory(prefix=".restore-", dir=store.path.parent) as tmp:
+            archive, files = Path(tmp) / "shard.tar.gz", Path(tmp) / "shard"
+            await fetch_object(obs, request.name, archive, sha256=request.sha256)
+            await anyio.to_thread.run_sync(unpack, archive, files)
+            async with self._writes[shard], self._files[shard]:
+                held = await self._refuse_unless_empty(shard, store, request.force)
+                try:
+                    points = await self.worker.run(store.replace_with, files)
+                except StoreError as exc:
+                    raise BadRequestError(f"shard {shard!r} cannot be restored: {exc}") from None
+                finally:
+                    shutil.rmtree(files, ignore_errors=True)
+        self._models.pop(shard, None)  # the restored corpus bucket says which model
+        self._last_write[shard] = time.monotonic()  # a build follows if one is due
+        self.log.info("retriever.restored", shard=shard, points=points, replaced=held)
+        return Restored(request_id=request.request_id,
+                        details={"shard": shard, "points": points, "replaced": held})
+
+    async def _refuse_unless_empty(self, shard: str, store: EdgeStore, force: bool) -> int:
+        """The points ``shard`` holds (deleted ones too); refused if any, unless ``force``."""
+        held = await self.worker.run(store.count, Filter(include_deleted=True)) \
+            if store.dim is not None else 0
+        if held and not force:
+            raise BadRequestError(
+                f"shard {shard!r} holds {held} points: restoring would replace them. "
+                "Restore into an empty system, or pass --force",
+                details={"shard": shard, "points": held})
+        return held
 
     @endpoint(lambda s: s.search("default"), request=Search)
     async def search(self, request: Search, ctx: Context) -> SearchResult:

@@ -18,6 +18,7 @@ from ..logs import configure_logging
 from ..security import role_for_actor
 from ._ask import add_commands as add_ask_commands
 from ._audit import add_commands as add_audit_commands
+from ._backup import add_commands as add_backup_commands
 from ._bridge import add_commands as add_bridge_commands
 from ._cache import add_commands as add_cache_commands
 from ._health import add_commands as add_health_commands
@@ -172,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_ask_commands(sub)
     add_bridge_commands(sub)
     add_health_commands(sub)
+    add_backup_commands(sub)
 
     config = sub.add_parser("config", help="inspect settings")
     config_sub = config.add_subparsers(dest="config_command", required=True)
@@ -185,7 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.log_format:  # as the setting's variable, so processes started from here agree
         os.environ["RAGBUS_LOGGING__FORMAT"] = args.log_format
     try:
-        if getattr(args, "needs_nats", False):
+        needs_nats = getattr(args, "needs_nats", False)
+        if needs_nats is True or (callable(needs_nats) and needs_nats(args)):
             args.loaded = _load(args, roles=getattr(args, "roles", _CLI_ROLES))
             args.nats_url = _nats_url(args.loaded)
         code: int = args.func(args)

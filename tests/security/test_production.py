@@ -239,6 +239,13 @@ async def test_production_mode_comes_up_ingests_and_answers_with_every_role_mini
     status = await anyio.to_thread.run_sync(lambda: system.cli("status", "--wait", "1"))
     jobs = await anyio.to_thread.run_sync(lambda: system.cli("jobs", "list"))
     asked = await anyio.to_thread.run_sync(lambda: system.cli("ask", "How does bread rise?"))
+    # backup and restore as admin: every bucket, the ingest stream, the owners' archives
+    backup = tmp_path / "backup"
+    made = await anyio.to_thread.run_sync(lambda: system.cli("backup", str(backup), "--caches"))
+    restored = await anyio.to_thread.run_sync(
+        lambda: system.cli("restore", str(backup), "--force"))
+    after_restore = await anyio.to_thread.run_sync(
+        lambda: system.cli("ask", "Why do sea otters hold hands?"))
 
     for events in (first, again, follow_up):
         assert isinstance(events[0], Sources), events
@@ -268,6 +275,9 @@ async def test_production_mode_comes_up_ingests_and_answers_with_every_role_mini
     assert "succeeded" in jobs.stdout, jobs.stdout
     assert asked.returncode == 0, asked.stdout + asked.stderr
     assert "sourdough" in asked.stdout.lower() or "bread" in asked.stdout.lower()
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert "otters.md" in after_restore.stdout, after_restore.stdout + after_restore.stderr
 
     # the audit trail: every actor's events kept, none refused as written in another's
     # name, question and answer text as keyed hashes

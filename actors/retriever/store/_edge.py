@@ -293,6 +293,68 @@ class EdgeStore:
         """Copy the flushed shard's files to ``target`` (not the lock)."""
         shutil.copytree(self._path, target, ignore=shutil.ignore_patterns(LOCK_NAME))
 
+    def flush(self) -> None:
+        """Write everything to the shard's files (a backup copies them next, with no write
+        in between)."""
+        shard = self._require()
+        with self._engine("flush"):
+            shard.flush()
+
+    def replace_with(self, source: Path) -> int:
+        """Swap the shard files in ``source`` (a restored backup) in for this store's and
+        load them; returns the points they hold. ``source`` is emptied and removed;
+        without a shard in it (a backup of a shard never written to) the store is left
+        empty.
+
+        Searches must not run meanwhile (call it on the thread that runs them) and no
+        build may be running. The files replaced are moved aside first and moved back
+        if the new ones do not load, so a bad archive leaves the store as it was.
+        """
+        self._check_open()
+        if self._journal is not None:
+            raise StoreError(f"an index build of {self._path} is running: retry when it is done")
+        has_shard = (source / _CONFIG_FILE).exists()
+        new_dim = _dim_of(source) if has_shard else None
+        aside = self._path.with_name(self._path.name + _SWAP_SUFFIX)
+        shutil.rmtree(aside, ignore_errors=True)
+        shard, self._shard = self._shard, None
+        if shard is not None:
+            with self._engine("close for the restore"):
+                shard.flush()
+                shard.close()
+        aside.mkdir()
+        for entry in self._path.iterdir():
+            if entry.name != LOCK_NAME:
+                entry.rename(aside / entry.name)
+        try:
+            for entry in sorted(source.iterdir(), key=lambda e: e.name == _CONFIG_FILE):
+                if entry.name != LOCK_NAME:
+                    entry.rename(self._path / entry.name)
+            self._dim = new_dim
+            if has_shard:
+                self._shard = self._open(
+                    lambda: qe.EdgeShard.load(str(self._path), self._config()))
+        except BaseException:
+            for entry in self._path.iterdir():
+                if entry.name != LOCK_NAME:
+                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            for entry in aside.iterdir():
+                entry.rename(self._path / entry.name)
+            shutil.rmtree(aside, ignore_errors=True)
+            self._dim = self._read_dim() if (self._path / _CONFIG_FILE).exists() else None
+            if self._dim is not None:
+                self._shard = self._open(
+                    lambda: qe.EdgeShard.load(str(self._path), self._config()))
+            raise
+        shutil.rmtree(aside, ignore_errors=True)
+        shutil.rmtree(source, ignore_errors=True)
+        if self._shard is None:
+            self._unindexed = 0
+            return 0
+        info = self._shard.info()
+        self._unindexed = info.points_count if info.segments_count == 1 else 0
+        return int(info.points_count)
+
     def abort_build(self) -> None:
         """Forget the build: writes are no longer kept, the copy is deleted."""
         self._journal = None
@@ -387,21 +449,7 @@ class EdgeStore:
 
     def _read_dim(self) -> int:
         """Dense size of an existing shard, after checking it is cosine."""
-        try:
-            config = json.loads((self._path / _CONFIG_FILE).read_text())
-            dense = config["vectors"][DENSE]
-            size, distance = dense["size"], dense["distance"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise IncompatibleCollectionError(
-                f"{self._path} holds no dense vector named {DENSE!r}: it was not created by "
-                f"EdgeStore; use a new path"
-            ) from exc
-        if not isinstance(size, int) or distance != "Cosine":
-            raise IncompatibleCollectionError(
-                f"{self._path} holds {size}-dim {distance} vectors, not Cosine: it was not "
-                f"created by EdgeStore; use a new path"
-            )
-        return size
+        return _dim_of(self._path)
 
     def _open(self, factory: Callable[[], qe.EdgeShard]) -> qe.EdgeShard:
         try:
@@ -471,6 +519,25 @@ def config_params(tuning: EdgeTuning, dim: int | None = None) -> dict[str, Any]:
             "full_scan_threshold_kb": tuning.full_scan_threshold_kb,
             "indexing_threshold_kb": tuning.indexing_threshold_kb,
             "search_threads": tuning.search_threads}
+
+
+def _dim_of(path: Path) -> int:
+    """Dense size of the shard at ``path``, after checking it is cosine."""
+    try:
+        config = json.loads((path / _CONFIG_FILE).read_text())
+        dense = config["vectors"][DENSE]
+        size, distance = dense["size"], dense["distance"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise IncompatibleCollectionError(
+            f"{path} holds no dense vector named {DENSE!r}: it was not created by "
+            f"EdgeStore; use a new path"
+        ) from exc
+    if not isinstance(size, int) or distance != "Cosine":
+        raise IncompatibleCollectionError(
+            f"{path} holds {size}-dim {distance} vectors, not Cosine: it was not "
+            f"created by EdgeStore; use a new path"
+        )
+    return size
 
 
 def build_command(path: Path, tuning: EdgeTuning = _DEFAULT_TUNING) -> list[str]:

@@ -306,3 +306,47 @@ async def test_killing_the_logger_mid_stream_loses_and_duplicates_nothing(
         code, text = verify_cli(copy, capsys)
         assert code == 1, (name, text)
         assert f"{path.name} line {line} " in text, (name, text)
+
+
+async def test_a_snapshot_holds_every_event_in_the_stream_and_restores_into_another_store(
+    nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
+    """``ragbus backup``'s part: the logger catches up with the stream before it copies,
+    so an event JetStream acknowledged before the snapshot is in it; restored into
+    another logger's store, the chain verifies, and that store's own records follow."""
+    from ragbus.runtime import Client
+    from ragbus.runtime.archive import fetch_object, open_backup_bucket, unpack
+    from ragbus.subjects import Restore, Restored, Snapshot, Snapshotted
+
+    first = make_settings(nats_url, tmp_path / "first")
+    await ensure_audit_stream(nc, first)
+    js = nc.jetstream()
+    async with running(AuditLogger(first)):
+        for i in range(50):
+            event = AuditEvent(event_id=f"{i:032x}", kind="query.received", actor="test")
+            await js.publish(S.audit("test", "query.received"), msgspec.json.encode(event))
+        snap = await Client(nc, S).request(S.snapshot_audit, Snapshot(name="audit-1"),
+                                           Snapshotted, timeout=30)
+    obs = await open_backup_bucket(nc, S)
+    await fetch_object(obs, "audit-1", tmp_path / "audit.tar.gz", sha256=snap.sha256)
+    unpack(tmp_path / "audit.tar.gz", tmp_path / "unpacked")
+    assert len(recorded(tmp_path / "unpacked")) == 50
+    assert verify_store(tmp_path / "unpacked").ok
+
+    second = make_settings(nats_url, tmp_path / "second")
+    async with running(AuditLogger(second)) as (logger,):
+        own = AuditEvent(event_id="f" * 32, kind="query.received", actor="test")
+        await js.publish(S.audit("test", "query.received"), msgspec.json.encode(own))
+        await wait_for(lambda: any(e.event_id == "f" * 32
+                                   for e in recorded(logger.store.directory)))
+        done = await Client(nc, S).request(S.restore_audit, Restore(
+            name="audit-1", sha256=snap.sha256), Restored, timeout=30)
+        after = AuditEvent(event_id="e" * 32, kind="query.received", actor="test")
+        await js.publish(S.audit("test", "query.received"), msgspec.json.encode(after))
+        await wait_for(lambda: any(e.event_id == "e" * 32
+                                   for e in recorded(logger.store.directory)))
+    report = verify_store(tmp_path / "second")
+    assert report.ok
+    ids = [e.event_id for e in recorded(tmp_path / "second")]
+    assert ids == [*(f"{i:032x}" for i in range(50)), "f" * 32, "e" * 32]
+    assert done.details["records"] == report.records - 1

@@ -261,6 +261,48 @@ def test_a_tampered_end_keeps_the_logger_from_extending_it(tmp_path: Path) -> No
         open_store(tmp_path)
 
 
+def test_a_restored_chain_takes_over_and_the_stores_own_records_follow_it(
+        tmp_path: Path) -> None:
+    """A restore into a fresh system: the backup's chain becomes the store's, the
+    records the fresh store had are appended after it (the backup's own events are not
+    written twice), and the replaced files are kept."""
+    backup = open_store(tmp_path / "old")
+    backup.append(incoming(5))
+    backup.copy_files(tmp_path / "copy")
+    backup.close()
+    fresh = open_store(tmp_path / "store")
+    fresh.append(incoming(2, start=100) + incoming(1, start=4))  # event 4 is in the backup
+    assert fresh.replace_with(tmp_path / "copy") == 7
+    fresh.append(incoming(1, start=200))
+    fresh.close()
+    report = verify_store(tmp_path / "store")
+    assert report.problem is None
+    assert report.records == 8
+    ids = [e.event.event_id for e in read_entries(tmp_path / "store")]
+    assert ids == [f"{i:032x}" for i in (0, 1, 2, 3, 4, 100, 101, 200)]
+    [kept] = [p for p in (tmp_path / "store").iterdir() if p.name.startswith("replaced-")]
+    assert verify_store(kept).records == 3
+
+
+def test_a_restored_chain_that_does_not_check_out_leaves_the_store_as_it_was(
+        tmp_path: Path) -> None:
+    write_store(tmp_path / "copy")
+    (tmp_path / "copy" / ".lock").unlink()  # a backup holds the files and HEAD only
+    path = only_file(tmp_path / "copy")
+    lines = lines_of(path)
+    path.write_bytes(b"".join([*lines[:-1], edit_event(lines[-1])]))
+    store = open_store(tmp_path / "store")
+    store.append(incoming(3, start=50))
+    with pytest.raises(StoreTamperedError):
+        store.replace_with(tmp_path / "copy")
+    store.append(incoming(1, start=60))
+    store.close()
+    report = verify_store(tmp_path / "store")
+    assert report.problem is None
+    assert report.records == 4
+    assert not [p for p in (tmp_path / "store").iterdir() if p.name.startswith("replaced-")]
+
+
 def test_reading_filters_by_time_and_kind(tmp_path: Path) -> None:
     store = open_store(tmp_path)
     store.append(incoming(5, kind="doc.deleted") + incoming(5, 5, kind="doc.purged")

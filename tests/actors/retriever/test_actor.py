@@ -7,12 +7,24 @@ from pathlib import Path
 
 import anyio
 import numpy as np
+import pytest
 
 from ragbus.actors.retriever import Retriever
 from ragbus.config import NatsSettings, RetrieverSettings, RuntimeSettings, Settings
-from ragbus.runtime import Client
+from ragbus.runtime import BadRequestError, Client
 from ragbus.runtime.connection import NATS
-from ragbus.subjects import IndexApplied, IndexUpdate, PointUpsert, Search, SearchResult, Subjects
+from ragbus.subjects import (
+    IndexApplied,
+    IndexUpdate,
+    PointUpsert,
+    Restore,
+    Restored,
+    Search,
+    SearchResult,
+    Snapshot,
+    Snapshotted,
+    Subjects,
+)
 from tests.support import running
 
 S = Subjects()
@@ -68,3 +80,97 @@ async def test_an_index_build_runs_elsewhere_while_searches_are_answered(
         store = retriever.stores["default"]
         assert await retriever.worker.run(store.count) == 300
     assert sorted(p.name for p in (tmp_path / "qdrant").iterdir()) == ["default"]
+
+
+async def test_a_shard_snapshot_restores_into_another_retriever_and_a_full_one_refuses(
+    nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
+    """The retriever alone opens its shard, so it packs and swaps in backups itself:
+    a snapshot taken from one retriever, restored into another's shard, answers the same
+    searches; a shard holding points refuses without ``force``; an archive that is not
+    the one named by its digest is refused and changes nothing."""
+
+    def settings(name: str) -> Settings:
+        return Settings(nats=NatsSettings(url=nats_url),
+                        runtime=RuntimeSettings(default_timeout_s=30),
+                        retriever=RetrieverSettings(data_dir=str(tmp_path / name)))
+
+    rng = np.random.default_rng(2)
+    client = Client(nc, S)
+    query = Search(shard="default", dense=rng.standard_normal(DIM).astype("<f4").tobytes(),
+                   limit=5)
+    async with running(Retriever(settings("first"))):
+        await client.request(S.index_apply("default"), IndexUpdate(
+            model_id="m", dim=DIM, upserts=points(rng, 0, 30)), IndexApplied, timeout=30)
+        before = await client.request(S.search("default"), query, SearchResult, timeout=5)
+        snap = await client.request(S.snapshot_shard("default"), Snapshot(name="snap-1"),
+                                    Snapshotted, timeout=60)
+    assert snap.details["points"] == 30
+
+    second = Retriever(settings("second"))
+    async with running(second):
+        await client.request(S.index_apply("default"), IndexUpdate(
+            model_id="m", dim=DIM, upserts=points(rng, 100, 1)), IndexApplied, timeout=30)
+        with pytest.raises(BadRequestError, match="holds 1 points"):
+            await client.request(S.restore_shard("default"), Restore(dry_run=True),
+                                 Restored, timeout=30)
+        with pytest.raises(BadRequestError, match="holds 1 points"):
+            await client.request(S.restore_shard("default"), Restore(
+                name="snap-1", sha256=snap.sha256), Restored, timeout=60)
+        with pytest.raises(BadRequestError, match="changed on the way"):
+            await client.request(S.restore_shard("default"), Restore(
+                name="snap-1", sha256="0" * 64, force=True), Restored, timeout=60)
+        assert await second.worker.run(second.stores["default"].count) == 1
+        done = await client.request(S.restore_shard("default"), Restore(
+            name="snap-1", sha256=snap.sha256, force=True), Restored, timeout=60)
+        after = await client.request(S.search("default"), query, SearchResult, timeout=5)
+    assert done.details == {"shard": "default", "points": 30, "replaced": 1}
+    assert [(h.chunk_id, h.score) for h in after.dense] == [
+        (h.chunk_id, h.score) for h in before.dense]
+    assert len(after.dense) == 5
+
+
+async def test_a_snapshot_taken_while_writes_go_on_holds_what_it_says(
+    nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
+    """Writes wait from the flush to the end of the copy, so the copy holds exactly the
+    points counted at that moment, whole batches only, while writes keep coming."""
+
+    def settings(name: str) -> Settings:
+        return Settings(nats=NatsSettings(url=nats_url),
+                        runtime=RuntimeSettings(default_timeout_s=30),
+                        retriever=RetrieverSettings(data_dir=str(tmp_path / name)))
+
+    rng = np.random.default_rng(3)
+    client = Client(nc, S)
+    written = 0
+    async with running(Retriever(settings("live"))), anyio.create_task_group() as tg:
+        async def keep_writing() -> None:
+            nonlocal written
+            while True:
+                await client.request(S.index_apply("default"), IndexUpdate(
+                    model_id="m", dim=DIM, upserts=points(rng, written, 10)), IndexApplied,
+                    timeout=30)
+                written += 10
+
+        await client.request(S.index_apply("default"), IndexUpdate(
+            model_id="m", dim=DIM, upserts=points(rng, 10_000, 10)), IndexApplied, timeout=30)
+        tg.start_soon(keep_writing)
+        snaps = []
+        for i in range(3):
+            snaps.append(await client.request(S.snapshot_shard("default"), Snapshot(
+                name=f"live-{i}"), Snapshotted, timeout=60))
+        tg.cancel_scope.cancel()
+    counted = [snap.details["points"] for snap in snaps]
+    assert all(n % 10 == 0 for n in counted)
+    assert counted == sorted(counted)
+    assert written > 0
+
+    restored = Retriever(settings("restored"))
+    async with running(restored):
+        for snap in snaps:
+            done = await client.request(S.restore_shard("default"), Restore(
+                name=snap.name, sha256=snap.sha256, force=True), Restored, timeout=60)
+            assert done.details["points"] == snap.details["points"]
+            assert await restored.worker.run(restored.stores["default"].count) \
+                == snap.details["points"]

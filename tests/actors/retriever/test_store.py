@@ -581,6 +581,46 @@ def test_edge_abandoned_build_keeps_the_live_shard(tmp_path: Path) -> None:
         assert s.count(filter=Filter()) == 105
 
 
+def test_edge_replace_with_a_copy_serves_the_copy_and_refuses_a_bad_one(
+        tmp_path: Path) -> None:
+    """A restore: a flushed copy of one shard swapped in for another's files; files that
+    do not load leave the store as it was."""
+    with EdgeStore(tmp_path / "a") as a:
+        a.ensure_collection(DIM)
+        a.upsert(records())
+        a.flush()
+        a.copy_to(tmp_path / "copy")
+    with EdgeStore(tmp_path / "b") as b:
+        b.ensure_collection(DIM)
+        b.upsert([Record(id=pid(0), dense=axis(1), payload=payload(0))])
+        assert b.replace_with(tmp_path / "copy") == N
+        assert b.dim == DIM
+        assert b.count() == N
+        assert b.search(axis(4), limit=1)[0].id == pid(4)
+        assert not (tmp_path / "copy").exists()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
+        broken = tmp_path / "broken"
+        broken.mkdir()
+        (broken / "edge_config.json").write_text('{"vectors": {}}')
+        with pytest.raises(IncompatibleCollectionError):
+            b.replace_with(broken)
+        assert b.count() == N
+        b.upsert([Record(id=pid(N), dense=axis(N), payload=payload(N))])  # still writable
+    with EdgeStore(tmp_path / "b") as reopened:
+        assert reopened.count() == N + 1
+
+
+def test_edge_replace_with_an_empty_copy_empties_the_store(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with EdgeStore(tmp_path / "s") as s:
+        s.ensure_collection(DIM)
+        s.upsert(records())
+        assert s.replace_with(tmp_path / "empty") == 0
+        assert s.dim is None
+        s.ensure_collection(DIM)
+        assert s.count() == 0
+
+
 # -- server only -----------------------------------------------------------------------------
 
 
