@@ -174,6 +174,8 @@ class DoneFrame(_ServerFrame, frozen=True, kw_only=True, tag="done"):
     usage: dict[str, int] = msgspec.field(default_factory=dict)
     timings_ms: dict[str, float] = msgspec.field(default_factory=dict)
     cache_hit: bool = False
+    prompt_version: str | None = None
+    stopped: str | None = None     # "repetition": the router cut a looping answer
     ttft_ms: float | None = None   # measured by the bridge: ask received -> first token
     total_ms: float = 0.0          # measured by the bridge: ask received -> done
 

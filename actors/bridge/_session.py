@@ -387,7 +387,8 @@ class Session:
             self.finish(ask, DoneFrame(
                 id=ask.id, request_id=ask.request_id, text_length=event.text_length,
                 provider=event.provider, model=event.model, usage=event.usage,
-                timings_ms=event.timings_ms, cache_hit=event.cache_hit, ttft_ms=ttft,
+                timings_ms=event.timings_ms, cache_hit=event.cache_hit,
+                prompt_version=event.prompt_version, stopped=event.stopped, ttft_ms=ttft,
                 total_ms=_ms(now - ask.started)), "done")
         elif isinstance(event, Failed):
             self.finish(ask, FailedFrame(
