@@ -85,6 +85,24 @@ _TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 
 _ANSWER_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
+def _audited(request: Generate, timings: dict[str, float], answer_cache: str
+             ) -> dict[str, Any]:
+    """What an ``answer.done`` audit event says beyond who answered, for ``ragbus stats``:
+    end-to-end times as the stage timings tell them, and which caches served it
+    (``embedding`` None: the question was not embedded, e.g. a retrieval cache hit)."""
+    t = request.timings_ms
+    embedded = "embed" in t or "embed_cache_hit" in t
+    details: dict[str, Any] = {
+        "timings_ms": {k: timings[k] for k in ("first_token", "total") if k in timings},
+        "cache": {"retrieval": "retrieval_cache_hit" in t if "retrieval" in t else None,
+                  "embedding": "embed_cache_hit" in t if embedded else None,
+                  "answer": answer_cache},
+    }
+    if request.llm_only:  # the trimmer's conversation brief, not a person's answer
+        details["llm_only"] = True
+    return details
+
+
 def _upstream_s(request: Generate) -> float:
     """Time the query spent in the retriever and the context-trimmer before it got here.
 
@@ -580,7 +598,9 @@ class Router(Actor):
         # the cached text went out in one flush: its first token is its end
         self._observe_answer(request, cached.provider, "hit", elapsed / 1000, elapsed / 1000)
         timings = dict(request.timings_ms)
-        timings.update(generation=round(elapsed, 3), answer_cache=1.0)
+        before = float(request.timings_ms.get("total", 0.0))
+        timings.update(generation=round(elapsed, 3), answer_cache=1.0,
+                       first_token=round(before + elapsed, 3), total=round(before + elapsed, 3))
         await answer.send(Done(
             request_id=request.request_id, text_length=ctx.partial_text_length,
             provider=cached.provider, model=cached.model, timings_ms=timings, cache_hit=True,
@@ -588,8 +608,9 @@ class Router(Actor):
         await ctx.audit(AuditKind.ANSWER_DONE, session=request.session_id,
                         question=request.question, answer=cached.text,
                         duration_ms=round(elapsed, 3),
-                        details={"provider": cached.provider, "cache_hit": how,
-                                 "prompt_version": prompt.template})
+                        details={"provider": cached.provider, "model": cached.model,
+                                 "cache_hit": how, "prompt_version": prompt.template,
+                                 "fallbacks": 0, **_audited(request, timings, how)})
         ctx.log.info("router.cache_hit", match=how, provider=cached.provider)
         return True
 
@@ -773,7 +794,9 @@ class Router(Actor):
                        router_first_token=round(first, 3), generation=round(elapsed, 3))
         spent = usage.as_dict()
         details: dict[str, Any] = {"provider": provider.name, "model": provider.model,
-                                   "prompt_version": prompt.template}
+                                   "prompt_version": prompt.template,
+                                   # providers passed over (skipped or failed) before this one
+                                   "fallbacks": len(outcome.attempts)}
         stopped = "repetition" if answer.loop is not None else None
         if stopped is not None:
             details["stopped"] = stopped
@@ -782,6 +805,7 @@ class Router(Actor):
                            tree_reduce=round(elapsed - tree.map_ms, 3))
             spent.update(tree.usage)
             details["tree"] = msgspec.to_builtins(tree.report)
+        details.update(_audited(request, timings, "miss"))
         self._observe_answer(request, provider.name, "miss", first / 1000, elapsed / 1000)
         await answer.send(Done(
             request_id=request.request_id, text_length=ctx.partial_text_length,
