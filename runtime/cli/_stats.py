@@ -9,9 +9,11 @@ however many actors held it), end-to-end first-token and total latency (the
 router's stage timings), cache hits (retrieval, answer exact/semantic, the
 question's embedding), the provider mix and how often a provider was passed over,
 breaker openings (``provider.breaker``), rate-limited asks (``rate.limited``),
-looped answers cut by the router, and feedback (``answer.feedback``, the latest
+looped answers cut by the router, feedback (``answer.feedback``, the latest
 rating per answer), overall and per prompt version, so a prompt A/B test has a
-readout. Percentiles interpolate linearly between closest ranks (numpy's default).
+readout, and the ten questions asked most (their text when ``audit.text = full``,
+else their hashes, which still count repeats; none when omitted). Percentiles
+interpolate linearly between closest ranks (numpy's default).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import anyio
 import msgspec
 from nats.js.errors import NotFoundError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ragbus.config import Loaded
@@ -123,6 +126,7 @@ class Tally:
 
     events: int = 0
     questions: int = 0
+    asked: Counter[tuple[str, str]] = field(default_factory=Counter)  # (text mode, question)
     answers: list[_Answer] = field(default_factory=list)
     failed: Counter[str] = field(default_factory=Counter)
     cancelled: set[str] = field(default_factory=set)
@@ -135,6 +139,8 @@ class Tally:
         kind = e.kind
         if kind == AuditKind.QUERY_RECEIVED:
             self.questions += 1
+            if e.question is not None:  # text, or its hash: audit.text says which
+                self.asked[(e.text_mode or "full", e.question)] += 1
         elif kind == AuditKind.ANSWER_DONE:
             if not e.details.get("llm_only"):
                 self.answers.append(_answer(e))
@@ -223,6 +229,9 @@ class Tally:
             "looped": sum(a.stopped == "repetition" for a in answers),
             "feedback": feedback,
             "prompt_versions": versions,
+            "top_questions": [{"question": q, "text_mode": mode, "count": c}
+                              for (mode, q), c in sorted(self.asked.items(),
+                                                         key=lambda kv: (-kv[1], kv[0]))[:10]],
         }
 
 
@@ -304,6 +313,12 @@ def _print(s: dict[str, Any], since: str) -> None:
                          _fmt(v["ttft_ms"]["p50"]), _fmt(v["total_ms"]["p50"]),
                          _fmt(v["total_ms"]["p95"]), _fmt(v["completion_tokens"]["mean"]))
     out.print(versions)
+
+    if s["top_questions"]:
+        top = Table("asked", "question", "kept as", title="top questions")
+        for row in s["top_questions"]:
+            top.add_row(str(row["count"]), escape(row["question"]), row["text_mode"])
+        out.print(top)
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:

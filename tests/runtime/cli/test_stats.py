@@ -81,7 +81,11 @@ def synthetic() -> list[AuditEvent]:
                           details={"state": state})
                for p, state in (("cloud", "open"), ("cloud", "closed"), ("cloud", "open"),
                                 ("local", "open"), ("local", "half_open"))]
-    retriever = [AuditEvent(kind="query.received", actor="retriever") for _ in range(103)]
+    asked = ["How do I make a venv?"] * 50 + ["What is a raft?"] * 30 + [None] * 23
+    retriever = [AuditEvent(kind="query.received", actor="retriever", question=q,
+                            text_mode=None if q is None else "full") for q in asked]
+    retriever.append(AuditEvent(kind="query.received", actor="retriever",
+                                question="sha256:ab12", text_mode="hashed"))
     retriever.append(AuditEvent(kind="request.cancelled", actor="retriever", request_id="c1"))
     bridge = [AuditEvent(kind="rate.limited", actor="bridge") for _ in range(4)]
     # A: 1..30 up, 31..40 down, 50 up then down (the latest counts); B: 61..65 up, 66..80
@@ -125,7 +129,7 @@ async def test_stats_read_the_audit_stream_with_exact_figures_and_an_ab_readout(
     found = json.loads(await anyio.to_thread.run_sync(stats, nats_url, tmp_path, "--json"))
     table = await anyio.to_thread.run_sync(stats, nats_url, tmp_path, "--since", "1h")
 
-    assert found["questions"] == 103
+    assert found["questions"] == 104
     assert found["answers"] == 100  # neither the brief nor the three-day-old one
     assert found["failed"] == {"DEADLINE_EXCEEDED": 1, "UNAVAILABLE": 2}
     assert found["cancelled"] == 2  # c1 counted once, though two actors recorded it
@@ -162,12 +166,17 @@ async def test_stats_read_the_audit_stream_with_exact_figures_and_an_ab_readout(
         "completion_tokens": {"total": 3220, "mean": 80.5},
         "feedback": {"up": 5, "down": 15, "rated": 20, "rated_share": 0.5, "up_share": 0.25},
     }
+    assert found["top_questions"] == [
+        {"question": "How do I make a venv?", "text_mode": "full", "count": 50},
+        {"question": "What is a raft?", "text_mode": "full", "count": 30},
+        {"question": "sha256:ab12", "text_mode": "hashed", "count": 1}]
     # the tables say the same
     row = next(line for line in table.splitlines() if line.strip("│ ").startswith(B))
     cells = [c.strip() for c in row.split("│") if c.strip()]
     assert cells[:7] == [B, "40", "40.0%", "50.0%", "5", "15", "25.0%"]
     assert "first token" in table
     assert "UNAVAILABLE 2" in table
+    assert "How do I make a venv?" in table
 
 
 async def test_an_empty_window_says_so_without_failing(
