@@ -1,25 +1,28 @@
 """Spotting a looping stream: the same run of words over and over at the end of the text.
 
 Small local models loop ("It is not a correct answer." sixty times until
-``max_tokens``). The guard reads the streamed text as word and punctuation
-tokens (lower-cased) and keeps, for every period ``p`` up to ``max_period``, how
-many tokens in a row equal the token ``p`` before them. A unit of ``p`` tokens
-repeated ``k`` times in a row at the end of the text is exactly a run of at least
-``p * (k - 1)`` such tokens, so each new token costs one comparison per period,
-never a search. The stream is a loop when some unit is repeated ``min_repeats``
-times and the repeats span ``min_tokens`` tokens: a single word said twenty times
-loops, "no, no, no, no" does not.
+``max_tokens``). The guard reads the streamed text as tokens, lower-cased: words,
+and runs of one punctuation character ("---" is one token). For every period ``p``
+up to ``max_period`` it keeps how many tokens in a row equal the token ``p`` before
+them; a unit of ``p`` tokens said ``k`` times in a row at the end of the text is
+exactly such a run of at least ``p * (k - 1)``. Each new token only touches the
+periods at which the same token occurred before (where it was seen within the last
+``max_period`` tokens), so the cost per token is small and does not grow with
+``max_period``. The stream is a loop when a unit holding at least one word is said
+``min_repeats`` times in a row over ``min_tokens`` tokens: a word said twenty-four
+times loops; "no, no, no, no" and a markdown table's ``|---|---|---|`` do not.
 """
 
 from __future__ import annotations
 
 import re
+from collections import deque
 from dataclasses import dataclass
 
 __all__ = ("Loop", "RepetitionGuard")
 
-# a word, or one character that is neither a word character nor a space
-_TOKEN = re.compile(r"\w+|[^\w\s]")
+# a word, or a run of one character that is neither a word character nor a space
+_TOKEN = re.compile(r"\w+|([^\w\s])\1*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,8 +39,8 @@ class Loop:
 class RepetitionGuard:
     """Feed it the stream's text as it comes; :meth:`feed` returns the loop once found."""
 
-    __slots__ = ("_ends", "_offset", "_pending", "_runs", "_tokens", "loop", "max_period",
-                 "min_repeats", "min_tokens")
+    __slots__ = ("_ends", "_last", "_offset", "_pending", "_runs", "_seen", "_tokens", "loop",
+                 "max_period", "min_repeats", "min_tokens")
 
     def __init__(self, *, min_repeats: int, min_tokens: int, max_period: int) -> None:
         if min_repeats < 2 or min_tokens < 1 or max_period < 1:
@@ -48,7 +51,9 @@ class RepetitionGuard:
         self.max_period = max_period
         self._tokens: list[str] = []
         self._ends: list[int] = []  # each token's end offset in the text
-        self._runs = [0] * (max_period + 1)  # index p: tokens in a row equal to p back
+        self._seen: dict[str, deque[int]] = {}  # token -> where it was, the last max_period
+        self._runs: dict[int, int] = {}  # period -> tokens in a row equal to the one p back
+        self._last: dict[int, int] = {}  # period -> the index its run ends at
         self._pending = ""  # text after the last complete token
         self._offset = 0  # text offset where _pending starts
         self.loop: Loop | None = None
@@ -60,8 +65,8 @@ class RepetitionGuard:
         buffer = self._pending + text
         consumed = 0
         for match in _TOKEN.finditer(buffer):
-            if match.end() == len(buffer) and buffer[-1].isalnum():
-                break  # a word that the next piece may continue
+            if match.end() == len(buffer):
+                break  # a word (or a run of dashes) that the next piece may continue
             consumed = match.end()
             if self._add(match.group().lower(), self._offset + consumed):
                 break
@@ -70,20 +75,30 @@ class RepetitionGuard:
         return self.loop
 
     def _add(self, token: str, end: int) -> bool:
-        tokens, runs = self._tokens, self._runs
+        tokens, runs, last = self._tokens, self._runs, self._last
         n = len(tokens)
         tokens.append(token)
         self._ends.append(end)
+        seen = self._seen.setdefault(token, deque())
+        while seen and n - seen[0] > self.max_period:
+            seen.popleft()
         need = self.min_repeats - 1
-        for p in range(1, min(self.max_period, n) + 1):
-            if tokens[n - p] != token:
-                runs[p] = 0
-                continue
-            run = runs[p] = runs[p] + 1
-            if run >= p * need and run + p >= self.min_tokens:
+        found: Loop | None = None
+        for before in reversed(seen):  # the nearest first: the shortest unit wins
+            p = n - before
+            run = runs[p] = runs[p] + 1 if last.get(p) == n - 1 else 1
+            last[p] = n
+            if found is None and run >= p * need and run + p >= self.min_tokens \
+                    and any(_is_word(t) for t in tokens[n - p + 1:n + 1]):
                 repeats = run // p + 1
                 start = n + 1 - run - p  # the index of the unit's first token
-                cut = self._ends[start + p - 1]  # the end of its first saying
-                self.loop = Loop(period=p, repeats=repeats, cut=cut)
-                return True
+                found = Loop(period=p, repeats=repeats, cut=self._ends[start + p - 1])
+        seen.append(n)
+        if found is not None:
+            self.loop = found
+            return True
         return False
+
+
+def _is_word(token: str) -> bool:
+    return token[0].isalnum() or token[0] == "_"

@@ -7,6 +7,7 @@ OpenAI-compatible server on loopback streaming a loop like the one SmolLM2 produ
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +21,7 @@ from tests.actors.router._fixtures import ask, generate, openai, with_router
 from tests.support import running
 from tests.support.fake_openai import Behaviour, FakeOpenAI
 
+README = Path(__file__).resolve().parents[3] / "README.md"
 INTRO = "Create one with python -m venv .venv [1]. "
 LOOP = "It is not a correct answer. "
 
@@ -70,7 +72,11 @@ def test_one_word_over_and_over_is_a_loop_once_the_run_is_long_enough() -> None:
     "Step 1: run it. Step 2: run it. Step 3: run it. Step 4: check it [1].",
     "| a | 1 |\n| b | 2 |\n| c | 3 |\n| d | 4 |\n| e | 5 |",
     "ha ha ha ha ha ha ha ha ha ha, said the otter.",
-])
+    "| a | b | c | d | e | f | g | h | i | j | k |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|\n| 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 | 9 |",
+    "Rules: ........................................................ and ---------- end.",
+    README.read_text(),  # ten thousand tokens of prose, tables, code and lists
+], ids=["no-no", "steps", "table", "ha", "separator", "dots", "readme"])
 def test_legitimate_repetition_is_not_a_loop(text: str) -> None:
     assert fed(guard(), text) is None
 
