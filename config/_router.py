@@ -130,9 +130,10 @@ def _default_providers() -> list[ProviderSettings]:
     return [
         ProviderSettings(name="ollama", kind="openai", base_url="http://127.0.0.1:11434/v1",
                          model="llama3.2", optional=True),
-        # SmolLM2-135M loops without a repetition penalty (issue #21)
+        # SmolLM2-135M can loop (issue #21): a mild penalty; with 1.15 and a frequency
+        # penalty of 0.3 as well its answers grew several times longer, and rambled
         ProviderSettings(name="local", kind="local", first_token_timeout_s=60.0,
-                         repetition_penalty=1.15, frequency_penalty=0.3),
+                         repetition_penalty=1.1),
         ProviderSettings(name="extractive", kind="extractive"),
     ]
 
