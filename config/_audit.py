@@ -68,6 +68,12 @@ class AuditSettings(Section, frozen=True, kw_only=True):
     # event ids remembered (and re-read on start) to drop redeliveries: well above
     # max_ack_pending; a larger value makes starting slower (~15 us per record)
     dedupe_ids: PositiveInt = 200_000
+    # feedback (rag.feedback, kept as answer.feedback): the newest answers indexed by
+    # request id, how far back the store is searched for older ones, and how long a
+    # rating waits for its answer's event when it overtook it on the bus
+    feedback_index: PositiveInt = 100_000
+    feedback_lookback_s: Positive = 30 * _DAY
+    feedback_wait_s: NonNegative = 2.0
 
     def __post_init__(self) -> None:
         if self.publish_retry_s >= self.duplicate_window_s:

@@ -52,6 +52,15 @@ class ProviderSettings(Section, frozen=True, kw_only=True):
     total_timeout_s: Positive = 120.0
     max_tokens: PositiveInt = 512
     temperature: Annotated[float, Meta(ge=0, le=2)] = 0.2
+    # sampling controls against repetition, sent only when set: OpenAI's
+    # frequency_penalty and presence_penalty (OpenAI, Groq, Ollama, vLLM, llama.cpp), and
+    # the multiplicative repetition penalty some servers add, under the name that server
+    # reads (``repetition_penalty_field``; default ``repeat_penalty`` for the embedded
+    # llama.cpp server, ``repetition_penalty`` (vLLM) for the others)
+    frequency_penalty: Annotated[float, Meta(ge=-2, le=2)] | None = None
+    presence_penalty: Annotated[float, Meta(ge=-2, le=2)] | None = None
+    repetition_penalty: Annotated[float, Meta(gt=0, le=2)] | None = None
+    repetition_penalty_field: str | None = None
     # the provider's requests per minute, split among the running router replicas;
     # None: no limit
     rate_limit_per_minute: PositiveInt | None = None
@@ -65,6 +74,17 @@ class ProviderSettings(Section, frozen=True, kw_only=True):
                              "(it is part of the breaker subject)")
         if self.kind == "openai" and not (self.base_url and self.model):
             raise ValueError(f"provider {self.name!r} of kind 'openai' needs base_url and model")
+        field = self.repetition_penalty_field
+        if field is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", field):
+            raise ValueError(f"provider {self.name!r}: repetition_penalty_field {field!r} must "
+                             "be a field name (letters, digits, '_')")
+
+    @property
+    def penalty_field(self) -> str:
+        """The body field ``repetition_penalty`` is sent as."""
+        if self.repetition_penalty_field:
+            return self.repetition_penalty_field
+        return "repeat_penalty" if self.kind == "local" else "repetition_penalty"
 
     @property
     def is_local(self) -> bool:
@@ -110,7 +130,10 @@ def _default_providers() -> list[ProviderSettings]:
     return [
         ProviderSettings(name="ollama", kind="openai", base_url="http://127.0.0.1:11434/v1",
                          model="llama3.2", optional=True),
-        ProviderSettings(name="local", kind="local", first_token_timeout_s=60.0),
+        # SmolLM2-135M can loop (issue #21): a mild penalty; with 1.15 and a frequency
+        # penalty of 0.3 as well its answers grew several times longer, and rambled
+        ProviderSettings(name="local", kind="local", first_token_timeout_s=60.0,
+                         repetition_penalty=1.1),
         ProviderSettings(name="extractive", kind="extractive"),
     ]
 
@@ -159,6 +182,18 @@ class RouterSettings(Section, frozen=True, kw_only=True):
     tree_map_concurrency: PositiveInt = 4
     tree_map_share: Annotated[float, Meta(gt=0, lt=1)] = 0.6
     prompts: list[PromptTemplate] = msgspec.field(default_factory=_default_prompts)
+    # an answer's max_tokens by the request's mode (the provider's own max_tokens and the
+    # trimmer's response budget cap it too): a looping model stops here at the latest
+    max_tokens_by_mode: dict[Literal["compact", "tree_summarize"], PositiveInt] = \
+        msgspec.field(default_factory=lambda: {"compact": 512, "tree_summarize": 768})
+    # a streamed answer whose end repeats one unit of words and punctuation
+    # ``repetition_min_repeats`` times in a row, spanning ``repetition_min_tokens`` tokens
+    # (units up to ``repetition_max_period`` tokens long), is a loop: the router stops
+    # relaying it there, closes the provider's stream and reports done.stopped="repetition"
+    repetition_stop: bool = True
+    repetition_min_repeats: Annotated[int, Meta(ge=2)] = 4
+    repetition_min_tokens: PositiveInt = 20
+    repetition_max_period: PositiveInt = 64
     local: LocalLLMSettings = msgspec.field(default_factory=LocalLLMSettings)
     # the answer cache (exact, and semantic above this cosine similarity); answers that
     # depend on conversation memory are never cached

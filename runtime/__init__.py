@@ -8,6 +8,7 @@ that may import ``actors``.
 
 from . import codec, tracing
 from ._discovery import discover, wait_for_instances
+from ._percentile import percentile
 from .actor import Actor, ActorOptions, Context, Durable, EndpointSpec, endpoint
 from .audit import AuditPublisher, ensure_audit_stream
 from .client import Client, EventStream, decode_reply
@@ -28,7 +29,7 @@ from .errors import (
     UnsupportedVersionError,
     error_from_reply,
 )
-from .jetstream import best_effort, ensure_kv, ensure_stream, kv_entries
+from .jetstream import best_effort, ensure_kv, ensure_stream, kv_entries, read_stream
 from .logs import SecretMasker, configure_logging, get_logger
 from .metrics import Metrics
 from .security import connect_as, credentials
@@ -76,6 +77,8 @@ __all__ = (
     "error_from_reply",
     "get_logger",
     "kv_entries",
+    "percentile",
+    "read_stream",
     "tracing",
     "wait_for_instances",
 )

@@ -192,6 +192,11 @@ class AuditPublisher:
                               "anyone can match against guessed questions: set "
                               "audit.hash_key (RAGBUS_AUDIT__HASH_KEY) to a random secret")
 
+    def keep_text(self, value: str | None) -> str | None:
+        """``value`` as ``audit.text`` keeps question and answer text (masked, hashed or
+        left out): for other free text a person typed, such as a feedback comment."""
+        return self._text(value)
+
     def _text(self, value: str | None) -> str | None:
         if value is None or self.config.text == "omitted":
             return None

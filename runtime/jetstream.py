@@ -9,11 +9,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from typing import TypeVar
 
 import anyio
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.errors import ConnectionReconnectingError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import (
@@ -34,7 +36,7 @@ from nats.js.errors import (
 from nats.js.kv import KV_DEL, KV_MARKER_REASON, KV_OP, KV_PURGE, KeyValue
 
 __all__ = ("CACHE_WAIT_S", "TRANSIENT", "ElectionProofKV", "best_effort", "ensure_kv",
-           "ensure_stream", "kv_entries", "publish_once", "through_elections")
+           "ensure_stream", "kv_entries", "publish_once", "read_stream", "through_elections")
 
 MSG_ID = "Nats-Msg-Id"
 _EXISTS = 10058  # JetStream API error code: stream name already in use
@@ -133,6 +135,35 @@ async def kv_entries(kv: KeyValue, pattern: str = ">") -> list[KeyValue.Entry]:
         with contextlib.suppress(NotFoundError):  # else it lingers until it idles out
             await js.delete_consumer(stream, name)
     return entries
+
+
+async def read_stream(nc: NATS, stream: str, *, filter_subject: str,
+                      since_ms: int | None = None) -> AsyncIterator[Msg]:
+    """Every message of ``stream`` on ``filter_subject`` stored from ``since_ms`` (epoch ms;
+    None: all of them) up to the newest there when reading began, oldest first.
+
+    Its own ephemeral pull consumer, as ``kv_entries``: nothing is acknowledged, nobody
+    else's position moves, and each message's pending count says when the end is reached.
+    """
+    js = nc.jetstream()
+    name = f"read_{secrets.token_hex(8)}"
+    start = None if since_ms is None else datetime.fromtimestamp(since_ms / 1000, UTC)
+    await js.add_consumer(stream, ConsumerConfig(
+        name=name, filter_subject=filter_subject, ack_policy=AckPolicy.NONE,
+        deliver_policy=DeliverPolicy.ALL if start is None else DeliverPolicy.BY_START_TIME,
+        opt_start_time=start, mem_storage=True, inactive_threshold=_READER_IDLE_S))
+    sub = await js.pull_subscribe_bind(consumer=name, stream=stream)
+    try:
+        pending = (await sub.consumer_info()).num_pending or 0
+        while pending:
+            for msg in await sub.fetch(min(pending, _READ_BATCH), timeout=_READ_TIMEOUT_S):
+                pending = msg.metadata.num_pending
+                yield msg
+    finally:
+        with anyio.CancelScope(shield=True):
+            await sub.unsubscribe()
+            with contextlib.suppress(NotFoundError):  # else it lingers until it idles out
+                await js.delete_consumer(stream, name)
 
 
 def _removed(headers: dict[str, str] | None) -> bool:

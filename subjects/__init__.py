@@ -27,6 +27,7 @@ from ._events import (
     Token,
     TreeReport,
 )
+from ._feedback import FEEDBACK_COMMENT_CHARS, Feedback, FeedbackRecorded
 from ._generate import ChatTurn, ContextNode, Generate, TrimInfo, TurnDone
 from ._index import (
     DEFAULT_COLLECTION,
@@ -76,6 +77,7 @@ __all__ = (
     "DEFAULT_COLLECTION",
     "DEFAULT_PREFIX",
     "ERROR_HEADER",
+    "FEEDBACK_COMMENT_CHARS",
     "MSG_ID_HEADER",
     "SCHEMA_VERSION",
     "AuditEvent",
@@ -102,6 +104,8 @@ __all__ = (
     "ErrorCode",
     "ErrorReply",
     "Failed",
+    "Feedback",
+    "FeedbackRecorded",
     "FileError",
     "Generate",
     "IndexApplied",

@@ -34,6 +34,8 @@ class AuditKind(enum.StrEnum):
     QUERY_RECEIVED = "query.received"
     ANSWER_DONE = "answer.done"
     ANSWER_FAILED = "answer.failed"
+    # a person's rating of an answer (rag.feedback), linked to the answer's request id
+    ANSWER_FEEDBACK = "answer.feedback"
     REQUEST_CANCELLED = "request.cancelled"
     INGEST_JOB = "ingest.job"
     DOC_CHANGED = "doc.changed"

@@ -69,7 +69,12 @@ class TreeReport(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Done(_Event, frozen=True, kw_only=True, tag="done"):
-    """The stream ended normally. ``tree`` is set when the answer was tree-summarized."""
+    """The stream ended normally. ``tree`` is set when the answer was tree-summarized.
+
+    ``stopped`` says why the router ended the answer before the provider did:
+    ``"repetition"`` when the stream looped (the same run of words over and over) and
+    was cut there; None when the provider finished it.
+    """
 
     text_length: int = 0
     provider: str | None = None
@@ -79,6 +84,7 @@ class Done(_Event, frozen=True, kw_only=True, tag="done"):
     cache_hit: bool = False
     prompt_version: str | None = None
     tree: TreeReport | None = None
+    stopped: str | None = None
 
 
 class Failed(_Event, frozen=True, kw_only=True, tag="failed"):

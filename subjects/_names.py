@@ -72,6 +72,11 @@ class Subjects:
     def memory_append(self) -> str:
         return self._s("memory", "append")
 
+    @property
+    def feedback(self) -> str:
+        """Any client's rating of an answer (``Feedback``), kept as an audit event."""
+        return self._s("feedback")
+
     # -- control (core NATS, fan-out to every instance) ---------------------------------
     def cancel(self, request_id: str) -> str:
         return self._s("cancel", validate_token(request_id, "request_id"))

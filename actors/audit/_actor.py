@@ -11,6 +11,11 @@ subject's, see ``_origin``) is acknowledged like any other, so it is not
 redelivered forever, counted as ``rejected``, logged, and replaced in the store by
 an ``audit.rejected`` note with its digest and why.
 
+Feedback (``rag.feedback``) is kept here too, as an ``answer.feedback`` event it
+publishes itself, linked to the rated answer's ``answer.done`` (see ``_feedback``):
+the logger is the one place that sees every answer, so the provider, model, prompt
+version and cache hit come from the router's own record, not from the rater.
+
 One audit-logger per store: the store is locked, because two writers would fork
 the chain. Replicas for availability would need a store each.
 """
@@ -20,9 +25,11 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import Unpack
+from typing import Any, Unpack
 
 import anyio
+import anyio.to_thread
+import msgspec
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from prometheus_client import Counter, Histogram
@@ -33,6 +40,7 @@ from ragbus.runtime import (
     ActorOptions,
     BadRequestError,
     Context,
+    UnavailableError,
     WorkerThread,
     endpoint,
 )
@@ -45,9 +53,20 @@ from ragbus.runtime.archive import (
     unpack,
 )
 from ragbus.runtime.audit import ensure_audit_stream
-from ragbus.subjects import Restore, Restored, Snapshot, Snapshotted
+from ragbus.subjects import (
+    AuditEvent,
+    AuditKind,
+    Feedback,
+    FeedbackRecorded,
+    Restore,
+    Restored,
+    Snapshot,
+    Snapshotted,
+    now_ms,
+)
 
 from ._errors import AuditStoreError
+from ._feedback import Answered, AnswerIndex, answered, find_answer
 from ._files import store_dir
 from ._origin import origin_check
 from ._pull import BatchPuller
@@ -69,6 +88,11 @@ class AuditLogger(Actor):
                                 dedupe_ids=self.config.dedupe_ids,
                                 check=origin_check(self.subjects))
         self.worker = WorkerThread("audit-store")
+        self.answers = AnswerIndex(self.config.feedback_index)
+        self._check = origin_check(self.subjects)
+        self._feedback = self.metrics.get(Counter, "ragbus_feedback",
+                                          "Ratings of answers kept, by rating and whether "
+                                          "the answer was found", ["actor", "rating", "known"])
         records = self.metrics.get(Counter, "ragbus_audit_records",
                                    "Audit messages taken from the stream, by what became of them",
                                    ["actor", "result"])
@@ -124,10 +148,68 @@ class AuditLogger(Actor):
             with anyio.CancelScope(shield=True):
                 await puller.stop()
 
+    def _index(self, batch: list[Incoming]) -> None:
+        """Remember the answers just written, for the feedback that may follow."""
+        for item in batch:
+            if not item.subject.endswith(".answer.done"):
+                continue
+            try:
+                event = msgspec.json.decode(item.data, type=AuditEvent)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue
+            found = answered(event) if self._check(item, event) is None else None
+            if found is not None:
+                self.answers.add(found)
+
+    async def _answer_of(self, request_id: str, ctx: Context) -> Answered | None:
+        """The rated answer: indexed, else in the store, else (not written yet) waited for."""
+        found = self.answers.get(request_id)
+        if found is not None:
+            return found
+        since = now_ms() - int(self.config.feedback_lookback_s * 1000)
+        with anyio.move_on_after(max(0.0, ctx.remaining() - 0.5)):
+            found = await anyio.to_thread.run_sync(find_answer, self.store.directory,
+                                                   request_id, since, abandon_on_cancel=True)
+        if found is not None:
+            return found
+        wait = min(self.config.feedback_wait_s, max(0.0, ctx.remaining() - 0.5))
+        return await self.answers.wait(request_id, wait)
+
+    @endpoint(lambda s: s.feedback, request=Feedback)
+    async def feedback(self, request: Feedback, ctx: Context) -> FeedbackRecorded:
+        """Keep a rating as an ``answer.feedback`` event linked to the rated answer; one
+        for an answer not found is kept too, marked ``known: false``."""
+        if not self.config.enabled:
+            raise UnavailableError("auditing is off (audit.enabled = false): feedback is "
+                                   "not kept")
+        found = await self._answer_of(request.request_id, ctx)
+        details: dict[str, Any] = {"rating": request.rating, "known": found is not None}
+        if found is not None:
+            details.update(found.details())
+        sizes = {}
+        if request.comment:
+            details["comment"] = self.audit.keep_text(request.comment)
+            details["comment_text"] = self.config.text
+            sizes["comment_chars"] = len(request.comment)
+        session = request.session or (found.session if found is not None else None)
+        event = self.audit.event(AuditKind.ANSWER_FEEDBACK, request_id=request.request_id,
+                                 trace_id=ctx.trace.trace_id, session=session,
+                                 subject=request.request_id, sizes=sizes, details=details)
+        if not await self.audit.put(event):
+            raise UnavailableError("the feedback could not be queued for the audit stream "
+                                   "(the audit queue is full): retry")
+        self._feedback.labels(self.name, request.rating, str(found is not None).lower()).inc()
+        ctx.log.info("audit.feedback", rating=request.rating, known=found is not None)
+        return FeedbackRecorded(
+            request_id=request.request_id, event_id=event.event_id, known=found is not None,
+            prompt_version=found.prompt_version if found is not None else None,
+            provider=found.provider if found is not None else None)
+
     async def _keep(self, msgs: list[Msg]) -> None:
         batch = [Incoming(m.data, m.metadata.sequence.stream, m.subject) for m in msgs]
         started = time.perf_counter()
         result = await self.worker.run(self.store.append, batch)
+        self._index(batch)
         self._batch_seconds.observe(time.perf_counter() - started)
         for msg in msgs:
             await msg.ack()

@@ -9,12 +9,12 @@ share one socket. See README.md ("WebSocket bridge") for examples.
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
 
-from ragbus.subjects import ErrorCode, QueryFilters, Source
+from ragbus.subjects import FEEDBACK_COMMENT_CHARS, ErrorCode, QueryFilters, Source
 
 __all__ = (
     "AskFrame",
@@ -26,6 +26,8 @@ __all__ = (
     "DoneFrame",
     "ErrorFrame",
     "FailedFrame",
+    "FeedbackFrame",
+    "FeedbackRecordedFrame",
     "LimitsFrame",
     "ReadyFrame",
     "ServerFrame",
@@ -86,7 +88,17 @@ class StatusRequest(_ClientFrame, frozen=True, kw_only=True, tag="status"):
     """Ask for the current rate-limit numbers of this client's identity."""
 
 
-ClientFrame = AskFrame | CancelFrame | AuthFrame | StatusRequest
+class FeedbackFrame(_ClientFrame, frozen=True, kw_only=True, tag="feedback"):
+    """Rate an answer this socket received (``request_id`` from its ``done``); ``id``
+    tags the reply. Published on the bus as ``Feedback``, with the ask's session."""
+
+    request_id: Annotated[str, Meta(min_length=1, max_length=128)]
+    rating: Literal["up", "down"]
+    comment: Annotated[str, Meta(max_length=FEEDBACK_COMMENT_CHARS)] | None = None
+    id: AskId | None = None
+
+
+ClientFrame = AskFrame | CancelFrame | AuthFrame | StatusRequest | FeedbackFrame
 
 _client_decoder = msgspec.json.Decoder(ClientFrame)
 
@@ -174,8 +186,18 @@ class DoneFrame(_ServerFrame, frozen=True, kw_only=True, tag="done"):
     usage: dict[str, int] = msgspec.field(default_factory=dict)
     timings_ms: dict[str, float] = msgspec.field(default_factory=dict)
     cache_hit: bool = False
+    prompt_version: str | None = None
+    stopped: str | None = None     # "repetition": the router cut a looping answer
     ttft_ms: float | None = None   # measured by the bridge: ask received -> first token
     total_ms: float = 0.0          # measured by the bridge: ask received -> done
+
+
+class FeedbackRecordedFrame(_ServerFrame, frozen=True, kw_only=True, tag="feedback"):
+    """The rating was kept (``known``: the audit trail had the answer it rates)."""
+
+    request_id: str
+    known: bool
+    id: str | None = None
 
 
 class FailedFrame(_ServerFrame, frozen=True, kw_only=True, tag="failed"):
@@ -207,7 +229,7 @@ class ErrorFrame(_ServerFrame, frozen=True, kw_only=True, tag="error"):
 
 
 ServerFrame = (ReadyFrame | StatusFrame | SourcesFrame | TokenFrame | DoneFrame | FailedFrame
-               | CancelledFrame | ErrorFrame)
+               | CancelledFrame | ErrorFrame | FeedbackRecordedFrame)
 
 _encoder = msgspec.json.Encoder()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import socket
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,12 +24,14 @@ import nats.errors
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from ragbus.runtime import EventStream, tracing
+from ragbus.runtime import EventStream, RagbusError, codec, decode_reply, tracing
 from ragbus.subjects import (
     Cancelled,
     Done,
     ErrorCode,
     Failed,
+    Feedback,
+    FeedbackRecorded,
     Query,
     QueryEvent,
     Sources,
@@ -51,6 +54,8 @@ from ._protocol import (
     DoneFrame,
     ErrorFrame,
     FailedFrame,
+    FeedbackFrame,
+    FeedbackRecordedFrame,
     LimitsFrame,
     ReadyFrame,
     ServerFrame,
@@ -68,6 +73,8 @@ if TYPE_CHECKING:
 __all__ = ("Ask", "Session")
 
 _NORMAL_CLOSE = 1000
+_RATED = 256  # answers per socket that may still be rated (the newest)
+_FEEDBACK_TIMEOUT_S = 5.0
 
 
 @dataclass(slots=True, eq=False)
@@ -80,6 +87,7 @@ class Ask:
     session: Session
     started: float                 # time.perf_counter()
     stream: TokenStream
+    session_id: str | None = None  # as sent on the bus (scoped to the identity)
     chars: int = 0                 # answer text relayed to the client
     tokens: int = 0                # token events relayed
     first_token_at: float | None = None
@@ -105,6 +113,8 @@ class Session:
         self.config = bridge.config
         self.identity: Identity | None = None
         self.asks: dict[str, Ask] = {}
+        # answers this socket received, which it may rate: request id -> session id
+        self.answered: OrderedDict[str, str | None] = OrderedDict()
         self.outbox = Outbox(self.config.max_buffered_bytes, self._overflow)
         self.address = str((ws.remote_address or ("unknown",))[0])
         self.origin = ws.request.headers.get("Origin") if ws.request is not None else None
@@ -225,12 +235,14 @@ class Session:
         except msgspec.DecodeError as exc:
             self._error(ErrorCode.BAD_REQUEST,
                         f"invalid frame: {exc}. Frames are JSON objects with a type: ask, "
-                        "cancel, status or auth", {}, loose_id(raw))
+                        "cancel, feedback, status or auth", {}, loose_id(raw))
             return
         if isinstance(frame, AskFrame):
             await self._ask(frame, tg)
         elif isinstance(frame, CancelFrame):
             await self._cancel(frame)
+        elif isinstance(frame, FeedbackFrame):
+            self._feedback(frame, tg)
         elif isinstance(frame, StatusRequest):
             assert self.identity is not None
             state = self.bridge.limits.state(self.identity.key)
@@ -282,11 +294,12 @@ class Session:
             self._refuse(frame, admitted)
             return
         request_id = new_id()
+        session_id = f"{identity.key}:{frame.session_id}" if frame.session_id else None
         ask = Ask(id=frame.id, request_id=request_id, identity=identity.key, session=self,
-                  started=time.perf_counter(), stream=TokenStream(frame.id))
+                  started=time.perf_counter(), stream=TokenStream(frame.id),
+                  session_id=session_id)
         self.asks[ask.id] = ask
         b.open_asks[request_id] = ask
-        session_id = f"{identity.key}:{frame.session_id}" if frame.session_id else None
         query = Query(request_id=request_id, trace=Trace(),
                       deadline=now_ms() + int(self.config.ask_timeout_s * 1000),
                       reply_to=b.nc.new_inbox(), question=frame.question,
@@ -346,6 +359,44 @@ class Session:
         # the actors answer with `cancelled`; if none does soon, the stream makes one up
         await ask.events.cancel("the client cancelled", wait_s=self.config.cancel_grace_s)
 
+    # -- feedback ------------------------------------------------------------------------------
+    def _feedback(self, frame: FeedbackFrame, tg: anyio.abc.TaskGroup) -> None:
+        """Rate an answer this socket received; anything else is not this socket's to rate."""
+        if frame.request_id not in self.answered:
+            self._error(ErrorCode.NOT_FOUND,
+                        f"no answer {frame.request_id!r} on this connection to rate (only "
+                        f"the newest {_RATED} answers it received can be rated)", {}, frame.id)
+            return
+        tg.start_soon(self._send_feedback, frame, self.answered[frame.request_id])
+
+    async def _send_feedback(self, frame: FeedbackFrame, session_id: str | None) -> None:
+        b = self.bridge
+        feedback = Feedback(request_id=frame.request_id, rating=frame.rating,
+                            comment=frame.comment or None, session=session_id,
+                            deadline=now_ms() + int(_FEEDBACK_TIMEOUT_S * 1000))
+        try:
+            reply = await b.nc.request(b.subjects.feedback, codec.encode(feedback),
+                                       timeout=_FEEDBACK_TIMEOUT_S + 0.25)
+            recorded = decode_reply(reply, FeedbackRecorded)
+        except RagbusError as exc:
+            self._error(exc.code, exc.message, exc.details, frame.id)
+            return
+        except nats.errors.NoRespondersError:
+            self._error(ErrorCode.UNAVAILABLE, "feedback cannot be kept right now: the "
+                        "audit-logger is not running", {}, frame.id)
+            return
+        except (TimeoutError, nats.errors.TimeoutError):
+            self._error(ErrorCode.DEADLINE_EXCEEDED, "the feedback was not confirmed in "
+                        "time; it may have been kept", {}, frame.id)
+            return
+        except (OSError, nats.errors.Error) as exc:
+            b.log.warning("bridge.feedback_failed", error=str(exc))
+            self._error(ErrorCode.UNAVAILABLE, "the bridge cannot reach NATS; retry", {},
+                        frame.id)
+            return
+        self._send(FeedbackRecordedFrame(id=frame.id, request_id=recorded.request_id,
+                                         known=recorded.known))
+
     def finish(self, ask: Ask, frame: ServerFrame | None, outcome: str) -> None:
         """End an ask once: its last frame, its limits back, its route gone."""
         if ask.finished:
@@ -382,12 +433,16 @@ class Session:
                                                       missing_shards=event.missing_shards)),
                             ask.stream)
         elif isinstance(event, Done):
+            self.answered[ask.request_id] = ask.session_id
+            while len(self.answered) > _RATED:
+                self.answered.popitem(last=False)
             now = time.perf_counter()
             ttft = None if ask.first_token_at is None else _ms(ask.first_token_at - ask.started)
             self.finish(ask, DoneFrame(
                 id=ask.id, request_id=ask.request_id, text_length=event.text_length,
                 provider=event.provider, model=event.model, usage=event.usage,
-                timings_ms=event.timings_ms, cache_hit=event.cache_hit, ttft_ms=ttft,
+                timings_ms=event.timings_ms, cache_hit=event.cache_hit,
+                prompt_version=event.prompt_version, stopped=event.stopped, ttft_ms=ttft,
                 total_ms=_ms(now - ask.started)), "done")
         elif isinstance(event, Failed):
             self.finish(ask, FailedFrame(

@@ -145,6 +145,8 @@ async def gather(ctx: Context, client: Client, subjects: Subjects, query: Query,
                                                         deadline=ctx.deadline), Embedded)
         vector, model = reply.vectors, reply.model_id
         timings["embed"] = (time.perf_counter() - e) * 1000
+        if reply.cache_hits:  # the question's vector came from the embedding cache
+            timings["embed_cache_hit"] = 1.0
         for shard in shards:
             tg.start_soon(ask, shard, vector, None)
 

@@ -63,6 +63,7 @@ from ._local import LocalLLM, LocalLLMUnavailableError
 from ._openai import OpenAIProvider
 from ._prompts import Prompts
 from ._provider import Prompt, Provider, Usage
+from ._repetition import Loop, RepetitionGuard
 from ._routing import Plan, plan
 from ._tree import (
     REDUCE_NOTE,
@@ -82,6 +83,24 @@ _NOTE_HEADER = 16
 _TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # a whole answer: a cache hit in milliseconds, a long local generation in minutes
 _ANSWER_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+def _audited(request: Generate, timings: dict[str, float], answer_cache: str
+             ) -> dict[str, Any]:
+    """What an ``answer.done`` audit event says beyond who answered, for ``ragbus stats``:
+    end-to-end times as the stage timings tell them, and which caches served it
+    (``embedding`` None: the question was not embedded, e.g. a retrieval cache hit)."""
+    t = request.timings_ms
+    embedded = "embed" in t or "embed_cache_hit" in t
+    details: dict[str, Any] = {
+        "timings_ms": {k: timings[k] for k in ("first_token", "total") if k in timings},
+        "cache": {"retrieval": "retrieval_cache_hit" in t if "retrieval" in t else None,
+                  "embedding": "embed_cache_hit" in t if embedded else None,
+                  "answer": answer_cache},
+    }
+    if request.llm_only:  # the trimmer's conversation brief, not a person's answer
+        details["llm_only"] = True
+    return details
 
 
 def _upstream_s(request: Generate) -> float:
@@ -107,6 +126,7 @@ class _Answer:
     sink: Coalescer | None = None
     tokens_before: int = 0  # provider deltas spent before the answer (tree_summarize's maps)
     calls: int = 0  # providers called for it
+    loop: Loop | None = None  # the provider's stream looped and was cut here
 
     def remaining(self) -> float:
         return self.ctx.remaining()
@@ -183,7 +203,8 @@ class Router(Actor):
                  **options: Unpack[ActorOptions]) -> None:
         super().__init__(settings, **options)
         self.config: RouterSettings = self.settings.router
-        self.prompts = Prompts(self.config.prompts)
+        self.prompts = Prompts(self.config.prompts, max_tokens={
+            str(mode): cap for mode, cap in self.config.max_tokens_by_mode.items()})
         self.providers: list[Provider] = []
         self.answers: AnswerCache | None = None
         self.down: dict[str, str] = {}  # provider -> why it is skipped (not started, not answering)
@@ -218,6 +239,10 @@ class Router(Actor):
                                     "From the retriever taking a query to its answer's end "
                                     "(stage timings summed)", ["actor", "answer_cache"],
                                     buckets=_ANSWER_BUCKETS)
+        self._stopped = m.get(Counter, "ragbus_router_stopped",
+                              "Provider streams the router ended before the provider did, "
+                              "by why (repetition: the stream looped)",
+                              ["actor", "provider", "reason"])
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def _series(self, metric: Any, *labels: str) -> Any:
@@ -227,6 +252,15 @@ class Router(Actor):
         if child is None:
             child = self._children[key] = metric.labels(self.name, *labels)
         return child
+
+    def _guard(self, provider: Provider) -> RepetitionGuard | None:
+        """A fresh loop detector for an LLM's stream (None: not watched)."""
+        cfg = self.config
+        if not (cfg.repetition_stop and provider.is_llm):
+            return None
+        return RepetitionGuard(min_repeats=cfg.repetition_min_repeats,
+                               min_tokens=cfg.repetition_min_tokens,
+                               max_period=cfg.repetition_max_period)
 
     def _count(self, provider: str, outcome: str) -> None:
         self._series(self._requests, provider, outcome).inc()
@@ -564,7 +598,9 @@ class Router(Actor):
         # the cached text went out in one flush: its first token is its end
         self._observe_answer(request, cached.provider, "hit", elapsed / 1000, elapsed / 1000)
         timings = dict(request.timings_ms)
-        timings.update(generation=round(elapsed, 3), answer_cache=1.0)
+        before = float(request.timings_ms.get("total", 0.0))
+        timings.update(generation=round(elapsed, 3), answer_cache=1.0,
+                       first_token=round(before + elapsed, 3), total=round(before + elapsed, 3))
         await answer.send(Done(
             request_id=request.request_id, text_length=ctx.partial_text_length,
             provider=cached.provider, model=cached.model, timings_ms=timings, cache_hit=True,
@@ -572,8 +608,9 @@ class Router(Actor):
         await ctx.audit(AuditKind.ANSWER_DONE, session=request.session_id,
                         question=request.question, answer=cached.text,
                         duration_ms=round(elapsed, 3),
-                        details={"provider": cached.provider, "cache_hit": how,
-                                 "prompt_version": prompt.template})
+                        details={"provider": cached.provider, "model": cached.model,
+                                 "cache_hit": how, "prompt_version": prompt.template,
+                                 "fallbacks": 0, **_audited(request, timings, how)})
         ctx.log.info("router.cache_hit", match=how, provider=cached.provider)
         return True
 
@@ -667,6 +704,7 @@ class Router(Actor):
         sink = answer.sink
         assert sink is not None
         ctx = answer.ctx
+        guard = self._guard(provider)
         stream = provider.stream(prompt, usage, first_token_timeout_s=first_token_s)
         try:
             async with contextlib.aclosing(stream):
@@ -678,6 +716,15 @@ class Router(Actor):
                     answer.parts.append(text)
                     ctx.tokens_used = answer.tokens_before + usage.deltas
                     await sink.add(text)
+                    loop = guard.feed(text) if guard is not None else None
+                    if loop is not None:
+                        # leaving the loop closes the stream: the model stops generating
+                        answer.loop = loop
+                        self._series(self._stopped, provider.name, "repetition").inc()
+                        ctx.log.warning("router.loop_stopped", provider=provider.name,
+                                        period=loop.period, repeats=loop.repeats,
+                                        chars=ctx.partial_text_length + sink.pending)
+                        break
         except ProviderError as exc:
             if usage.deltas:
                 await sink.flush()  # what was generated before the failure is the client's
@@ -693,12 +740,18 @@ class Router(Actor):
         mid-stream loses only the partial notes (the client saw none of them): it comes
         out as the ``ProviderError`` it is, and the chain goes on to the next provider."""
         notes.parts.clear()
+        guard = self._guard(provider)
         stream = provider.stream(prompt, usage, first_token_timeout_s=first_token_s)
         try:
             async with contextlib.aclosing(stream):
                 async for text in stream:
                     notes.parts.append(text)
                     notes.ctx.tokens_used += 1  # what the request has cost, maps included
+                    loop = guard.feed(text) if guard is not None else None
+                    if loop is not None:  # a summary saying one thing over and over: once
+                        notes.parts[:] = [notes.text[:loop.cut]]
+                        self._series(self._stopped, provider.name, "repetition").inc()
+                        break
         except ProviderError:
             notes.parts.clear()
             raise
@@ -741,24 +794,33 @@ class Router(Actor):
                        router_first_token=round(first, 3), generation=round(elapsed, 3))
         spent = usage.as_dict()
         details: dict[str, Any] = {"provider": provider.name, "model": provider.model,
-                                   "prompt_version": prompt.template}
+                                   "prompt_version": prompt.template,
+                                   # providers passed over (skipped or failed) before this one
+                                   "fallbacks": len(outcome.attempts)}
+        stopped = "repetition" if answer.loop is not None else None
+        if stopped is not None:
+            details["stopped"] = stopped
         if tree is not None:
             timings.update(tree_map=round(tree.map_ms, 3),
                            tree_reduce=round(elapsed - tree.map_ms, 3))
             spent.update(tree.usage)
             details["tree"] = msgspec.to_builtins(tree.report)
+        details.update(_audited(request, timings, "miss"))
         self._observe_answer(request, provider.name, "miss", first / 1000, elapsed / 1000)
         await answer.send(Done(
             request_id=request.request_id, text_length=ctx.partial_text_length,
             provider=provider.name, model=provider.model, usage=spent,
             timings_ms=timings, cache_hit=False, prompt_version=prompt.template,
-            tree=tree.report if tree is not None else None))
+            tree=tree.report if tree is not None else None, stopped=stopped))
         await ctx.audit(AuditKind.ANSWER_DONE, session=request.session_id,
                         question=request.question, answer=answer.text,
                         duration_ms=round(elapsed, 3),
                         sizes={"text_length": ctx.partial_text_length, **spent},
                         details=details)
-        if self._cacheable(request) and provider.is_llm and (tree is None or tree.complete):
+        # a looped answer is not worth keeping; memory keeps it up to the loop's first saying
+        text = answer.text if answer.loop is None else answer.text[:answer.loop.cut]
+        if self._cacheable(request) and provider.is_llm and (tree is None or tree.complete) \
+                and stopped is None:
             assert self.answers is not None
             assert request.cache_scope is not None
             await self.answers.store(scope=request.cache_scope, prompt=prompt.template,
@@ -770,9 +832,9 @@ class Router(Actor):
         if request.session_id:
             await ctx.publish(self.subjects.memory_append, TurnDone(
                 session_id=request.session_id, request_id=request.request_id,
-                question=request.question, answer=answer.text, at=now_ms()))
+                question=request.question, answer=text, at=now_ms()))
         ctx.annotate(provider=provider.name, model=provider.model, tokens=usage.deltas,
                      prompt=prompt.template, cache_hit=False)
         ctx.log.info("router.done", provider=provider.name, chars=ctx.partial_text_length,
                      deltas=usage.deltas, first_token_ms=round(first, 1),
-                     total_ms=round(elapsed, 1), prompt=prompt.template)
+                     total_ms=round(elapsed, 1), prompt=prompt.template, stopped=stopped)

@@ -179,9 +179,18 @@ class OpenAIProvider:
     def _body(self, prompt: Prompt) -> dict[str, Any]:
         s = self.settings
         max_tokens = min(prompt.max_tokens or s.max_tokens, s.max_tokens)
-        return {"model": self._model, "messages": prompt.messages, "stream": True,
-                "max_tokens": max_tokens, "temperature": s.temperature,
-                "stream_options": {"include_usage": True}}
+        body: dict[str, Any] = {"model": self._model, "messages": prompt.messages,
+                                "stream": True, "max_tokens": max_tokens,
+                                "temperature": s.temperature,
+                                "stream_options": {"include_usage": True}}
+        # only what is configured: a server may refuse a field it does not know
+        if s.frequency_penalty is not None:
+            body["frequency_penalty"] = s.frequency_penalty
+        if s.presence_penalty is not None:
+            body["presence_penalty"] = s.presence_penalty
+        if s.repetition_penalty is not None:
+            body[s.penalty_field] = s.repetition_penalty
+        return body
 
     async def _open(self, transport: httpx.AsyncBaseTransport, prompt: Prompt,
                     timeout_s: float) -> httpx.Response:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ragbus.config import PromptTemplate
@@ -47,7 +48,9 @@ class _Bucket:
 class Prompts:
     """Picks a template for a request and renders the chat messages from it."""
 
-    def __init__(self, templates: list[PromptTemplate]) -> None:
+    def __init__(self, templates: list[PromptTemplate], *,
+                 max_tokens: Mapping[str, int] | None = None) -> None:
+        self.max_tokens = dict(max_tokens or {})  # an answer's cap by the request's mode
         weighted = [t for t in templates if t.weight > 0]
         total = sum(t.weight for t in weighted)
         acc = 0.0
@@ -90,7 +93,14 @@ class Prompts:
         messages += [{"role": turn.role, "content": turn.content} for turn in request.history]
         messages.append({"role": "user", "content": _fill(template.user, values)})
         return Prompt(messages=messages, question=request.question, context=request.context,
-                      max_tokens=request.max_tokens, template=template_id(template))
+                      max_tokens=self.answer_tokens(request), template=template_id(template))
+
+    def answer_tokens(self, request: Generate) -> int | None:
+        """The request's ``max_tokens`` within its mode's cap (None: the provider's)."""
+        cap = self.max_tokens.get(request.mode)
+        if cap is None:
+            return request.max_tokens
+        return min(request.max_tokens or cap, cap)
 
     def token_count(self, request: Generate, prompt: Prompt) -> int:
         """cl100k tokens of the prompt: the trimmer's count plus the template's own text

@@ -119,6 +119,10 @@ def _done_line(done: Done) -> str:
         parts.append(f"prompt {done.prompt_version}")
     if done.cache_hit:
         parts.append("cache hit")
+    if done.stopped == "repetition":
+        parts.append("stopped: the answer repeated itself")
+    elif done.stopped:
+        parts.append(f"stopped: {done.stopped}")
     return " · ".join(escape(p) for p in parts)
 
 

@@ -25,6 +25,7 @@ from ._health import add_commands as add_health_commands
 from ._ingest import add_commands as add_ingest_commands
 from ._server import NatsServerError
 from ._state import read_run_info
+from ._stats import add_commands as add_stats_commands
 from ._status import add_commands as add_status_commands
 
 __all__ = ("build_parser", "main")
@@ -169,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_status_commands(sub)
     add_ingest_commands(sub)
     add_audit_commands(sub)
+    add_stats_commands(sub)
     add_cache_commands(sub)
     add_ask_commands(sub)
     add_bridge_commands(sub)

@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from ragbus.config import NatsSettings, Settings
-from ragbus.runtime import ensure_kv, ensure_stream, kv_entries
+from ragbus.runtime import ensure_kv, ensure_stream, kv_entries, read_stream
 from ragbus.runtime.audit import ensure_audit_stream
 from ragbus.runtime.cli import submit_job
 from ragbus.runtime.security import connect_as, credentials
@@ -310,3 +310,38 @@ def test_every_role_reads_only_its_own_inbox() -> None:
         assert inboxes == [f"_INBOX.{role.name}.>"]
         assert credentials(SECURITY, role.name).inbox_prefix == f"_INBOX.{role.name}"
         assert ">" not in role.subscribe
+
+
+async def test_clients_and_the_bridge_rate_answers_the_audit_role_hears_and_replies(
+    logins: dict[str, As],
+) -> None:
+    audit, client, bridge, router = (logins["audit"], logins["client"], logins["bridge"],
+                                     logins["router"])
+
+    async def recorded(msg: Msg) -> None:
+        await msg.respond(b"kept")
+
+    await audit.nc.subscribe(S.feedback, queue="audit-logger", cb=recorded)
+    await settled(audit)
+    for rater in (client, bridge):
+        reply = await rater.nc.request(S.feedback, b'{"rating": "up"}', timeout=2)
+        assert reply.data == b"kept"
+    await router.nc.publish(S.feedback, b'{"rating": "down"}')  # no actor rates answers
+    await settled(router)
+    assert await router.refused("publish", S.feedback)
+    assert {r: c.errors for r, c in logins.items() if c.errors and r != "router"} == {}
+
+
+async def test_the_auditor_reads_the_audit_stream_as_ragbus_stats_does(
+    logins: dict[str, As],
+) -> None:
+    audit, router, auditor = logins["audit"], logins["router"], logins["auditor"]
+    await audit_stream_ready(audit)
+    event = AuditEvent(kind="answer.done", actor="router", request_id="r1")
+    await router.nc.jetstream().publish(S.audit("router", event.kind),
+                                        msgspec.json.encode(event),
+                                        headers={MSG_ID_HEADER: event.event_id})
+    read = [msg async for msg in read_stream(auditor.nc, S.audit_stream,
+                                             filter_subject=S.audit_all)]
+    assert [msgspec.json.decode(m.data, type=AuditEvent).request_id for m in read] == ["r1"]
+    assert auditor.errors == []

@@ -11,6 +11,8 @@
     answer: $("answer"), timings: $("timings"), sourcesBox: $("sources-box"),
     sources: $("sources"), session: $("session"), newSession: $("new-session"),
     keyForm: $("key-form"), key: $("key"),
+    feedback: $("feedback"), up: $("thumbs-up"), down: $("thumbs-down"),
+    comment: $("feedback-comment"), feedbackStatus: $("feedback-status"),
   };
 
   const SESSION_KEY = "ragbus.session";
@@ -24,6 +26,8 @@
   let retryMs = 500;
   let stopRetrying = false;
   let askCounter = 0;
+  let rated = null;     // the answer the thumbs rate: {request_id}
+  let feedbackCounter = 0;
 
   function randomId() {
     const bytes = new Uint8Array(16);
@@ -162,7 +166,18 @@
       case "cancelled":
         if (current && f.id === current.id) finish("stopped");
         break;
+      case "feedback":
+        if (rated && f.request_id === rated.request_id) {
+          el.feedbackStatus.textContent = "Thanks, your feedback was recorded.";
+          el.feedback.dataset.state = "recorded";
+        }
+        break;
       case "error":
+        if (f.id && f.id.indexOf("fb") === 0) { // a rating the bridge could not pass on
+          el.feedbackStatus.textContent = "Feedback not recorded: " + f.message + " (" + f.code + ")";
+          el.feedback.dataset.state = "failed";
+          break;
+        }
         if (f.code === "NOT_FOUND" && (!current || f.id !== current.id)) break; // a late stop
         if (f.code === "RATE_LIMIT") {
           el.warn.textContent = f.message;
@@ -230,7 +245,37 @@
     el.sourcesBox.hidden = sources.length === 0;
   }
 
+  function showFeedback(requestId) {
+    rated = requestId ? {request_id: requestId} : null;
+    el.feedback.hidden = !rated;
+    el.feedback.dataset.state = "open";
+    el.feedbackStatus.textContent = "";
+    el.comment.value = "";
+    for (const b of [el.up, el.down]) b.setAttribute("aria-pressed", "false");
+  }
+
+  function sendFeedback(rating) {
+    if (!rated || !ws || ws.readyState !== WebSocket.OPEN) return;
+    feedbackCounter += 1;
+    const frame = {type: "feedback", id: "fb" + feedbackCounter, request_id: rated.request_id,
+                   rating: rating};
+    const comment = el.comment.value.trim();
+    if (comment) frame.comment = comment;
+    ws.send(JSON.stringify(frame));
+    el.up.setAttribute("aria-pressed", String(rating === "up"));
+    el.down.setAttribute("aria-pressed", String(rating === "down"));
+    el.feedbackStatus.textContent = "sending…";
+    el.feedback.dataset.state = "sending";
+  }
+
   function renderDone(f) {
+    showFeedback(f.request_id);
+    if (f.stopped === "repetition") {
+      const note = document.createElement("p");
+      note.className = "muted";
+      note.textContent = "(The answer started repeating itself and was stopped.)";
+      el.answer.appendChild(note);
+    }
     el.cache.hidden = !f.cache_hit;
     if (f.provider) {
       el.provider.textContent = f.provider + (f.model && f.model !== f.provider ? " · " + f.model : "");
@@ -278,6 +323,7 @@
     el.timings.hidden = true;
     el.cache.hidden = true;
     el.provider.hidden = true;
+    showFeedback(null);
     setState("streaming");
     ws.send(JSON.stringify({type: "ask", id: current.id, question: question, session_id: sessionId()}));
     updateButtons();
@@ -295,6 +341,9 @@
   });
   el.question.addEventListener("input", updateButtons);
   el.stop.addEventListener("click", stop);
+  el.up.addEventListener("click", () => sendFeedback("up"));
+  el.down.addEventListener("click", () => sendFeedback("down"));
+  el.feedback.addEventListener("submit", (e) => { e.preventDefault(); });
   el.newSession.addEventListener("click", () => {
     localStorage.removeItem(SESSION_KEY);
     showSession();
