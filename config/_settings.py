@@ -191,7 +191,8 @@ class IngestorSettings(_Section, frozen=True, kw_only=True):
 
     Sizes are cl100k tokens (see actors/ingestor/_chunking.py for why 200/30/800).
     ``max_ack_pending`` bounds jobs handed out across all ingestor replicas, so a
-    burst of submissions cannot flood the embedder.
+    burst of submissions cannot flood the embedder. ``max_file_bytes`` also bounds
+    what ``ragbus ingest`` uploads.
     """
 
     chunk_tokens: PositiveInt = 200
@@ -219,6 +220,9 @@ class IngestorSettings(_Section, frozen=True, kw_only=True):
     # trail in front (actors/ingestor/_points.py, embedded_text); changing it re-embeds
     # every document on its next ingest
     embed_context: bool = True
+    # keep a job's uploaded files in the uploads object store when it has finished
+    # (a file is then not sent again by the next upload of the same content)
+    keep_uploads: bool = False
 
 
 class RetrieverSettings(_Section, frozen=True, kw_only=True):

@@ -156,6 +156,16 @@ def _kv_reads(stream: str) -> list[str]:
     ]
 
 
+def _object_store(bucket: str) -> list[str]:
+    """Open, put, get, list and delete the objects of one object store: puts publish
+    chunks and a meta message under ``$O.<bucket>.``, gets read them through an ordered
+    consumer (flow control answered), replacing or deleting purges the old chunks.
+    nats-py looks the stream up by subject before a get: the stream names are listed."""
+    stream = f"OBJ_{bucket}"
+    return [*_stream_admin(stream), f"$O.{bucket}.>", f"$JS.API.STREAM.PURGE.{stream}",
+            f"$JS.FC.{stream}.>", "$JS.API.STREAM.NAMES", *_kv_reads(stream)]
+
+
 def _cache_admin(bucket: str) -> list[str]:
     """Look at and empty one KV bucket (``ragbus cache stats|purge``), nothing else."""
     stream = f"KV_{bucket}"
@@ -248,7 +258,8 @@ def roles(s: Subjects, *, audit_durable: str = "audit-logger",
              publish=(s.embed, f"{p}.index.apply.*", f"{p}.ingest.progress.*",
                       s.corpus_version, audit("ingestor"), *_stream_admin(ingest),
                       *_work_queue(ingest, ingest_durable), *_bucket(s.bucket("jobs")),
-                      *_bucket(s.bucket("docs")), *_bucket(s.bucket("corpus"))),
+                      *_bucket(s.bucket("docs")), *_bucket(s.bucket("corpus")),
+                      *_object_store(s.bucket("uploads"))),
              subscribe=(f"{p}.docs.*", f"{p}.jobs.*", _given_up(ingest, ingest_durable),
                         *serving, inbox("ingestor"))),
         Role("audit", allow_responses=True,
@@ -268,7 +279,7 @@ def roles(s: Subjects, *, audit_durable: str = "audit-logger",
              publish=(s.query, s.cancel_all, s.ingest_submit, f"{p}.docs.*", f"{p}.jobs.*",
                       # ragbus status: every stream's leader and replicas
                       "$SRV.>", "$JS.API.STREAM.LIST", *_stream_admin(ingest),
-                      *_bucket(s.bucket("jobs")),
+                      *_bucket(s.bucket("jobs")), *_object_store(s.bucket("uploads")),
                       *_bucket_reader(s.bucket("breakers")),
                       *(grant for cache in CACHE_BUCKETS
                         for grant in _cache_admin(s.bucket(cache)))),
@@ -291,7 +302,7 @@ def role_table(s: Subjects, *, audit_durable: str = "audit-logger") -> str:
     """
     rows = ["| role | publishes | subscribes | JetStream |", "|---|---|---|---|"]
     for role in roles(s, audit_durable=audit_durable).values():
-        plain = [f"`{x}`" for x in role.publish if not x.startswith(("$JS.", "$KV."))]
+        plain = [f"`{x}`" for x in role.publish if not x.startswith(("$JS.", "$KV.", "$O."))]
         if role.allow_responses:
             plain.append("replies")
         rows.append(f"| {role.name} | {', '.join(plain) or '-'} | "
@@ -306,6 +317,9 @@ def _jetstream_grants(role: Role) -> list[str]:
     streams = sorted(g.removeprefix(info) for g in grants if g.startswith(info))
     said: list[str] = ["every stream's state (list)"] if "$JS.API.STREAM.LIST" in grants else []
     for stream in streams:
+        if stream.startswith("OBJ_") and f"$O.{stream[4:]}.>" in grants:
+            said.append(f"objects `{stream[4:]}` read, write, delete")
+            continue
         if stream.startswith("KV_"):
             bucket = stream[3:]
             if f"$KV.{bucket}.>" in grants:

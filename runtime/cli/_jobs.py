@@ -9,37 +9,12 @@ from nats.aio.client import Client as NATS
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import KeyNotFoundError
 
-from ragbus.subjects import (
-    IngestRequest,
-    JobProgress,
-    JobState,
-    Subjects,
-    ingest_stream,
-    jobs_bucket,
-    now_ms,
-)
+from ragbus.subjects import JobProgress, Subjects, jobs_bucket, now_ms
 
-from ..jetstream import ensure_kv, ensure_stream, publish_once, through_elections
+from ..ingest import submit_job
+from ..jetstream import ensure_kv
 
 __all__ = ("follow_job", "submit_job")
-
-
-async def submit_job(nc: NATS, request: IngestRequest, subjects: Subjects | None = None, *,
-                     replicas: int = 1) -> None:
-    """Queue ``request`` durably. Submitting the same job id twice queues it once.
-
-    The publish carries the job id as ``Nats-Msg-Id``, so it is retried while a cluster
-    elects a new stream leader without ever being stored twice: JetStream drops a repeat
-    within its duplicate window.
-    """
-    s = subjects or Subjects()
-    await ensure_stream(nc, ingest_stream(s), replicas=replicas)
-    kv = await ensure_kv(nc, jobs_bucket(s), replicas=replicas)
-    queued = JobProgress(job_id=request.job_id, state=JobState.QUEUED, submitted_at=now_ms(),
-                         updated_at=now_ms(), message="waiting for an ingestor")
-    await through_elections(lambda: kv.put(request.job_id, msgspec.json.encode(queued)))
-    await publish_once(nc, s.ingest_submit, msgspec.json.encode(request),
-                       msg_id=request.job_id)
 
 
 async def follow_job(nc: NATS, job_id: str, subjects: Subjects | None = None, *,

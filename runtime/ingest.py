@@ -1,0 +1,93 @@
+"""Ingest jobs from anywhere: files into the uploads object store, jobs into the queue.
+
+A client (``ragbus ingest``, the bridge's ``POST /upload``, any Python program) puts
+each file into the ``rag_uploads`` object store under its SHA-256 and submits a job
+naming the objects, so the ingestor never needs to see the client's disk. A file whose
+digest is already stored is not sent again.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.js.errors import ObjectNotFoundError
+from nats.js.object_store import ObjectStore
+
+from ragbus.subjects import (
+    IngestRequest,
+    JobProgress,
+    JobState,
+    Subjects,
+    UploadedFile,
+    ingest_stream,
+    jobs_bucket,
+    now_ms,
+    uploads_bucket,
+)
+
+from .jetstream import (
+    ensure_kv,
+    ensure_object_store,
+    ensure_stream,
+    publish_once,
+    through_elections,
+)
+
+__all__ = ("Upload", "open_uploads", "submit_job", "upload")
+
+
+async def submit_job(nc: NATS, request: IngestRequest, subjects: Subjects | None = None, *,
+                     replicas: int = 1) -> None:
+    """Queue ``request`` durably. Submitting the same job id twice queues it once.
+
+    The publish carries the job id as ``Nats-Msg-Id``, so it is retried while a cluster
+    elects a new stream leader without ever being stored twice: JetStream drops a repeat
+    within its duplicate window.
+    """
+    s = subjects or Subjects()
+    await ensure_stream(nc, ingest_stream(s), replicas=replicas)
+    kv = await ensure_kv(nc, jobs_bucket(s), replicas=replicas)
+    queued = JobProgress(job_id=request.job_id, state=JobState.QUEUED, submitted_at=now_ms(),
+                         updated_at=now_ms(), message="waiting for an ingestor")
+    await through_elections(lambda: kv.put(request.job_id, msgspec.json.encode(queued)))
+    await publish_once(nc, s.ingest_submit, msgspec.json.encode(request),
+                       msg_id=request.job_id)
+
+
+async def open_uploads(nc: NATS, subjects: Subjects | None = None, *,
+                       replicas: int = 1) -> ObjectStore:
+    """The uploads object store (created on first use, like every bucket)."""
+    return await ensure_object_store(nc, uploads_bucket(subjects or Subjects()),
+                                     replicas=replicas)
+
+
+def object_digest(sha256: bytes) -> str:
+    """How the object store writes a SHA-256 in an object's info."""
+    return f"SHA-256={base64.urlsafe_b64encode(sha256).decode()}"
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    file: UploadedFile
+    #: False when an object with the same digest was already in the bucket
+    sent: bool
+
+
+async def upload(store: ObjectStore, path: str, data: bytes) -> Upload:
+    """Put ``data`` (the file the job will call ``path``) into the store under its
+    SHA-256, unless an object with that name and digest is already there."""
+    sha = hashlib.sha256(data).digest()
+    name = sha.hex()
+    file = UploadedFile(path=path, object=name, sha256=name, size=len(data))
+    try:
+        info = await through_elections(lambda: store.get_info(name))
+    except ObjectNotFoundError:
+        info = None
+    if info is not None and info.digest == object_digest(sha) and info.size == len(data):
+        return Upload(file, sent=False)
+    await through_elections(lambda: store.put(name, data))
+    return Upload(file, sent=True)
