@@ -124,10 +124,11 @@ class BridgeSettings(_Section, frozen=True, kw_only=True):
     allow_anonymous: bool = True
     jwt_leeway_s: Annotated[float, Meta(ge=0)] = 5.0
     auth_timeout_s: Positive = 5.0
-    # rate limits per client identity
+    # rate limits per client identity, shared by every replica (KV rag_limits); a bridge
+    # that cannot reach them within limits_wait_s refuses asks with UNAVAILABLE
     asks_per_minute: PositiveInt = 30
     concurrent_asks: PositiveInt = 4
-    max_identities: PositiveInt = 100_000
+    limits_wait_s: Positive = 5.0
     # input limits
     max_frame_bytes: PositiveInt = 64 * 1024
     max_question_chars: PositiveInt = 4000

@@ -11,10 +11,12 @@ queries" are handled in one place for the bridge, ``ragbus ask`` and any request
 from __future__ import annotations
 
 import http
+import math
 import ssl
 from typing import Unpack
 
 import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from prometheus_client import Counter, Gauge, Histogram
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
@@ -22,7 +24,7 @@ from websockets.http11 import Request, Response
 from ragbus.config import BridgeSettings, Settings
 from ragbus.runtime import Actor, ActorOptions, Client
 from ragbus.runtime.audit import AuditPublisher
-from ragbus.subjects import AuditKind, AuditOutcome
+from ragbus.subjects import AuditKind, AuditOutcome, limits_bucket
 
 from ._auth import LOOPBACK_HOSTS, Authenticator
 from ._errors import AuthDeniedError, CannotListenError, CertificateUnusableError
@@ -49,8 +51,10 @@ class Bridge(Actor):
         self.config = self.settings.bridge
         self.auth = Authenticator(self.config,
                                   development=self.settings.environment == "development")
-        self.limits = RateLimits(self.config.asks_per_minute, self.config.concurrent_asks,
-                                 max_identities=self.config.max_identities)
+        self._limits: RateLimits | None = None
+        # asks end in synchronous code; their places are written back from one task
+        self._releases: tuple[MemoryObjectSendStream[str], MemoryObjectReceiveStream[str]] = (
+            anyio.create_memory_object_stream[str](math.inf))
         self.readiness = ReadinessProbe(self.config.ready_actors, wait_s=self.config.ready_wait_s)
         self.pages = load_pages()
         self.open_asks: dict[str, Ask] = {}
@@ -92,6 +96,25 @@ class Bridge(Actor):
         return ws_url(self.url)
 
     @property
+    def limits(self) -> RateLimits:
+        """The per-identity limits, shared by every replica (opened in :meth:`setup`)."""
+        assert self._limits is not None, "setup() has not run"
+        return self._limits
+
+    def release(self, identity: str, ask: str, took_s: float) -> None:
+        """An admitted ask has ended: its place is free here at once, and in the shared
+        store a moment later (from :meth:`_return_places`)."""
+        self.limits.end(identity, ask, took_s)
+        self._releases[0].send_nowait(identity)
+
+    async def _return_places(self) -> None:
+        async for identity in self._releases[1]:
+            try:
+                await self.limits.flush(identity)
+            except Exception as exc:  # the next admit writes it, or its lease ends
+                self.log.warning("bridge.release_failed", error=repr(exc))
+
+    @property
     def client(self) -> Client:
         """How asks go on the bus (connected in :meth:`setup`)."""
         assert self._client is not None, "setup() has not run"
@@ -101,6 +124,11 @@ class Bridge(Actor):
     async def setup(self) -> None:
         self._client = Client(self.nc, self.subjects)
         cfg = self.config
+        self._limits = RateLimits(
+            await self.ensure_kv(limits_bucket(self.subjects)), cfg.asks_per_minute,
+            cfg.concurrent_asks, wait_s=cfg.limits_wait_s,
+            # an ask's place is held no longer than the ask can run
+            lease_s=cfg.ask_timeout_s + cfg.cancel_grace_s + 5.0)
         tls = _tls_context(cfg.tls_cert, cfg.tls_key)
         try:
             self._server = await serve(
@@ -132,6 +160,7 @@ class Bridge(Actor):
         async with anyio.create_task_group() as tg:
             tg.start_soon(self.audit.run, self.nc)
             tg.start_soon(self._watch_writes)
+            tg.start_soon(self._return_places)
 
     async def _watch_writes(self) -> None:
         """One timer for every socket: find writes stuck behind a reader that stopped."""

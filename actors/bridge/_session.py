@@ -23,7 +23,7 @@ import nats.errors
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from ragbus.runtime import EventStream, tracing
+from ragbus.runtime import EventStream, UnavailableError, tracing
 from ragbus.subjects import (
     Cancelled,
     Done,
@@ -126,7 +126,7 @@ class Session:
             return
         if identity is None:  # the client left before saying who it is
             return
-        self._set_identity(identity)
+        await self._set_identity(identity)
         async with anyio.create_task_group() as tg:
             self._scope = tg.cancel_scope
             tg.start_soon(self._write)
@@ -194,9 +194,15 @@ class Session:
         raise UnauthenticatedError(f"no credentials within {timeout:g}s: send an auth frame "
                               "first, or use ?token=")
 
-    def _set_identity(self, identity: Identity) -> None:
+    async def _set_identity(self, identity: Identity) -> None:
         self.identity = identity
-        state = self.bridge.limits.state(identity.key)
+        try:
+            state = await self.bridge.limits.state(identity.key)
+        except UnavailableError as exc:  # the socket is ready; its asks will say why not
+            self.bridge.log.warning("bridge.limits_unknown", error=exc.message)
+            state = LimitState(limit=self.config.asks_per_minute, remaining=0,
+                               reset_in_seconds=0.0,
+                               concurrent_limit=self.config.concurrent_asks, in_flight=0)
         self._send(ReadyFrame(identity=identity.key, method=identity.method,
                               expires_at=identity.expires_at,
                               max_question_chars=self.config.max_question_chars,
@@ -233,7 +239,11 @@ class Session:
             await self._cancel(frame)
         elif isinstance(frame, StatusRequest):
             assert self.identity is not None
-            state = self.bridge.limits.state(self.identity.key)
+            try:
+                state = await self.bridge.limits.state(self.identity.key)
+            except UnavailableError as exc:
+                self._error(ErrorCode.UNAVAILABLE, exc.message, {}, None)
+                return
             self._send(StatusFrame(limit=state.limit, remaining=state.remaining,
                                    reset_in_seconds=state.reset_in_seconds,
                                    concurrent_limit=state.concurrent_limit,
@@ -249,7 +259,7 @@ class Session:
             self.bridge.on_denied(exc, self)
             self._abort(exc.code, exc.close_reason, exc.label)
             return
-        self._set_identity(identity)
+        await self._set_identity(identity)
         if identity.expires_at is not None:
             tg.start_soon(self._expire, identity)
 
@@ -277,11 +287,15 @@ class Session:
                         f"ask {frame.id!r} is still running: give each ask a new id", {},
                         frame.id)
             return
-        admitted = await b.limits.admit(identity.key)
+        request_id = new_id()
+        try:
+            admitted = await b.limits.admit(identity.key, request_id)
+        except UnavailableError as exc:  # closed, never open
+            self._error(ErrorCode.UNAVAILABLE, exc.message, {}, frame.id)
+            return
         if isinstance(admitted, Denied):
             self._refuse(frame, admitted)
             return
-        request_id = new_id()
         ask = Ask(id=frame.id, request_id=request_id, identity=identity.key, session=self,
                   started=time.perf_counter(), stream=TokenStream(frame.id))
         self.asks[ask.id] = ask
@@ -357,7 +371,7 @@ class Session:
             del self.asks[ask.id]
         b = self.bridge
         b.forget(ask.request_id)
-        b.limits.release(ask.identity, time.perf_counter() - ask.started)
+        b.release(ask.identity, ask.request_id, time.perf_counter() - ask.started)
         b.count_ask(outcome)
 
     # -- events from the bus ------------------------------------------------------------------
