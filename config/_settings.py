@@ -129,6 +129,12 @@ class BridgeSettings(_Section, frozen=True, kw_only=True):
     asks_per_minute: PositiveInt = 30
     concurrent_asks: PositiveInt = 4
     limits_wait_s: Positive = 5.0
+    # POST /upload (actors/bridge/_upload.py): its own port, by default port + 1 (a free
+    # one when port is 0); at most max_upload_bytes in all, within upload_timeout_s
+    uploads: bool = True
+    upload_port: Port | None = None
+    max_upload_bytes: PositiveInt = 32 * 1024 * 1024
+    upload_timeout_s: Positive = 120.0
     # input limits
     max_frame_bytes: PositiveInt = 64 * 1024
     max_question_chars: PositiveInt = 4000

@@ -271,7 +271,10 @@ def roles(s: Subjects, *, audit_durable: str = "audit-logger",
         Role("bridge", allow_responses=True,
              # /readyz pings the actors a query needs
              publish=(s.query, s.cancel_all, audit("bridge"), "$SRV.PING",
-                      *_bucket(s.bucket("limits"))),
+                      *_bucket(s.bucket("limits")),
+                      # POST /upload: files into the uploads store, the job into the queue
+                      s.ingest_submit, *_stream_admin(ingest), *_bucket(s.bucket("jobs")),
+                      *_object_store(s.bucket("uploads"))),
              subscribe=(*serving, inbox("bridge"))),
         Role("client",
              publish=(s.query, s.cancel_all),

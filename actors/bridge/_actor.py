@@ -32,6 +32,7 @@ from ._http import load_pages, response
 from ._limits import Denied, RateLimits
 from ._readiness import ReadinessProbe
 from ._session import Ask, Session
+from ._upload import UPLOAD_PATH, UploadServer
 
 __all__ = ("Bridge",)
 
@@ -67,6 +68,7 @@ class Bridge(Actor):
         self.audit = AuditPublisher(self.settings, actor=self.name, instance=self.id,
                                     metrics=self.metrics, secrets=secrets)
         self._server: Server | None = None
+        self.uploads: UploadServer | None = None
         self._client: Client | None = None
         self._idle: anyio.Event | None = None  # set when the last ask ends, while stopping
         m = self.metrics
@@ -94,6 +96,13 @@ class Bridge(Actor):
     @property
     def ws_url(self) -> str:
         return ws_url(self.url)
+
+    @property
+    def upload_url(self) -> str | None:
+        """Where ``POST /upload`` is served (None with ``bridge.uploads`` off)."""
+        if self.uploads is None or self.uploads.port is None:
+            return None
+        return page_url(self.config, self.uploads.port) + UPLOAD_PATH
 
     @property
     def limits(self) -> RateLimits:
@@ -144,8 +153,11 @@ class Bridge(Actor):
                 "(RAGBUS_BRIDGE__PORT, `ragbus bridge --port`)") from exc
         self.port = int(next(iter(self._server.sockets)).getsockname()[1])
         self.auth.allow_own_origin(cfg.host, self.port, "https" if tls else "http")
+        if cfg.uploads:
+            await self._serve_uploads(tls)
         self.accepting = True
-        self.log.info("bridge.listening", url=self.url, websocket=self.ws_url)
+        self.log.info("bridge.listening", url=self.url, websocket=self.ws_url,
+                      uploads=self.upload_url)
         if tls is None and cfg.host not in LOOPBACK_HOSTS:
             self.log.warning("bridge.plaintext", host=cfg.host,
                              advice="keys, tokens and answers cross the network in clear: "
@@ -155,6 +167,21 @@ class Bridge(Actor):
             self.log.warning("bridge.weak_jwt_secret",
                              advice="bridge.jwt_secret is shorter than 32 bytes: use a random "
                                     "secret of 32 bytes or more")
+
+    async def _serve_uploads(self, tls: ssl.SSLContext | None) -> None:
+        cfg = self.config
+        port = cfg.upload_port
+        if port is None:
+            port = cfg.port + 1 if cfg.port else 0
+        self.uploads = UploadServer(self)
+        try:
+            await self.uploads.start(cfg.host, port, tls)
+        except OSError as exc:
+            raise CannotListenError(
+                f"the bridge cannot take uploads on {cfg.host}:{port} "
+                f"({exc.strerror or exc}): stop what holds the port, or set "
+                "bridge.upload_port (RAGBUS_BRIDGE__UPLOAD_PORT), or bridge.uploads = false"
+            ) from exc
 
     async def background(self) -> None:
         async with anyio.create_task_group() as tg:
@@ -191,6 +218,10 @@ class Bridge(Actor):
             with anyio.move_on_after(self.config.close_timeout_s + 2.0):
                 await self._server.wait_closed()
             self._server = None
+        if self.uploads is not None:
+            with anyio.move_on_after(self.config.close_timeout_s + 2.0):
+                await self.uploads.stop()
+            self.uploads = None
 
     # -- HTTP ------------------------------------------------------------------------------------
     async def _http(self, connection: ServerConnection, request: Request) -> Response | None:
@@ -249,14 +280,15 @@ class Bridge(Actor):
     def observe_first_token(self, seconds: float) -> None:
         self._ttft.observe(seconds)
 
-    def on_denied(self, exc: AuthDeniedError, session: Session) -> None:
+    def on_denied(self, exc: AuthDeniedError, *, origin: str | None, address: str) -> None:
+        """A socket or an upload refused for its credentials or origin."""
         self._refused.labels(self.name, exc.label).inc()
         self.log.info("bridge.auth_denied", reason=exc.reason, method=exc.method,
-                      origin=session.origin)
+                      origin=origin)
         self.audit.emit_nowait(AuditKind.AUTH_DENIED, outcome=AuditOutcome.DENIED,
                                code=exc.audit_code,
                                details={"reason": exc.reason, "method": exc.method,
-                                        "origin": session.origin, "address": session.address})
+                                        "origin": origin, "address": address})
 
     def on_rate_limited(self, session: Session, denied: Denied) -> None:
         self._refused.labels(self.name, f"rate_limit_{denied.scope}").inc()

@@ -118,7 +118,7 @@ class Session:
         try:
             identity = await self._authenticate()
         except AuthDeniedError as exc:
-            b.on_denied(exc, self)
+            b.on_denied(exc, origin=self.origin, address=self.address)
             b.count_close(exc.label)
             await self._close_socket(exc.code, exc.close_reason)
             return
@@ -256,7 +256,7 @@ class Session:
         try:
             identity = self.bridge.auth.verify(frame.token)
         except AuthDeniedError as exc:
-            self.bridge.on_denied(exc, self)
+            self.bridge.on_denied(exc, origin=self.origin, address=self.address)
             self._abort(exc.code, exc.close_reason, exc.label)
             return
         await self._set_identity(identity)

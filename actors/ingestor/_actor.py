@@ -187,8 +187,8 @@ class Ingestor(Actor):
             await ctx.audit(AuditKind.DOC_CHANGED, subject=request.collection,
                             sizes={"docs": progress.docs_changed},
                             details={"job_id": request.job_id})
+        await self._remove_uploads(request, ctx)  # gone when the job says it has finished
         snapshot = await progress.finish(JobState.SUCCEEDED, "done")
-        await self._remove_uploads(request, ctx)
         self._count_job("succeeded", progress)
         await self._audit_job(request, ctx, AuditOutcome.OK, "done")
         self.jobs_run += 1
@@ -208,8 +208,8 @@ class Ingestor(Actor):
             job.progress.message = f"attempt {ctx.attempt} failed ({message}); will retry"
             await job.progress.publish(force=True)
             return
-        await job.progress.finish(JobState.FAILED, message)
         await self._remove_uploads(request, ctx)
+        await job.progress.finish(JobState.FAILED, message)
         outcome = (AuditOutcome.CANCELLED if error.code == ErrorCode.CANCELLED
                    else AuditOutcome.FAILED)
         await self._audit_job(request, ctx, outcome, message, error.code.value, job)
