@@ -135,6 +135,8 @@ class BridgeSettings(_Section, frozen=True, kw_only=True):
     upload_port: Port | None = None
     max_upload_bytes: PositiveInt = 32 * 1024 * 1024
     upload_timeout_s: Positive = 120.0
+    # a socket's {"type": "follow", "job_id": ...} relays the job's progress this long
+    follow_timeout_s: Positive = 6 * 3600.0
     # input limits
     max_frame_bytes: PositiveInt = 64 * 1024
     max_question_chars: PositiveInt = 4000

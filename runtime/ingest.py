@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import msgspec
 from nats.aio.client import Client as NATS
-from nats.js.errors import ObjectNotFoundError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.errors import KeyNotFoundError, ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
 from ragbus.subjects import (
@@ -37,7 +39,7 @@ from .jetstream import (
     through_elections,
 )
 
-__all__ = ("Upload", "open_uploads", "submit_job", "upload")
+__all__ = ("Upload", "follow_job", "job_exists", "open_uploads", "submit_job", "upload")
 
 
 async def submit_job(nc: NATS, request: IngestRequest, subjects: Subjects | None = None, *,
@@ -56,6 +58,50 @@ async def submit_job(nc: NATS, request: IngestRequest, subjects: Subjects | None
     await through_elections(lambda: kv.put(request.job_id, msgspec.json.encode(queued)))
     await publish_once(nc, s.ingest_submit, msgspec.json.encode(request),
                        msg_id=request.job_id)
+
+
+async def job_exists(nc: NATS, job_id: str, subjects: Subjects | None = None) -> bool:
+    """Whether the jobs bucket knows ``job_id`` (jobs are kept 30 days)."""
+    kv = await ensure_kv(nc, jobs_bucket(subjects or Subjects()))
+    try:
+        entry = await kv.get(job_id)
+    except KeyNotFoundError:
+        return False
+    return bool(entry.value)
+
+
+async def follow_job(nc: NATS, job_id: str, subjects: Subjects | None = None, *,
+                     timeout_s: float = 3600.0, poll_s: float = 1.0) -> AsyncIterator[JobProgress]:
+    """Yield the job's progress until it has finished (or ``timeout_s`` passes).
+
+    Events come from the progress subject; the jobs bucket is read too, so a job
+    that finished before we subscribed, or an event lost in a reconnect, cannot
+    leave the caller waiting.
+    """
+    s = subjects or Subjects()
+    kv = await ensure_kv(nc, jobs_bucket(s))
+    sub = await nc.subscribe(s.ingest_progress(job_id))
+    decoder = msgspec.json.Decoder(JobProgress)
+    give_up = now_ms() + int(timeout_s * 1000)
+    try:
+        while now_ms() < give_up:
+            try:
+                msg = await sub.next_msg(timeout=poll_s)
+                progress = decoder.decode(msg.data)
+            except NatsTimeout:
+                try:
+                    entry = await kv.get(job_id)
+                except KeyNotFoundError:
+                    continue
+                if not entry.value:
+                    continue
+                progress = decoder.decode(entry.value)
+            yield progress
+            if progress.finished:
+                return
+        raise TimeoutError(f"job {job_id} did not finish within {timeout_s:.0f}s")
+    finally:
+        await sub.unsubscribe()
 
 
 async def open_uploads(nc: NATS, subjects: Subjects | None = None, *,

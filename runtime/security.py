@@ -275,7 +275,7 @@ def roles(s: Subjects, *, audit_durable: str = "audit-logger",
                       # POST /upload: files into the uploads store, the job into the queue
                       s.ingest_submit, *_stream_admin(ingest), *_bucket(s.bucket("jobs")),
                       *_object_store(s.bucket("uploads"))),
-             subscribe=(*serving, inbox("bridge"))),
+             subscribe=(f"{p}.ingest.progress.*", *serving, inbox("bridge"))),
         Role("client",
              publish=(s.query, s.cancel_all),
              subscribe=(inbox("client"),)),

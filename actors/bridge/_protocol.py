@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
-from ragbus.subjects import ErrorCode, QueryFilters, Source
+from ragbus.subjects import ErrorCode, FileError, JobState, QueryFilters, Source
 
 __all__ = (
     "AskFrame",
@@ -26,6 +26,8 @@ __all__ = (
     "DoneFrame",
     "ErrorFrame",
     "FailedFrame",
+    "FollowFrame",
+    "JobFrame",
     "LimitsFrame",
     "ReadyFrame",
     "ServerFrame",
@@ -86,7 +88,14 @@ class StatusRequest(_ClientFrame, frozen=True, kw_only=True, tag="status"):
     """Ask for the current rate-limit numbers of this client's identity."""
 
 
-ClientFrame = AskFrame | CancelFrame | AuthFrame | StatusRequest
+class FollowFrame(_ClientFrame, frozen=True, kw_only=True, tag="follow"):
+    """Send ``job`` frames with an ingest job's progress (the id ``POST /upload`` gave)
+    until it has finished."""
+
+    job_id: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")]
+
+
+ClientFrame = AskFrame | CancelFrame | AuthFrame | StatusRequest | FollowFrame
 
 _client_decoder = msgspec.json.Decoder(ClientFrame)
 
@@ -194,6 +203,22 @@ class CancelledFrame(_ServerFrame, frozen=True, kw_only=True, tag="cancelled"):
     tokens_used: int = 0
 
 
+class JobFrame(_ServerFrame, frozen=True, kw_only=True, tag="job"):
+    """An ingest job's progress; the last one of a job has ``finished`` true."""
+
+    job_id: str
+    state: JobState
+    progress: float
+    files_done: int
+    files_total: int
+    docs_done: int
+    chunks_done: int
+    chunks_total: int
+    errors: list[FileError]
+    message: str
+    finished: bool
+
+
 class ErrorFrame(_ServerFrame, frozen=True, kw_only=True, tag="error"):
     """A frame was refused (malformed, too large, over a rate limit); the socket stays open.
 
@@ -207,7 +232,7 @@ class ErrorFrame(_ServerFrame, frozen=True, kw_only=True, tag="error"):
 
 
 ServerFrame = (ReadyFrame | StatusFrame | SourcesFrame | TokenFrame | DoneFrame | FailedFrame
-               | CancelledFrame | ErrorFrame)
+               | CancelledFrame | JobFrame | ErrorFrame)
 
 _encoder = msgspec.json.Encoder()
 

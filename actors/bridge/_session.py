@@ -24,6 +24,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from ragbus.runtime import EventStream, UnavailableError, tracing
+from ragbus.runtime.ingest import follow_job, job_exists
 from ragbus.subjects import (
     Cancelled,
     Done,
@@ -51,6 +52,8 @@ from ._protocol import (
     DoneFrame,
     ErrorFrame,
     FailedFrame,
+    FollowFrame,
+    JobFrame,
     LimitsFrame,
     ReadyFrame,
     ServerFrame,
@@ -68,6 +71,7 @@ if TYPE_CHECKING:
 __all__ = ("Ask", "Session")
 
 _NORMAL_CLOSE = 1000
+_MAX_FOLLOWED = 16  # ingest jobs one socket follows at once
 
 
 @dataclass(slots=True, eq=False)
@@ -105,6 +109,7 @@ class Session:
         self.config = bridge.config
         self.identity: Identity | None = None
         self.asks: dict[str, Ask] = {}
+        self.following: set[str] = set()  # ingest jobs whose progress is relayed
         self.outbox = Outbox(self.config.max_buffered_bytes, self._overflow)
         self.address = str((ws.remote_address or ("unknown",))[0])
         self.origin = ws.request.headers.get("Origin") if ws.request is not None else None
@@ -231,10 +236,12 @@ class Session:
         except msgspec.DecodeError as exc:
             self._error(ErrorCode.BAD_REQUEST,
                         f"invalid frame: {exc}. Frames are JSON objects with a type: ask, "
-                        "cancel, status or auth", {}, loose_id(raw))
+                        "cancel, status, follow or auth", {}, loose_id(raw))
             return
         if isinstance(frame, AskFrame):
             await self._ask(frame, tg)
+        elif isinstance(frame, FollowFrame):
+            await self._follow(frame, tg)
         elif isinstance(frame, CancelFrame):
             await self._cancel(frame)
         elif isinstance(frame, StatusRequest):
@@ -250,6 +257,42 @@ class Session:
                                    in_flight=state.in_flight))
         else:
             await self._reauthenticate(frame, tg)
+
+    async def _follow(self, frame: FollowFrame, tg: anyio.abc.TaskGroup) -> None:
+        """Relay a job's progress (a job id is hard to guess: knowing it is enough)."""
+        if frame.job_id in self.following:
+            return  # already sent
+        if len(self.following) >= _MAX_FOLLOWED:
+            self._error(ErrorCode.TOO_LARGE, f"a socket follows at most {_MAX_FOLLOWED} jobs "
+                        "at once", {"limit": _MAX_FOLLOWED}, None)
+            return
+        self.following.add(frame.job_id)
+        tg.start_soon(self._relay_job, frame.job_id)
+
+    async def _relay_job(self, job_id: str) -> None:
+        b = self.bridge
+        try:
+            if not await job_exists(b.nc, job_id, b.subjects):
+                self._error(ErrorCode.NOT_FOUND, f"no ingest job {job_id!r}",
+                            {"job_id": job_id}, None)
+                return
+            async for p in follow_job(b.nc, job_id, b.subjects,
+                                      timeout_s=self.config.follow_timeout_s):
+                self._send(JobFrame(job_id=job_id, state=p.state, progress=p.progress,
+                                    files_done=p.files_done, files_total=p.files_total,
+                                    docs_done=p.docs_done, chunks_done=p.chunks_done,
+                                    chunks_total=p.chunks_total, errors=p.errors,
+                                    message=p.message, finished=p.finished))
+        except TimeoutError:
+            self._error(ErrorCode.DEADLINE_EXCEEDED,
+                        f"job {job_id} did not finish within {self.config.follow_timeout_s:g}s "
+                        "(bridge.follow_timeout_s): follow it again", {"job_id": job_id}, None)
+        except (OSError, nats.errors.Error) as exc:
+            b.log.warning("bridge.follow_failed", job_id=job_id, error=repr(exc))
+            self._error(ErrorCode.UNAVAILABLE, "the bridge cannot read the job's progress; "
+                        "follow it again", {"job_id": job_id}, None)
+        finally:
+            self.following.discard(job_id)
 
     async def _reauthenticate(self, frame: AuthFrame, tg: anyio.abc.TaskGroup) -> None:
         """A later ``auth`` frame switches the socket's identity (e.g. a fresh JWT)."""

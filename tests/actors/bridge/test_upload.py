@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from ragbus.runtime.connection import NATS
 from ragbus.subjects import DocList, DocListed, JobState, Subjects
 from tests.support import running
 
-from .wsclient import API_KEY, ORIGIN, make_settings
+from .wsclient import API_KEY, ORIGIN, make_settings, open_ws, recv
 
 S = Subjects()
 
@@ -56,11 +57,23 @@ async def test_files_posted_with_a_key_are_ingested_as_one_job(
         assert body["uploaded"] == 2
         assert [s["code"] for s in body["skipped"]] == ["too_large"]
         assert answered.headers["Access-Control-Allow-Origin"] == ORIGIN
-        job = [p async for p in follow_job(nc, body["job_id"], timeout_s=120)][-1]
+        async with open_ws(bridge, headers={"X-API-Key": API_KEY}) as ws:
+            await recv(ws)  # ready
+            await ws.send(json.dumps({"type": "follow", "job_id": body["job_id"]}))
+            frames = [await recv(ws, 120)]
+            while not frames[-1].get("finished"):
+                frames.append(await recv(ws, 120))
+            await ws.send(json.dumps({"type": "follow", "job_id": "no-such-job"}))
+            unknown = await recv(ws)
+        job = [p async for p in follow_job(nc, body["job_id"], timeout_s=10)][-1]
         listed = await Client(nc).request(S.docs("list"), DocList(), DocListed)
         again = await post(bridge, files=files[:2], headers={"X-API-Key": API_KEY})
+    assert {f["type"] for f in frames} == {"job"}
+    assert frames[-1]["state"] == "succeeded"
+    assert frames[-1]["files_done"] == frames[-1]["files_total"] == 3
+    assert [(e["path"], e["code"]) for e in frames[-1]["errors"]] == [("big.txt", "too_large")]
+    assert (unknown["type"], unknown["code"]) == ("error", "NOT_FOUND")
     assert job.state == JobState.SUCCEEDED
-    assert [(e.path, e.code) for e in job.errors] == [("big.txt", "too_large")]
     assert sorted(d.doc_id for d in listed.docs) == ["notes/otters.md", "rafts.txt"]
     assert {tuple(d.tags) for d in listed.docs} == {("zoo",)}
     assert again.status_code == 202
