@@ -9,6 +9,7 @@ all replicas.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Unpack
@@ -226,7 +227,7 @@ class Ingestor(Actor):
         with anyio.move_on_after(REMOVE_UPLOADS_S):
             for name in sorted({u.object for u in request.uploads}):
                 try:
-                    await through_elections(lambda n=name: store.delete(n))  # type: ignore[misc]
+                    await through_elections(functools.partial(store.delete, name))
                     removed += 1
                 except ObjectNotFoundError:
                     continue
