@@ -160,22 +160,27 @@ async def test_a_folder_is_uploaded_then_ingested_by_an_ingestor_that_never_sees
         assert await present(nc, [*sent, *edited]) == old_guide
 
 
-async def test_an_upload_gone_from_the_bucket_is_a_per_file_error(
+async def test_an_upload_gone_or_changed_in_the_bucket_is_a_per_file_error(
     nats_url: str, nc: NATS, tmp_path: Path
 ) -> None:
     client = tmp_path / "client"
-    client.mkdir()
-    (client / "a.txt").write_text("Alpha text.\n")
-    sent = await anyio.to_thread.run_sync(cli_ingest, nats_url, client, "a.txt")
+    (client / "docs").mkdir(parents=True)
+    (client / "docs" / "a.txt").write_text("Alpha text.\n")
+    (client / "docs" / "b.txt").write_text("Beta text.\n")
+    sent = await anyio.to_thread.run_sync(cli_ingest, nats_url, client, "docs")
     assert sent.returncode == 0, sent.stderr
     store = await open_uploads(nc)
-    await store.delete(*digests(client, "a.txt"))
+    await store.delete(*digests(client / "docs", "a.txt"))
+    await store.put(*digests(client / "docs", "b.txt"), b"Not what was uploaded.\n")
     settings = settings_for(nats_url, tmp_path, keep_uploads=False)
     async with running(Embedder(settings), Retriever(settings), Ingestor(settings)):
         job = await finished(nc, job_id_of(sent.stdout))
     assert job.state == JobState.SUCCEEDED
-    assert [(e.path, e.code) for e in job.errors] == [("a.txt", "unreadable")]
+    assert [(e.path, e.code) for e in job.errors] == [("docs/a.txt", "unreadable"),
+                                                      ("docs/b.txt", "unreadable")]
     assert "no longer in the uploads bucket" in job.errors[0].message
+    assert "do not match the file's SHA-256" in job.errors[1].message
+    assert job.docs_done == 0
 
 
 @pytest.mark.parametrize(("name", "says"), [
