@@ -170,9 +170,7 @@ class Bridge(Actor):
 
     async def _serve_uploads(self, tls: ssl.SSLContext | None) -> None:
         cfg = self.config
-        port = cfg.upload_port
-        if port is None:
-            port = cfg.port + 1 if cfg.port else 0
+        port = upload_port(cfg)
         self.uploads = UploadServer(self)
         try:
             await self.uploads.start(cfg.host, port, tls)
@@ -324,6 +322,22 @@ def page_url(config: BridgeSettings, port: int | None = None) -> str:
     shown = f"[{host}]" if ":" in host else host
     scheme = "https" if config.tls_cert else "http"
     return f"{scheme}://{shown}:{config.port if port is None else port}"
+
+
+def upload_port(config: BridgeSettings) -> int:
+    """``bridge.upload_port``, by default the bridge's port + 1 (0, any free one, when the
+    bridge's port is 0)."""
+    if config.upload_port is not None:
+        return config.upload_port
+    return config.port + 1 if config.port else 0
+
+
+def upload_url(config: BridgeSettings) -> str | None:
+    """Where ``POST /upload`` is served, if that is known before the bridge starts."""
+    port = upload_port(config)
+    if not config.uploads or not port:
+        return None
+    return page_url(config, port) + UPLOAD_PATH
 
 
 def ws_url(page: str) -> str:
