@@ -102,7 +102,8 @@ class BridgeSettings(_Section, frozen=True, kw_only=True):
     Anonymous sockets are allowed only in development (and only with
     ``allow_anonymous``); a presented credential that does not verify is always
     refused. Rate limits are per client identity (an API key, a JWT subject, or
-    an anonymous address), shared by all of its sockets. A socket whose send
+    an anonymous address), shared by all of its sockets and by every bridge replica
+    (KV ``rag_limits``). A socket whose send
     buffer stays above ``send_buffer_bytes`` for ``slow_reader_timeout_s``, or
     whose coalesced backlog passes ``max_buffered_bytes``, is closed and its
     asks cancelled. ``ready_actors`` are the actors ``/readyz`` wants to see.

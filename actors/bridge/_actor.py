@@ -2,7 +2,8 @@
 
 It is an :class:`~runtime.Actor` without endpoints, so ``ragbus up`` supervises
 it, ``ragbus status`` and ``/readyz`` find it, and it stops like every actor. One
-port serves the page, ``/healthz``, ``/readyz`` and the WebSocket (``/ws``).
+port serves the page, ``/healthz``, ``/readyz`` and the WebSocket (``/ws``); the next
+one ``POST /upload`` (``_upload.py``: the WebSocket server speaks only GET).
 Every ask becomes a ``Query`` whose events it reads like any client would
 (``runtime.Client.open_stream``), so deadlines, cancels and "nobody serves
 queries" are handled in one place for the bridge, ``ragbus ask`` and any requester.
