@@ -31,6 +31,7 @@ from ragbus.subjects import (
     uploads_bucket,
 )
 
+from .errors import TooLargeError
 from .jetstream import (
     ensure_kv,
     ensure_object_store,
@@ -43,21 +44,29 @@ __all__ = ("Upload", "follow_job", "job_exists", "open_uploads", "submit_job", "
 
 
 async def submit_job(nc: NATS, request: IngestRequest, subjects: Subjects | None = None, *,
-                     replicas: int = 1) -> None:
+                     replicas: int = 1, max_bytes: int | None = None) -> None:
     """Queue ``request`` durably. Submitting the same job id twice queues it once.
 
     The publish carries the job id as ``Nats-Msg-Id``, so it is retried while a cluster
     elects a new stream leader without ever being stored twice: JetStream drops a repeat
-    within its duplicate window.
+    within its duplicate window. A request over ``max_bytes`` (the ingestor's
+    ``runtime.max_message_bytes``) raises ``TooLargeError`` instead of being queued to be
+    refused.
     """
     s = subjects or Subjects()
+    data = msgspec.json.encode(request)
+    if max_bytes is not None and len(data) > max_bytes:
+        files = len(request.uploads) + len(request.documents)
+        raise TooLargeError(
+            f"the job is {len(data):,} bytes ({files} files or documents), over the "
+            f"{max_bytes:,}-byte message limit (runtime.max_message_bytes): ingest it in "
+            "parts, e.g. folder by folder", details={"size": len(data), "limit": max_bytes})
     await ensure_stream(nc, ingest_stream(s), replicas=replicas)
     kv = await ensure_kv(nc, jobs_bucket(s), replicas=replicas)
     queued = JobProgress(job_id=request.job_id, state=JobState.QUEUED, submitted_at=now_ms(),
                          updated_at=now_ms(), message="waiting for an ingestor")
     await through_elections(lambda: kv.put(request.job_id, msgspec.json.encode(queued)))
-    await publish_once(nc, s.ingest_submit, msgspec.json.encode(request),
-                       msg_id=request.job_id)
+    await publish_once(nc, s.ingest_submit, data, msg_id=request.job_id)
 
 
 async def job_exists(nc: NATS, job_id: str, subjects: Subjects | None = None) -> bool:

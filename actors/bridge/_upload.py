@@ -24,6 +24,7 @@ import msgspec
 from aiohttp import BodyPartReader, web
 from nats.js.object_store import ObjectStore
 
+from ragbus.runtime import TooLargeError
 from ragbus.runtime.ingest import open_uploads, submit_job, upload
 from ragbus.subjects import (
     DEFAULT_COLLECTION,
@@ -221,7 +222,11 @@ class UploadServer:
                 new += done.sent
             request = IngestRequest(uploads=sent, skipped=skipped, tags=tags,
                                     collection=collection)
-            await submit_job(b.nc, request, b.subjects, replicas=b.settings.nats.replicas)
+            await submit_job(b.nc, request, b.subjects, replicas=b.settings.nats.replicas,
+                             max_bytes=b.settings.runtime.max_message_bytes)
+        except TooLargeError as exc:
+            raise _RefusedError(http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE, ErrorCode.TOO_LARGE,
+                                exc.message) from None
         except Exception as exc:  # the bus: say so, the client may retry
             b.log.warning("bridge.upload_failed", error=repr(exc))
             raise _RefusedError(http.HTTPStatus.SERVICE_UNAVAILABLE, ErrorCode.UNAVAILABLE,

@@ -165,7 +165,8 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
                       f"{len(sent.skipped)} not uploaded")
             request = IngestRequest(uploads=sent.files, skipped=sent.skipped,
                                     tags=args.tag or [], collection=args.collection)
-        await submit_job(nc, request, s, replicas=replicas)
+        await submit_job(nc, request, s, replicas=replicas,
+                         max_bytes=settings.runtime.max_message_bytes)
         out.print(f"submitted job [cyan]{request.job_id}[/] for {path}")
         if not args.wait:
             return None

@@ -196,3 +196,20 @@ async def test_what_cannot_be_uploaded_is_refused_before_anything_is_sent(
     assert says in done.stderr
     assert "submitted job" not in done.stdout
 
+
+
+async def test_a_job_over_the_message_limit_is_refused_with_what_to_do(
+    nats_url: str, tmp_path: Path
+) -> None:
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(8):
+        (folder / f"note-{i}.txt").write_text(f"Note number {i}.\n")
+    env = {**os.environ, "RAGBUS_NATS__URL": nats_url, "RAGBUS_RUNTIME__MAX_MESSAGE_BYTES": "1000"}
+    done = await anyio.to_thread.run_sync(lambda: subprocess.run(
+        [*RAGBUS, "ingest", "many"], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=120, check=False))
+    assert done.returncode == 1
+    assert "TOO_LARGE" in done.stderr
+    assert "ingest it in parts" in done.stderr
+    assert "submitted job" not in done.stdout
