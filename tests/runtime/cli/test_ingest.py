@@ -1,8 +1,8 @@
 """``ragbus ingest PATH`` from anywhere: the files go through the uploads object store.
 
-The client runs as its own process in its own folder; the folder is deleted before an
-ingestor starts (with another working directory and data dir), so the job can only
-have read the uploads bucket.
+The client runs as its own process in its own folder; the folder is deleted before the
+ingestor starts (a ``ragbus up`` process with another working directory and data dir),
+so the job can only have read the uploads bucket.
 """
 
 from __future__ import annotations
@@ -12,7 +12,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -35,7 +38,7 @@ from ragbus.runtime.connection import NATS
 from ragbus.runtime.ingest import open_uploads
 from ragbus.subjects import DocList, DocListed, JobProgress, JobState, Subjects
 from tests.support import running
-from tests.support.cli import RAGBUS
+from tests.support.cli import RAGBUS, read_until
 
 S = Subjects()
 MAX_BYTES = 20_000
@@ -104,8 +107,48 @@ async def present(nc: NATS, names: list[str]) -> list[str]:
     return sorted(found)
 
 
+def start_ingest_side(nats_url: str, server: Path, *, keep_uploads: bool
+                      ) -> subprocess.Popen[str]:
+    """Embedder, retriever and ingestor as their own ``ragbus up`` process, in ``server``
+    (its working directory and data dir): another machine, as far as the client knows."""
+    server.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAGBUS_")}
+    env.update({"RAGBUS_NATS__URL": nats_url, "RAGBUS_DATA_DIR": str(server / "data"),
+                "RAGBUS_METRICS__PORT": "0", "RAGBUS_LOGGING__FORMAT": "json",
+                "RAGBUS_INGESTOR__KEEP_UPLOADS": "true" if keep_uploads else "false",
+                "RAGBUS_INGESTOR__MAX_FILE_BYTES": str(MAX_BYTES)})
+    with (server / "stderr.log").open("a") as log:
+        proc = subprocess.Popen([*RAGBUS, "up", "--only", "embedder,retriever,ingestor"],
+                                cwd=server, env=env, text=True, stdout=subprocess.PIPE,
+                                stderr=log)
+    text = read_until(proc, "Ctrl-C", timeout_s=120)
+    if "ragbus is up" not in text:
+        proc.kill()
+        raise AssertionError(text + (server / "stderr.log").read_text())
+    return proc
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@asynccontextmanager
+async def ingest_side(nats_url: str, server: Path, *, keep_uploads: bool
+                      ) -> AsyncIterator[None]:
+    proc = await anyio.to_thread.run_sync(
+        lambda: start_ingest_side(nats_url, server, keep_uploads=keep_uploads))
+    try:
+        yield
+    finally:
+        await anyio.to_thread.run_sync(stop, proc)
+
+
 async def test_a_folder_is_uploaded_then_ingested_by_an_ingestor_that_never_sees_it(
-    nats_url: str, nc: NATS, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    nats_url: str, nc: NATS, tmp_path: Path
 ) -> None:
     client = tmp_path / "client"
     folder = write_handbook(client)
@@ -119,10 +162,7 @@ async def test_a_folder_is_uploaded_then_ingested_by_an_ingestor_that_never_sees
     shutil.rmtree(client)  # from now on the files exist only in the bucket
 
     server = tmp_path / "server"
-    server.mkdir()
-    monkeypatch.chdir(server)  # the ingestor's working dir: nothing of the client's is here
-    kept = settings_for(nats_url, server, keep_uploads=True)
-    async with running(Embedder(kept), Retriever(kept), Ingestor(kept)):
+    async with ingest_side(nats_url, server, keep_uploads=True):
         job = await finished(nc, job_id_of(first.stdout))
         assert job.state == JobState.SUCCEEDED
         assert job.files_total == 5
@@ -144,8 +184,7 @@ async def test_a_folder_is_uploaded_then_ingested_by_an_ingestor_that_never_sees
         assert second.embeddings_computed == 0
         assert second.docs_done == 3
 
-    removing = settings_for(nats_url, server, keep_uploads=False)
-    async with running(Embedder(removing), Retriever(removing), Ingestor(removing)):
+    async with ingest_side(nats_url, server, keep_uploads=False):
         old_guide = digests(folder, "guide.md")  # not in the next job: kept
         (folder / "guide.md").write_text("# Guide\n\nOtters also use tools.\n")
         third = await anyio.to_thread.run_sync(cli_ingest, nats_url, client, "handbook",
@@ -158,6 +197,7 @@ async def test_a_folder_is_uploaded_then_ingested_by_an_ingestor_that_never_sees
         edited = digests(folder, "guide.md")
         # the job has finished: its uploads are gone
         assert await present(nc, [*sent, *edited]) == old_guide
+    assert not (server / "handbook").exists()  # nothing of the client's landed there
 
 
 async def test_an_upload_gone_or_changed_in_the_bucket_is_a_per_file_error(
