@@ -43,7 +43,7 @@ USER ragbus
 WORKDIR /home/ragbus
 VOLUME ["/data"]
 # the bridge's page and WebSocket; every process's Prometheus /metrics
-EXPOSE 8765 9464
+EXPOSE 8765 8766 9464
 # each service's check is in docker-compose.yml (`ragbus health NAME`): one image, many roles
 ENTRYPOINT ["ragbus"]
 CMD ["--help"]

@@ -106,7 +106,8 @@ class BridgeSettings(_Section, frozen=True, kw_only=True):
     Anonymous sockets are allowed only in development (and only with
     ``allow_anonymous``); a presented credential that does not verify is always
     refused. Rate limits are per client identity (an API key, a JWT subject, or
-    an anonymous address), shared by all of its sockets. A socket whose send
+    an anonymous address), shared by all of its sockets and by every bridge replica
+    (KV ``rag_limits``). A socket whose send
     buffer stays above ``send_buffer_bytes`` for ``slow_reader_timeout_s``, or
     whose coalesced backlog passes ``max_buffered_bytes``, is closed and its
     asks cancelled. ``ready_actors`` are the actors ``/readyz`` wants to see.
@@ -128,10 +129,19 @@ class BridgeSettings(_Section, frozen=True, kw_only=True):
     allow_anonymous: bool = True
     jwt_leeway_s: Annotated[float, Meta(ge=0)] = 5.0
     auth_timeout_s: Positive = 5.0
-    # rate limits per client identity
+    # rate limits per client identity, shared by every replica (KV rag_limits); a bridge
+    # that cannot reach them within limits_wait_s refuses asks with UNAVAILABLE
     asks_per_minute: PositiveInt = 30
     concurrent_asks: PositiveInt = 4
-    max_identities: PositiveInt = 100_000
+    limits_wait_s: Positive = 5.0
+    # POST /upload (actors/bridge/_upload.py): its own port, by default port + 1 (a free
+    # one when port is 0); at most max_upload_bytes in all, within upload_timeout_s
+    uploads: bool = True
+    upload_port: Port | None = None
+    max_upload_bytes: PositiveInt = 32 * 1024 * 1024
+    upload_timeout_s: Positive = 120.0
+    # a socket's {"type": "follow", "job_id": ...} relays the job's progress this long
+    follow_timeout_s: Positive = 6 * 3600.0
     # input limits
     max_frame_bytes: PositiveInt = 64 * 1024
     max_question_chars: PositiveInt = 4000
@@ -195,7 +205,8 @@ class IngestorSettings(_Section, frozen=True, kw_only=True):
 
     Sizes are cl100k tokens (see actors/ingestor/_chunking.py for why 200/30/800).
     ``max_ack_pending`` bounds jobs handed out across all ingestor replicas, so a
-    burst of submissions cannot flood the embedder.
+    burst of submissions cannot flood the embedder. ``max_file_bytes`` also bounds
+    what ``ragbus ingest`` uploads.
     """
 
     chunk_tokens: PositiveInt = 200
@@ -223,6 +234,9 @@ class IngestorSettings(_Section, frozen=True, kw_only=True):
     # trail in front (actors/ingestor/_points.py, embedded_text); changing it re-embeds
     # every document on its next ingest
     embed_context: bool = True
+    # keep a job's uploaded files in the uploads object store when it has finished
+    # (a file is then not sent again by the next upload of the same content)
+    keep_uploads: bool = False
 
 
 class RetrieverSettings(_Section, frozen=True, kw_only=True):

@@ -29,7 +29,14 @@ from .errors import (
     UnsupportedVersionError,
     error_from_reply,
 )
-from .jetstream import best_effort, ensure_kv, ensure_stream, kv_entries, read_stream
+from .jetstream import (
+    best_effort,
+    ensure_kv,
+    ensure_object_store,
+    ensure_stream,
+    kv_entries,
+    read_stream,
+)
 from .logs import SecretMasker, configure_logging, get_logger
 from .metrics import Metrics
 from .security import connect_as, credentials
@@ -73,6 +80,7 @@ __all__ = (
     "endpoint",
     "ensure_audit_stream",
     "ensure_kv",
+    "ensure_object_store",
     "ensure_stream",
     "error_from_reply",
     "get_logger",

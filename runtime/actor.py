@@ -33,8 +33,15 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js.api import AckPolicy, ConsumerConfig, KeyValueConfig, StreamConfig
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    KeyValueConfig,
+    ObjectStoreConfig,
+    StreamConfig,
+)
 from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
 from ragbus.config import Settings
 from ragbus.subjects import (
@@ -69,7 +76,7 @@ from .errors import (
     UnsupportedVersionError,
 )
 from .handoff import HandOff, Unserved
-from .jetstream import TRANSIENT, ensure_kv, ensure_stream
+from .jetstream import TRANSIENT, ensure_kv, ensure_object_store, ensure_stream
 from .metrics import Metrics
 from .security import connect_as, role_for_actor
 
@@ -328,6 +335,10 @@ class Actor:
     async def ensure_kv(self, config: KeyValueConfig) -> KeyValue:
         """Open (or create) a KV bucket with ``nats.replicas`` copies."""
         return await ensure_kv(self.nc, config, replicas=self.settings.nats.replicas)
+
+    async def ensure_object_store(self, config: ObjectStoreConfig) -> ObjectStore:
+        """Open (or create) an object store with ``nats.replicas`` copies."""
+        return await ensure_object_store(self.nc, config, replicas=self.settings.nats.replicas)
 
     async def ensure_stream(self, config: StreamConfig) -> None:
         """Create (or update) a stream with ``nats.replicas`` copies."""

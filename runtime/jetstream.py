@@ -23,6 +23,7 @@ from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
     KeyValueConfig,
+    ObjectStoreConfig,
     PubAck,
     StreamConfig,
 )
@@ -34,9 +35,11 @@ from nats.js.errors import (
     ServiceUnavailableError,
 )
 from nats.js.kv import KV_DEL, KV_MARKER_REASON, KV_OP, KV_PURGE, KeyValue
+from nats.js.object_store import ObjectStore
 
 __all__ = ("CACHE_WAIT_S", "TRANSIENT", "ElectionProofKV", "best_effort", "ensure_kv",
-           "ensure_stream", "kv_entries", "publish_once", "read_stream", "through_elections")
+           "ensure_object_store", "ensure_stream", "kv_entries", "publish_once",
+           "read_stream", "through_elections")
 
 MSG_ID = "Nats-Msg-Id"
 _EXISTS = 10058  # JetStream API error code: stream name already in use
@@ -97,6 +100,35 @@ async def _ensure_kv(nc: NATS, config: KeyValueConfig, replicas: int) -> KeyValu
     if (info.config.num_replicas or 1) < replicas:
         await js.update_stream(dataclasses.replace(info.config, num_replicas=replicas))
     return kv
+
+
+async def ensure_object_store(nc: NATS, config: ObjectStoreConfig, *,
+                              replicas: int = 1) -> ObjectStore:
+    """Open the object store, creating it first if no one has; ``replicas`` copies of it
+    on a cluster (an existing one with fewer is raised). Retried through elections."""
+    return await through_elections(lambda: _ensure_object_store(nc, config, replicas))
+
+
+async def _ensure_object_store(nc: NATS, config: ObjectStoreConfig,
+                               replicas: int) -> ObjectStore:
+    js = nc.jetstream()
+    bucket = config.bucket
+    assert bucket is not None
+    stream = f"OBJ_{bucket}"
+    try:
+        info = await js.stream_info(stream)
+    except NotFoundError:
+        try:
+            # nats-py overwrites the config's bucket with its first argument
+            return await js.create_object_store(
+                bucket, dataclasses.replace(config, replicas=replicas))
+        except BadRequestError as exc:
+            if exc.err_code != _EXISTS:
+                raise
+        info = await js.stream_info(stream)
+    if (info.config.num_replicas or 1) < replicas:
+        await js.update_stream(dataclasses.replace(info.config, num_replicas=replicas))
+    return ObjectStore(name=bucket, stream=stream, js=js)
 
 
 async def kv_entries(kv: KeyValue, pattern: str = ">") -> list[KeyValue.Entry]:

@@ -159,10 +159,11 @@ def _kv_reads(stream: str) -> list[str]:
 
 
 def _objects(bucket: str) -> list[str]:
-    """Create, put, get and delete objects of one object store bucket (``runtime.archive``):
-    chunks and metadata on ``$O.<bucket>.>``, gets by an ordered consumer with flow
-    control, deletes by purging an object's chunks. nats-py's get finds the bucket's
-    stream by subject (``STREAM.NAMES``: stream names, nothing they hold)."""
+    """Open, put, get, list and delete the objects of one object store bucket (uploads,
+    ``runtime.archive``'s backups): chunks and a meta message under ``$O.<bucket>.``,
+    gets through an ordered consumer (flow control answered), replacing or deleting
+    purges the old chunks. nats-py finds the bucket's stream by subject before a get
+    (``STREAM.NAMES``: stream names, nothing they hold)."""
     stream = f"OBJ_{bucket}"
     return [*_stream_admin(stream), f"$O.{bucket}.>", f"$JS.API.STREAM.PURGE.{stream}",
             f"$JS.FC.{stream}.>", "$JS.API.STREAM.NAMES", *_kv_reads(stream)]
@@ -263,7 +264,8 @@ def roles(s: Subjects, *, audit_durable: str = "audit-logger",
              publish=(s.embed, f"{p}.index.apply.*", f"{p}.ingest.progress.*",
                       s.corpus_version, audit("ingestor"), *_stream_admin(ingest),
                       *_work_queue(ingest, ingest_durable), *_bucket(s.bucket("jobs")),
-                      *_bucket(s.bucket("docs")), *_bucket(s.bucket("corpus"))),
+                      *_bucket(s.bucket("docs")), *_bucket(s.bucket("corpus")),
+                      *_objects(s.bucket("uploads"))),
              subscribe=(f"{p}.docs.*", f"{p}.jobs.*", _given_up(ingest, ingest_durable),
                         *serving, inbox("ingestor"))),
         Role("audit", allow_responses=True,
@@ -276,8 +278,12 @@ def roles(s: Subjects, *, audit_durable: str = "audit-logger",
              subscribe=(inbox("auditor"),)),
         Role("bridge", allow_responses=True,
              # /readyz pings the actors a query needs
-             publish=(s.query, s.cancel_all, s.feedback, audit("bridge"), "$SRV.PING"),
-             subscribe=(*serving, inbox("bridge"))),
+             publish=(s.query, s.cancel_all, s.feedback, audit("bridge"), "$SRV.PING",
+                      *_bucket(s.bucket("limits")),
+                      # POST /upload: files into the uploads store, the job into the queue
+                      s.ingest_submit, *_stream_admin(ingest), *_bucket(s.bucket("jobs")),
+                      *_objects(s.bucket("uploads"))),
+             subscribe=(f"{p}.ingest.progress.*", *serving, inbox("bridge"))),
         Role("client",
              publish=(s.query, s.cancel_all, s.feedback),
              subscribe=(inbox("client"),)),
@@ -292,6 +298,8 @@ def roles(s: Subjects, *, audit_durable: str = "audit-logger",
                       # ragbus backup|restore: every bucket read, written, emptied (--force)
                       *(grant for name in BACKUP_BUCKETS for grant in
                         (*_bucket(s.bucket(name)), f"$JS.API.STREAM.PURGE.KV_{s.bucket(name)}")),
+                      *_bucket(s.bucket("jobs")), *_objects(s.bucket("uploads")),
+                      *_bucket_reader(s.bucket("breakers")),
                       *(grant for cache in CACHE_BUCKETS
                         for grant in _cache_admin(s.bucket(cache))),
                       *backups),
@@ -332,8 +340,8 @@ def _jetstream_grants(role: Role) -> list[str]:
     streams = sorted(g.removeprefix(info) for g in grants if g.startswith(info))
     said: list[str] = ["every stream's state (list)"] if "$JS.API.STREAM.LIST" in grants else []
     for stream in streams:
-        if stream.startswith("OBJ_"):
-            said.append(f"objects `{stream[4:]}` read, write")
+        if stream.startswith("OBJ_") and f"$O.{stream[4:]}.>" in grants:
+            said.append(f"objects `{stream[4:]}` read, write, delete")
             continue
         if stream.startswith("KV_"):
             bucket = stream[3:]

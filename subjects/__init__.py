@@ -53,6 +53,7 @@ from ._ingest import (
     JobListed,
     JobProgress,
     JobState,
+    UploadedFile,
 )
 from ._names import DEFAULT_PREFIX, Subjects, validate_token
 from ._query import (
@@ -69,7 +70,9 @@ from ._streams import (
     docs_bucket,
     ingest_stream,
     jobs_bucket,
+    limits_bucket,
     retrieval_cache_bucket,
+    uploads_bucket,
 )
 
 __all__ = (
@@ -143,6 +146,7 @@ __all__ = (
     "Trim",
     "TrimInfo",
     "TurnDone",
+    "UploadedFile",
     "audit_stream",
     "backup_bucket",
     "breakers_bucket",
@@ -151,9 +155,11 @@ __all__ = (
     "docs_bucket",
     "ingest_stream",
     "jobs_bucket",
+    "limits_bucket",
     "new_id",
     "now_ms",
     "retrieval_cache_bucket",
     "stored_transition",
+    "uploads_bucket",
     "validate_token",
 )

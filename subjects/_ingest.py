@@ -26,6 +26,7 @@ __all__ = (
     "JobListed",
     "JobProgress",
     "JobState",
+    "UploadedFile",
 )
 
 
@@ -37,15 +38,41 @@ class InlineDocument(msgspec.Struct, frozen=True, kw_only=True):
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
+class FileError(msgspec.Struct, frozen=True, kw_only=True):
+    """A file (or record) that could not be ingested; the rest of the job goes on."""
+
+    path: str
+    code: str
+    message: str
+
+
+class UploadedFile(msgspec.Struct, frozen=True, kw_only=True):
+    """A file a client put into the uploads object store (``rag_uploads``) for a job."""
+
+    #: as the client named it (``handbook/intro.md``): the document id, and its suffix
+    #: says how to read it
+    path: str
+    #: the object's name in the bucket: the file's SHA-256 (hex), so a file already
+    #: uploaded, by anyone, is not sent again
+    object: str
+    sha256: str
+    size: int
+
+
 class IngestRequest(Request, frozen=True, kw_only=True):
     """Submitted to the ingest work-queue stream (durable, at-least-once).
 
-    Either inline ``documents`` or a ``path`` (file or folder) on the ingestor's host.
-    Re-submitting the same content is cheap: unchanged chunks are never re-embedded.
+    Inline ``documents``, ``uploads`` (files in the uploads bucket, from any machine) or
+    a ``path`` (file or folder) on the ingestor's host. Re-submitting the same content
+    is cheap: unchanged chunks are never re-embedded.
     """
 
     job_id: str = msgspec.field(default_factory=new_id)
     documents: list[InlineDocument] = msgspec.field(default_factory=list)
+    uploads: list[UploadedFile] = msgspec.field(default_factory=list)
+    #: files the client did not upload (too large, unsupported, unreadable): recorded as
+    #: the job's per-file errors
+    skipped: list[FileError] = msgspec.field(default_factory=list)
     path: str | None = None
     tags: list[str] = msgspec.field(default_factory=list)
     collection: str = DEFAULT_COLLECTION
@@ -56,14 +83,6 @@ class JobState(enum.StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
-
-
-class FileError(msgspec.Struct, frozen=True, kw_only=True):
-    """A file (or record) that could not be ingested; the rest of the job goes on."""
-
-    path: str
-    code: str
-    message: str
 
 
 class JobProgress(Message, frozen=True, kw_only=True):

@@ -7,11 +7,18 @@ its configuration: ``ensure_stream`` turns a disagreement into an update.
 
 from __future__ import annotations
 
-from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    KeyValueConfig,
+    ObjectStoreConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
 
 from ._names import Subjects
 
-__all__ = ("corpus_bucket", "docs_bucket", "ingest_stream", "jobs_bucket", "retrieval_cache_bucket")
+__all__ = ("corpus_bucket", "docs_bucket", "ingest_stream", "jobs_bucket", "limits_bucket",
+           "retrieval_cache_bucket", "uploads_bucket")
 
 _DAY = 24 * 3600.0
 
@@ -44,3 +51,20 @@ def retrieval_cache_bucket(s: Subjects, ttl_s: float = _DAY) -> KeyValueConfig:
     versions, so a re-ingest invalidates by construction; the TTL only reclaims space."""
     return KeyValueConfig(bucket=s.bucket("retrieval"), history=1, ttl=ttl_s,
                           storage=StorageType.FILE, description="retrieval cache")
+
+
+def uploads_bucket(s: Subjects) -> ObjectStoreConfig:
+    """Files uploaded for ingest jobs (``rag_uploads``), named by their SHA-256. The
+    ingestor removes a job's files when it has finished (``ingestor.keep_uploads``); the
+    TTL reclaims what a client uploaded and never submitted."""
+    return ObjectStoreConfig(bucket=s.bucket("uploads"), storage=StorageType.FILE,
+                             ttl=7 * _DAY, description="ragbus uploads for ingest jobs")
+
+
+def limits_bucket(s: Subjects) -> KeyValueConfig:
+    """The bridge's per-identity limits (``rag_limits``), shared by its replicas and
+    changed only by compare-and-set. An entry is rewritten on every ask, so the TTL only
+    forgets identities that have been quiet for a day."""
+    return KeyValueConfig(bucket=s.bucket("limits"), history=1, ttl=_DAY,
+                          storage=StorageType.FILE,
+                          description="bridge rate limits by identity")

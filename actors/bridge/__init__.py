@@ -1,6 +1,6 @@
 """The WebSocket bridge: a browser page and a JSON protocol to ask, stream and stop."""
 
-from ._actor import WS_PATH, Bridge, page_url, ws_url
+from ._actor import WS_PATH, Bridge, page_url, upload_url, ws_url
 from ._auth import Authenticator, Identity
 from ._errors import (
     AuthDeniedError,
@@ -60,5 +60,6 @@ __all__ = (
     "TokenFrame",
     "UnauthenticatedError",
     "page_url",
+    "upload_url",
     "ws_url",
 )

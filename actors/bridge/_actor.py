@@ -2,7 +2,8 @@
 
 It is an :class:`~runtime.Actor` without endpoints, so ``ragbus up`` supervises
 it, ``ragbus status`` and ``/readyz`` find it, and it stops like every actor. One
-port serves the page, ``/healthz``, ``/readyz`` and the WebSocket (``/ws``).
+port serves the page, ``/healthz``, ``/readyz`` and the WebSocket (``/ws``); the next
+one ``POST /upload`` (``_upload.py``: the WebSocket server speaks only GET).
 Every ask becomes a ``Query`` whose events it reads like any client would
 (``runtime.Client.open_stream``), so deadlines, cancels and "nobody serves
 queries" are handled in one place for the bridge, ``ragbus ask`` and any requester.
@@ -11,10 +12,12 @@ queries" are handled in one place for the bridge, ``ragbus ask`` and any request
 from __future__ import annotations
 
 import http
+import math
 import ssl
 from typing import Unpack
 
 import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from prometheus_client import Counter, Gauge, Histogram
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
@@ -22,7 +25,7 @@ from websockets.http11 import Request, Response
 from ragbus.config import BridgeSettings, Settings
 from ragbus.runtime import Actor, ActorOptions, Client
 from ragbus.runtime.audit import AuditPublisher
-from ragbus.subjects import AuditKind, AuditOutcome
+from ragbus.subjects import AuditKind, AuditOutcome, limits_bucket
 
 from ._auth import LOOPBACK_HOSTS, Authenticator
 from ._errors import AuthDeniedError, CannotListenError, CertificateUnusableError
@@ -30,6 +33,7 @@ from ._http import load_pages, response
 from ._limits import Denied, RateLimits
 from ._readiness import ReadinessProbe
 from ._session import Ask, Session
+from ._upload import UPLOAD_PATH, UploadServer
 
 __all__ = ("Bridge",)
 
@@ -49,8 +53,10 @@ class Bridge(Actor):
         self.config = self.settings.bridge
         self.auth = Authenticator(self.config,
                                   development=self.settings.environment == "development")
-        self.limits = RateLimits(self.config.asks_per_minute, self.config.concurrent_asks,
-                                 max_identities=self.config.max_identities)
+        self._limits: RateLimits | None = None
+        # asks end in synchronous code; their places are written back from one task
+        self._releases: tuple[MemoryObjectSendStream[str], MemoryObjectReceiveStream[str]] = (
+            anyio.create_memory_object_stream[str](math.inf))
         self.readiness = ReadinessProbe(self.config.ready_actors, wait_s=self.config.ready_wait_s)
         self.pages = load_pages()
         self.open_asks: dict[str, Ask] = {}
@@ -63,6 +69,7 @@ class Bridge(Actor):
         self.audit = AuditPublisher(self.settings, actor=self.name, instance=self.id,
                                     metrics=self.metrics, secrets=secrets)
         self._server: Server | None = None
+        self.uploads: UploadServer | None = None
         self._client: Client | None = None
         self._idle: anyio.Event | None = None  # set when the last ask ends, while stopping
         m = self.metrics
@@ -92,6 +99,32 @@ class Bridge(Actor):
         return ws_url(self.url)
 
     @property
+    def upload_url(self) -> str | None:
+        """Where ``POST /upload`` is served (None with ``bridge.uploads`` off)."""
+        if self.uploads is None or self.uploads.port is None:
+            return None
+        return page_url(self.config, self.uploads.port) + UPLOAD_PATH
+
+    @property
+    def limits(self) -> RateLimits:
+        """The per-identity limits, shared by every replica (opened in :meth:`setup`)."""
+        assert self._limits is not None, "setup() has not run"
+        return self._limits
+
+    def release(self, identity: str, ask: str, took_s: float) -> None:
+        """An admitted ask has ended: its place is free here at once, and in the shared
+        store a moment later (from :meth:`_return_places`)."""
+        self.limits.end(identity, ask, took_s)
+        self._releases[0].send_nowait(identity)
+
+    async def _return_places(self) -> None:
+        async for identity in self._releases[1]:
+            try:
+                await self.limits.flush(identity)
+            except Exception as exc:  # the next admit writes it, or its lease ends
+                self.log.warning("bridge.release_failed", error=repr(exc))
+
+    @property
     def client(self) -> Client:
         """How asks go on the bus (connected in :meth:`setup`)."""
         assert self._client is not None, "setup() has not run"
@@ -101,6 +134,11 @@ class Bridge(Actor):
     async def setup(self) -> None:
         self._client = Client(self.nc, self.subjects)
         cfg = self.config
+        self._limits = RateLimits(
+            await self.ensure_kv(limits_bucket(self.subjects)), cfg.asks_per_minute,
+            cfg.concurrent_asks, wait_s=cfg.limits_wait_s,
+            # an ask's place is held no longer than the ask can run
+            lease_s=cfg.ask_timeout_s + cfg.cancel_grace_s + 5.0)
         tls = _tls_context(cfg.tls_cert, cfg.tls_key)
         try:
             self._server = await serve(
@@ -116,8 +154,11 @@ class Bridge(Actor):
                 "(RAGBUS_BRIDGE__PORT, `ragbus bridge --port`)") from exc
         self.port = int(next(iter(self._server.sockets)).getsockname()[1])
         self.auth.allow_own_origin(cfg.host, self.port, "https" if tls else "http")
+        if cfg.uploads:
+            await self._serve_uploads(tls)
         self.accepting = True
-        self.log.info("bridge.listening", url=self.url, websocket=self.ws_url)
+        self.log.info("bridge.listening", url=self.url, websocket=self.ws_url,
+                      uploads=self.upload_url)
         if tls is None and cfg.host not in LOOPBACK_HOSTS:
             self.log.warning("bridge.plaintext", host=cfg.host,
                              advice="keys, tokens and answers cross the network in clear: "
@@ -128,10 +169,24 @@ class Bridge(Actor):
                              advice="bridge.jwt_secret is shorter than 32 bytes: use a random "
                                     "secret of 32 bytes or more")
 
+    async def _serve_uploads(self, tls: ssl.SSLContext | None) -> None:
+        cfg = self.config
+        port = upload_port(cfg)
+        self.uploads = UploadServer(self)
+        try:
+            await self.uploads.start(cfg.host, port, tls)
+        except OSError as exc:
+            raise CannotListenError(
+                f"the bridge cannot take uploads on {cfg.host}:{port} "
+                f"({exc.strerror or exc}): stop what holds the port, or set "
+                "bridge.upload_port (RAGBUS_BRIDGE__UPLOAD_PORT), or bridge.uploads = false"
+            ) from exc
+
     async def background(self) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self.audit.run, self.nc)
             tg.start_soon(self._watch_writes)
+            tg.start_soon(self._return_places)
 
     async def _watch_writes(self) -> None:
         """One timer for every socket: find writes stuck behind a reader that stopped."""
@@ -162,6 +217,10 @@ class Bridge(Actor):
             with anyio.move_on_after(self.config.close_timeout_s + 2.0):
                 await self._server.wait_closed()
             self._server = None
+        if self.uploads is not None:
+            with anyio.move_on_after(self.config.close_timeout_s + 2.0):
+                await self.uploads.stop()
+            self.uploads = None
 
     # -- HTTP ------------------------------------------------------------------------------------
     async def _http(self, connection: ServerConnection, request: Request) -> Response | None:
@@ -220,14 +279,15 @@ class Bridge(Actor):
     def observe_first_token(self, seconds: float) -> None:
         self._ttft.observe(seconds)
 
-    def on_denied(self, exc: AuthDeniedError, session: Session) -> None:
+    def on_denied(self, exc: AuthDeniedError, *, origin: str | None, address: str) -> None:
+        """A socket or an upload refused for its credentials or origin."""
         self._refused.labels(self.name, exc.label).inc()
         self.log.info("bridge.auth_denied", reason=exc.reason, method=exc.method,
-                      origin=session.origin)
+                      origin=origin)
         self.audit.emit_nowait(AuditKind.AUTH_DENIED, outcome=AuditOutcome.DENIED,
                                code=exc.audit_code,
                                details={"reason": exc.reason, "method": exc.method,
-                                        "origin": session.origin, "address": session.address})
+                                        "origin": origin, "address": address})
 
     def on_rate_limited(self, session: Session, denied: Denied) -> None:
         self._refused.labels(self.name, f"rate_limit_{denied.scope}").inc()
@@ -263,6 +323,22 @@ def page_url(config: BridgeSettings, port: int | None = None) -> str:
     shown = f"[{host}]" if ":" in host else host
     scheme = "https" if config.tls_cert else "http"
     return f"{scheme}://{shown}:{config.port if port is None else port}"
+
+
+def upload_port(config: BridgeSettings) -> int:
+    """``bridge.upload_port``, by default the bridge's port + 1 (0, any free one, when the
+    bridge's port is 0)."""
+    if config.upload_port is not None:
+        return config.upload_port
+    return config.port + 1 if config.port else 0
+
+
+def upload_url(config: BridgeSettings) -> str | None:
+    """Where ``POST /upload`` is served, if that is known before the bridge starts."""
+    port = upload_port(config)
+    if not config.uploads or not port:
+        return None
+    return page_url(config, port) + UPLOAD_PATH
 
 
 def ws_url(page: str) -> str:

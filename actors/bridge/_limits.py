@@ -1,46 +1,58 @@
 """Rate limits per client identity: asks per minute (a leaky bucket) and asks at once.
 
-All sockets of one identity share its limits, so opening more sockets does not
-buy more asks. ``remaining`` is how many asks could start right now;
-``reset_in_seconds`` is when ``remaining`` next grows by one (0 when it is full),
-which is also when a refused ask may be retried. An ask refused by the concurrent
-limit waits for one of the identity's asks to end, which nobody can know in
-advance: its ``reset_in_seconds`` is an estimate, the moving average of how long
-this bridge's recent asks took (:data:`FIRST_ASK_ESTIMATE_S` before any has ended).
+The limits live in a JetStream KV bucket (``rag_limits``), one entry per identity,
+changed only by compare-and-set, so every bridge replica and every socket of an
+identity draw on the same limits: ``--replicas`` does not multiply anyone's quota. A
+bridge that cannot read or write the bucket within ``bridge.limits_wait_s`` refuses
+the ask with ``UNAVAILABLE``: limits fail closed, never open.
+
+An entry holds the bucket's fill level at a time and the asks in flight, each as a
+lease that ends ``lease_s`` after it began (the ask's own deadline plus a margin), so
+the asks of a bridge that died are forgotten by themselves. ``remaining`` is how many
+asks could start right now; ``reset_in_seconds`` is when ``remaining`` next grows by
+one (0 when it is full), which is also when a refused ask may be retried. An ask
+refused by the concurrent limit waits for one of the identity's asks to end, which
+nobody can know in advance: its ``reset_in_seconds`` is an estimate, the moving
+average of how long this bridge's recent asks took (:data:`FIRST_ASK_ESTIMATE_S`
+before any has ended).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections import OrderedDict
+import time
 from dataclasses import dataclass
 from typing import Literal
 
-from aiolimiter import AsyncLimiter
+import anyio
+import msgspec
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from ragbus.runtime import UnavailableError
 
 __all__ = ("FIRST_ASK_ESTIMATE_S", "Denied", "LimitState", "RateLimits")
 
 #: the estimated length of an ask before any has ended (a retrieval plus a short answer)
 FIRST_ASK_ESTIMATE_S = 2.0
 _EWMA_WEIGHT = 0.2  # of the newest ask: about the last ten asks count
+#: compare-and-set attempts before an ask is refused as UNAVAILABLE (each loses only to
+#: another replica's write for the same identity)
+_CAS_TRIES = 50
 
 
-class _Bucket(AsyncLimiter):
-    """aiolimiter's leaky bucket, plus its fill level (for ``remaining`` and reset)."""
+class _Entry(msgspec.Struct, kw_only=True):
+    """One identity's limits as stored: the leaky bucket's level at ``at`` (wall clock,
+    seconds) and the asks in flight, each with when its lease ends."""
 
-    __slots__ = ("in_flight",)
+    level: float = 0.0
+    at: float = 0.0
+    asks: dict[str, float] = msgspec.field(default_factory=dict)
 
-    def __init__(self, max_rate: float, time_period: float) -> None:
-        super().__init__(max_rate, time_period)
-        self.in_flight = 0
 
-    def level(self) -> float:
-        # aiolimiter keeps the level private; _leak() brings it up to date first
-        self._leak()
-        return self._level
-
-    def drain_rate(self) -> float:
-        return self.max_rate / self.time_period
+_decode = msgspec.json.Decoder(_Entry).decode
+_encode = msgspec.json.Encoder().encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,69 +76,147 @@ class Denied:
 
 
 class RateLimits:
-    def __init__(self, per_minute: int, concurrent: int, *, max_identities: int = 100_000,
-                 period_s: float = 60.0) -> None:
+    """The limits of every identity, in ``kv`` (shared by the bridge's replicas)."""
+
+    def __init__(self, kv: KeyValue, per_minute: int, concurrent: int, *,
+                 period_s: float = 60.0, lease_s: float = 120.0,
+                 wait_s: float = 5.0) -> None:
+        self.kv = kv
         self.per_minute = per_minute
         self.concurrent = concurrent
         self.period_s = period_s
-        self.max_identities = max_identities
-        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        self.lease_s = lease_s
+        self.wait_s = wait_s
         self.typical_ask_s = FIRST_ASK_ESTIMATE_S
+        #: asks of this bridge that have ended and whose places are not yet written back,
+        #: by key: not counted from the moment they end
+        self._ended: dict[str, set[str]] = {}
 
-    def __len__(self) -> int:
-        return len(self._buckets)
+    @staticmethod
+    def key(identity: str) -> str:
+        """An identity's key in the bucket (identities hold characters keys may not)."""
+        return hashlib.sha256(identity.encode()).hexdigest()[:40]
 
-    def _bucket(self, identity: str) -> _Bucket:
-        bucket = self._buckets.get(identity)
-        if bucket is None:
-            if len(self._buckets) >= self.max_identities:
-                self._evict_idle()
-            bucket = self._buckets[identity] = _Bucket(self.per_minute, self.period_s)
-        else:
-            self._buckets.move_to_end(identity)
-        return bucket
+    def _drain_rate(self) -> float:
+        return self.per_minute / self.period_s
 
-    def _evict_idle(self) -> None:
-        """Forget identities with nothing in flight and an empty bucket (their limits
-        are back to full, so forgetting them changes nothing)."""
-        for identity in [i for i, b in self._buckets.items()
-                         if b.in_flight == 0 and b.level() == 0]:
-            del self._buckets[identity]
+    def _now(self, key: str, entry: _Entry) -> _Entry:
+        """The entry as of now: leaked, expired leases and this bridge's ended asks
+        dropped."""
+        now = time.time()
+        ended = self._ended.get(key, set())
+        level = max(0.0, entry.level - max(0.0, now - entry.at) * self._drain_rate())
+        return _Entry(level=level, at=now, asks={
+            a: end for a, end in entry.asks.items() if end > now and a not in ended})
 
-    def _state(self, bucket: _Bucket) -> LimitState:
-        level = bucket.level()
+    def _written(self, key: str, entry: _Entry) -> None:
+        """``entry`` is stored: ended asks it no longer holds need no writing."""
+        ended = self._ended.get(key)
+        if ended is not None:
+            ended.intersection_update(entry.asks)
+            if not ended:
+                del self._ended[key]
+
+    def _state(self, entry: _Entry) -> LimitState:
+        level = entry.level
         remaining = max(0, math.floor(self.per_minute - level + 1e-9))
         if level <= 0:
             reset = 0.0
         else:
             # remaining grows by one once the level has leaked below the next whole step
-            reset = max(0.0, (level - (self.per_minute - remaining - 1)) / bucket.drain_rate())
+            reset = max(0.0, (level - (self.per_minute - remaining - 1)) / self._drain_rate())
         return LimitState(limit=self.per_minute, remaining=remaining,
                           reset_in_seconds=round(reset, 3), concurrent_limit=self.concurrent,
-                          in_flight=bucket.in_flight)
+                          in_flight=len(entry.asks))
 
-    def state(self, identity: str) -> LimitState:
-        return self._state(self._bucket(identity))
+    async def _read(self, key: str) -> tuple[_Entry, int | None]:
+        try:
+            stored = await self.kv.get(key)
+        except KeyNotFoundError:
+            return _Entry(), None
+        if not stored.value:  # deleted or expired
+            return _Entry(), stored.revision
+        try:
+            return _decode(stored.value), stored.revision
+        except msgspec.DecodeError:
+            return _Entry(), stored.revision  # not ours to keep: written over
 
-    async def admit(self, identity: str) -> LimitState | Denied:
-        """Take one ask from the identity's limits, or say which limit refused it."""
-        bucket = self._bucket(identity)
-        if bucket.in_flight >= self.concurrent:
-            return Denied("concurrent", self._state(bucket), None,
-                          round(max(0.1, self.typical_ask_s), 3))
-        if not bucket.has_capacity(1):
-            state = self._state(bucket)
-            return Denied("per_minute", state, max(1, math.ceil(state.reset_in_seconds)))
-        # there is capacity, so this returns at once (no other task runs in between)
-        await bucket.acquire(1)
-        bucket.in_flight += 1
-        return self._state(bucket)
+    async def _write(self, key: str, entry: _Entry, revision: int | None) -> bool:
+        """Compare-and-set: False when another replica wrote first."""
+        try:
+            if revision is None:
+                await self.kv.create(key, _encode(entry))
+            else:
+                await self.kv.update(key, _encode(entry), last=revision)
+        except KeyWrongLastSequenceError:
+            return False
+        return True
 
-    def release(self, identity: str, took_s: float | None = None) -> None:
+    def _unreachable(self, exc: BaseException | None) -> UnavailableError:
+        why = f" ({exc!r})" if exc is not None else ""
+        return UnavailableError(
+            f"the bridge cannot reach its rate limits (KV bucket {self.kv._name}) within "
+            f"{self.wait_s:g}s{why}: retry shortly")
+
+    async def state(self, identity: str) -> LimitState:
+        """The identity's limits now; ``UnavailableError`` if the store does not answer."""
+        try:
+            with anyio.fail_after(self.wait_s):
+                key = self.key(identity)
+                entry, _ = await self._read(key)
+        except Exception as exc:  # a timeout, a lost connection, a refusal: closed
+            raise self._unreachable(exc) from exc
+        return self._state(self._now(key, entry))
+
+    async def admit(self, identity: str, ask: str) -> LimitState | Denied:
+        """Take one ask (``ask`` names its lease) from the identity's limits, or say which
+        limit refused it. ``UnavailableError`` if the store does not answer in time."""
+        key = self.key(identity)
+        try:
+            with anyio.fail_after(self.wait_s):
+                for _ in range(_CAS_TRIES):
+                    stored, revision = await self._read(key)
+                    entry = self._now(key, stored)
+                    if len(entry.asks) >= self.concurrent:
+                        return Denied("concurrent", self._state(entry), None,
+                                      round(max(0.1, self.typical_ask_s), 3))
+                    if entry.level + 1 > self.per_minute + 1e-9:
+                        state = self._state(entry)
+                        return Denied("per_minute", state,
+                                      max(1, math.ceil(state.reset_in_seconds)))
+                    entry.level += 1
+                    entry.asks[ask] = entry.at + self.lease_s
+                    if await self._write(key, entry, revision):
+                        self._written(key, entry)
+                        return self._state(entry)
+        except Exception as exc:  # a timeout, a lost connection, a refusal: closed
+            raise self._unreachable(exc) from exc
+        raise self._unreachable(None)
+
+    def end(self, identity: str, ask: str, took_s: float | None = None) -> None:
         """An admitted ask has ended (done, failed, cancelled or abandoned) after
-        ``took_s`` seconds, which feeds the concurrent limit's retry estimate."""
+        ``took_s`` seconds, which feeds the concurrent limit's retry estimate. Its place
+        is free for this bridge at once; :meth:`flush` frees it for the others."""
         if took_s is not None:
             self.typical_ask_s += _EWMA_WEIGHT * (took_s - self.typical_ask_s)
-        bucket = self._buckets.get(identity)
-        if bucket is not None and bucket.in_flight > 0:
-            bucket.in_flight -= 1
+        self._ended.setdefault(self.key(identity), set()).add(ask)
+
+    async def flush(self, identity: str) -> None:
+        """Write the places of the identity's ended asks back to the store. If it cannot
+        be reached, the next admit writes them, or their leases end by themselves."""
+        key = self.key(identity)
+        with anyio.fail_after(self.wait_s):
+            for _ in range(_CAS_TRIES):
+                if not self._ended.get(key):
+                    return
+                stored, revision = await self._read(key)
+                ended = self._ended.get(key, set())
+                if not ended & stored.asks.keys():
+                    self._written(key, stored)
+                    return
+                # the level and its time stay as they were
+                kept = _Entry(level=stored.level, at=stored.at,
+                              asks={a: e for a, e in stored.asks.items() if a not in ended})
+                if await self._write(key, kept, revision):
+                    self._written(key, kept)
+                    return

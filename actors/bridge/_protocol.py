@@ -14,7 +14,14 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from ragbus.subjects import FEEDBACK_COMMENT_CHARS, ErrorCode, QueryFilters, Source
+from ragbus.subjects import (
+    FEEDBACK_COMMENT_CHARS,
+    ErrorCode,
+    FileError,
+    JobState,
+    QueryFilters,
+    Source,
+)
 
 __all__ = (
     "AskFrame",
@@ -28,6 +35,8 @@ __all__ = (
     "FailedFrame",
     "FeedbackFrame",
     "FeedbackRecordedFrame",
+    "FollowFrame",
+    "JobFrame",
     "LimitsFrame",
     "ReadyFrame",
     "ServerFrame",
@@ -98,7 +107,17 @@ class FeedbackFrame(_ClientFrame, frozen=True, kw_only=True, tag="feedback"):
     id: AskId | None = None
 
 
-ClientFrame = AskFrame | CancelFrame | AuthFrame | StatusRequest | FeedbackFrame
+
+
+class FollowFrame(_ClientFrame, frozen=True, kw_only=True, tag="follow"):
+    """Send ``job`` frames with an ingest job's progress (the id ``POST /upload`` gave)
+    until it has finished."""
+
+    job_id: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")]
+
+
+ClientFrame = (AskFrame | CancelFrame | AuthFrame | StatusRequest | FeedbackFrame
+               | FollowFrame)
 
 _client_decoder = msgspec.json.Decoder(ClientFrame)
 
@@ -216,6 +235,22 @@ class CancelledFrame(_ServerFrame, frozen=True, kw_only=True, tag="cancelled"):
     tokens_used: int = 0
 
 
+class JobFrame(_ServerFrame, frozen=True, kw_only=True, tag="job"):
+    """An ingest job's progress; the last one of a job has ``finished`` true."""
+
+    job_id: str
+    state: JobState
+    progress: float
+    files_done: int
+    files_total: int
+    docs_done: int
+    chunks_done: int
+    chunks_total: int
+    errors: list[FileError]
+    message: str
+    finished: bool
+
+
 class ErrorFrame(_ServerFrame, frozen=True, kw_only=True, tag="error"):
     """A frame was refused (malformed, too large, over a rate limit); the socket stays open.
 
@@ -229,7 +264,7 @@ class ErrorFrame(_ServerFrame, frozen=True, kw_only=True, tag="error"):
 
 
 ServerFrame = (ReadyFrame | StatusFrame | SourcesFrame | TokenFrame | DoneFrame | FailedFrame
-               | CancelledFrame | ErrorFrame | FeedbackRecordedFrame)
+               | CancelledFrame | JobFrame | ErrorFrame | FeedbackRecordedFrame)
 
 _encoder = msgspec.json.Encoder()
 

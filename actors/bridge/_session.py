@@ -24,7 +24,8 @@ import nats.errors
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from ragbus.runtime import EventStream, RagbusError, codec, decode_reply, tracing
+from ragbus.runtime import EventStream, RagbusError, UnavailableError, codec, decode_reply, tracing
+from ragbus.runtime.ingest import follow_job, job_exists
 from ragbus.subjects import (
     Cancelled,
     Done,
@@ -56,6 +57,8 @@ from ._protocol import (
     FailedFrame,
     FeedbackFrame,
     FeedbackRecordedFrame,
+    FollowFrame,
+    JobFrame,
     LimitsFrame,
     ReadyFrame,
     ServerFrame,
@@ -75,6 +78,7 @@ __all__ = ("Ask", "Session")
 _NORMAL_CLOSE = 1000
 _RATED = 256  # answers per socket that may still be rated (the newest)
 _FEEDBACK_TIMEOUT_S = 5.0
+_MAX_FOLLOWED = 16  # ingest jobs one socket follows at once
 
 
 @dataclass(slots=True, eq=False)
@@ -115,6 +119,7 @@ class Session:
         self.asks: dict[str, Ask] = {}
         # answers this socket received, which it may rate: request id -> session id
         self.answered: OrderedDict[str, str | None] = OrderedDict()
+        self.following: set[str] = set()  # ingest jobs whose progress is relayed
         self.outbox = Outbox(self.config.max_buffered_bytes, self._overflow)
         self.address = str((ws.remote_address or ("unknown",))[0])
         self.origin = ws.request.headers.get("Origin") if ws.request is not None else None
@@ -128,7 +133,7 @@ class Session:
         try:
             identity = await self._authenticate()
         except AuthDeniedError as exc:
-            b.on_denied(exc, self)
+            b.on_denied(exc, origin=self.origin, address=self.address)
             b.count_close(exc.label)
             await self._close_socket(exc.code, exc.close_reason)
             return
@@ -136,7 +141,7 @@ class Session:
             return
         if identity is None:  # the client left before saying who it is
             return
-        self._set_identity(identity)
+        await self._set_identity(identity)
         async with anyio.create_task_group() as tg:
             self._scope = tg.cancel_scope
             tg.start_soon(self._write)
@@ -204,9 +209,15 @@ class Session:
         raise UnauthenticatedError(f"no credentials within {timeout:g}s: send an auth frame "
                               "first, or use ?token=")
 
-    def _set_identity(self, identity: Identity) -> None:
+    async def _set_identity(self, identity: Identity) -> None:
         self.identity = identity
-        state = self.bridge.limits.state(identity.key)
+        try:
+            state = await self.bridge.limits.state(identity.key)
+        except UnavailableError as exc:  # the socket is ready; its asks will say why not
+            self.bridge.log.warning("bridge.limits_unknown", error=exc.message)
+            state = LimitState(limit=self.config.asks_per_minute, remaining=0,
+                               reset_in_seconds=0.0,
+                               concurrent_limit=self.config.concurrent_asks, in_flight=0)
         self._send(ReadyFrame(identity=identity.key, method=identity.method,
                               expires_at=identity.expires_at,
                               max_question_chars=self.config.max_question_chars,
@@ -235,17 +246,23 @@ class Session:
         except msgspec.DecodeError as exc:
             self._error(ErrorCode.BAD_REQUEST,
                         f"invalid frame: {exc}. Frames are JSON objects with a type: ask, "
-                        "cancel, feedback, status or auth", {}, loose_id(raw))
+                        "cancel, feedback, status, follow or auth", {}, loose_id(raw))
             return
         if isinstance(frame, AskFrame):
             await self._ask(frame, tg)
+        elif isinstance(frame, FollowFrame):
+            await self._follow(frame, tg)
         elif isinstance(frame, CancelFrame):
             await self._cancel(frame)
         elif isinstance(frame, FeedbackFrame):
             self._feedback(frame, tg)
         elif isinstance(frame, StatusRequest):
             assert self.identity is not None
-            state = self.bridge.limits.state(self.identity.key)
+            try:
+                state = await self.bridge.limits.state(self.identity.key)
+            except UnavailableError as exc:
+                self._error(ErrorCode.UNAVAILABLE, exc.message, {}, None)
+                return
             self._send(StatusFrame(limit=state.limit, remaining=state.remaining,
                                    reset_in_seconds=state.reset_in_seconds,
                                    concurrent_limit=state.concurrent_limit,
@@ -253,15 +270,51 @@ class Session:
         else:
             await self._reauthenticate(frame, tg)
 
+    async def _follow(self, frame: FollowFrame, tg: anyio.abc.TaskGroup) -> None:
+        """Relay a job's progress (a job id is hard to guess: knowing it is enough)."""
+        if frame.job_id in self.following:
+            return  # already sent
+        if len(self.following) >= _MAX_FOLLOWED:
+            self._error(ErrorCode.TOO_LARGE, f"a socket follows at most {_MAX_FOLLOWED} jobs "
+                        "at once", {"limit": _MAX_FOLLOWED}, None)
+            return
+        self.following.add(frame.job_id)
+        tg.start_soon(self._relay_job, frame.job_id)
+
+    async def _relay_job(self, job_id: str) -> None:
+        b = self.bridge
+        try:
+            if not await job_exists(b.nc, job_id, b.subjects):
+                self._error(ErrorCode.NOT_FOUND, f"no ingest job {job_id!r}",
+                            {"job_id": job_id}, None)
+                return
+            async for p in follow_job(b.nc, job_id, b.subjects,
+                                      timeout_s=self.config.follow_timeout_s):
+                self._send(JobFrame(job_id=job_id, state=p.state, progress=p.progress,
+                                    files_done=p.files_done, files_total=p.files_total,
+                                    docs_done=p.docs_done, chunks_done=p.chunks_done,
+                                    chunks_total=p.chunks_total, errors=p.errors,
+                                    message=p.message, finished=p.finished))
+        except TimeoutError:
+            self._error(ErrorCode.DEADLINE_EXCEEDED,
+                        f"job {job_id} did not finish within {self.config.follow_timeout_s:g}s "
+                        "(bridge.follow_timeout_s): follow it again", {"job_id": job_id}, None)
+        except (OSError, nats.errors.Error) as exc:
+            b.log.warning("bridge.follow_failed", job_id=job_id, error=repr(exc))
+            self._error(ErrorCode.UNAVAILABLE, "the bridge cannot read the job's progress; "
+                        "follow it again", {"job_id": job_id}, None)
+        finally:
+            self.following.discard(job_id)
+
     async def _reauthenticate(self, frame: AuthFrame, tg: anyio.abc.TaskGroup) -> None:
         """A later ``auth`` frame switches the socket's identity (e.g. a fresh JWT)."""
         try:
             identity = self.bridge.auth.verify(frame.token)
         except AuthDeniedError as exc:
-            self.bridge.on_denied(exc, self)
+            self.bridge.on_denied(exc, origin=self.origin, address=self.address)
             self._abort(exc.code, exc.close_reason, exc.label)
             return
-        self._set_identity(identity)
+        await self._set_identity(identity)
         if identity.expires_at is not None:
             tg.start_soon(self._expire, identity)
 
@@ -289,11 +342,15 @@ class Session:
                         f"ask {frame.id!r} is still running: give each ask a new id", {},
                         frame.id)
             return
-        admitted = await b.limits.admit(identity.key)
+        request_id = new_id()
+        try:
+            admitted = await b.limits.admit(identity.key, request_id)
+        except UnavailableError as exc:  # closed, never open
+            self._error(ErrorCode.UNAVAILABLE, exc.message, {}, frame.id)
+            return
         if isinstance(admitted, Denied):
             self._refuse(frame, admitted)
             return
-        request_id = new_id()
         session_id = f"{identity.key}:{frame.session_id}" if frame.session_id else None
         ask = Ask(id=frame.id, request_id=request_id, identity=identity.key, session=self,
                   started=time.perf_counter(), stream=TokenStream(frame.id),
@@ -408,7 +465,7 @@ class Session:
             del self.asks[ask.id]
         b = self.bridge
         b.forget(ask.request_id)
-        b.limits.release(ask.identity, time.perf_counter() - ask.started)
+        b.release(ask.identity, ask.request_id, time.perf_counter() - ask.started)
         b.count_ask(outcome)
 
     # -- events from the bus ------------------------------------------------------------------

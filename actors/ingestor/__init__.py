@@ -7,13 +7,15 @@ actor runs them, as plain functions (benchmarks do the same work without the bus
 from ._actor import Ingestor
 from ._chunking import DEFAULT_CHUNKING, ChunkingConfig, chunk_text
 from ._points import embedded_text
-from ._readers import read_file
+from ._readers import SUPPORTED_SUFFIXES, read_file, walk_folder
 
 __all__ = (
     "DEFAULT_CHUNKING",
+    "SUPPORTED_SUFFIXES",
     "ChunkingConfig",
     "Ingestor",
     "chunk_text",
     "embedded_text",
     "read_file",
+    "walk_folder",
 )

@@ -9,14 +9,16 @@ all replicas.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Unpack
 
 import anyio
 import msgspec
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, ObjectNotFoundError
 from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 from prometheus_client import Counter, Gauge, Histogram
 
 from ragbus.config import Settings
@@ -32,6 +34,7 @@ from ragbus.runtime import (
     endpoint,
     kv_entries,
 )
+from ragbus.runtime.jetstream import through_elections
 from ragbus.subjects import (
     AuditKind,
     AuditOutcome,
@@ -57,6 +60,7 @@ from ragbus.subjects import (
     ingest_stream,
     jobs_bucket,
     now_ms,
+    uploads_bucket,
 )
 
 from ._job import JobRunner
@@ -70,6 +74,8 @@ DURABLE = "ingestor"
 #: how often the queue's backlog is read for ``ragbus_ingest_jobs_waiting``: one small
 #: JetStream API request, and a backlog is a matter of minutes, not milliseconds
 BACKLOG_INTERVAL_S = 5.0
+#: how long removing a finished job's uploads may take before it is left to the TTL
+REMOVE_UPLOADS_S = 30.0
 _WAIT_BUCKETS = (0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0)
 
 
@@ -93,6 +99,7 @@ class Ingestor(Actor):
         self._jobs_kv: KeyValue | None = None
         self._corpus_kv: KeyValue | None = None
         self._manifests: Manifests | None = None
+        self._uploads: ObjectStore | None = None
         self.jobs_run = 0
         m = self.metrics
         self._jobs = m.get(Counter, "ragbus_ingest_jobs",
@@ -130,6 +137,7 @@ class Ingestor(Actor):
         self._jobs_kv = await self.ensure_kv(jobs_bucket(s))
         self._corpus_kv = await self.ensure_kv(corpus_bucket(s))
         self._manifests = Manifests(await self.ensure_kv(docs_bucket(s)))
+        self._uploads = await self.ensure_object_store(uploads_bucket(s))
 
     # -- jobs ---------------------------------------------------------------------------
     async def background(self) -> None:
@@ -166,7 +174,8 @@ class Ingestor(Actor):
         ctx.log.info("ingest.job.started", job_id=request.job_id, attempt=ctx.attempt,
                      path=request.path, documents=len(request.documents))
         runner = JobRunner(self.nc, self.subjects, self.config, self.manifests, job.progress,
-                           msgspec.structs.replace(request, deadline=ctx.deadline))
+                           msgspec.structs.replace(request, deadline=ctx.deadline),
+                           self._uploads)
         try:
             await runner.run()
         except anyio.get_cancelled_exc_class():
@@ -179,6 +188,7 @@ class Ingestor(Actor):
             await ctx.audit(AuditKind.DOC_CHANGED, subject=request.collection,
                             sizes={"docs": progress.docs_changed},
                             details={"job_id": request.job_id})
+        await self._remove_uploads(request, ctx)  # gone when the job says it has finished
         snapshot = await progress.finish(JobState.SUCCEEDED, "done")
         self._count_job("succeeded", progress)
         await self._audit_job(request, ctx, AuditOutcome.OK, "done")
@@ -199,10 +209,33 @@ class Ingestor(Actor):
             job.progress.message = f"attempt {ctx.attempt} failed ({message}); will retry"
             await job.progress.publish(force=True)
             return
+        await self._remove_uploads(request, ctx)
         await job.progress.finish(JobState.FAILED, message)
         outcome = (AuditOutcome.CANCELLED if error.code == ErrorCode.CANCELLED
                    else AuditOutcome.FAILED)
         await self._audit_job(request, ctx, outcome, message, error.code.value, job)
+
+    async def _remove_uploads(self, request: IngestRequest, ctx: Context) -> None:
+        """The job has finished: its uploaded files go (unless ``keep_uploads``). Best
+        effort within :data:`REMOVE_UPLOADS_S`; what is left expires with the bucket's TTL.
+        An object another job still reads would be gone for it too: that job records the
+        file as unreadable, and submitting the file again uploads it again."""
+        store = self._uploads
+        if self.config.keep_uploads or store is None or not request.uploads:
+            return
+        removed = 0
+        with anyio.move_on_after(REMOVE_UPLOADS_S):
+            for name in sorted({u.object for u in request.uploads}):
+                try:
+                    await through_elections(functools.partial(store.delete, name))
+                    removed += 1
+                except ObjectNotFoundError:
+                    continue
+                except Exception as exc:  # the job is done either way
+                    ctx.log.warning("ingest.uploads_not_removed", job_id=request.job_id,
+                                    error=repr(exc))
+                    return
+        ctx.log.info("ingest.uploads_removed", job_id=request.job_id, objects=removed)
 
     async def _audit_job(self, request: IngestRequest, ctx: Context, outcome: AuditOutcome,
                          message: str, code: str | None = None, job: _Job | None = None) -> None:

@@ -21,9 +21,12 @@ from typing import Any
 import anyio
 import numpy as np
 from nats.aio.client import Client as NATS
+from nats.js.errors import ObjectNotFoundError
+from nats.js.object_store import ObjectStore
 
 from ragbus.config import IngestorSettings
 from ragbus.runtime import Client
+from ragbus.runtime.jetstream import through_elections
 from ragbus.runtime.text import BM25Encoder
 from ragbus.subjects import (
     Embed,
@@ -36,6 +39,7 @@ from ragbus.subjects import (
     PointUpsert,
     SparseVector,
     Subjects,
+    UploadedFile,
     deadline_after,
     now_ms,
 )
@@ -46,7 +50,7 @@ from ._points import chunk_payload, embedded_text, point_id
 from ._progress import Progress
 from ._read_errors import ReaderError
 from ._read_types import ReaderOptions, RecordFields, SourceDocument
-from ._readers import read_file, walk_folder
+from ._readers import check_before_reading, read_data, read_file, walk_folder
 
 __all__ = ("Doc", "JobRunner", "inline_documents")
 
@@ -114,8 +118,10 @@ class JobRunner:
         manifests: Manifests,
         progress: Progress,
         request: IngestRequest,
+        uploads: ObjectStore | None = None,
     ) -> None:
         self.client = Client(nc, subjects)
+        self.uploads = uploads
         self.subjects = subjects
         self.config = config
         self.manifests = manifests
@@ -156,11 +162,21 @@ class JobRunner:
         await self._embed(["model probe"])  # which model: it decides what is up to date
         inline = inline_documents(self.request)
         files = list(self._files()) if self.request.path else []
-        self.progress.files_total = len(files) + (1 if inline else 0)
+        uploaded, skipped = self.request.uploads, self.request.skipped
+        self.progress.files_total = (len(files) + len(uploaded) + len(skipped)
+                                     + (1 if inline else 0))
         await self.progress.publish(force=True)
         if inline:
             await self._sync_all(inline)
             self.progress.files_done += 1
+        for refused in skipped:  # the client's word on files it did not upload
+            self.progress.errors.append(refused)
+            self.progress.files_done += 1
+        for upload in uploaded:
+            await self._ingest_upload(upload)
+            self.progress.files_done += 1
+            self.progress.file_progress(0, 0)
+            await self.progress.publish()
         for path, error in files:
             if error is not None:
                 self._error(path, error.code, str(error))
@@ -189,6 +205,50 @@ class JobRunner:
             self._error(path, "bad_record", f"record {bad.position}: {bad.message}")
         tags = sorted(set(self.request.tags))
         await self._sync_all([_from_source(d, tags) for d in result.documents])
+
+    async def _ingest_upload(self, upload: UploadedFile) -> None:
+        """A file from the uploads object store: checked by name and size before it is
+        fetched, by digest after, then read like a file of that name."""
+        path = upload.path
+        try:
+            check_before_reading(path, upload.size, self.reader)
+        except ReaderError as exc:
+            self._error(path, exc.code, str(exc))
+            return
+        data = await self._fetch(upload)
+        if data is None:
+            return
+        try:
+            result = await anyio.to_thread.run_sync(
+                functools.partial(read_data, data, path, self.reader, doc_id=path))
+        except ReaderError as exc:
+            self._error(path, exc.code, str(exc))
+            return
+        for bad in result.bad_records:
+            self._error(path, "bad_record", f"record {bad.position}: {bad.message}")
+        tags = sorted(set(self.request.tags))
+        await self._sync_all([_from_source(d, tags) for d in result.documents])
+
+    async def _fetch(self, upload: UploadedFile) -> bytes | None:
+        if self.uploads is None:
+            self._error(upload.path, "unreadable", "this ingestor has no uploads bucket")
+            return None
+        store = self.uploads
+        try:
+            got = await through_elections(lambda: store.get(upload.object))
+        except ObjectNotFoundError:
+            self._error(upload.path, "unreadable",
+                        f"{upload.path}: its upload ({upload.object}) is no longer in the "
+                        "uploads bucket (removed when an earlier run of the job finished, or "
+                        "expired): ingest the file again")
+            return None
+        data = got.data or b""
+        if hashlib.sha256(data).hexdigest() != upload.sha256:
+            self._error(upload.path, "unreadable",
+                        f"{upload.path}: the uploaded bytes do not match the file's SHA-256 "
+                        "(replaced while the job ran?): ingest the file again")
+            return None
+        return data
 
     def _error(self, path: Path | str, code: str, message: str) -> None:
         self.progress.errors.append(FileError(path=str(path), code=code, message=message))

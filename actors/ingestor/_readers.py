@@ -56,7 +56,9 @@ __all__ = (
     "TooLargeError",
     "UnreadableFileError",
     "UnsupportedFormatError",
+    "check_before_reading",
     "format_of",
+    "read_data",
     "read_file",
     "walk_folder",
 )
@@ -97,11 +99,40 @@ def read_file(
     move of the folder). Records of .json/.jsonl files use their own ids.
     """
     path = Path(path)
+    if format_of(path) is None:
+        raise _unsupported(path)
+    return read_data(_read_bytes(path, options.max_bytes), path, options, doc_id=doc_id)
+
+
+def check_before_reading(path: str | os.PathLike[str], size: int,
+                         options: ReaderOptions = _DEFAULT_OPTIONS) -> None:
+    """Raise what :func:`read_data` would for ``size`` bytes named ``path`` that it
+    refuses by name or size alone, before a byte of them is fetched."""
+    path = Path(path)
+    if format_of(path) is None:
+        raise _unsupported(path)
+    if size > options.max_bytes:
+        raise _too_large(path, size, options.max_bytes)
+
+
+def read_data(
+    data: bytes,
+    path: str | os.PathLike[str],
+    options: ReaderOptions = _DEFAULT_OPTIONS,
+    *,
+    doc_id: str | None = None,
+) -> ReadResult:
+    """The documents in a file's bytes, read by ``path``'s suffix (an uploaded file:
+    ``path`` is the name its client gave it, and no file of that name is opened)."""
+    path = Path(path)
     fmt = format_of(path)
     if fmt is None:
         raise _unsupported(path)
+    if len(data) > options.max_bytes:
+        raise _too_large(path, len(data), options.max_bytes)
+    if not data.strip():
+        raise EmptyDocumentError(path, "is empty; add content or remove the file")
     file_id = doc_id if doc_id is not None else path.as_posix()
-    data = _read_bytes(path, options.max_bytes)
     if fmt == "pdf":
         return ReadResult(documents=(read_pdf(data, path, file_id),))
     text, encoding = decode_text(data, path)

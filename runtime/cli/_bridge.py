@@ -29,7 +29,7 @@ def bridge_settings(settings: Settings, host: str | None, port: int | None) -> S
 
 
 def _cmd_bridge(args: argparse.Namespace) -> int:
-    from ragbus.actors.bridge import Bridge, page_url, ws_url
+    from ragbus.actors.bridge import Bridge, page_url, upload_url, ws_url
 
     from ._run import run_actors
 
@@ -42,6 +42,8 @@ def _cmd_bridge(args: argparse.Namespace) -> int:
         if cfg.port:
             page = page_url(cfg)
             out.print(f"page at {page}/ — WebSocket {ws_url(page)} — Ctrl-C stops")
+            if (uploads := upload_url(cfg)) is not None:
+                out.print(f"uploads: POST {uploads}")
         else:
             out.print("port 0: the bound address is in the `bridge.listening` log line")
 

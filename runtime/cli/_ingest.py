@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
@@ -13,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ragbus.actors.ingestor import SUPPORTED_SUFFIXES, walk_folder
 from ragbus.config import Loaded
 from ragbus.subjects import (
     DocChanged,
@@ -21,6 +23,7 @@ from ragbus.subjects import (
     DocInfo,
     DocList,
     DocListed,
+    FileError,
     IngestRequest,
     JobGet,
     JobList,
@@ -28,10 +31,12 @@ from ragbus.subjects import (
     JobProgress,
     JobState,
     Subjects,
+    UploadedFile,
 )
 
 from ..client import Client
 from ..connection import NATS
+from ..ingest import open_uploads, upload
 from ..security import connect_as
 from ._jobs import follow_job, submit_job
 
@@ -81,12 +86,87 @@ def _print_job(p: JobProgress) -> None:
         out.print(table)
 
 
+@dataclass(slots=True)
+class _Sent:
+    """What a client put into the uploads bucket for one job."""
+
+    files: list[UploadedFile] = field(default_factory=list)
+    skipped: list[FileError] = field(default_factory=list)
+    sent: int = 0
+    bytes_sent: int = 0
+
+
+def _local_files(root: Path) -> list[tuple[Path, str, FileError | None]]:
+    """(file, name the job gives it, why it is not uploaded) for a file or a folder: a
+    folder's files are named ``<folder>/<relative path>``, a file by its name, so the
+    document ids do not depend on where the client keeps them."""
+    if root.is_dir():
+        return [(e.path, f"{root.name}/{e.relative}", None if e.error is None else
+                 FileError(path=f"{root.name}/{e.relative}", code=e.error.code,
+                           message=f"{root.name}/{e.relative}: {e.error.message}"))
+                for e in walk_folder(root)]
+    if not root.is_file():
+        raise SystemExit(f"{root} is not a file or folder here: give one to upload, or "
+                         "--server-path for a path on the ingestor's host")
+    if root.suffix.lower() not in SUPPORTED_SUFFIXES:
+        known = ", ".join(sorted(SUPPORTED_SUFFIXES))
+        raise SystemExit(f"{root.name}: the ingestor reads {known} files only")
+    return [(root, root.name, None)]
+
+
+async def upload_files(nc: NATS, root: Path, s: Subjects, *, replicas: int,
+                       max_bytes: int) -> _Sent:
+    """Put the files under ``root`` into the uploads bucket (each unless its digest is
+    there already); oversized, unsupported or unreadable ones become per-file errors."""
+    files = _local_files(root)
+    store = await open_uploads(nc, s, replicas=replicas)
+    result = _Sent()
+    for path, name, problem in files:
+        if problem is not None:
+            result.skipped.append(problem)
+            continue
+        try:  # stat first: a huge file is refused without being read
+            size = path.stat().st_size
+            data = b"" if size > max_bytes else await anyio.Path(path).read_bytes()
+        except OSError as exc:
+            result.skipped.append(FileError(
+                path=name, code="unreadable",
+                message=f"{name}: cannot be read ({exc.strerror or exc}); not uploaded"))
+            continue
+        size = max(size, len(data))
+        if size > max_bytes:
+            result.skipped.append(FileError(
+                path=name, code="too_large",
+                message=f"{name}: is {size:,} bytes, over the {max_bytes:,}-byte limit "
+                        "(ingestor.max_file_bytes); split it, or raise the limit"))
+            continue
+        done = await upload(store, name, data)
+        result.files.append(done.file)
+        if done.sent:
+            result.sent += 1
+            result.bytes_sent += len(data)
+    return result
+
+
 def _cmd_ingest(args: argparse.Namespace) -> int:
+    settings = args.loaded.settings
+    replicas = settings.nats.replicas
     path = Path(args.path).resolve()
-    request = IngestRequest(path=str(path), tags=args.tag or [], collection=args.collection)
 
     async def work(nc: NATS, s: Subjects) -> JobProgress | None:
-        await submit_job(nc, request, s, replicas=args.loaded.settings.nats.replicas)
+        if args.server_path:
+            request = IngestRequest(path=str(path), tags=args.tag or [],
+                                    collection=args.collection)
+        else:
+            sent = await upload_files(nc, path, s, replicas=replicas,
+                                      max_bytes=settings.ingestor.max_file_bytes)
+            out.print(f"uploaded {sent.sent} files ({sent.bytes_sent:,} bytes); "
+                      f"{len(sent.files) - sent.sent} already in the uploads bucket; "
+                      f"{len(sent.skipped)} not uploaded")
+            request = IngestRequest(uploads=sent.files, skipped=sent.skipped,
+                                    tags=args.tag or [], collection=args.collection)
+        await submit_job(nc, request, s, replicas=replicas,
+                         max_bytes=settings.runtime.max_message_bytes)
         out.print(f"submitted job [cyan]{request.job_id}[/] for {path}")
         if not args.wait:
             return None
@@ -161,8 +241,10 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    ingest = sub.add_parser("ingest", help="ingest a file or folder (on the ingestor's host)")
+    ingest = sub.add_parser("ingest", help="upload a file or folder and ingest it")
     ingest.add_argument("path")
+    ingest.add_argument("--server-path", action="store_true",
+                        help="PATH is on the ingestor's host: submit it without uploading")
     ingest.add_argument("--tag", action="append", help="tag every document (repeatable)")
     ingest.add_argument("--collection", default="default")
     ingest.add_argument("--wait", action="store_true",

@@ -74,10 +74,12 @@ def _cmd_up(args: argparse.Namespace) -> int:
         if metrics_port is not None:
             out.print(f"metrics at http://{loaded.settings.metrics.host}:{metrics_port}/metrics")
         if "bridge" in started:
-            from ragbus.actors.bridge import page_url, ws_url
+            from ragbus.actors.bridge import page_url, upload_url, ws_url
 
             page = page_url(settings.bridge)
             out.print(f"page at {page}/ (WebSocket {ws_url(page)})")
+            if (uploads := upload_url(settings.bridge)) is not None:
+                out.print(f"uploads: POST {uploads}")
         out.print(f"actors: {', '.join(started) or '(none)'} — Ctrl-C drains and stops")
 
     anyio.run(lambda: run_actors(settings, classes, embedded=embedded,

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+import httpx
 import nats
 import nats.errors
 import pytest
@@ -163,6 +164,30 @@ async def ask_over_nats(nc: nats.NATS, question: str, **fields: object) -> list[
     return [e async for e in Client(nc, S).stream(S.query, query, timeout=60)]
 
 
+async def upload_through_the_bridge(system: System) -> list[dict[str, object]]:
+    """``POST /upload`` (the bridge's port + 1) with an API key, then the job's progress
+    on a socket until it has finished."""
+    page = re.fullmatch(r"(.*):(\d+)", system.page_url)
+    assert page, system.page_url
+    async with httpx.AsyncClient(timeout=60) as http:
+        posted = await http.post(f"{page[1]}:{int(page[2]) + 1}/upload",
+                                 headers={"X-API-Key": API_KEY},
+                                 files=[("file", ("rafts.md", b"# Rafts\n\nResting sea "
+                                                  b"otters float together in rafts.\n"))])
+    assert posted.status_code == 202, posted.text
+    ws_url = system.page_url.replace("http", "ws", 1) + "/ws"
+    frames: list[dict[str, object]] = []
+    async with ws_connect(ws_url, origin=ORIGIN,  # type: ignore[arg-type]
+                          additional_headers={"X-API-Key": API_KEY}, open_timeout=10) as ws:
+        with anyio.fail_after(60):
+            await ws.send(json.dumps({"type": "follow", "job_id": posted.json()["job_id"]}))
+            while not frames or not (frames[-1].get("finished") or frames[-1]["type"] == "error"):
+                frame = json.loads(await ws.recv())
+                if frame["type"] in ("job", "error"):
+                    frames.append(frame)
+    return frames
+
+
 async def ask_over_the_bridge(system: System, question: str) -> list[dict[str, object]]:
     ws_url = system.page_url.replace("http", "ws", 1) + "/ws"
     frames: list[dict[str, object]] = []
@@ -233,6 +258,7 @@ async def test_production_mode_comes_up_ingests_and_answers_with_every_role_mini
     # breaker opens (KV and a transition on the bus) and the extractive answerer steps in
     provider.script(Behaviour.rate_limited(retry_after="600"))
     frames = await ask_over_the_bridge(system, "What makes sourdough bread rise?")
+    uploaded = await upload_through_the_bridge(system)
 
     # -- the rest of the admin CLI --------------------------------------------------------
     cache = await anyio.to_thread.run_sync(lambda: system.cli("cache", "stats"))
@@ -260,6 +286,8 @@ async def test_production_mode_comes_up_ingests_and_answers_with_every_role_mini
     assert kinds[0] == "sources", frames
     assert kinds[-1] == "done", frames
     assert frames[-1]["provider"] == "extractive"
+    assert uploaded[-1]["type"] == "job", uploaded
+    assert uploaded[-1]["state"] == "succeeded", uploaded
 
     assert cache.returncode == 0, cache.stderr
     for bucket in ("rag_retrieval", "rag_answers", "rag_embeddings"):

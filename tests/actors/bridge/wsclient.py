@@ -132,3 +132,11 @@ async def next_audit(sub: Subscription, timeout: float = 5.0) -> AuditEvent:
     msg = await sub.next_msg(timeout=timeout)
     event: AuditEvent = codec.decode(msg.data, AuditEvent)
     return event
+
+
+async def wait_released(bridge: Bridge, identity: str) -> None:
+    """Until the identity has no ask in flight in the shared limits (places go back from
+    the bridge's release task, a moment after an ask's last frame)."""
+    with anyio.fail_after(5):
+        while (await bridge.limits.state(identity)).in_flight:  # noqa: ASYNC110 - a KV
+            await anyio.sleep(0.02)

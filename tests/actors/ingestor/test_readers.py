@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from ragbus.actors.ingestor._readers import (
@@ -20,7 +21,9 @@ from ragbus.actors.ingestor._readers import (
     TooLargeError,
     UnreadableFileError,
     UnsupportedFormatError,
+    check_before_reading,
     format_of,
+    read_data,
     read_file,
     walk_folder,
 )
@@ -361,6 +364,38 @@ def test_too_large_is_refused_before_reading(tmp_path: Path) -> None:
     assert "11 bytes" in info.value.message
     assert "10-byte limit" in info.value.message
     assert only(path, options=ReaderOptions(max_bytes=11))[2] == "x" * 11
+
+
+# --- bytes read by a name (uploads) -----------------------------------------------------
+
+def test_bytes_named_like_a_file_read_as_that_file(tmp_path: Path) -> None:
+    content = "# Guide\n\nIntro.\n\n## Install\n\nRun it.\n"
+    on_disk = read_file(write(tmp_path / "guide.md", content), doc_id="handbook/guide.md")
+    uploaded = read_data(content.encode(), "handbook/guide.md", doc_id="handbook/guide.md")
+    assert uploaded.documents == tuple(
+        msgspec.structs.replace(d, source_path="handbook/guide.md") for d in on_disk.documents)
+    assert not (tmp_path / "handbook").exists()  # nothing of that name was opened
+
+
+@pytest.mark.parametrize(("name", "data", "error"), [
+    ("tool.exe", b"MZ", UnsupportedFormatError),
+    ("big.txt", b"x" * 11, TooLargeError),
+    ("empty.txt", b"  \n", EmptyDocumentError),
+    ("blob.txt", b"\x00\x01binary\x00" * 10, BinaryFileError),
+])
+def test_bytes_get_the_errors_a_file_would(name: str, data: bytes,
+                                           error: type[ReaderError]) -> None:
+    with pytest.raises(error):
+        read_data(data, name, ReaderOptions(max_bytes=10 if name == "big.txt" else 1000))
+
+
+def test_what_name_or_size_refuses_is_refused_before_fetching() -> None:
+    with pytest.raises(UnsupportedFormatError):
+        check_before_reading("tool.exe", 2)
+    with pytest.raises(TooLargeError) as info:
+        check_before_reading("big.txt", 11, ReaderOptions(max_bytes=10))
+    assert "11 bytes" in info.value.message
+    check_before_reading("fine.md", 10, ReaderOptions(max_bytes=10))  # no error
 
 
 def test_default_limit_is_10_mib() -> None:

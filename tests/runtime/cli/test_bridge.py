@@ -77,4 +77,5 @@ async def test_ragbus_bridge_serves_until_interrupted(nats_url: str, tmp_path: P
     assert code == 0, output.get("err")
     assert "bridge is up" in output["out"]
     assert f"http://127.0.0.1:{port}/" in output["out"]
+    assert f"uploads: POST http://127.0.0.1:{port + 1}/upload" in output["out"]
     assert "stopped" in output["out"]

@@ -7,11 +7,12 @@ import time
 
 import anyio
 import nats
-from nats.js.api import KeyValueConfig, StreamConfig
+from nats.js.api import KeyValueConfig, ObjectStoreConfig, StreamConfig
 
 from ragbus.runtime import ensure_kv, ensure_stream
 from ragbus.runtime.cli import EmbeddedCluster
-from ragbus.runtime.jetstream import publish_once
+from ragbus.runtime.ingest import upload
+from ragbus.runtime.jetstream import ensure_object_store, publish_once, through_elections
 
 
 async def connect_all(cluster: EmbeddedCluster) -> nats.NATS:
@@ -39,6 +40,16 @@ async def test_resources_get_the_replicas_asked_for_and_an_r1_one_is_raised(
         fresh = await ensure_kv(nc, KeyValueConfig(bucket="fresh"), replicas=3)
         await fresh.put("k", b"v")
         assert (await js.stream_info("KV_fresh")).config.num_replicas == 3
+        # object stores (the uploads) too
+        await ensure_object_store(nc, ObjectStoreConfig(bucket="files"))
+        assert (await js.stream_info("OBJ_files")).config.num_replicas == 1
+        files = await ensure_object_store(nc, ObjectStoreConfig(bucket="files"), replicas=3)
+        assert (await js.stream_info("OBJ_files")).config.num_replicas == 3
+        put = await upload(files, "f.txt", b"data")  # through the scaling's election
+        assert put.sent
+        assert (await through_elections(lambda: files.get(put.file.object))).data == b"data"
+        await ensure_object_store(nc, ObjectStoreConfig(bucket="files"))
+        assert (await js.stream_info("OBJ_files")).config.num_replicas == 3
     finally:
         await nc.close()
 
