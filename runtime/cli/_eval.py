@@ -67,7 +67,7 @@ def _cmd_compare(args: argparse.Namespace, out: Console, err: Console) -> int:
     try:
         (_, a), (_, b) = (read_results(p) for p in args.compare)
     except GoldenSetError as exc:
-        err.print(f"[red]error:[/] {escape(exc.message)}")
+        err.print(f"[red]error:[/] {escape(exc.message)}", soft_wrap=True)
         return EXIT_BAD_INPUT
     rows = compare(a, b)
     if args.json:
@@ -96,7 +96,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     try:
         questions = load_golden(args.golden)
     except GoldenSetError as exc:
-        err.print(f"[red]error:[/] {escape(exc.message)}")
+        err.print(f"[red]error:[/] {escape(exc.message)}", soft_wrap=True)
         return EXIT_BAD_INPUT
     if args.limit is not None:
         questions = questions[:args.limit]
@@ -137,7 +137,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     problems = below(summary, minimums)
     problems += [f"question {r.id} failed: {r.error}" for r in results if r.error]
     for problem in problems:
-        err.print(f"[red]below the gate:[/] {escape(problem)}")
+        err.print(f"[red]below the gate:[/] {escape(problem)}", soft_wrap=True)
     return EXIT_BELOW if problems else EXIT_OK
 
 
