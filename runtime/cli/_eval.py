@@ -91,6 +91,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.golden is None:
         err.print("[red]error:[/] name a golden set (GOLDEN.jsonl), or --compare A B")
         return EXIT_BAD_INPUT
+    if (args.limit is not None and args.limit < 1) or (args.timeout is not None
+                                                       and args.timeout <= 0):
+        err.print("[red]error:[/] --limit and --timeout must be above 0")
+        return EXIT_BAD_INPUT
     minimums = {name: value for name in METRICS
                 if (value := getattr(args, f"min_{name}")) is not None}
     try:
