@@ -16,7 +16,8 @@ was skipped. Each provider's line is printed when it is done.
 ``looped`` is null: loop detection (a stream cut at a repeated n-gram run,
 ``done.stopped``) is not in this branch.
 
-    python -m bench.answers [--golden FILE] [--distractors 300] [--limit N] [--local-claims 12]
+    python -m bench.answers [--golden FILE] [--distractors 300] [--limit N]
+                            [--local-claims 12] [--out DIR]
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 import structlog
 
 from bench._data import SCIFACT
@@ -52,7 +54,14 @@ from ragbus.config import (
 )
 from ragbus.runtime import Actor, connect
 from ragbus.runtime.cli import EmbeddedNats, follow_job, submit_job
-from ragbus.runtime.evaluation import GoldenQuestion, evaluate, load_golden, summarize
+from ragbus.runtime.evaluation import (
+    GoldenQuestion,
+    QuestionResult,
+    Summary,
+    evaluate,
+    load_golden,
+    summarize,
+)
 from ragbus.subjects import IngestRequest, JobState, Subjects
 
 KEYS = ("questions", "precision_at_5", "recall_at_10", "mrr", "citation_valid",
@@ -93,12 +102,18 @@ def for_local(questions: list[GoldenQuestion], claims: int) -> list[GoldenQuesti
     return [q for q in questions if q in answerable or not q.answerable]
 
 
+def save(path: Path, records: list[QuestionResult | Summary]) -> None:
+    """What ``ragbus eval --out`` writes: a line per question, the summary last."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"".join(msgspec.json.encode(r) + b"\n" for r in records))
+
+
 def emit(line: dict[str, Any]) -> None:
     print(json.dumps(line), flush=True)
 
 
 async def run(golden: Path, data: Path, distractors: int, limit: int | None,
-              local_claims: int) -> None:
+              local_claims: int, out: Path | None) -> None:
     # warnings and errors only, and on stderr: stdout is the JSON lines
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30),
                         logger_factory=structlog.PrintLoggerFactory(sys.stderr))
@@ -144,6 +159,10 @@ async def run(golden: Path, data: Path, distractors: int, limit: int | None,
                               f"{result.error or ('refused' if result.refused else 'ok')}",
                               file=sys.stderr, flush=True)
                     summary = summarize(results, evaluation)
+                    if out is not None:
+                        records: list[QuestionResult | Summary] = [*results, summary]
+                        await anyio.to_thread.run_sync(save, out / f"{provider}.jsonl",
+                                                       records)
                     line: dict[str, Any] = {
                         key: (round(v, 4) if isinstance(v := getattr(summary, key), float)
                               else v) for key in KEYS}
@@ -166,6 +185,9 @@ def main() -> None:
     parser.add_argument("--distractors", type=int, default=300,
                         help="abstracts ingested beside the evidence (default 300)")
     parser.add_argument("--limit", type=int, default=None, help="ask only the first N")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="write each provider's results to DIR/<provider>.jsonl, as "
+                        "`ragbus eval --out` does (compare them with `ragbus eval --compare`)")
     parser.add_argument("--local-claims", type=int, default=12,
                         help="the local LLM is asked this many claims and every question "
                         "the corpus cannot answer (default 12: ~45 s an answer on 2 busy "
@@ -173,7 +195,8 @@ def main() -> None:
     args = parser.parse_args()
     if not (args.data / "corpus.jsonl").is_file():
         raise SystemExit(f"no BEIR corpus.jsonl in {args.data}")
-    anyio.run(run, args.golden, args.data, args.distractors, args.limit, args.local_claims)
+    anyio.run(run, args.golden, args.data, args.distractors, args.limit, args.local_claims,
+              args.out)
 
 
 if __name__ == "__main__":
