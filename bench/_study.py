@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bench.quality import ndcg_at_10
 from ragbus.actors.retriever import collapse, convex, dbsf, rrf, weighted_rrf
+from ragbus.runtime.evaluation import ndcg_at_10
 from ragbus.runtime.text import BM25Encoder, analyze, term_id
 from ragbus.subjects import SearchHit, SparseVector
 

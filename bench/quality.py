@@ -37,7 +37,6 @@ import argparse
 import asyncio
 import csv
 import json
-import math
 import random
 import tempfile
 import time
@@ -80,6 +79,7 @@ from ragbus.config import (
 from ragbus.runtime import Actor, connect
 from ragbus.runtime.cli import EmbeddedNats, follow_job, submit_job
 from ragbus.runtime.connection import NATS
+from ragbus.runtime.evaluation import ndcg_at_10
 from ragbus.runtime.text import count_tokens
 from ragbus.subjects import (
     ContextReady,
@@ -128,13 +128,6 @@ def load_queries(path: Path, qrels: dict[str, dict[str, int]]) -> dict[str, str]
 def _query_order(qid: str) -> tuple[int, int | str]:
     """Numeric ids in numeric order (SciFact's "2" before "10"), then the others."""
     return (0, int(qid)) if qid.isdigit() else (1, qid)
-
-
-def ndcg_at_10(ranked: list[str], relevant: dict[str, int]) -> float:
-    dcg = sum(relevant.get(doc, 0) / math.log2(i + 2) for i, doc in enumerate(ranked[:10]))
-    ideal = sorted(relevant.values(), reverse=True)[:10]
-    idcg = sum(rel / math.log2(i + 2) for i, rel in enumerate(ideal))
-    return dcg / idcg if idcg else 0.0
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from ._audit import AUDIT_PUBLISHERS, ROLES, AuditSettings, SecuritySettings
 from ._errors import ConfigError, ProductionConfigError
+from ._evaluation import DEFAULT_REFUSAL_PHRASES, EvaluationSettings
 from ._loader import ENV_PREFIX, Loaded, load_settings, production_problems
 from ._router import (
     HttpStack,
@@ -28,6 +29,7 @@ from ._trimmer import Compression, TrimmerSettings
 
 __all__ = (
     "AUDIT_PUBLISHERS",
+    "DEFAULT_REFUSAL_PHRASES",
     "ENV_PREFIX",
     "IN_MEMORY",
     "MASK",
@@ -37,6 +39,7 @@ __all__ = (
     "Compression",
     "ConfigError",
     "EmbedderSettings",
+    "EvaluationSettings",
     "HttpStack",
     "IngestorSettings",
     "Loaded",

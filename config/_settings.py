@@ -14,6 +14,7 @@ import msgspec
 from msgspec import Meta
 
 from ._audit import AuditSettings, SecuritySettings
+from ._evaluation import EvaluationSettings
 from ._router import RouterSettings
 from ._secret import Secret
 from ._section import Port, Positive, PositiveInt
@@ -302,6 +303,7 @@ class Settings(_Section, frozen=True, kw_only=True):
     trimmer: TrimmerSettings = msgspec.field(default_factory=TrimmerSettings)
     router: RouterSettings = msgspec.field(default_factory=RouterSettings)
     audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
+    evaluation: EvaluationSettings = msgspec.field(default_factory=EvaluationSettings)
     security: SecuritySettings = msgspec.field(default_factory=SecuritySettings)
 
     @property

@@ -21,6 +21,7 @@ from ._audit import add_commands as add_audit_commands
 from ._backup import add_commands as add_backup_commands
 from ._bridge import add_commands as add_bridge_commands
 from ._cache import add_commands as add_cache_commands
+from ._eval import add_commands as add_eval_commands
 from ._health import add_commands as add_health_commands
 from ._ingest import add_commands as add_ingest_commands
 from ._server import NatsServerError
@@ -175,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_stats_commands(sub)
     add_cache_commands(sub)
     add_ask_commands(sub)
+    add_eval_commands(sub)
     add_bridge_commands(sub)
     add_health_commands(sub)
     add_backup_commands(sub)
@@ -192,7 +194,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["RAGBUS_LOGGING__FORMAT"] = args.log_format
     try:
         needs_nats = getattr(args, "needs_nats", False)
-        if needs_nats is True or (callable(needs_nats) and needs_nats(args)):
+        if callable(needs_nats):  # a command that needs NATS only in some forms
+            needs_nats = needs_nats(args)
+        if needs_nats:
             args.loaded = _load(args, roles=getattr(args, "roles", _CLI_ROLES))
             args.nats_url = _nats_url(args.loaded)
         code: int = args.func(args)
