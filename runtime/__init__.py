@@ -10,7 +10,7 @@ from . import codec, tracing
 from ._discovery import discover, wait_for_instances
 from .actor import Actor, ActorOptions, Context, Durable, EndpointSpec, endpoint
 from .audit import AuditPublisher, ensure_audit_stream
-from .client import Client, EventStream, decode_reply
+from .client import ACCEPT_WAIT_S, Client, EventStream, decode_reply
 from .connection import connect
 from .errors import (
     BadRequestError,
@@ -36,6 +36,7 @@ from .supervisor import Supervisor
 from .worker import WorkerThread
 
 __all__ = (
+    "ACCEPT_WAIT_S",
     "Actor",
     "ActorOptions",
     "AuditPublisher",

@@ -23,7 +23,7 @@ import nats.errors
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from ragbus.runtime import EventStream, tracing
+from ragbus.runtime import ACCEPT_WAIT_S, EventStream, tracing
 from ragbus.subjects import (
     Cancelled,
     Done,
@@ -301,7 +301,8 @@ class Session:
                               request_id=ask.request_id) as span:
                 query = msgspec.structs.replace(query, trace=span.trace)
                 async with b.client.open_stream(b.subjects.query, query,
-                                                hint="start the retriever") as ask.events:
+                                                hint="start the retriever",
+                                                accept_within=ACCEPT_WAIT_S) as ask.events:
                     async for event in ask.events:
                         self.relay(ask, event)
                         if isinstance(event, Failed):
