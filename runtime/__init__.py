@@ -11,7 +11,7 @@ from ._discovery import discover, wait_for_instances
 from ._percentile import percentile
 from .actor import Actor, ActorOptions, Context, Durable, EndpointSpec, endpoint
 from .audit import AuditPublisher, ensure_audit_stream
-from .client import Client, EventStream, decode_reply
+from .client import ACCEPT_WAIT_S, Client, EventStream, decode_reply
 from .connection import connect
 from .errors import (
     BadRequestError,
@@ -44,6 +44,7 @@ from .supervisor import Supervisor
 from .worker import WorkerThread
 
 __all__ = (
+    "ACCEPT_WAIT_S",
     "Actor",
     "ActorOptions",
     "AuditPublisher",

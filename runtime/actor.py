@@ -47,6 +47,7 @@ from ragbus.config import Settings
 from ragbus.subjects import (
     ERROR_HEADER,
     SCHEMA_VERSION,
+    Accepted,
     Cancel,
     Cancelled,
     ErrorCode,
@@ -118,6 +119,7 @@ class EndpointSpec:
     queue: bool
     method: str
     durable: Callable[[Any], Durable] | None = None
+    accept: bool = False
 
 
 def endpoint(
@@ -127,6 +129,7 @@ def endpoint(
     name: str | None = None,
     queue: bool = True,
     durable: Callable[[Any], Durable] | None = None,
+    accept: bool = False,
 ) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
     """Declare a handler ``async def h(self, request, ctx) -> reply | None``.
 
@@ -134,12 +137,16 @@ def endpoint(
     replicas share the load; ``queue=False`` delivers every message to every replica.
     ``durable``, given the actor, says which JetStream work queue to consume instead
     of a core subscription (its reply is then an acknowledgement).
+    ``accept=True`` (a streamed request's first hop): a message sent with a NATS reply
+    subject gets :class:`~ragbus.subjects.Accepted` there as soon as its handler starts,
+    and nothing else there afterwards (its events go to ``reply_to``); a refused one gets
+    its error reply. Sent without a reply subject, nothing changes.
     """
 
     def mark(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         fn.__ragbus_endpoint__ = EndpointSpec(  # type: ignore[attr-defined]
             name=name or fn.__name__, subject=subject, request=request, queue=queue,
-            method=fn.__name__, durable=durable,
+            method=fn.__name__, durable=durable, accept=accept,
         )
         return fn
 
@@ -694,6 +701,7 @@ class Actor:
                           endpoint=spec.name, request_id=request_id) as span:
             ctx = Context(self, msg, spec.name, request_id, deadline, span.trace, log)
             ctx.span = span
+            await outcome.accepted(ctx)
             code = await self._run(spec, msg, outcome, ctx, request, reply_to)
             if code == ErrorCode.CANCELLED.value:
                 span.cancelled()
@@ -862,6 +870,9 @@ class _Outcome:
     def prepare(self, ctx: Context) -> None:
         """Fill in what the handler should know about the delivery."""
 
+    async def accepted(self, ctx: Context) -> None:
+        """The message is valid and its handler starts (``endpoint(accept=True)``)."""
+
     async def done(self, result: Message | None) -> None:
         raise NotImplementedError
 
@@ -883,26 +894,36 @@ class _Outcome:
 
 class _Reply(_Outcome):
     """Core request/reply: the result, or an error reply, to the message's reply subject
-    (and a ``failed``/``cancelled`` event to a streamed request's ``reply_to``)."""
+    (and a ``failed``/``cancelled`` event to a streamed request's ``reply_to``). An
+    ``accept`` endpoint's reply subject gets its :class:`Accepted` and nothing after."""
+
+    def __init__(self, actor: Actor, spec: EndpointSpec, msg: Msg) -> None:
+        super().__init__(actor, spec, msg)
+        self.reply: str | None = msg.reply or None
+
+    async def accepted(self, ctx: Context) -> None:
+        if self.spec.accept and self.reply:
+            reply, self.reply = self.reply, None
+            await self.actor._safe_publish(reply, codec.encode(Accepted(
+                request_id=ctx.request_id, actor=self.actor.name, instance=self.actor.id)))
 
     async def done(self, result: Message | None) -> None:
-        if self.msg.reply and result is not None:
-            await self.actor.nc.publish(self.msg.reply, codec.encode(result))
+        if self.reply and result is not None:
+            await self.actor.nc.publish(self.reply, codec.encode(result))
 
     async def failed(self, err: RagbusError, ctx: Context | None, request_id: str | None,
                      reply_to: str | None, log: Any | None, *, request: Message | None = None,
                      raised: bool = False) -> str:
-        return await self.actor._reply_error(self.msg.reply, err, request_id, reply_to,
+        return await self.actor._reply_error(self.reply, err, request_id, reply_to,
                                              self.spec, log)
 
     async def cancelled(self, ctx: Context, request: Message, reply_to: str | None,
                         reason: str) -> str:
-        return await self.actor._reply_cancelled(self.msg.reply, ctx, reply_to, reason,
-                                                 self.spec)
+        return await self.actor._reply_cancelled(self.reply, ctx, reply_to, reason, self.spec)
 
     async def stopped(self, err: UnavailableError, ctx: Context, request: Message,
                       reply_to: str | None) -> str:
-        return await self.actor._reply_error(self.msg.reply, err, ctx.request_id, reply_to,
+        return await self.actor._reply_error(self.reply, err, ctx.request_id, reply_to,
                                              self.spec, ctx.log)
 
 

@@ -37,7 +37,8 @@ from . import codec
 from .errors import DeadlineExceededError, InternalError, UnavailableError, error_from_reply
 from .handoff import HandOff, handoff_for
 
-__all__ = ("CANCEL_WAIT_S", "STREAM_GRACE_S", "Client", "EventStream", "decode_reply")
+__all__ = ("ACCEPT_WAIT_S", "CANCEL_WAIT_S", "STREAM_GRACE_S", "Client", "EventStream",
+           "decode_reply")
 
 R = TypeVar("R", bound=Message)
 TERMINAL = (Done, Failed, Cancelled)
@@ -45,6 +46,9 @@ TERMINAL = (Done, Failed, Cancelled)
 STREAM_GRACE_S = 0.5
 #: after a cancel, how long to wait for the actors' ``cancelled`` before making one up
 CANCEL_WAIT_S = 2.0
+#: how long ``ragbus ask`` and the bridge wait for the retriever's ``Accepted`` (it comes
+#: when a handler slot takes the query: milliseconds unless the retriever is saturated)
+ACCEPT_WAIT_S = 5.0
 
 
 def decode_reply(msg: Msg, reply: type[R]) -> R:
@@ -98,15 +102,20 @@ class Client:
         await self.nc.flush()
 
     def open_stream(self, subject: str, message: StreamRequest, *,
-                    timeout: float | None = None, hint: str = "") -> EventStream:
+                    timeout: float | None = None, hint: str = "",
+                    accept_within: float | None = None) -> EventStream:
         """A streamed request, sent on entering ``async with``; iterate it for its events.
 
         See :class:`EventStream` for what ends the iteration. ``hint`` completes the
         UNAVAILABLE message when nobody serves ``subject`` ("start the retriever").
+        ``accept_within`` (seconds; for a subject whose endpoint sends ``Accepted``, such
+        as ``<prefix>.query``): with no acceptance, error reply or event by then, the
+        stream ends with ``failed`` UNAVAILABLE and the request is cancelled.
         """
         dated = self._with_deadline(message, timeout)
         assert isinstance(dated, StreamRequest)
-        return EventStream(self, subject, dated, handoff_for(self.nc), hint)
+        return EventStream(self, subject, dated, handoff_for(self.nc), hint,
+                           accept_within=accept_within)
 
     async def stream(self, subject: str, message: StreamRequest, *,
                      timeout: float | None = None) -> AsyncIterator[QueryEvent]:
@@ -120,6 +129,8 @@ class EventStream:
     """One streamed request's events, ending with exactly one terminal event.
 
     Nobody serves the subject: ``failed`` UNAVAILABLE at once (see ``runtime.handoff``).
+    With ``accept_within``, nobody acknowledged it in that time (the instance NATS gave
+    it to is dead or stuck): ``failed`` UNAVAILABLE, and the request is cancelled.
     Nothing terminal by the deadline plus :data:`STREAM_GRACE_S` (for the actors' own
     DEADLINE_EXCEEDED to arrive): ``failed`` DEADLINE_EXCEEDED, and the request is
     cancelled on the bus. After :meth:`cancel`, the actors' ``cancelled`` is awaited
@@ -128,7 +139,7 @@ class EventStream:
     """
 
     def __init__(self, client: Client, subject: str, message: StreamRequest,
-                 handoff: HandOff, hint: str) -> None:
+                 handoff: HandOff, hint: str, *, accept_within: float | None = None) -> None:
         assert message.deadline is not None
         self._client = client
         self._subject = subject
@@ -139,7 +150,10 @@ class EventStream:
         self._send, self._received = anyio.create_memory_object_stream[bytes](math.inf)
         self._give_up_at = anyio.current_time() + (message.deadline - now_ms()) / 1000 \
             + STREAM_GRACE_S
+        self._accept_within = accept_within
+        self._accept_by = math.inf  # set on sending when an acceptance is awaited
         self._waiting: anyio.CancelScope | None = None
+        self.accepted = accept_within is None
         self.cancelled_at: float | None = None
         self.finished = False
         self.text_length = 0
@@ -152,8 +166,12 @@ class EventStream:
     async def __aenter__(self) -> EventStream:
         nc = self._client.nc
         self._sub = await nc.subscribe(self._message.reply_to, cb=self._on_msg)
+        if self._accept_within is not None:
+            self._accept_by = anyio.current_time() + self._accept_within
         try:
-            await self._handoff.send(self._subject, self._message, hint=self._hint)
+            await self._handoff.send(
+                self._subject, self._message, hint=self._hint,
+                on_answered=None if self.accepted else self._on_accepted)
         except BaseException:
             await self._close()
             raise
@@ -183,21 +201,43 @@ class EventStream:
     async def __anext__(self) -> QueryEvent:
         while not self.finished:
             data: bytes | None = None
-            with anyio.CancelScope(deadline=self._give_up_at) as self._waiting:
+            wait_until = self._give_up_at if self.accepted else min(self._give_up_at,
+                                                                     self._accept_by)
+            with anyio.CancelScope(deadline=wait_until) as self._waiting:
                 data = await self._received.receive()
             self._waiting = None
             if data is None:
+                if (not self.accepted and self.cancelled_at is None
+                        and anyio.current_time() < self._give_up_at):
+                    return await self._not_accepted()
                 return await self._give_up()
             try:
                 event: QueryEvent = codec.decode(data, QueryEvent)
             except msgspec.DecodeError:
                 continue  # an error reply or a stranger's message: the stream goes on
+            self.accepted = True  # an event: somebody took it
             if isinstance(event, Token):
                 self.tokens += 1
                 self.text_length += len(event.text)
             self.finished = isinstance(event, TERMINAL)
             return event
         raise StopAsyncIteration
+
+    def _on_accepted(self) -> None:
+        self.accepted = True
+        if self._waiting is not None:
+            self._waiting.deadline = self._give_up_at
+
+    async def _not_accepted(self) -> QueryEvent:
+        self.finished = True
+        with contextlib.suppress(Exception):  # it may yet arrive somewhere: stop it there
+            await self._cancel("nobody accepted it in time")
+        self.cancelled_at = anyio.current_time()  # so leaving does not cancel twice
+        message = (f"nobody accepted the request on {self._subject} within "
+                   f"{self._accept_within:g} s (the instance it reached is gone or stuck)")
+        return Failed(request_id=self.request_id, code=ErrorCode.UNAVAILABLE,
+                      message=message + (f": {self._hint}" if self._hint else ""),
+                      trace_id=self._message.trace.trace_id if self._message.trace else None)
 
     async def _give_up(self) -> QueryEvent:
         self.finished = True

@@ -10,6 +10,11 @@ delay every hop, so nobody waits: :meth:`HandOff.send` returns at once, and if a
 (``UNAVAILABLE``) on its ``reply_to`` right away. The next actor streams to
 ``reply_to``, never to this reply subject, so a served hand-off gets nothing here.
 
+A first hop that acknowledges what it takes (``endpoint(accept=True)``: the
+retriever's query) answers the reply subject with ``Accepted``; a requester that
+wants to know (``Client.open_stream(accept_within=...)``) passes ``on_answered``,
+called when that answer (or an error reply) arrives.
+
 Every actor has one (``Context.hand_off``), and every connection one for its
 requesters (``Client.open_stream``), each under one wildcard subscription.
 """
@@ -46,6 +51,7 @@ class Unserved:
     reply_to: str
     trace_id: str | None
     hint: str
+    on_answered: Callable[[], None] | None = None
 
 
 class HandOff:
@@ -62,9 +68,12 @@ class HandOff:
         self._lock = anyio.Lock()
 
     async def send(self, subject: str, message: StreamRequest, *,
-                   headers: dict[str, str] | None = None, hint: str = "") -> None:
+                   headers: dict[str, str] | None = None, hint: str = "",
+                   on_answered: Callable[[], None] | None = None) -> None:
         """Publish ``message`` to ``subject``; if nobody serves it, its ``reply_to`` gets
-        ``failed`` UNAVAILABLE (``hint`` says what to start)."""
+        ``failed`` UNAVAILABLE (``hint`` says what to start). ``on_answered`` is called
+        when the subject's server answers the reply subject (``Accepted``, or an error
+        reply)."""
         if self._sub is None:
             async with self._lock:
                 if self._sub is None:
@@ -80,7 +89,7 @@ class HandOff:
         token = new_id()
         trace_id = message.trace.trace_id if message.trace is not None else None
         self._pending[token] = (now + self._window_s, Unserved(
-            subject, message.request_id, message.reply_to, trace_id, hint))
+            subject, message.request_id, message.reply_to, trace_id, hint, on_answered))
         await self._nc.publish(subject, codec.encode(message), reply=f"{self._prefix}.{token}",
                                headers=headers)
 
@@ -94,9 +103,15 @@ class HandOff:
                 structlog.get_logger().debug("handoff.unsubscribe_failed", error=str(exc))
 
     async def _on_reply(self, msg: Msg) -> None:
+        token = msg.subject.rsplit(".", 1)[-1]
         if (msg.headers or {}).get("Status") != _NO_RESPONDERS:
-            return  # an error reply: the next actor also sends it to reply_to
-        entry = self._pending.pop(msg.subject.rsplit(".", 1)[-1], None)
+            # Accepted, or an error reply (the next actor also sends it to reply_to)
+            entry = self._pending.get(token)
+            if entry is not None and entry[1].on_answered is not None:
+                del self._pending[token]
+                entry[1].on_answered()
+            return
+        entry = self._pending.pop(token, None)
         if entry is None:
             return
         lost = entry[1]

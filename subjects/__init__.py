@@ -13,7 +13,7 @@ from ._base import (
     now_ms,
 )
 from ._breaker import BreakerState, BreakerTransition, breakers_bucket, stored_transition
-from ._control import Cancel
+from ._control import Accepted, Cancel
 from ._embed import Embed, Embedded, EmbedLane
 from ._errors import ERROR_HEADER, ErrorCode, ErrorReply
 from ._events import (
@@ -83,6 +83,7 @@ __all__ = (
     "FEEDBACK_COMMENT_CHARS",
     "MSG_ID_HEADER",
     "SCHEMA_VERSION",
+    "Accepted",
     "AuditEvent",
     "AuditKind",
     "AuditOutcome",

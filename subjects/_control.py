@@ -1,10 +1,11 @@
-"""Control messages that every actor instance hears (no queue group)."""
+"""Control messages: a cancel every actor instance hears (no queue group), and the
+acceptance an endpoint that takes streamed work sends to the NATS reply subject."""
 
 from __future__ import annotations
 
 from ._base import Message
 
-__all__ = ("Cancel",)
+__all__ = ("Accepted", "Cancel")
 
 
 class Cancel(Message, frozen=True, kw_only=True):
@@ -12,3 +13,19 @@ class Cancel(Message, frozen=True, kw_only=True):
 
     request_id: str
     reason: str = ""
+
+
+class Accepted(Message, frozen=True, kw_only=True, tag="accepted", tag_field="type"):
+    """The reply to a streamed request sent with a NATS reply subject (a ``Query``): an
+    actor instance took it and its events will follow on ``reply_to``.
+
+    Sent once the message decoded, its version and deadline passed and a handler slot
+    took it; a message refused before that gets an error reply instead. Either way the
+    reply subject gets exactly one answer, so a requester that waits for it learns at
+    once that nobody took its request (NATS's no-responders status) or, when nothing
+    comes within a short time, that the instance it reached is gone.
+    """
+
+    request_id: str
+    actor: str
+    instance: str

@@ -24,7 +24,15 @@ import nats.errors
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from ragbus.runtime import EventStream, RagbusError, UnavailableError, codec, decode_reply, tracing
+from ragbus.runtime import (
+    ACCEPT_WAIT_S,
+    EventStream,
+    RagbusError,
+    UnavailableError,
+    codec,
+    decode_reply,
+    tracing,
+)
 from ragbus.runtime.ingest import follow_job, job_exists
 from ragbus.subjects import (
     Cancelled,
@@ -371,7 +379,8 @@ class Session:
                               request_id=ask.request_id) as span:
                 query = msgspec.structs.replace(query, trace=span.trace)
                 async with b.client.open_stream(b.subjects.query, query,
-                                                hint="start the retriever") as ask.events:
+                                                hint="start the retriever",
+                                                accept_within=ACCEPT_WAIT_S) as ask.events:
                     async for event in ask.events:
                         self.relay(ask, event)
                         if isinstance(event, Failed):

@@ -447,7 +447,7 @@ class Retriever(Actor):
         return SearchResult(request_id=request.request_id, shard=request.shard, dense=hits(d),
                             sparse=hits(s))
 
-    @endpoint(lambda s: s.query, request=Query)
+    @endpoint(lambda s: s.query, request=Query, accept=True)
     async def query(self, request: Query, ctx: Context) -> None:
         """A question in; ``Sources`` to the client, ``Trim`` on to the context-trimmer."""
         cfg = self.config

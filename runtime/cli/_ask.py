@@ -34,7 +34,7 @@ from ragbus.subjects import (
     deadline_after,
 )
 
-from ..client import Client
+from ..client import ACCEPT_WAIT_S, Client
 from ..connection import NATS
 from ..security import connect_as
 
@@ -146,6 +146,7 @@ async def ask(nc: NATS, subjects: Subjects, query: Query, out: Console, *,
 
     async with anyio.create_task_group() as tg, Client(nc, subjects).open_stream(
             subjects.query, query, hint="start the retriever (is `ragbus up` running?)",
+            accept_within=ACCEPT_WAIT_S,
     ) as events:
         if interrupted is not None:
 

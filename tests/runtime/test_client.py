@@ -27,10 +27,11 @@ from ragbus.subjects import (
     deadline_after,
 )
 from tests.support import Echo, StreamPing, running
-from tests.support.echo import stream_subject
+from tests.support.echo import accepted_stream_subject, stream_subject
 
 S = Subjects()
 STREAM = stream_subject(S)
+ACCEPTED = accepted_stream_subject(S)
 
 
 async def cancels(nc: NATS) -> list[Cancel]:
@@ -156,3 +157,70 @@ async def test_an_actor_handing_off_to_nobody_fails_the_request_at_once(
     assert events[0].code == ErrorCode.UNAVAILABLE
     assert events[0].message == f"no actor is serving {S.prefix}.test.nobody: start nobody"
     assert relay.metrics.errors.labels("relay", "hand_off", "UNAVAILABLE")._value.get() == 1
+
+
+async def test_a_request_nobody_acknowledges_in_time_is_unavailable_and_cancelled(
+    nc: NATS,
+) -> None:
+    """NATS delivered the query to a subscriber that never answers: what a process that
+    died (or hangs) just after taking it looks like from outside. With ``accept_within``
+    the requester learns it then, not at its deadline, and the request is cancelled."""
+    taken = await nc.subscribe(S.query)  # takes every query, acknowledges none
+    await nc.flush()
+    seen = await cancels(nc)
+    request = StreamPing(reply_to=nc.new_inbox(), deadline=deadline_after(60))
+    async with Client(nc, S).open_stream(S.query, request, accept_within=0.5,
+                                         hint="start the retriever") as events:
+        got = [e async for e in events]
+    assert (await taken.next_msg(timeout=1)).reply  # it was delivered, with a reply subject
+    assert len(got) == 1
+    assert isinstance(got[0], Failed)
+    assert got[0].code == ErrorCode.UNAVAILABLE
+    assert got[0].message.startswith(f"nobody accepted the request on {S.query} within 0.5 s")
+    assert got[0].message.endswith(": start the retriever")
+    await arrived(seen)
+    assert [c.request_id for c in seen] == [request.request_id]
+
+
+async def test_an_acknowledged_request_waits_for_its_events_past_accept_within(
+    settings: Settings, nc: NATS,
+) -> None:
+    """The endpoint declares ``accept=True``: its ``Accepted`` comes before the first
+    event, so a slow first token is not mistaken for nobody taking the request."""
+    async with running(Echo(settings)):
+        request = StreamPing(tokens=2, delay_s=1.5, reply_to=nc.new_inbox(),
+                             deadline=deadline_after(30))
+        async with Client(nc, S).open_stream(ACCEPTED, request, accept_within=0.5) as events:
+            got = [e async for e in events]
+            accepted = events.accepted
+    assert [type(e) for e in got] == [Token, Token, Done]
+    assert accepted
+
+
+async def test_without_an_acknowledgement_the_first_event_must_come_within_accept_within(
+    settings: Settings, nc: NATS,
+) -> None:
+    """The same slow stream from an endpoint that does not acknowledge: ``accept_within``
+    is then a bound on its first event (which is why only ``ragbus ask`` and the bridge,
+    talking to the retriever, pass it)."""
+    async with running(Echo(settings)):
+        request = StreamPing(tokens=2, delay_s=1.5, reply_to=nc.new_inbox(),
+                             deadline=deadline_after(30))
+        async with Client(nc, S).open_stream(STREAM, request, accept_within=0.5) as events:
+            got = [e async for e in events]
+    assert len(got) == 1
+    assert isinstance(got[0], Failed)
+    assert got[0].code == ErrorCode.UNAVAILABLE
+
+
+async def test_with_no_retriever_a_query_is_unavailable_at_once_even_with_accept_within(
+    nc: NATS,
+) -> None:
+    request = StreamPing(reply_to=nc.new_inbox(), deadline=deadline_after(60))
+    async with Client(nc, S).open_stream(S.query, request, accept_within=30,
+                                         hint="start the retriever") as events:
+        got = [e async for e in events]
+    assert len(got) == 1
+    assert isinstance(got[0], Failed)
+    assert got[0].code == ErrorCode.UNAVAILABLE
+    assert got[0].message == f"no actor is serving {S.query}: start the retriever"

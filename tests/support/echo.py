@@ -24,6 +24,7 @@ class Pong(Request, frozen=True, kw_only=True):
 
 class StreamPing(StreamRequest, frozen=True, kw_only=True):
     tokens: int = 3
+    delay_s: float = 0.0  # before the first token
     sleep_s: float = 0.0
     fail_after: int | None = None
 
@@ -38,6 +39,11 @@ def echo_subject(s: Subjects) -> str:
 
 def stream_subject(s: Subjects) -> str:
     return f"{s.prefix}.test.stream"
+
+
+def accepted_stream_subject(s: Subjects) -> str:
+    """The same stream from an endpoint that acknowledges what it takes (``accept=True``)."""
+    return f"{s.prefix}.test.accepted"
 
 
 class Echo(Actor):
@@ -77,9 +83,15 @@ class Echo(Actor):
         finally:
             self.active -= 1
 
+    @endpoint(accepted_stream_subject, request=StreamPing, accept=True)
+    async def accepted_stream(self, request: StreamPing, ctx: Context) -> None:
+        await self.stream(request, ctx)
+
     @endpoint(stream_subject, request=StreamPing)
     async def stream(self, request: StreamPing, ctx: Context) -> None:
         self.started_work.set()
+        if request.delay_s:
+            await anyio.sleep(request.delay_s)
         for seq in range(request.tokens):
             if request.fail_after is not None and seq == request.fail_after:
                 raise BadRequestError("stream failed on purpose")

@@ -12,6 +12,7 @@ import msgspec
 import numpy as np
 import pytest
 from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
 
 from ragbus.actors.embedder import Embedder
 from ragbus.actors.ingestor import Ingestor
@@ -27,6 +28,7 @@ from ragbus.runtime import BadRequestError, Client, Context
 from ragbus.runtime.cli import follow_job, submit_job
 from ragbus.runtime.connection import NATS
 from ragbus.subjects import (
+    Accepted,
     CorpusVersion,
     DocChanged,
     DocDelete,
@@ -122,6 +124,37 @@ async def test_with_no_trimmer_the_query_fails_at_once_naming_it(
     assert isinstance(events[-1], Failed)
     assert events[-1].code == ErrorCode.UNAVAILABLE
     assert events[-1].message == f"no actor is serving {S.trim}: start the context-trimmer"
+
+
+async def test_a_query_sent_with_a_reply_subject_is_accepted_there_and_goes_on_as_published(
+    nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
+    """The first hop acknowledges: the reply subject gets ``Accepted`` and nothing else
+    (the events go to ``reply_to``), and the query goes on exactly as a plain publish
+    (no reply subject, as any NATS client may send it) does."""
+    async with system(nats_url, tmp_path):
+        await ingest(nc, DOCS)
+        plain, plain_trim = await ask(nc, q(nc, "why do sea otters hold hands?"))
+        query = q(nc, "why do sea otters hold hands?")
+        trims = await nc.subscribe(S.trim)
+        events = await nc.subscribe(query.reply_to)
+        inbox = nc.new_inbox()
+        replies = await nc.subscribe(inbox)
+        await nc.publish(S.query, msgspec.json.encode(query), reply=inbox)
+        accepted = msgspec.json.decode((await replies.next_msg(timeout=10)).data,
+                                       type=Accepted)
+        sources = msgspec.json.decode((await events.next_msg(timeout=10)).data, type=Sources)
+        trim = msgspec.json.decode((await trims.next_msg(timeout=10)).data, type=Trim)
+        await nc.flush()
+        with pytest.raises(NatsTimeoutError):  # one answer on the reply subject
+            await replies.next_msg(timeout=0.5)
+    assert accepted.request_id == query.request_id
+    assert accepted.actor == "retriever"
+    assert isinstance(plain, Sources)
+    assert [s.chunk_id for s in sources.sources] == [s.chunk_id for s in plain.sources]
+    assert plain_trim is not None
+    assert trim.request_id == query.request_id
+    assert [s.chunk_id for s in trim.sources] == [s.chunk_id for s in plain_trim.sources]
 
 
 async def test_query_answers_with_sources_then_hands_off_to_the_trimmer(

@@ -127,6 +127,16 @@ async def test_a_failure_prints_its_code_and_exits_1(settings: Settings, nc: NAT
         in buffer.getvalue()
 
 
+async def test_with_no_retriever_running_it_fails_unavailable_and_exits_1(nc: NATS) -> None:
+    out, buffer = console()
+    query = Query(question="anyone there?", reply_to=nc.new_inbox(),
+                  deadline=deadline_after(60))
+    code = await ask(nc, Subjects(), query, out)
+    assert code == 1
+    assert buffer.getvalue().startswith(
+        "UNAVAILABLE: no actor is serving rag.query: start the retriever")
+
+
 async def test_interrupt_publishes_cancel_and_reports_what_was_produced(
     settings: Settings, nc: NATS
 ) -> None:
