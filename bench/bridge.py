@@ -215,6 +215,10 @@ async def run(clients: int, asks: int, docs: int, mode: str = "paced",
                            for _ in range(clients)]
                 for ws in sockets:
                     await ws.recv()  # ready
+                # a client asks one question at a time on its socket: when an ask outlasts
+                # the gap to that client's next one (cold asks on a busy machine), the next
+                # waits for it, and its time counts from when it is sent
+                turns = [anyio.Lock() for _ in sockets]
 
                 ws_ttft: list[float] = []
                 direct_ttft: list[float] = []
@@ -228,7 +232,9 @@ async def run(clients: int, asks: int, docs: int, mode: str = "paced",
 
                 async def ask_ws(c: int, round_: int, record: bool) -> None:
                     nonlocal errors
-                    ttft, ok = await ws_ask(sockets[c], f"r{round_}c{c}", question(c, round_))
+                    async with turns[c]:
+                        ttft, ok = await ws_ask(sockets[c], f"r{round_}c{c}",
+                                                question(c, round_))
                     if record:
                         errors += 0 if ok and ttft is not None else 1
                         if ttft is not None:
