@@ -195,6 +195,10 @@ class EmbedderSettings(_Section, frozen=True, kw_only=True):
     query_lane: bool = True
     query_threads: PositiveInt = 1
     query_lane_max_texts: PositiveInt = 8
+    # the bulk lane's thread, and the onnxruntime threads its model starts, run this
+    # much nicer (0-19): on a busy machine a question's vector and the searches take
+    # the CPU first, so an ingest cannot stretch a query's tail; idle, it costs nothing
+    bulk_nice: Annotated[int, Meta(ge=0, le=19)] = 10
     # requests admitted at once: each only waits on a batcher, and under the kernel's
     # runtime.concurrency (64) an ingest's bulk requests would fill every slot and make
     # a query's request wait in the subscription behind them

@@ -52,7 +52,7 @@ class Embedder(Actor):
             options["concurrency"] = settings.embedder.concurrency
         super().__init__(settings, **options)
         self.config = self.settings.embedder
-        self.worker = WorkerThread("embedder")
+        self.worker = WorkerThread("embedder", nice=self.config.bulk_nice)
         self.query_worker = WorkerThread("embedder-query")
         self.model: EmbeddingModel | None = None
         self.batcher: MicroBatcher | None = None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import anyio
 import numpy as np
 import pytest
@@ -190,3 +193,30 @@ async def test_without_the_query_lane_every_request_is_bulk(nats_url: str, nc: N
         assert embedder.query_batcher is None
         assert embedder.batcher is not None
         assert embedder.batcher.texts_embedded == 1
+
+
+def _threads_by_nice() -> dict[int, int]:
+    """How many of this process's threads run at each nice value (Linux /proc)."""
+    counts: dict[int, int] = {}
+    for task in os.listdir("/proc/self/task"):
+        # field 19 of stat is the nice value; the name (field 2) may hold spaces
+        stat = Path(f"/proc/self/task/{task}/stat").read_text()
+        fields = stat.rsplit(")", 1)[1].split()
+        nice = int(fields[16])
+        counts[nice] = counts.get(nice, 0) + 1
+    return counts
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="Linux /proc")
+async def test_the_bulk_lane_and_its_onnx_threads_run_nicer_than_the_query_lane(
+    nats_url: str
+) -> None:
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    before = _threads_by_nice().get(base + 5, 0)
+    settings = make_settings(nats_url, cache=False, threads=2, query_threads=2, bulk_nice=5)
+    async with running(Embedder(settings)) as (embedder,):
+        assert embedder.query_worker.nice == 0
+        niced = _threads_by_nice().get(base + 5, 0) - before
+    # the bulk worker thread and the pool thread its 2-thread model started; the
+    # query lane's worker and its pool thread stay at the process's priority
+    assert niced == 2
