@@ -19,7 +19,6 @@ reports ``dropped`` apart from ``lost`` (accepted but not on disk).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -32,6 +31,7 @@ import anyio
 import structlog
 from nats.js.errors import NotFoundError
 
+from bench._stats import dumps
 from ragbus.actors.audit import read_entries, read_head, verify_store
 from ragbus.config import AuditSettings, NatsSettings, Settings
 from ragbus.runtime import connect
@@ -163,7 +163,7 @@ def main() -> None:
                         help="the audit settings as shipped (enqueue_timeout_ms 50): tight "
                              "producers then see events dropped, which are counted")
     args = parser.parse_args()
-    print(json.dumps(anyio.run(run, args.events, args.publishers, args.defaults)))
+    print(dumps(anyio.run(run, args.events, args.publishers, args.defaults)))
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ from nats.aio.msg import Msg
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
-from bench._stats import percentile
+from bench._stats import dumps, percentile
 from ragbus.config import (
     BridgeSettings,
     EmbedderSettings,
@@ -315,7 +315,7 @@ def main() -> None:
                              "searches and answers (the default measures warm cache hits)")
     args = parser.parse_args()
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-    print(json.dumps(anyio.run(run, args.clients, args.asks, args.docs, args.mode,
+    print(dumps(anyio.run(run, args.clients, args.asks, args.docs, args.mode,
                                args.rate, args.cold)))
 
 

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from bench._data import SCIFACT
-from bench._stats import percentile
+from bench._stats import dumps, percentile
 from ragbus.actors.ingestor import chunk_text, read_file
 from ragbus.actors.retriever.store import EdgeStore, Record, build_command
 from ragbus.runtime.text import BM25Encoder
@@ -165,7 +165,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--points", type=int, default=13_088)
     args = parser.parse_args()
-    print(json.dumps(run(args.points)))
+    print(dumps(run(args.points)))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ actor base adds (task per message, deadline, in-flight registry, metrics).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
@@ -18,7 +17,7 @@ import anyio
 import msgspec
 import structlog
 
-from bench._stats import percentile
+from bench._stats import dumps, percentile
 from ragbus.config import NatsSettings, RuntimeSettings, Settings
 from ragbus.runtime import Actor, Context, connect, endpoint
 from ragbus.runtime.cli import EmbeddedNats
@@ -123,7 +122,7 @@ def main() -> None:
     parser.add_argument("--inflight", type=int, default=64)
     args = parser.parse_args()
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-    print(json.dumps(anyio.run(run, args.requests, args.inflight)))
+    print(dumps(anyio.run(run, args.requests, args.inflight)))
 
 
 if __name__ == "__main__":

@@ -11,11 +11,11 @@ prints one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from typing import Any
 
 from bench._data import SCIFACT
+from bench._stats import dumps
 from ragbus.actors.ingestor import chunk_text, read_file
 
 
@@ -32,7 +32,7 @@ def run(n_docs: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--docs", type=int, default=1000)
-    print(json.dumps(run(parser.parse_args().docs)))
+    print(dumps(run(parser.parse_args().docs)))
 
 
 if __name__ == "__main__":

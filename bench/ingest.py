@@ -37,7 +37,7 @@ import msgspec
 import structlog
 
 from bench._data import SCIFACT
-from bench._stats import percentile
+from bench._stats import dumps, percentile
 from ragbus.actors.embedder import Embedder, EmbeddingModel
 from ragbus.actors.ingestor import ChunkingConfig, Ingestor, chunk_text, embedded_text, read_file
 from ragbus.actors.retriever import Retriever
@@ -252,7 +252,7 @@ def main() -> None:
     args = parser.parse_args()
     if not args.corpus.is_file():
         raise SystemExit(f"corpus not found: {args.corpus} (see shared/data/beir-scifact)")
-    print(json.dumps(anyio.run(run, args.docs, args.corpus, args.with_queries)))
+    print(dumps(anyio.run(run, args.docs, args.corpus, args.with_queries)))
 
 
 if __name__ == "__main__":

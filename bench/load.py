@@ -50,7 +50,7 @@ from nats.aio.msg import Msg
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
-from bench._stats import percentile
+from bench._stats import dumps, percentile
 from bench.bridge import corpus, running, settings_for
 from bench.stream import _serve_fake
 from ragbus.config import ProviderSettings, RouterSettings
@@ -303,7 +303,7 @@ def main() -> None:
     parser.add_argument("--cold", action="store_true", help="every cache off")
     args = parser.parse_args()
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-    print(json.dumps(anyio.run(run, args.scale, args.tokens, args.pace_ms, args.bridge_share,
+    print(dumps(anyio.run(run, args.scale, args.tokens, args.pace_ms, args.bridge_share,
                                args.cold)))
 
 

@@ -52,7 +52,7 @@ import structlog
 from msgspec.structs import replace
 
 from bench._data import SCIFACT
-from bench._stats import percentile
+from bench._stats import dumps, percentile
 from bench._support import BM25Judge, Case, support
 from ragbus.actors.embedder import Embedder, EmbeddingModel, text_key
 from ragbus.actors.ingestor import Ingestor
@@ -401,7 +401,7 @@ def main() -> None:
     if not (args.data / "corpus.jsonl").is_file():
         raise SystemExit(f"no BEIR set (corpus.jsonl, queries.jsonl, qrels/test.tsv) in "
                          f"{args.data}")
-    print(json.dumps(anyio.run(run, args.data, args.queries, args.whole_docs, args.warm,
+    print(dumps(anyio.run(run, args.data, args.queries, args.whole_docs, args.warm,
                                not args.no_compression)))
 
 

@@ -79,7 +79,7 @@ from msgspec.structs import replace
 
 from bench._data import SCIFACT
 from bench._processes import serve_actors
-from bench._stats import percentile
+from bench._stats import dumps, percentile
 from ragbus.actors.embedder import Embedder
 from ragbus.actors.ingestor import chunk_text, read_file
 from ragbus.actors.retriever import Retriever, collapse, fuse, to_sources
@@ -509,7 +509,7 @@ def main() -> None:
     args = parser.parse_args()
     if not (DATA / "corpus.jsonl").is_file():
         raise SystemExit(f"BEIR SciFact not found in {DATA}")
-    print(json.dumps(anyio.run(run, args.chunks, args.queries, args.embedder_threads)))
+    print(dumps(anyio.run(run, args.chunks, args.queries, args.embedder_threads)))
 
 
 if __name__ == "__main__":

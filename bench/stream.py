@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import multiprocessing
 import os
 import sys
@@ -56,7 +55,7 @@ import structlog
 from nats.aio.subscription import Subscription
 
 from bench._processes import serve_actors
-from bench._stats import percentile
+from bench._stats import dumps, percentile
 from ragbus.actors.router import Pool, Prompts, provider_transports
 from ragbus.config import (
     IngestorSettings,
@@ -489,7 +488,7 @@ def main() -> None:
                         help="run the router in this process instead of its own")
     args = parser.parse_args()
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-    print(json.dumps(anyio.run(run, args.rounds, args.pace_ms, args.in_process)))
+    print(dumps(anyio.run(run, args.rounds, args.pace_ms, args.in_process)))
 
 
 if __name__ == "__main__":
