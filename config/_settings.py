@@ -284,6 +284,12 @@ class RetrieverSettings(_Section, frozen=True, kw_only=True):
     max_top_k: PositiveInt = 100
     cache: bool = True
     cache_ttl_s: Positive = 24 * 3600.0
+    # admission at the first hop (runtime/admission.py): queries in flight adapt to keep
+    # a query's retrieval (arrival to hand-off) near this; one over the limit is refused
+    # at once with OVERLOADED and retry_after_s. None: no adaptive limit. The floor is
+    # always admitted, whatever the latency
+    query_latency_target_ms: Positive | None = 250.0
+    query_min_inflight: PositiveInt = 8
 
     def __post_init__(self) -> None:
         if self.backend == "server" and not self.url:

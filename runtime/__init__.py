@@ -10,6 +10,7 @@ from . import codec, tracing
 from ._discovery import discover, wait_for_instances
 from ._percentile import percentile
 from .actor import Actor, ActorOptions, Context, Durable, EndpointSpec, endpoint
+from .admission import AdaptiveLimit
 from .audit import AuditPublisher, ensure_audit_stream
 from .client import ACCEPT_WAIT_S, Client, EventStream, decode_reply
 from .connection import connect
@@ -47,6 +48,7 @@ __all__ = (
     "ACCEPT_WAIT_S",
     "Actor",
     "ActorOptions",
+    "AdaptiveLimit",
     "AuditPublisher",
     "BadRequestError",
     "Client",

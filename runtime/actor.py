@@ -65,6 +65,7 @@ from ragbus.subjects import (
 from . import codec, tracing
 from ._discovery import Discovery, EndpointCounters
 from ._inflight import InFlight, Work
+from .admission import AdaptiveLimit
 from .audit import AuditFields, AuditPublisher, config_summary
 from .errors import (
     BadRequestError,
@@ -120,6 +121,7 @@ class EndpointSpec:
     method: str
     durable: Callable[[Any], Durable] | None = None
     accept: bool = False
+    limit: Callable[[Any], AdaptiveLimit | None] | None = None
 
 
 def endpoint(
@@ -130,6 +132,7 @@ def endpoint(
     queue: bool = True,
     durable: Callable[[Any], Durable] | None = None,
     accept: bool = False,
+    limit: Callable[[Any], AdaptiveLimit | None] | None = None,
 ) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
     """Declare a handler ``async def h(self, request, ctx) -> reply | None``.
 
@@ -141,12 +144,15 @@ def endpoint(
     subject gets :class:`~ragbus.subjects.Accepted` there as soon as its handler starts,
     and nothing else there afterwards (its events go to ``reply_to``); a refused one gets
     its error reply. Sent without a reply subject, nothing changes.
+    ``limit``, given the actor, is the endpoint's :class:`AdaptiveLimit` (or None): a
+    first hop's queries in flight, beyond which a message is refused with ``OVERLOADED``
+    at once (core subscriptions only).
     """
 
     def mark(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         fn.__ragbus_endpoint__ = EndpointSpec(  # type: ignore[attr-defined]
             name=name or fn.__name__, subject=subject, request=request, queue=queue,
-            method=fn.__name__, durable=durable, accept=accept,
+            method=fn.__name__, durable=durable, accept=accept, limit=limit,
         )
         return fn
 
@@ -439,20 +445,25 @@ class Actor:
         """
         return [(spec.subject(self.subjects), self.name if spec.queue else "")]
 
-    def _route(self, spec: EndpointSpec, subject: str, queue: str) -> _Route:
+    def _route(self, spec: EndpointSpec, subject: str, queue: str,
+               adaptive: AdaptiveLimit | None = None) -> _Route:
         counters = EndpointCounters(spec.name, subject, queue)
         self._counters[f"{spec.name} {subject}"] = counters
         # label lookups take a lock; resolve each series once, not per message
         return _Route(counters, self.metrics.messages.labels(self.name, spec.name),
-                      self.metrics.latency.labels(self.name, spec.name))
+                      self.metrics.latency.labels(self.name, spec.name), adaptive,
+                      None if adaptive is None else
+                      self.metrics.admission_limit.labels(self.name, spec.name))
 
     async def _subscribe(self) -> list[Subscription]:
         subs: list[Subscription] = []
         for spec in self._endpoints:
             if spec.durable is not None:
                 continue  # consumed from JetStream by _consume
+            # one limit per endpoint, shared by its subjects: it measures this process
+            adaptive = spec.limit(self) if spec.limit is not None else None
             for subject, queue in self.routes(spec):
-                route = self._route(spec, subject, queue)
+                route = self._route(spec, subject, queue, adaptive)
 
                 async def on_msg(msg: Msg, spec: EndpointSpec = spec,
                                  route: _Route = route) -> None:
@@ -476,6 +487,14 @@ class Actor:
                 spec)
             return
         received = time.perf_counter_ns()
+        adaptive = route.adaptive
+        if adaptive is not None and not adaptive.try_acquire():
+            retry_s = adaptive.retry_after_s()
+            await self._shed(spec, msg, OverloadedError(
+                f"{self.name} is at its limit of {int(adaptive.limit)} {spec.name} requests "
+                f"in flight (they take over {adaptive.target_s:g} s now); retry later or "
+                "elsewhere", details={"retry_after_s": retry_s}))
+            return
         if self._slots.value > 0:
             self._slots.acquire_nowait()
             self._tg.start_soon(self._handle, spec, msg, route, received, None)
@@ -483,7 +502,11 @@ class Actor:
         limit = self.settings.runtime.max_queue_wait_s
         wait_s = (self._queued + 1) * self._service_s / self.concurrency
         if limit is not None and wait_s > limit:
-            await self._shed(spec, msg, wait_s)
+            if adaptive is not None:
+                adaptive.forget()
+            await self._shed(spec, msg, OverloadedError(
+                f"{self.name} is over capacity (about {wait_s:.1f} s of work queued); retry "
+                "later or elsewhere", details={"retry_after_s": round(max(wait_s, 0.1), 2)}))
             return
         self._queued += 1
         self._tg.start_soon(self._queue_then_handle, spec, msg, route, received)
@@ -496,7 +519,7 @@ class Actor:
             self._queued -= 1
         await self._handle(spec, msg, route, received, None)
 
-    async def _shed(self, spec: EndpointSpec, msg: Msg, wait_s: float) -> None:
+    async def _shed(self, spec: EndpointSpec, msg: Msg, err: OverloadedError) -> None:
         """Refuse a message admission will not queue, to whoever awaits its outcome: its
         reply subject, and a stream request's ``reply_to`` (read without decoding the
         rest; a message too broken to read is refused on its reply subject only)."""
@@ -504,9 +527,6 @@ class Actor:
             envelope = _ENVELOPE.decode(msg.data)
         except (msgspec.DecodeError, msgspec.ValidationError):
             envelope = _Envelope()
-        err = OverloadedError(
-            f"{self.name} is over capacity (about {wait_s:.1f} s of work queued); retry "
-            "later or elsewhere", details={"retry_after_s": round(max(wait_s, 0.1), 2)})
         await self._reply_error(msg.reply, err, envelope.request_id, envelope.reply_to, spec)
 
     async def _consume_all(self, *,
@@ -650,6 +670,9 @@ class Actor:
         finally:
             elapsed = time.perf_counter_ns() - received_ns
             route.latency.observe(elapsed / 1e9)
+            if route.adaptive is not None and durable is None:
+                route.adaptive.release(elapsed / 1e9)
+                route.limit_gauge.set(route.adaptive.limit)
             self._inflight_gauge.dec()
             route.counters.record(elapsed, error)
             if durable is None:
@@ -856,6 +879,8 @@ class _Route:
     counters: EndpointCounters
     messages: Any
     latency: Any
+    adaptive: AdaptiveLimit | None = None
+    limit_gauge: Any = None
 
 
 class _Outcome:

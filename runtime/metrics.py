@@ -83,6 +83,9 @@ class Metrics:
                                  ["actor", "endpoint"], buckets=_BUCKETS, registry=r)
         self.inflight = Gauge("ragbus_inflight", "Requests being handled", ["actor"],
                               registry=r)
+        self.admission_limit = Gauge(
+            "ragbus_admission_limit", "A first hop's adaptive limit of requests in flight",
+            ["actor", "endpoint"], registry=r)
         self.restarts = Counter("ragbus_actor_restarts", "Actor restarts by the supervisor",
                                 ["actor"], registry=r)
         self._connections = _Connections()

@@ -20,6 +20,7 @@ from ragbus.config import IN_MEMORY, Settings
 from ragbus.runtime import (
     Actor,
     ActorOptions,
+    AdaptiveLimit,
     BadRequestError,
     Client,
     Context,
@@ -90,6 +91,11 @@ class Retriever(Actor):
         super().__init__(settings, **options)
         self.config = self.settings.retriever
         self.worker = WorkerThread("retriever")
+        cfg = self.config
+        #: queries in flight at this first hop (None: admission by slots only)
+        self.query_limit = None if cfg.query_latency_target_ms is None else AdaptiveLimit(
+            cfg.query_latency_target_ms / 1000, minimum=cfg.query_min_inflight,
+            maximum=max(cfg.query_min_inflight, self.concurrency))
         self.stores: dict[str, VectorStore] = {}
         self._last_write: dict[str, float] = {}
         # writes to a shard wait while a build copies its files
@@ -447,7 +453,7 @@ class Retriever(Actor):
         return SearchResult(request_id=request.request_id, shard=request.shard, dense=hits(d),
                             sparse=hits(s))
 
-    @endpoint(lambda s: s.query, request=Query, accept=True)
+    @endpoint(lambda s: s.query, request=Query, accept=True, limit=lambda a: a.query_limit)
     async def query(self, request: Query, ctx: Context) -> None:
         """A question in; ``Sources`` to the client, ``Trim`` on to the context-trimmer."""
         cfg = self.config

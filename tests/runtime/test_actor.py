@@ -10,8 +10,10 @@ import pytest
 
 from ragbus.config import NatsSettings, RuntimeSettings, Settings
 from ragbus.runtime import (
+    AdaptiveLimit,
     BadRequestError,
     Client,
+    Context,
     DeadlineExceededError,
     InternalError,
     OverloadedError,
@@ -19,6 +21,7 @@ from ragbus.runtime import (
     TooLargeError,
     UnavailableError,
     UnsupportedVersionError,
+    endpoint,
 )
 from ragbus.runtime.connection import NATS
 from ragbus.subjects import ERROR_HEADER, Done, Failed, Subjects, Token, deadline_after, now_ms
@@ -159,6 +162,50 @@ async def test_over_capacity_a_request_is_refused_at_once_instead_of_queued(
     assert failed["type"] == "failed"
     assert failed["code"] == "OVERLOADED"
     assert failed["request_id"] == "s1"
+
+
+class Limited(Echo):
+    """Echo whose ping endpoint is a first hop with an adaptive limit of exactly two."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.limit = AdaptiveLimit(0.05, minimum=2, maximum=2)
+
+    @endpoint(lambda s: f"{s.prefix}.test.limited", request=Ping,
+              limit=lambda actor: actor.limit)
+    async def limited(self, request: Ping, ctx: Context) -> Pong:
+        return await self.ping(request, ctx)
+
+
+async def test_a_first_hop_over_its_adaptive_limit_refuses_at_once_with_a_retry_hint(
+    nats_url: str, nc: NATS
+) -> None:
+    """Slots to spare, but two in flight is the limit: of five slow requests at once, two
+    are answered and three refused with OVERLOADED; once they end there is room again."""
+    settings = Settings(nats=NatsSettings(url=nats_url))
+    client = Client(nc)
+    subject = f"{Subjects().prefix}.test.limited"
+    async with running(Limited(settings)) as (actor,):
+        answered: list[Pong] = []
+        refused: list[OverloadedError] = []
+
+        async def one(i: int) -> None:
+            try:
+                answered.append(await client.request(subject, Ping(text=str(i), sleep_s=0.5),
+                                                     Pong, timeout=10))
+            except OverloadedError as exc:
+                refused.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(5):
+                tg.start_soon(one, i)
+        assert len(answered) == 2
+        assert len(refused) == 3
+        assert all("limit of 2" in exc.message for exc in refused)
+        assert all(exc.details["retry_after_s"] >= 0.1 for exc in refused)
+        assert actor.limit.inflight == 0
+        again = await client.request(subject, Ping(text="again"), Pong, timeout=10)
+    assert again.text == "again"
 
 
 async def test_with_no_queue_limit_every_request_waits_its_turn(nats_url: str, nc: NATS) -> None:
