@@ -1,8 +1,11 @@
 """The seeds' load targets: whole queries at open-loop rates, phase by phase.
 
-The whole query path runs as ``ragbus up`` runs it (every actor in this process,
+The whole query path runs as ``ragbus up`` runs it (every actor in one process,
 on an embedded nats-server, defaults except where said): embedder, retriever,
-ingestor, context-trimmer, router and the bridge. The router's provider is the
+ingestor, context-trimmer, router and the bridge, in a child process, so the
+clients (this process) never share the actors' event loop; ``--layout
+per-actor`` runs each actor in a process of its own instead, as ``ragbus actor
+NAME`` and the compose file deploy them. The router's provider is the
 loopback fake OpenAI server in a process of its own (a provider is another
 machine), streaming ``--tokens`` tokens (100) ``--pace-ms`` (5) apart: a
 realistic LLM, not the extractive shortcut. The corpus is bench.bridge's
@@ -36,9 +39,11 @@ import argparse
 import json
 import multiprocessing
 import os
+import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from queue import Queue
 from typing import Any
@@ -50,11 +55,13 @@ from nats.aio.msg import Msg
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
+from bench._processes import serve_actors
 from bench._stats import dumps, percentile
-from bench.bridge import corpus, running, settings_for
+from bench.bridge import corpus, settings_for
 from bench.stream import _serve_fake
-from ragbus.config import ProviderSettings, RouterSettings
-from ragbus.runtime import codec, connect
+from ragbus.actors.bridge import page_url, ws_url
+from ragbus.config import ProviderSettings, RouterSettings, Settings
+from ragbus.runtime import codec, connect, wait_for_instances
 from ragbus.runtime.cli import EmbeddedNats, follow_job, submit_job
 from ragbus.runtime.connection import NATS
 from ragbus.subjects import (
@@ -62,6 +69,7 @@ from ragbus.subjects import (
     Done,
     Failed,
     IngestRequest,
+    InlineDocument,
     JobState,
     Query,
     QueryEvent,
@@ -225,15 +233,19 @@ async def _phase(rate: int, seconds: float, questions: list[str], nats: NatsAske
     return outcomes
 
 
-async def run(scale: float, tokens: int, pace_ms: float, bridge_share: float,
-              cold: bool) -> dict[str, Any]:
-    from ragbus.actors.bridge import Bridge
-    from ragbus.actors.embedder import Embedder
-    from ragbus.actors.ingestor import Ingestor
-    from ragbus.actors.retriever import Retriever
-    from ragbus.actors.router import Router
-    from ragbus.actors.trimmer import ContextTrimmer
+#: the actors, as ``ragbus up`` starts them (the audit-logger aside: no phase reads it)
+ACTORS = ("embedder", "retriever", "ingestor", "context-trimmer", "router", "bridge")
+LAYOUTS = ("one-process", "per-actor")
 
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def run(scale: float, tokens: int, pace_ms: float, bridge_share: float,
+              cold: bool, layout: str) -> dict[str, Any]:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
     spawn = multiprocessing.get_context("spawn")
     ports: Queue[int] = spawn.Queue()  # type: ignore[assignment]
@@ -244,51 +256,83 @@ async def run(scale: float, tokens: int, pace_ms: float, bridge_share: float,
     port = ports.get(timeout=60)
     documents, questions = corpus(200)
     results: dict[str, Any] = {}
+    hosts: list[BaseProcess] = []
     try:
         with tempfile.TemporaryDirectory(prefix="ragbus-load-") as tmp:
             async with EmbeddedNats() as server:
                 base = settings_for(server.url, Path(tmp), caches=not cold)
-                settings = replace(base, router=RouterSettings(
-                    providers=[ProviderSettings(name="llm", base_url=f"http://127.0.0.1:{port}",
-                                                model="fake", max_tokens=tokens * 2)],
-                    answer_cache=not cold))
-                bridge = Bridge(settings)
-                actors = (Embedder(settings), Retriever(settings), Ingestor(settings),
-                          ContextTrimmer(settings), Router(settings), bridge)
-                async with running(*actors):
-                    nc = await connect(settings.nats, name="bench-load")
-                    request = IngestRequest(documents=documents)
-                    await submit_job(nc, request)
-                    final = [p async for p in follow_job(nc, request.job_id, timeout_s=300)][-1]
-                    if final.state != JobState.SUCCEEDED:
-                        raise SystemExit(f"ingestion failed: {final.message}")
-                    nats = NatsAsker(nc, Subjects(settings.subject_prefix))
-                    await nats.start()
-                    sockets = [await ws_connect(bridge.ws_url, max_size=None, compression=None)
-                               for _ in range(SOCKETS)]
-                    for ws in sockets:
-                        await ws.recv()  # ready
-                    asker = BridgeAsker(sockets)
-                    async with anyio.create_task_group() as readers:
-                        for ws in sockets:
-                            readers.start_soon(asker.read, ws)
-                        for i, q in enumerate(questions[:20]):  # warm both paths
-                            await (asker if i % 2 else nats).ask(q, time.perf_counter())
-                        for name, rate, seconds in PHASES:
-                            outcomes = await _phase(rate, seconds * scale, questions, nats,
-                                                    asker, bridge_share)
-                            results[name] = _summary(rate, outcomes)
-                            await anyio.sleep(2)  # the next phase starts from quiet
-                        for ws in sockets:
-                            await ws.close()
-                        readers.cancel_scope.cancel()
-                    await nc.close()
+                settings = replace(
+                    base,
+                    router=RouterSettings(
+                        providers=[ProviderSettings(name="llm",
+                                                    base_url=f"http://127.0.0.1:{port}",
+                                                    model="fake", max_tokens=tokens * 2)],
+                        answer_cache=not cold),
+                    bridge=replace(base.bridge, port=_free_port(), uploads=False))
+                # the actors never share this process's loop with the clients: a client
+                # is another machine, and 10,000 req/min of 100-token answers is ~17k
+                # events/s arriving at the clients alone
+                groups = [ACTORS] if layout == "one-process" else [(a,) for a in ACTORS]
+                hosts = [spawn.Process(target=serve_actors, args=(settings, names),
+                                       daemon=True) for names in groups]
+                for host in hosts:
+                    host.start()
+                try:
+                    results = await _measure(settings, documents, questions, scale,
+                                             bridge_share)
+                finally:  # before the server goes, or the actors log its loss
+                    _stop(hosts)
     finally:
+        _stop(hosts)
         fake.terminate()
         fake.join(10)
     return {**results, "tokens": tokens, "pace_ms": pace_ms, "bridge_share": bridge_share,
             "scale": scale, "caches": "off" if cold else "on (as shipped)",
-            "cores": os.cpu_count()}
+            "layout": layout, "actor_processes": len(hosts), "cores": os.cpu_count()}
+
+
+def _stop(hosts: list[BaseProcess]) -> None:
+    for host in hosts:
+        if host.is_alive():
+            host.terminate()
+    for host in hosts:
+        host.join(15)
+
+
+async def _measure(settings: Settings, documents: list[InlineDocument], questions: list[str],
+                   scale: float, bridge_share: float) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    nc = await connect(settings.nats, name="bench-load")
+    for name in ACTORS:  # models loaded, stores open: no phase measures a start
+        await wait_for_instances(nc, name, 1, timeout_s=180)
+    request = IngestRequest(documents=documents)
+    await submit_job(nc, request)
+    final = [p async for p in follow_job(nc, request.job_id, timeout_s=300)][-1]
+    if final.state != JobState.SUCCEEDED:
+        raise SystemExit(f"ingestion failed: {final.message}")
+    nats = NatsAsker(nc, Subjects(settings.subject_prefix))
+    await nats.start()
+    page = page_url(settings.bridge)
+    sockets = [await ws_connect(ws_url(page), max_size=None, compression=None)
+               for _ in range(SOCKETS)]
+    for ws in sockets:
+        await ws.recv()  # ready
+    asker = BridgeAsker(sockets)
+    async with anyio.create_task_group() as readers:
+        for ws in sockets:
+            readers.start_soon(asker.read, ws)
+        for i, q in enumerate(questions[:20]):  # warm both paths
+            await (asker if i % 2 else nats).ask(q, time.perf_counter())
+        for name, rate, seconds in PHASES:
+            outcomes = await _phase(rate, seconds * scale, questions, nats,
+                                    asker, bridge_share)
+            results[name] = _summary(rate, outcomes)
+            await anyio.sleep(2)  # the next phase starts from quiet
+        for ws in sockets:
+            await ws.close()
+        readers.cancel_scope.cancel()
+    await nc.close()
+    return results
 
 
 def main() -> None:
@@ -301,10 +345,13 @@ def main() -> None:
     parser.add_argument("--bridge-share", type=float, default=0.2,
                         help="share of queries sent through the bridge's WebSocket")
     parser.add_argument("--cold", action="store_true", help="every cache off")
+    parser.add_argument("--layout", choices=LAYOUTS, default="one-process",
+                        help="the actors in one process, as `ragbus up` runs them, or one "
+                             "process each, as `ragbus actor NAME` and compose run them")
     args = parser.parse_args()
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     print(dumps(anyio.run(run, args.scale, args.tokens, args.pace_ms, args.bridge_share,
-                               args.cold)))
+                               args.cold, args.layout)))
 
 
 if __name__ == "__main__":
