@@ -15,9 +15,11 @@ the same documents indexed and nothing ingesting (``query_p99_quiet_ms``, after
 any index build that follows the ingest), each timed to ``done`` from its
 scheduled send.
 ``queries_without_sources`` counts queries that failed, missed a shard, got no
-hit or took over 10 s. ``ratio`` is then the ingest's rate *with* those queries
-running against ``raw`` with nothing else running (``raw_runs_queries: false``):
-what the ingest keeps of the machine's embedding rate while it serves queries.
+hit or took over 10 s; ``failed_codes_during_ingest``/``_quiet`` say why those
+that failed did (``OVERLOADED``: refused at once by the retriever's admission).
+``ratio`` is then the ingest's rate *with* those queries running against
+``raw`` with nothing else running (``raw_runs_queries: false``): what the ingest
+keeps of the machine's embedding rate while it serves queries.
 
     python -m bench.ingest [--docs N] [--corpus PATH] [--with-queries]
 """
@@ -74,6 +76,8 @@ class QueryLoad:
         self._decoder: msgspec.json.Decoder[QueryEvent] = msgspec.json.Decoder(QueryEvent)
         self.latencies_ms: list[float] = []
         self.without_sources = 0
+        #: why queries failed, by error code (OVERLOADED: refused by admission at once)
+        self.failed_codes: dict[str, int] = {}
 
     async def run(self, until: anyio.Event | float) -> None:
         """Ask until ``until`` is set (an event) or for that many seconds (a float)."""
@@ -102,6 +106,8 @@ class QueryLoad:
                 while True:
                     event = self._decoder.decode((await sub.next_msg(timeout=None)).data)
                     if isinstance(event, Failed):
+                        code = event.code.value
+                        self.failed_codes[code] = self.failed_codes.get(code, 0) + 1
                         break
                     if isinstance(event, Sources):
                         ok = bool(event.sources) and not event.missing_shards
@@ -227,6 +233,8 @@ async def run(docs: int, corpus: Path, with_queries: bool = False) -> dict[str, 
             "query_p50_quiet_ms": round(percentile(quiet.latencies_ms, 50), 2),
             "query_p99_quiet_ms": round(percentile(quiet.latencies_ms, 99), 2),
             "queries_without_sources": during.without_sources + quiet.without_sources,
+            "failed_codes_during_ingest": during.failed_codes,
+            "failed_codes_quiet": quiet.failed_codes,
         }
     return {
         "docs": first.docs_done,

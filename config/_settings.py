@@ -289,7 +289,7 @@ class RetrieverSettings(_Section, frozen=True, kw_only=True):
     # at once with OVERLOADED and retry_after_s. None: no adaptive limit. The floor is
     # always admitted, whatever the latency
     query_latency_target_ms: Positive | None = 250.0
-    query_min_inflight: PositiveInt = 8
+    query_min_inflight: PositiveInt = 16
 
     def __post_init__(self) -> None:
         if self.backend == "server" and not self.url:
