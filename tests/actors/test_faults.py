@@ -12,12 +12,15 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
+import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
+import msgspec
 import pytest
 from anyio.abc import Process
 
@@ -33,8 +36,8 @@ from ragbus.config import (
     RuntimeSettings,
     Settings,
 )
-from ragbus.runtime import ACCEPT_WAIT_S, Client, wait_for_instances
-from ragbus.runtime.cli import follow_job, submit_job
+from ragbus.runtime import ACCEPT_WAIT_S, Client, connect, wait_for_instances
+from ragbus.runtime.cli import EmbeddedNats, follow_job, submit_job
 from ragbus.runtime.cli._status import breaker_states
 from ragbus.runtime.connection import NATS
 from ragbus.subjects import (
@@ -51,7 +54,7 @@ from ragbus.subjects import (
     Subjects,
 )
 from tests.actors.router._fixtures import ask as generate_events
-from tests.actors.router._fixtures import generate
+from tests.actors.router._fixtures import generate, openai, with_router
 from tests.support import running
 from tests.support.cli import RAGBUS
 from tests.support.fake_openai import Behaviour, FakeOpenAI
@@ -240,3 +243,59 @@ async def test_streams_of_a_killed_router_process_end_by_their_deadline_and_it_s
         assert event.code == ErrorCode.DEADLINE_EXCEEDED
     assert isinstance(served, Done), served
     assert served.provider == "local"
+
+
+def _stuck_subscriber(url: str) -> socket.socket:
+    """A NATS client that subscribes to everything and then never reads: a real socket
+    with a small receive buffer, so the server's writes to it back up at once."""
+    host, port = url.removeprefix("nats://").rsplit(":", 1)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, int(port)))
+    sock.settimeout(5)
+    sock.recv(4096)  # INFO
+    sock.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\nSUB > 1\r\nPING\r\n')
+    assert b"PONG" in sock.recv(4096)  # subscribed; from here on nothing is read
+    return sock
+
+
+def _slow_consumers(monitor_url: str) -> int:
+    with urllib.request.urlopen(f"{monitor_url}/varz", timeout=5) as r:
+        return int(json.load(r)["slow_consumers"])
+
+
+async def test_a_subscriber_that_never_reads_is_cut_off_by_nats_and_no_actor_stalls(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Issue #19's "one NATS subscriber that is a slow consumer": it takes every message on
+    the bus and reads none. Publishing never waits for it (the server buffers per client
+    and cuts it off once a write has waited ``write_deadline``), so the router keeps
+    streaming every answer in full to the requesters that do read."""
+    include = tmp_path / "slow.conf"
+    include.write_text('write_deadline: "1s"\n')
+    tokens = tuple(f"w{i:04d} " + "lorem ipsum dolor sit amet " * 3 for i in range(500))
+    async with EmbeddedNats(include=include, monitor=True) as server, \
+            FakeOpenAI(Behaviour(tokens=tokens)) as fake:
+        s = with_router(msgspec.structs.replace(
+            settings, nats=msgspec.structs.replace(settings.nats, url=server.url)),
+            [openai("llm", fake.base_url)], answer_cache=False)
+        nc = await connect(s.nats, name="requester")
+        stuck = _stuck_subscriber(server.url)
+        try:
+            async with running(Router(s)):
+                answers: list[QueryEvent] = []
+                with anyio.fail_after(120):
+                    while not await anyio.to_thread.run_sync(_slow_consumers,
+                                                             server.monitor_url):
+                        answers.append((await generate_events(nc, generate(nc),
+                                                              timeout=30))[-1])
+                    for _ in range(3):  # and after it was cut off
+                        answers.append((await generate_events(nc, generate(nc),
+                                                              timeout=30))[-1])
+        finally:
+            stuck.close()
+            await nc.close()
+    assert len(answers) > 3
+    for event in answers:
+        assert isinstance(event, Done), event
+        assert event.text_length == len("".join(tokens))
