@@ -215,14 +215,27 @@ async def run(rate: float, gap_s: float, nodes: int, tokens: int,
                 await submit_job(nc, job)
                 final = [p async for p in follow_job(nc, job.job_id, timeout_s=300)][-1]
                 assert final.state == JobState.SUCCEEDED, final
-                return await _chaos(nc, parents, local, questions, rate=rate, gap_s=gap_s,
-                                    timeout_s=timeout_s)
+                result = await _chaos(nc, parents, local, questions, rate=rate, gap_s=gap_s,
+                                      timeout_s=timeout_s)
             finally:
                 for proc in parents.values():
                     proc.send_signal(signal.SIGTERM)
                 for proc in parents.values():
                     await anyio.to_thread.run_sync(proc.wait)
                 await nc.close()
+        result["restart_delays_s"] = _restart_delays(root / "logs")
+        return result
+
+
+def _restart_delays(logs: Path) -> dict[str, list[float]]:
+    """What each parent logged it waited before restarting a dead replica: the rest of
+    ``restart_to_serving_s`` is the new process starting."""
+    delays: dict[str, list[float]] = {}
+    for name in ACTORS:
+        for line in (logs / f"{name}.log").read_text().splitlines():
+            if '"replica.died"' in line:
+                delays.setdefault(name, []).append(json.loads(line)["restart_in_s"])
+    return delays
 
 
 async def connect_to(url: str) -> NATS:
