@@ -56,15 +56,11 @@ from ragbus.subjects import (
 from tests.actors.router._fixtures import ask as generate_events
 from tests.actors.router._fixtures import generate, openai, with_router
 from tests.support import running
-from tests.support.cli import RAGBUS
+from tests.support.cli import RAGBUS, children
 from tests.support.fake_openai import Behaviour, FakeOpenAI
 
 S = Subjects()
 TERMINAL = (Done, Failed, Cancelled)
-
-
-def _children(pid: int) -> set[int]:
-    return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
 
 
 @asynccontextmanager
@@ -126,7 +122,7 @@ async def test_a_killed_retriever_process_is_restarted_and_no_query_hangs(
         await submit_job(nc, job)
         assert [p async for p in follow_job(nc, job.job_id, timeout_s=60)][-1].state \
             == JobState.SUCCEEDED
-        (child,) = _children(proc.pid)
+        (child,) = children(proc.pid)
         async with anyio.create_task_group() as load:
             for _ in range(10):  # queries in flight when it dies
                 load.start_soon(one)
@@ -219,7 +215,7 @@ async def test_streams_of_a_killed_router_process_end_by_their_deadline_and_it_s
         router_config(tmp_path / "ragbus.toml", local=local.base_url, cloud=cloud.base_url)
         async with supervised("router", env, tmp_path) as proc:
             first = await wait_for_instances(nc, "router", 1, timeout_s=60)
-            (child,) = _children(proc.pid)
+            (child,) = children(proc.pid)
             outcomes: list[QueryEvent] = []
 
             async def one() -> None:

@@ -17,12 +17,8 @@ from ragbus.runtime import configure_logging, discover, wait_for_instances
 from ragbus.runtime.cli import main
 from ragbus.runtime.cli._replicas import _Replicas
 from ragbus.runtime.connection import NATS
-from tests.support.cli import RAGBUS
+from tests.support.cli import RAGBUS, children
 from tests.support.ports import free_port
-
-
-def _children(pid: int) -> set[int]:
-    return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
 
 
 async def test_replicas_run_restart_when_killed_and_drain_on_one_signal(
@@ -34,7 +30,7 @@ async def test_replicas_run_restart_when_killed_and_drain_on_one_signal(
         cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         first = await wait_for_instances(nc, "router", 2)
-        replicas = _children(proc.pid)
+        replicas = children(proc.pid)
         assert len(replicas) == 2
 
         victim = min(replicas)
@@ -42,8 +38,8 @@ async def test_replicas_run_restart_when_killed_and_drain_on_one_signal(
         with anyio.fail_after(30):  # the dead replica's service entry goes with its connection
             while (await wait_for_instances(nc, "router", 2)) == first:  # noqa: ASYNC110 - polling another process
                 await anyio.sleep(0.2)
-        assert victim not in _children(proc.pid)
-        assert len(_children(proc.pid)) == 2
+        assert victim not in children(proc.pid)
+        assert len(children(proc.pid)) == 2
 
         proc.send_signal(signal.SIGINT)  # as Ctrl-C: one signal drains them all
         with anyio.fail_after(60):
@@ -99,7 +95,7 @@ async def test_one_actor_runs_in_a_child_that_is_restarted_after_kill_9_and_drai
             cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=sink)
     try:
         first = await wait_for_instances(nc, "router", 1)
-        (child,) = _children(proc.pid)  # the actor is not in the command's own process
+        (child,) = children(proc.pid)  # the actor is not in the command's own process
         assert (await anyio.to_thread.run_sync(_restarts_metric, port)) == ""
 
         os.kill(child, signal.SIGKILL)
@@ -107,7 +103,7 @@ async def test_one_actor_runs_in_a_child_that_is_restarted_after_kill_9_and_drai
             while (again := await wait_for_instances(nc, "router", 1)) == first:  # noqa: ASYNC110 - polling another process
                 await anyio.sleep(0.1)
         assert again != first
-        (restarted,) = _children(proc.pid)
+        (restarted,) = children(proc.pid)
         assert restarted != child
         died = [e for e in _log(stderr) if e["event"] == "replica.died"]
         assert [(e["pid"], e["signal"]) for e in died] == [(child, "SIGKILL")]
@@ -158,7 +154,7 @@ async def test_a_child_whose_parent_is_killed_drains_itself(
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         await wait_for_instances(nc, "router", 1)
-        (child,) = _children(proc.pid)
+        (child,) = children(proc.pid)
         proc.kill()  # -9: the parent cannot pass anything on
         await proc.wait()
         with anyio.fail_after(30):
