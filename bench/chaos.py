@@ -13,11 +13,13 @@ for the whole run, while faults come one after another, ``--gap-s`` apart:
 - ``kill -9`` of one replica (a child process) of each actor kind in turn; its parent
   restarts it. ``restart_to_serving_s``: from the kill until a new instance of that
   actor answers ``$SRV.PING`` with all replicas of it there;
+- ``kill -9`` of the NATS node leading JetStream's meta group, brought back a gap later
+  (with ``--nodes`` >= 3);
 - the local provider answers 429 with Retry-After, then 5xx, then stalls before the
   first token, then drops its streams mid-way; cloud stays healthy; then local heals.
 
 Prints one JSON object with issue #19's keys. Those this part does not measure yet
-are ``null`` and listed in ``not_measured`` (a NATS node kill, WebSocket clients and
+are ``null`` and listed in ``not_measured`` (WebSocket clients and
 one that never reads, ingest jobs and the audit trail checked during the run,
 fuzzing). ``breaker_open_all_routers_s`` is not measured as such: a router replica's
 breaker is inside its process; what is measured is ``breaker_open_bus_s``, from the
@@ -37,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,7 +74,7 @@ ACTORS = {"embedder": 2, "retriever": 1, "context-trimmer": 2, "router": 2, "ing
 NOT_MEASURED = ["ingest_jobs", "ingest_lost", "ingest_dup", "audit_events", "audit_lost",
                 "audit_dup", "fuzz_messages", "fuzz_crashes", "fuzz_error_replies",
                 "breaker_open_all_routers_s"]
-FAULTS_NOT_RUN = ["kill -9 of the NATS meta leader", "bridge replicas and WebSocket clients",
+FAULTS_NOT_RUN = ["bridge replicas and WebSocket clients",
                   "a WebSocket client that never reads", "a slow NATS consumer",
                   "ingest jobs and a third-party audit reader during the load", "fuzzing",
                   "a second retriever replica of the same shard", "cancels mid-stream"]
@@ -180,6 +183,16 @@ async def _kill_and_time(nc: NATS, parents: dict[str, subprocess.Popen[bytes]],
                 return time.perf_counter() - killed
 
 
+def _meta_leader(cluster: EmbeddedCluster) -> EmbeddedNats:
+    """The node leading JetStream's meta group, as any node's monitoring port names it."""
+    def monitor(node: EmbeddedNats, path: str) -> Any:
+        with urllib.request.urlopen(f"{node.monitor_url}/{path}", timeout=5) as r:
+            return json.load(r)
+
+    leader = monitor(cluster.nodes[0], "jsz")["meta_cluster"]["leader"]
+    return next(n for n in cluster.nodes if monitor(n, "varz")["server_name"] == leader)
+
+
 def _summary(outcomes: list[Outcome]) -> dict[str, Any]:
     done = sorted(o.ms for o in outcomes if o.kind == "done")
     return {"queries": len(outcomes), "answered": len(done),
@@ -216,7 +229,9 @@ async def run(rate: float, gap_s: float, nodes: int, tokens: int,
                 final = [p async for p in follow_job(nc, job.job_id, timeout_s=300)][-1]
                 assert final.state == JobState.SUCCEEDED, final
                 result = await _chaos(nc, parents, local, questions, rate=rate, gap_s=gap_s,
-                                      timeout_s=timeout_s)
+                                      timeout_s=timeout_s,
+                                      cluster=cluster if isinstance(cluster, EmbeddedCluster)
+                                      else None)
             finally:
                 for proc in parents.values():
                     proc.send_signal(signal.SIGTERM)
@@ -243,8 +258,8 @@ async def connect_to(url: str) -> NATS:
 
 
 async def _chaos(nc: NATS, parents: dict[str, subprocess.Popen[bytes]], local: FakeOpenAI,
-                 questions: list[str], *, rate: float, gap_s: float,
-                 timeout_s: float) -> dict[str, Any]:
+                 questions: list[str], *, rate: float, gap_s: float, timeout_s: float,
+                 cluster: EmbeddedCluster | None) -> dict[str, Any]:
     load = Run(nc, timeout_s)
     restarts: dict[str, float] = {}
     rss_max = 0.0
@@ -288,6 +303,18 @@ async def _chaos(nc: NATS, parents: dict[str, subprocess.Popen[bytes]], local: F
             async def kill(name: str = name) -> None:
                 restarts[name] = round(await _kill_and_time(nc, parents, name), 3)
             await phase(f"kill {name}", kill)
+        if cluster is not None:
+            victim: list[EmbeddedNats] = []
+
+            async def kill_meta_leader() -> None:
+                victim.append(await anyio.to_thread.run_sync(_meta_leader, cluster))
+                await victim[0].kill()
+
+            async def bring_back() -> None:
+                await victim[0].restart()
+
+            await phase("kill NATS meta leader", kill_meta_leader)
+            await phase("NATS node back", bring_back)
         before = len(local.requests)
         healthy = local.behaviour
 
