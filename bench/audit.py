@@ -47,8 +47,9 @@ def _logger(url: str, store: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "RAGBUS_NATS__URL": url, "RAGBUS_AUDIT__STORE_DIR": str(store),
            "RAGBUS_AUDIT__ACK_WAIT_S": "2", "RAGBUS_METRICS__ENABLED": "false",
            "RAGBUS_LOGGING__LEVEL": "warning"}
-    return subprocess.Popen([sys.executable, "-m", "ragbus.runtime.cli", "actor", "audit-logger"],
-                            env=env,
+    # --no-supervise: this bench restarts the logger itself, after each kill
+    return subprocess.Popen([sys.executable, "-m", "ragbus.runtime.cli", "actor", "audit-logger",
+                             "--no-supervise"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

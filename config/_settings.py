@@ -86,6 +86,9 @@ class RuntimeSettings(_Section, frozen=True, kw_only=True):
     drain_grace_s: Annotated[float, Meta(ge=0)] = 10.0
     restart_backoff_initial_s: Positive = 0.5
     restart_backoff_max_s: Positive = 30.0
+    # a crashed actor (or `ragbus actor` process) that had run this long is restarted at
+    # once; one that dies sooner waits restart_backoff_initial_s, doubling to _max_s
+    restart_healthy_after_s: Positive = 10.0
 
 
 class LoggingSettings(_Section, frozen=True, kw_only=True):

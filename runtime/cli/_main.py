@@ -91,28 +91,36 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_actor(args: argparse.Namespace) -> int:
-    from ragbus.actors import load_actor
+    from ragbus.actors import ACTORS, load_actor
 
     from ._run import run_actors
 
     if args.replicas < 1:
         err.print(f"[red]error:[/] --replicas must be at least 1, not {args.replicas}")
         return 2
-    cls = load_actor(args.name)  # an unknown name fails here, not in every replica
+    supervise = not (args.no_supervise or args.child_of is not None)
+    if not supervise and args.replicas != 1:
+        err.print("[red]error:[/] --replicas N runs N child processes under this one: "
+                  "it cannot be combined with --no-supervise")
+        return 2
+    if supervise and args.name not in ACTORS:
+        load_actor(args.name)  # fails with the known names; the parent imports no actor
     loaded = _load(args, roles={role_for_actor(args.name)})
-    url = _nats_url(loaded)
-    if args.replicas != 1:
+    url = _nats_url(loaded)  # no NATS to talk to fails here, not in a restarted child
+    if supervise:
         from ._replicas import run_replicas
 
         m, rt = loaded.settings.metrics, loaded.settings.runtime
-        anyio.run(lambda: run_replicas(
+        return anyio.run(lambda: run_replicas(
             args.name, args.replicas, config=args.config,
             metrics_port=m.port if m.enabled and m.port else None,
             backoff_initial_s=rt.restart_backoff_initial_s,
-            backoff_max_s=rt.restart_backoff_max_s))
-        return 0
+            backoff_max_s=rt.restart_backoff_max_s,
+            healthy_after_s=rt.restart_healthy_after_s))
+    cls = load_actor(args.name)
     anyio.run(lambda: run_actors(loaded.settings, {args.name: cls}, embedded=False,
-                                 nats_url=url))
+                                 nats_url=url, parent_pid=args.child_of,
+                                 restarts=args.restarts))
     return 0
 
 
@@ -162,11 +170,18 @@ def build_parser() -> argparse.ArgumentParser:
                     "nats.replicas raised to min(N, 3) unless it is set)")
     up.set_defaults(func=_cmd_up)
 
-    actor = sub.add_parser("actor", help="run one actor against the configured NATS")
+    actor = sub.add_parser("actor", help="run one actor against the configured NATS, in a "
+                           "child process that is restarted if it dies")
     actor.add_argument("name")
     actor.add_argument("--replicas", type=int, default=1,
                        help="run N processes of it, e.g. one per core for a CPU-bound actor "
                        "(they share a queue group; metrics on port, port+1, ...)")
+    actor.add_argument("--no-supervise", action="store_true",
+                       help="run the actor in this process, with no parent to restart it "
+                       "(for systemd, compose or Kubernetes, which restart it themselves)")
+    # what the supervising parent tells its children (not for people)
+    actor.add_argument("--child-of", type=int, metavar="PID", help=argparse.SUPPRESS)
+    actor.add_argument("--restarts", type=int, default=0, help=argparse.SUPPRESS)
     actor.set_defaults(func=_cmd_actor)
 
 

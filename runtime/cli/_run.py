@@ -24,7 +24,7 @@ from ..supervisor import Supervisor
 from ._server import EmbeddedCluster, EmbeddedNats
 from ._state import RunInfo, clear_run_info, write_run_info
 
-__all__ = ("Ready", "run_actors", "watch_signals")
+__all__ = ("Ready", "run_actors", "watch_parent", "watch_signals")
 
 Ready = Callable[[str, int | None, list[str]], None]
 
@@ -45,6 +45,20 @@ async def watch_signals(drain: Callable[[], None], force: Callable[[], None]) ->
                 return
 
 
+async def watch_parent(parent_pid: int, drain: Callable[[], None], *,
+                       every_s: float = 0.5) -> None:
+    """Call ``drain`` once the parent ``parent_pid`` is gone (this process was re-parented).
+
+    A supervised child is in a session of its own, so nothing else tells it that its
+    parent was killed with -9; polling ``getppid`` works without a Linux-only ``prctl``,
+    and half a second is soon enough for an orphan to leave its queue group.
+    """
+    while os.getppid() == parent_pid:  # noqa: ASYNC110 - no event to wait on
+        await anyio.sleep(every_s)
+    structlog.get_logger().warning("supervisor.gone", parent_pid=parent_pid)
+    drain()
+
+
 async def run_actors(
     settings: Settings,
     classes: Mapping[str, type[Actor]],
@@ -54,11 +68,16 @@ async def run_actors(
     nats_url: str | None = None,
     on_ready: Ready | None = None,
     cluster: int = 1,
+    parent_pid: int | None = None,
+    restarts: int = 0,
 ) -> None:
     """Run ``classes`` under a supervisor until a signal drains them.
 
     ``cluster`` > 1 (with ``embedded``) starts that many nats-server nodes clustered on
-    loopback instead of one; every actor connects with all their URLs.
+    loopback instead of one; every actor connects with all their URLs. A child of
+    ``ragbus actor``'s supervising parent gets ``parent_pid`` (it drains when that
+    parent is gone) and ``restarts``, how often the parent restarted this replica, the
+    start of ``ragbus_actor_restarts_total``.
     """
     metrics = Metrics()
     monitors: list[str] = []
@@ -91,6 +110,9 @@ async def run_actors(
                 url = await server.start()
                 stack.push_async_callback(server.stop)
         assert url is not None
+        if restarts:
+            for name in classes:
+                metrics.restarts.labels(name).inc(restarts)
         metrics_port: int | None = None
         if settings.metrics.enabled:
             metrics_port, close = metrics.serve(settings.metrics.host, settings.metrics.port)
@@ -105,7 +127,9 @@ async def run_actors(
         }
         runtime = settings.runtime
         supervisor = Supervisor(factories, backoff_initial_s=runtime.restart_backoff_initial_s,
-                                backoff_max_s=runtime.restart_backoff_max_s, metrics=metrics)
+                                backoff_max_s=runtime.restart_backoff_max_s,
+                                healthy_after_s=runtime.restart_healthy_after_s,
+                                metrics=metrics)
         async with anyio.create_task_group() as tg:
 
             async def supervise(*, task_status: TaskStatus[None]) -> None:
@@ -113,6 +137,8 @@ async def run_actors(
                 tg.cancel_scope.cancel()  # drained: stop watching signals too
 
             tg.start_soon(watch_signals, supervisor.stop, tg.cancel_scope.cancel)
+            if parent_pid is not None:
+                tg.start_soon(watch_parent, parent_pid, supervisor.stop)
             await tg.start(supervise)
             if on_ready is not None:
                 on_ready(url, metrics_port, list(classes))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -33,6 +35,23 @@ def test_masker_hides_each_kind_of_secret(kind: str) -> None:
     assert "***" in masked
     leaked = SECRETS[kind].split("://")[-1].split(" ")[-1]
     assert leaked not in masked
+
+
+@pytest.mark.parametrize("before", ["", "1", "x.", "-9a"])
+def test_a_url_password_is_masked_whatever_precedes_its_scheme(before: str) -> None:
+    masked = SecretMasker().mask_text(f"see {before}https://user:pa55word@host/x")
+    assert masked == f"see {before}https://user:***@host/x"
+
+
+def test_a_huge_word_without_a_url_is_masked_in_one_pass() -> None:
+    """A question or answer is masked before it is audited, on the actor's event loop: one
+    costing a pass per letter (1 MB without a space: hours) would stall the actor. In a
+    child process, because ``re`` holds the GIL: no timer in this one could interrupt it."""
+    code = ("from ragbus.runtime import SecretMasker\nword = 'x1' * 500_000\n"
+            "assert SecretMasker().mask_text(word) == word\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)  # generous: one pass is milliseconds
+    assert done.returncode == 0, done.stderr
 
 
 def test_sensitive_keys_are_masked_whatever_their_value() -> None:

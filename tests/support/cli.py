@@ -5,11 +5,17 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
-__all__ = ("RAGBUS", "read_until")
+__all__ = ("RAGBUS", "children", "read_until")
 
 #: argv prefix of the ``ragbus`` command (``[*RAGBUS, "up", "--ephemeral"]``)
 RAGBUS = (sys.executable, "-m", "ragbus.runtime.cli")
+
+
+def children(pid: int) -> set[int]:
+    """The processes ``pid`` started (``ragbus actor``'s replicas), from ``/proc``."""
+    return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
 
 
 def read_until(proc: subprocess.Popen[str], marker: str, *, timeout_s: float) -> str:

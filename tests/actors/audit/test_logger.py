@@ -236,7 +236,7 @@ def logger_process(nats_url: str, store: Path, cwd: Path) -> subprocess.Popen[by
            "RAGBUS_AUDIT__ACK_WAIT_S": "2", "RAGBUS_AUDIT__BATCH_SIZE": "200",
            "RAGBUS_METRICS__ENABLED": "false", "RAGBUS_LOGGING__LEVEL": "warning"}
     return subprocess.Popen(
-        [*RAGBUS, "actor", "audit-logger"], cwd=cwd, env=env,
+        [*RAGBUS, "actor", "audit-logger", "--no-supervise"], cwd=cwd, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

@@ -19,7 +19,7 @@ from ragbus.actors.bridge._outbox import Outbox, TokenStream
 from tests.support import running
 
 from .standin import QueryStandIn, token_text
-from .wsclient import ask, closed_with, make_settings, open_ws, recv
+from .wsclient import ask, closed_with, frames_until_end, make_settings, open_ws, recv
 
 
 def decode(data: bytes) -> dict[str, object]:
@@ -163,3 +163,34 @@ async def test_a_reader_that_stops_reading_is_closed_and_its_ask_cancelled(
     assert code in (4408, 1006)
     if code == 4408:
         assert why in reason
+
+
+async def test_a_reader_that_stops_reading_does_not_hold_up_the_other_clients(
+    nats_url: str,
+) -> None:
+    """Issue #19's "one WebSocket client that never reads": while its writes are backed up
+    (and before the bridge gives up on it), other clients' asks are answered in full."""
+    settings = make_settings(nats_url, send_buffer_bytes=4096, socket_send_buffer_bytes=4096,
+                             slow_reader_timeout_s=120, max_buffered_bytes=64 << 20)
+    async with running(standin := QueryStandIn(settings), bridge := Bridge(settings)), \
+            open_ws(bridge, rcvbuf=4096, max_queue=1) as stuck:
+        await recv(stuck)
+        await ask(stuck, "stuck", "tokens=1000000 size=100 pace=0.0001")
+        with anyio.fail_after(15):  # its writes back up: tokens start to be coalesced
+            while not bridge.metrics.registry.get_sample_value(  # noqa: ASYNC110 - a metric
+                    "ragbus_bridge_coalesced_tokens_total", {"actor": "bridge"}):
+                await anyio.sleep(0.05)
+        answers = []
+        async with open_ws(bridge) as other:
+            await recv(other)
+            for i in range(5):
+                await ask(other, f"q{i}", "tokens=50 size=20")
+                answers.append(await frames_until_end(other, f"q{i}", timeout=30))
+        still_stuck = [a for a in standin.received if a.request_id in bridge.open_asks]
+        let_go = list(standin.cancelled)
+    expected = "".join(token_text(i, 20) for i in range(50))
+    for frames in answers:
+        assert frames[-1]["type"] == "done"
+        assert "".join(str(f["text"]) for f in frames if f["type"] == "token") == expected
+    assert [a.question for a in still_stuck] == ["tokens=1000000 size=100 pace=0.0001"]
+    assert let_go == []  # it was stuck all along, not let go first

@@ -278,7 +278,7 @@ def _ingestor_process(nats_url: str, tmp_path: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "RAGBUS_NATS__URL": nats_url, "RAGBUS_INGESTOR__ACK_WAIT_S": "2",
            "RAGBUS_INGESTOR__DOCS_IN_FLIGHT": "2", "RAGBUS_INGESTOR__PROGRESS_INTERVAL_MS": "0",
            "RAGBUS_METRICS__ENABLED": "false", "RAGBUS_LOGGING__LEVEL": "warning"}
-    return subprocess.Popen([*RAGBUS, "actor", "ingestor"],
+    return subprocess.Popen([*RAGBUS, "actor", "ingestor", "--no-supervise"],
                             cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
 
