@@ -1,0 +1,286 @@
+"""Replicas of a shard: each applies the index stream to its own copy, in order.
+
+Two retriever processes serve one shard: a search reaches either, kill -9 of one
+loses nothing, the restarted one replays only what it missed and answers as the other
+did. A new replica starts from the newest snapshot and replays the tail; a position
+rewound (a crash before it was written) replays updates again and converges.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import msgspec
+import numpy as np
+import pytest
+from anyio.abc import Process
+
+from ragbus.actors.retriever import Retriever
+from ragbus.actors.retriever.store import EdgeStore, Filter
+from ragbus.config import NatsSettings, RetrieverSettings, RuntimeSettings, Settings
+from ragbus.runtime import Client, DeadlineExceededError, RagbusError, wait_for_instances
+from ragbus.runtime.connection import NATS
+from ragbus.runtime.jetstream import store_index_update
+from ragbus.subjects import (
+    IndexApplied,
+    IndexUpdate,
+    PayloadPatch,
+    PointUpsert,
+    Search,
+    SearchResult,
+    Subjects,
+)
+from tests.support import running
+from tests.support.cli import RAGBUS
+
+S = Subjects()
+DIM = 16
+
+
+def points(rng: np.random.Generator, start: int, n: int) -> list[PointUpsert]:
+    vectors = rng.standard_normal((n, DIM)).astype("<f4")
+    return [PointUpsert(id=str(uuid.UUID(int=start + i + 1)), vector=vectors[i].tobytes(),
+                        payload={"doc_id": f"d{start + i}", "text": "t", "deleted": False})
+            for i in range(n)]
+
+
+def held(data_dir: Path) -> dict[str, dict[str, object]]:
+    """Every point a stopped replica's copy holds (deleted ones too), with its payload."""
+    found: dict[str, dict[str, object]] = {}
+    with EdgeStore(data_dir / "default") as store:
+        offset: str | None = None
+        while True:
+            page = store.scroll(filter=Filter(include_deleted=True), limit=500, offset=offset)
+            found.update({p.id: p.payload for p in page.points})
+            if page.next_offset is None:
+                return found
+            offset = page.next_offset
+
+
+async def last_seq(nc: NATS) -> int:
+    return int((await nc.jetstream().stream_info(S.index_stream)).state.last_seq)
+
+
+async def caught_up(nc: NATS, replica: str, seq: int) -> None:
+    """Wait until ``replica``'s consumer has delivered everything up to ``seq``."""
+    with anyio.fail_after(60):
+        while True:
+            try:
+                info = await nc.jetstream().consumer_info(S.index_stream,
+                                                          f"apply_default_{replica}")
+                if info.num_pending == 0 and info.delivered.stream_seq == seq:
+                    return
+            except Exception:  # not created yet (the replica is starting)
+                pass
+            await anyio.sleep(0.1)
+
+
+@asynccontextmanager
+async def replica(nats_url: str, data: Path, name: str) -> AsyncIterator[Process]:
+    """``ragbus actor retriever`` in its own process, data dir and replica id."""
+    env = {**os.environ, "RAGBUS_NATS__URL": nats_url, "RAGBUS_METRICS__ENABLED": "false",
+           "RAGBUS_DATA_DIR": str(data), "RAGBUS_RETRIEVER__REPLICA_ID": name,
+           "RAGBUS_RETRIEVER__SNAPSHOT_INTERVAL_S": "0"}
+    proc = await anyio.open_process([*RAGBUS, "actor", "retriever"], env=env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            with anyio.move_on_after(30):
+                await proc.wait()
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+
+async def test_a_replica_killed_under_searches_loses_nothing_and_catches_up_when_restarted(
+    nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(7)
+    client = Client(nc, S)
+    query = rng.standard_normal(DIM).astype("<f4").tobytes()
+    outcomes: list[str] = []  # "ok" or the error code, per search, in order
+    stop = anyio.Event()
+
+    async def search_forever(min_version: int) -> None:
+        while not stop.is_set():
+            try:
+                await client.request(S.search("default"), Search(
+                    shard="default", dense=query, limit=10, min_version=min_version),
+                    SearchResult, timeout=3)
+                outcomes.append("ok")
+            except RagbusError as exc:
+                outcomes.append(exc.code.value)
+            await anyio.sleep(0.01)
+
+    async with replica(nats_url, tmp_path / "a", "a") as a, \
+            replica(nats_url, tmp_path / "b", "b") as b:
+        with anyio.fail_after(60):
+            await wait_for_instances(nc, "retriever", 2)
+        await client.request(S.index_apply("default"), IndexUpdate(
+            model_id="m", dim=DIM, upserts=points(rng, 0, 200)), IndexApplied, timeout=30)
+        first = await last_seq(nc)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(search_forever, first)
+            with anyio.fail_after(30):
+                while outcomes.count("ok") < 20:  # noqa: ASYNC110 - the searcher's progress
+                    await anyio.sleep(0.05)
+            a.kill()  # SIGKILL: no drain, no goodbye
+            await a.wait()
+            killed_at = len(outcomes)
+            # written while a is dead: b applies them, a must replay them
+            await client.request(S.index_apply("default"), IndexUpdate(
+                model_id="m", dim=DIM, upserts=points(rng, 200, 100),
+                deletes=[str(uuid.UUID(int=i + 1)) for i in range(5)],
+                patches=[PayloadPatch(ids=[str(uuid.UUID(int=i + 1)) for i in range(10, 20)],
+                                      payload={"tags": ["patched"]})]),
+                IndexApplied, timeout=30)
+            with anyio.fail_after(30):
+                while outcomes[killed_at:].count("ok") < 50:  # noqa: ASYNC110
+                    await anyio.sleep(0.05)
+            stop.set()
+        after_kill = outcomes[killed_at:]
+        # a search in flight to the dead replica may miss its deadline; nothing else fails
+        assert set(after_kill) <= {"ok", "DEADLINE_EXCEEDED"}
+        assert after_kill.count("DEADLINE_EXCEEDED") <= 2
+        assert after_kill[-40:] == ["ok"] * 40
+        final = await last_seq(nc)
+        expected = await client.request(S.search("default"), Search(
+            shard="default", dense=query, limit=10, min_version=final), SearchResult,
+            timeout=10)  # only b is up: b's answer
+
+        async with replica(nats_url, tmp_path / "a", "a"):
+            await caught_up(nc, "a", final)
+            b.kill()
+            await b.wait()
+            with anyio.fail_after(30):
+                await wait_for_instances(nc, "retriever", 1)
+            again = await client.request(S.search("default"), Search(
+                shard="default", dense=query, limit=10, min_version=final), SearchResult,
+                timeout=10)  # only the restarted a is up
+        assert [(h.chunk_id, h.payload) for h in again.dense] == [
+            (h.chunk_id, h.payload) for h in expected.dense]
+        assert [h.score for h in again.dense] == pytest.approx([h.score for h in expected.dense])
+        assert again.applied == expected.applied == final
+
+    copy_a, copy_b = held(tmp_path / "a" / "qdrant"), held(tmp_path / "b" / "qdrant")
+    assert len(copy_a) == 295  # 300 written once each, 5 deleted: no duplicate, none lost
+    assert copy_a == copy_b
+    assert all(copy_a[str(uuid.UUID(int=i + 1))]["tags"] == ["patched"] for i in range(10, 20))
+
+
+def settings(nats_url: str, data: Path, name: str, **retriever: object) -> Settings:
+    return Settings(nats=NatsSettings(url=nats_url),
+                    runtime=RuntimeSettings(default_timeout_s=30),
+                    retriever=RetrieverSettings(data_dir=str(data / name), replica_id=name,
+                                                optimize_idle_s=600, **retriever))  # type: ignore[arg-type]
+
+
+async def test_a_new_replica_starts_from_the_snapshot_and_replays_only_the_tail(
+    nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
+    """1,000 updates, then a replica with an empty data dir: it restores the newest
+    snapshot and applies only the updates after it. Its position rewound (a crash before
+    the position was written), it applies those again and still holds each point once."""
+    rng = np.random.default_rng(3)
+    js = nc.jetstream()
+    first = Retriever(settings(nats_url, tmp_path, "first", snapshot_interval_s=0.2,
+                               snapshot_min_updates=500))
+    async with running(first):
+        for i in range(1000):
+            await store_index_update(nc, S, IndexUpdate(
+                model_id="m", dim=DIM, upserts=points(rng, i, 1)))
+        shards = await js.object_store(S.bucket("shards"))
+        with anyio.fail_after(60):
+            while True:
+                try:
+                    snapshot = json.loads((await shards.get_info("default")).description or "")
+                    break
+                except Exception:  # none yet
+                    await anyio.sleep(0.1)
+        # the tail: after the snapshot, and under snapshot_min_updates (no newer snapshot)
+        for i in range(1000, 1050):
+            await store_index_update(nc, S, IndexUpdate(
+                model_id="m", dim=DIM, upserts=points(rng, i, 1)))
+        end = await last_seq(nc)
+        with anyio.fail_after(60):
+            while first.logs["default"].applied < end:  # noqa: ASYNC110 - its apply
+                await anyio.sleep(0.05)
+
+        second = Retriever(settings(nats_url, tmp_path, "second", snapshot_interval_s=0))
+        async with running(second):  # started: restored and caught up before serving
+            log = second.logs["default"]
+            start = log.caught_up_from  # the restored snapshot's sequence
+            assert start >= snapshot["seq"]
+            assert log.applied == end
+            assert log.applied_updates == end - start < 1000
+            assert await second.worker.run(second.stores["default"].count) == 1050
+
+        # a crash between applying and writing the position: 300 updates apply again
+        position = tmp_path / "second" / "default.applied"
+        kept = msgspec.json.decode(position.read_bytes())
+        position.write_bytes(msgspec.json.encode({**kept, "seq": start - 300}))
+        # and a job retried after a crash: the same points stored a second time
+        await store_index_update(nc, S, IndexUpdate(model_id="m", dim=DIM,
+                                                    upserts=points(np.random.default_rng(3),
+                                                                   0, 1)))
+        end = await last_seq(nc)
+        again = Retriever(settings(nats_url, tmp_path, "second", snapshot_interval_s=0))
+        async with running(again):
+            assert again.logs["default"].applied_updates == end - (start - 300)
+        with anyio.fail_after(60):
+            while first.logs["default"].applied < end:  # noqa: ASYNC110 - its apply
+                await anyio.sleep(0.05)
+    assert held(tmp_path / "second") == held(tmp_path / "first")
+    assert len(held(tmp_path / "first")) == 1050
+
+
+async def test_a_search_waits_for_its_replica_to_apply_min_version(
+    nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
+    """Read-your-writes: a replica behind ``min_version`` answers once it has applied it,
+    and a search whose deadline passes first gets DEADLINE_EXCEEDED, not stale hits."""
+    rng = np.random.default_rng(5)
+    client = Client(nc, S)
+    retriever = Retriever(settings(nats_url, tmp_path, "only", snapshot_interval_s=0))
+    async with running(retriever):
+        log = retriever.logs["default"]
+        new = points(rng, 0, 1)
+        async with log.lock:  # its apply is stuck behind this
+            seq = await store_index_update(nc, S, IndexUpdate(model_id="m", dim=DIM,
+                                                              upserts=new))
+            with pytest.raises(DeadlineExceededError):
+                await client.request(S.search("default"), Search(
+                    shard="default", dense=new[0].vector, limit=1, min_version=seq),
+                    SearchResult, timeout=1)
+            answered: list[SearchResult] = []
+
+            async def search() -> None:
+                answered.append(await client.request(S.search("default"), Search(
+                    shard="default", dense=new[0].vector, limit=1, min_version=seq),
+                    SearchResult, timeout=30))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(search)
+                await anyio.sleep(0.5)
+                assert not answered  # still waiting: nothing applied yet
+                log.lock.release()
+                try:
+                    with anyio.fail_after(30):
+                        while not answered:  # noqa: ASYNC110 - the search task
+                            await anyio.sleep(0.05)
+                finally:
+                    await log.lock.acquire()
+        assert [h.chunk_id for h in answered[0].dense] == [new[0].id]
+        assert answered[0].applied is not None
+        assert answered[0].applied >= seq
