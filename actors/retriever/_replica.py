@@ -2,7 +2,7 @@
 
 Each retriever instance that serves a shard keeps its own copy of it and reads the
 shard's subject of the index stream through its own durable consumer
-(``apply_<shard>_<replica>``). The position (the stream sequence of the last update
+(``apply_<shard>_<replica>_<n>``). The position (the stream sequence of the last update
 applied) is a small file beside the copy, replaced after each applied batch, so a
 restart replays only the tail. The file, not the consumer, is the truth: the consumer is
 recreated from it on start (a copy restored from a snapshot, or wiped, starts where its
@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import os
 import re
+import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -33,7 +34,6 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
 
 from ragbus.runtime.jetstream import through_elections
 from ragbus.subjects import IndexUpdate, Subjects
@@ -46,6 +46,9 @@ Apply = Callable[[IndexUpdate], Awaitable[None]]
 _POSITION_SUFFIX = ".applied"
 #: how often an idle replica asks its consumer whether a delivery went missing
 _CHECK_IDLE_S = 5.0
+#: a consumer nobody has pulled from this long is removed by the server (a replica down
+#: longer recreates its own from its position when it comes back)
+_CONSUMER_IDLE_S = 3600.0
 _DECODER = msgspec.json.Decoder(IndexUpdate)
 
 
@@ -98,7 +101,8 @@ class ShardLog:
         self.replica = replica
         self.stream = subjects.index_stream
         self.subject = subjects.index_log(shard)
-        self.consumer = consumer_name(shard, replica)
+        self.base = consumer_name(shard, replica)
+        self.consumer = self.base  # the one in use: base + a suffix per subscription
         self.path = position_file(copy)
         self.batch = batch
         self.lag = lag
@@ -131,6 +135,7 @@ class ShardLog:
             kept = Position()
         self.applied = kept.seq
         self.lag.applied.set(self.applied)
+        await self._forget_earlier()
 
     def _read(self) -> Position:
         try:
@@ -159,21 +164,42 @@ class ShardLog:
     # -- consuming -----------------------------------------------------------------------
 
     async def _subscribe(self) -> None:
-        """(Re)create this replica's consumer at the position, then bind to it."""
+        """Create a consumer for this replica at the position, then bind to it.
+
+        Each one gets a new name (``apply_<shard>_<replica>_<n>``): deleting the previous
+        one can wait out a consumer's own leader election (measured: 5 s timeouts over and
+        over after a stream leader's kill -9), so it is only asked to go, briefly, and is
+        otherwise removed by the server once idle (``_CONSUMER_IDLE_S``).
+        """
         js = self.nc.jetstream()
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
             self._sub = None
-        with contextlib.suppress(NotFoundError):
-            await js.delete_consumer(self.stream, self.consumer)
+            await self._forget(self.consumer)
+        name = f"{self.base}_{secrets.token_hex(3)}"
         await js.add_consumer(self.stream, ConsumerConfig(
-            durable_name=self.consumer, filter_subject=self.subject,
+            durable_name=name, filter_subject=self.subject,
             description=f"ragbus shard {self.shard} replica {self.replica}",
             ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=self.applied + 1))
-        self._sub = await js.pull_subscribe_bind(durable=self.consumer, stream=self.stream)
+            opt_start_seq=self.applied + 1, inactive_threshold=_CONSUMER_IDLE_S))
+        self.consumer = name
+        self._sub = await js.pull_subscribe_bind(durable=name, stream=self.stream)
         self._expected = 1
+
+    async def _forget(self, name: str) -> None:
+        """Ask the server to delete consumer ``name`` (best effort, briefly)."""
+        with anyio.move_on_after(2), contextlib.suppress(Exception):
+            await self.nc.jetstream().delete_consumer(self.stream, name)
+
+    async def _forget_earlier(self) -> None:
+        """Delete what an earlier run of this replica left (a kill -9 leaves its consumer
+        until it idles out)."""
+        with anyio.move_on_after(5), contextlib.suppress(Exception):
+            for info in await self.nc.jetstream().consumers_info(self.stream):
+                if (info.name or "").startswith(self.base + "_") and info.config.description \
+                        == f"ragbus shard {self.shard} replica {self.replica}":
+                    await self._forget(info.name or "")
 
     async def step(self, timeout_s: float) -> int:
         """Fetch one batch and apply it in order; the updates applied (0: none arrived)."""
@@ -267,7 +293,8 @@ class ShardLog:
                     checked = time.monotonic()
                     await self.caught_up(idle=True)
             except Exception as exc:
-                self.log.warning("replica.apply_failed", applied=self.applied, error=repr(exc))
+                self.log.warning("replica.apply_failed", applied=self.applied, error=repr(exc),
+                                 exc_info=True)
                 self._sub = None
                 await anyio.sleep(1.0)
 

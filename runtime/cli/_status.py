@@ -137,7 +137,14 @@ async def index_replicas(nc: NATS, subjects: Subjects) -> list[ReplicaLag]:
                 pass
         found.append(ReplicaLag(shard=words[2], replica=words[4], delivered=delivered,
                                 behind=behind, behind_s=behind_s))
-    return sorted(found, key=lambda r: (r.shard, r.replica))
+    # a replica recreates its consumer after a fault; one left behind idles out: the
+    # furthest is the one in use
+    newest: dict[tuple[str, str], ReplicaLag] = {}
+    for r in found:
+        kept = newest.get((r.shard, r.replica))
+        if kept is None or r.delivered > kept.delivered:
+            newest[(r.shard, r.replica)] = r
+    return sorted(newest.values(), key=lambda r: (r.shard, r.replica))
 
 
 def replica_table(replicas: list[ReplicaLag]) -> Table:

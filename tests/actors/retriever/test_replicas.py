@@ -19,16 +19,20 @@ from pathlib import Path
 
 import anyio
 import msgspec
+import nats
 import numpy as np
 import pytest
 from anyio.abc import Process
+from nats.js.errors import BadRequestError
 
 from ragbus.actors.retriever import Retriever
 from ragbus.actors.retriever.store import EdgeStore, Filter
 from ragbus.config import NatsSettings, RetrieverSettings, RuntimeSettings, Settings
 from ragbus.runtime import Client, DeadlineExceededError, RagbusError, wait_for_instances
+from ragbus.runtime.cli import EmbeddedCluster, EmbeddedNats
+from ragbus.runtime.cli._status import cluster_nodes, index_replicas
 from ragbus.runtime.connection import NATS
-from ragbus.runtime.jetstream import store_index_update
+from ragbus.runtime.jetstream import ensure_stream, store_index_update, through_elections
 from ragbus.subjects import (
     IndexApplied,
     IndexUpdate,
@@ -37,6 +41,7 @@ from ragbus.subjects import (
     Search,
     SearchResult,
     Subjects,
+    index_stream,
 )
 from tests.support import running
 from tests.support.cli import RAGBUS
@@ -70,16 +75,13 @@ async def last_seq(nc: NATS) -> int:
 
 
 async def caught_up(nc: NATS, replica: str, seq: int) -> None:
-    """Wait until ``replica``'s consumer has delivered everything up to ``seq``."""
+    """Wait until ``ragbus status`` shows ``replica`` has everything up to ``seq``."""
+    async def there() -> bool:
+        return any(r.replica == replica and r.delivered == seq and r.behind == 0
+                   for r in await index_replicas(nc, S))
+
     with anyio.fail_after(60):
-        while True:
-            try:
-                info = await nc.jetstream().consumer_info(S.index_stream,
-                                                          f"apply_default_{replica}")
-                if info.num_pending == 0 and info.delivered.stream_seq == seq:
-                    return
-            except Exception:  # not created yet (the replica is starting)
-                pass
+        while not await there():  # noqa: ASYNC110 - another process
             await anyio.sleep(0.1)
 
 
@@ -284,3 +286,100 @@ async def test_a_search_waits_for_its_replica_to_apply_min_version(
         assert [h.chunk_id for h in answered[0].dense] == [new[0].id]
         assert answered[0].applied is not None
         assert answered[0].applied >= seq
+
+
+async def test_updates_stored_while_the_meta_and_a_stream_leader_die_reach_every_replica_once(
+    nats_cluster: EmbeddedCluster, tmp_path: Path
+) -> None:
+    """A 3-node cluster, two replicas, searches and stored updates running: kill -9 of the
+    JetStream meta leader, then (the node back) of the index stream's leader. Every
+    update is stored once and applied once on both replicas; no search hangs."""
+    urls = ",".join(nats_cluster.urls)
+    nc = await nats.connect(nats_cluster.urls, max_reconnect_attempts=-1,
+                            reconnect_time_wait=0.2, connect_timeout=2)
+    js = nc.jetstream()
+
+    def on_cluster(name: str) -> Settings:
+        return Settings(nats=NatsSettings(url=urls, replicas=3, max_reconnect_attempts=-1,
+                                          reconnect_time_wait_s=0.2),
+                        runtime=RuntimeSettings(default_timeout_s=30),
+                        retriever=RetrieverSettings(data_dir=str(tmp_path / name),
+                                                    replica_id=name, snapshot_interval_s=0,
+                                                    optimize_idle_s=600))
+
+    rng = np.random.default_rng(11)
+    client = Client(nc, S)
+    query = rng.standard_normal(DIM).astype("<f4").tobytes()
+    total, stored = 600, 0
+    outcomes: list[str] = []
+    stop = anyio.Event()
+
+    async def store_all() -> None:
+        nonlocal stored
+        for i in range(total):
+            await store_index_update(nc, S, IndexUpdate(model_id="m", dim=DIM,
+                                                        upserts=points(rng, i, 1)))
+            stored += 1
+
+    async def search_forever() -> None:
+        while not stop.is_set():
+            try:
+                with anyio.fail_after(10):  # a hung search fails the test here
+                    await client.request(S.search("default"), Search(
+                        shard="default", dense=query, limit=5), SearchResult, timeout=3)
+                outcomes.append("ok")
+            except RagbusError as exc:
+                outcomes.append(exc.code.value)
+            await anyio.sleep(0.02)
+
+    async def until_stored(n: int) -> None:
+        with anyio.fail_after(90):
+            while stored < n:  # noqa: ASYNC110 - the publisher's progress
+                await anyio.sleep(0.05)
+
+    def node_named(name: str | None) -> EmbeddedNats:
+        return next(n for n in nats_cluster.nodes if n._server_name == name)
+
+    with anyio.fail_after(30):  # a cluster just up may not place R3 streams for a moment
+        while True:
+            try:
+                await ensure_stream(nc, index_stream(S), replicas=3)
+                break
+            except BadRequestError:
+                await anyio.sleep(0.5)
+    a, b = Retriever(on_cluster("a")), Retriever(on_cluster("b"))
+    try:
+        async with running(a, b), anyio.create_task_group() as tg:
+            tg.start_soon(search_forever)
+            tg.start_soon(store_all)
+            await until_stored(100)
+            nodes = await cluster_nodes([n.monitor_url for n in nats_cluster.nodes])
+            meta = node_named(next(n.meta_leader for n in nodes if n.meta_leader))
+            await meta.kill()
+            await until_stored(250)
+            await meta.restart()
+            with anyio.fail_after(60):  # the stream has all three copies current again
+                while True:
+                    info = await through_elections(lambda: js.stream_info(S.index_stream))
+                    peers = info.cluster.replicas if info.cluster else []
+                    if len(peers) == 2 and all(p.current for p in peers):
+                        break
+                    await anyio.sleep(0.2)
+            leader = info.cluster.leader if info.cluster else None
+            await node_named(leader).kill()
+            await until_stored(total)
+            end = int((await through_elections(
+                lambda: js.stream_info(S.index_stream))).state.last_seq)
+            with anyio.fail_after(60):
+                while min(a.logs["default"].applied, b.logs["default"].applied) < end:  # noqa: ASYNC110
+                    await anyio.sleep(0.1)
+            stop.set()
+        info = await through_elections(lambda: js.stream_info(S.index_stream))
+        assert info.state.messages == total  # each update stored once
+    finally:
+        await nc.close()
+    assert set(outcomes) <= {"ok", "DEADLINE_EXCEEDED", "UNAVAILABLE"}
+    assert outcomes.count("ok") > 0
+    copy_a = held(tmp_path / "a")
+    assert len(copy_a) == total  # none lost; ids are the points': none twice
+    assert copy_a == held(tmp_path / "b")
