@@ -29,8 +29,7 @@ from ragbus.actors.retriever import Retriever
 from ragbus.actors.retriever.store import EdgeStore, Filter
 from ragbus.config import NatsSettings, RetrieverSettings, RuntimeSettings, Settings
 from ragbus.runtime import Client, DeadlineExceededError, RagbusError, wait_for_instances
-from ragbus.runtime.cli import EmbeddedCluster, EmbeddedNats
-from ragbus.runtime.cli._status import cluster_nodes, index_replicas
+from ragbus.runtime.cli import EmbeddedCluster, EmbeddedNats, cluster_nodes, index_replicas
 from ragbus.runtime.connection import NATS
 from ragbus.runtime.jetstream import ensure_stream, store_index_update, through_elections
 from ragbus.subjects import (
