@@ -251,6 +251,7 @@ def roles(s: Subjects, *, audit_durable: str = "audit-logger",
                       # updates through consumers of its own, shares snapshots
                       s.index_log_all, *_stream_admin(index), *_kv_reads(index),
                       f"$JS.API.CONSUMER.DURABLE.CREATE.{index}.>",
+                      f"$JS.API.CONSUMER.LIST.{index}",
                       *_objects(s.bucket("shards"))),
              subscribe=(s.query, s.search_all, f"{p}.index.apply.*",
                         s.snapshot_shard_all, s.restore_shard_all, *serving,

@@ -354,6 +354,11 @@ class Retriever(Actor):
             if size != request.dim or len(point.vector) % 4:
                 raise BadRequestError(f"point {point.id} has {size} dimensions; "
                                       f"the update declares dim={request.dim}")
+        try:
+            for point in request.upserts:  # a Record checks the id and sparse vector
+                Record(id=point.id, dense=[], sparse=point.sparse)
+        except (InvalidPointError, StoreError) as exc:
+            raise BadRequestError(str(exc)) from None
         if request.upserts:
             if store.dim is not None and store.dim != request.dim:
                 raise BadRequestError(
@@ -361,11 +366,6 @@ class Retriever(Actor):
                                                request.dim)),
                     details={"model_id": request.model_id})
             await self._check_model(request.collection, request.model_id, store)
-        try:
-            for point in request.upserts:
-                Record(id=point.id, dense=[], sparse=point.sparse)
-        except (InvalidPointError, StoreError) as exc:
-            raise BadRequestError(str(exc)) from None
         seq = await store_index_update(self.nc, self.subjects, request)
         await self.logs[request.collection].wait_for(seq)
         points = await self.worker.run(store.count) if store.dim is not None else 0
