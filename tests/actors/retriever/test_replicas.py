@@ -24,12 +24,19 @@ import numpy as np
 import pytest
 from anyio.abc import Process
 from nats.js.errors import BadRequestError
+from rich.console import Console
 
 from ragbus.actors.retriever import Retriever
 from ragbus.actors.retriever.store import EdgeStore, Filter
 from ragbus.config import NatsSettings, RetrieverSettings, RuntimeSettings, Settings
 from ragbus.runtime import Client, DeadlineExceededError, RagbusError, wait_for_instances
-from ragbus.runtime.cli import EmbeddedCluster, EmbeddedNats, cluster_nodes, index_replicas
+from ragbus.runtime.cli import (
+    EmbeddedCluster,
+    EmbeddedNats,
+    cluster_nodes,
+    index_replicas,
+    replica_table,
+)
 from ragbus.runtime.connection import NATS
 from ragbus.runtime.jetstream import ensure_stream, store_index_update, through_elections
 from ragbus.subjects import (
@@ -382,3 +389,36 @@ async def test_updates_stored_while_the_meta_and_a_stream_leader_die_reach_every
     copy_a = held(tmp_path / "a")
     assert len(copy_a) == total  # none lost; ids are the points': none twice
     assert copy_a == held(tmp_path / "b")
+
+
+async def test_ragbus_status_shows_a_stopped_replica_falling_behind(
+    nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
+    """A replica that is down keeps its consumer: ``ragbus status`` says how many updates
+    it has not applied and how long the oldest has waited; one up shows none."""
+    rng = np.random.default_rng(9)
+    async with running(Retriever(settings(nats_url, tmp_path, "up", snapshot_interval_s=0))):
+        down = Retriever(settings(nats_url, tmp_path, "down", snapshot_interval_s=0))
+        async with running(down):
+            for i in range(2):
+                seq = await store_index_update(nc, S, IndexUpdate(
+                    model_id="m", dim=DIM, upserts=points(rng, i, 1)))
+            with anyio.fail_after(30):
+                while down.logs["default"].applied < seq:  # noqa: ASYNC110 - its apply
+                    await anyio.sleep(0.05)
+            consumer = down.logs["default"].consumer
+        with anyio.fail_after(30):  # its last pull request has expired at the server
+            while (await nc.jetstream().consumer_info(S.index_stream, consumer)).num_waiting:  # noqa: ASYNC110
+                await anyio.sleep(0.1)
+        for i in range(2, 5):
+            last = await store_index_update(nc, S, IndexUpdate(
+                model_id="m", dim=DIM, upserts=points(rng, i, 1)))
+        await caught_up(nc, "up", last)
+        found = {r.replica: r for r in await index_replicas(nc, S)}
+    assert found["down"].delivered == seq
+    assert found["down"].behind == 3
+    assert found["down"].behind_s > 0
+    assert (found["up"].delivered, found["up"].behind, found["up"].behind_s) == (last, 0, 0.0)
+    rendered = Console(width=200, record=True)
+    rendered.print(replica_table(list(found.values())))
+    assert "down" in rendered.export_text()
