@@ -293,6 +293,17 @@ class RetrieverSettings(_Section, frozen=True, kw_only=True):
     # always admitted, whatever the latency
     query_latency_target_ms: Positive | None = 250.0
     query_min_inflight: PositiveInt = 16
+    # this instance's name among the replicas of its shards: names its consumers of the
+    # index stream, so it must stay the same across restarts (default: the host name and
+    # a digest of the data directory)
+    replica_id: str | None = None
+    # index updates applied per fetch from the index stream
+    apply_batch: Annotated[int, Meta(ge=1, le=1024)] = 128
+    # edge: put a snapshot of each shard into the rag_shards object store every this
+    # many seconds (0: never) once it holds snapshot_min_updates updates the last one
+    # does not: where a new replica starts instead of replaying the whole stream
+    snapshot_interval_s: Annotated[float, Meta(ge=0)] = 300.0
+    snapshot_min_updates: PositiveInt = 500
 
     def __post_init__(self) -> None:
         if self.backend == "server" and not self.url:

@@ -37,9 +37,13 @@ from nats.js.errors import (
 from nats.js.kv import KV_DEL, KV_MARKER_REASON, KV_OP, KV_PURGE, KeyValue
 from nats.js.object_store import ObjectStore
 
+from ragbus.subjects import IndexUpdate, Subjects
+
+from .codec import encode
+
 __all__ = ("CACHE_WAIT_S", "TRANSIENT", "ElectionProofKV", "best_effort", "ensure_kv",
            "ensure_object_store", "ensure_stream", "kv_entries", "publish_once",
-           "read_stream", "through_elections")
+           "read_stream", "store_index_update", "through_elections")
 
 MSG_ID = "Nats-Msg-Id"
 _EXISTS = 10058  # JetStream API error code: stream name already in use
@@ -276,6 +280,18 @@ async def publish_once(nc: NATS, subject: str, data: bytes, *, msg_id: str,
     return await through_elections(lambda: js.publish(
         subject, data, timeout=timeout_s, headers={**(headers or {}), MSG_ID: msg_id}),
         within_s=within_s)
+
+
+async def store_index_update(nc: NATS, subjects: Subjects, update: IndexUpdate) -> int:
+    """Store ``update`` in the index stream once, on its shard's subject; its sequence.
+
+    Its request id is its ``Nats-Msg-Id``, so a publish retried through an election is
+    stored once. Stored is done for the writer: each replica of the shard applies the
+    stream in order at its own pace (``Query.min_corpus_version`` waits for it).
+    """
+    ack = await publish_once(nc, subjects.index_log(update.collection), encode(update),
+                             msg_id=update.request_id)
+    return ack.seq
 
 
 #: how long a cache may take before the request goes on without it

@@ -230,6 +230,7 @@ def roles(s: Subjects, *, audit_durable: str = "audit-logger",
     p = s.prefix
     audit = s.audit_role  # each role writes audit events under its own name only
     ingest = s.ingest_stream
+    index = s.index_stream
     serving = ["$SRV.>", s.cancel_all]  # every actor: discovery and cancellation
 
     def inbox(role: str) -> str:
@@ -245,7 +246,13 @@ def roles(s: Subjects, *, audit_durable: str = "audit-logger",
         Role("retriever", allow_responses=True,
              publish=(s.embed, s.search_all, s.trim, any_inbox, audit("retriever"),
                       *_bucket(s.bucket("corpus")), *_bucket(s.bucket("retrieval")),
-                      *backups),
+                      *backups,
+                      # index.apply stores the update; each replica reads its shards'
+                      # updates through consumers of its own, shares snapshots
+                      s.index_log_all, *_stream_admin(index), *_kv_reads(index),
+                      f"$JS.API.CONSUMER.DURABLE.CREATE.{index}.>",
+                      f"$JS.API.CONSUMER.LIST.{index}",
+                      *_objects(s.bucket("shards"))),
              subscribe=(s.query, s.search_all, f"{p}.index.apply.*",
                         s.snapshot_shard_all, s.restore_shard_all, *serving,
                         inbox("retriever"))),
@@ -261,7 +268,8 @@ def roles(s: Subjects, *, audit_durable: str = "audit-logger",
                       *_bucket(s.bucket("breakers")), *_bucket(s.bucket("answers"))),
              subscribe=(s.generate, s.breaker_all, *serving, inbox("router"))),
         Role("ingestor", allow_responses=True,
-             publish=(s.embed, f"{p}.index.apply.*", f"{p}.ingest.progress.*",
+             publish=(s.embed, s.index_log_all, *_stream_admin(index),
+                      f"{p}.ingest.progress.*",
                       s.corpus_version, audit("ingestor"), *_stream_admin(ingest),
                       *_work_queue(ingest, ingest_durable), *_bucket(s.bucket("jobs")),
                       *_bucket(s.bucket("docs")), *_bucket(s.bucket("corpus")),
@@ -291,8 +299,10 @@ def roles(s: Subjects, *, audit_durable: str = "audit-logger",
              publish=(s.query, s.cancel_all, s.ingest_submit, f"{p}.docs.*", f"{p}.jobs.*",
                       # ragbus backup|restore: asks the owners of shards and audit store
                       s.backup_all,
-                      # ragbus status: every stream's leader and replicas
+                      # ragbus status: every stream's leader and replicas, and how far
+                      # each shard replica is behind the index stream
                       "$SRV.>", "$JS.API.STREAM.LIST", *_stream_admin(ingest),
+                      f"$JS.API.CONSUMER.LIST.{index}", f"$JS.API.STREAM.MSG.GET.{index}",
                       # ragbus backup: the ingest stream's messages, read by sequence
                       f"$JS.API.STREAM.MSG.GET.{ingest}",
                       # ragbus backup|restore: every bucket read, written, emptied (--force)

@@ -68,10 +68,12 @@ from ._query import (
 from ._streams import (
     corpus_bucket,
     docs_bucket,
+    index_stream,
     ingest_stream,
     jobs_bucket,
     limits_bucket,
     retrieval_cache_bucket,
+    shard_snapshots_bucket,
     uploads_bucket,
 )
 
@@ -154,12 +156,14 @@ __all__ = (
     "corpus_bucket",
     "deadline_after",
     "docs_bucket",
+    "index_stream",
     "ingest_stream",
     "jobs_bucket",
     "limits_bucket",
     "new_id",
     "now_ms",
     "retrieval_cache_bucket",
+    "shard_snapshots_bucket",
     "stored_transition",
     "uploads_bucket",
     "validate_token",

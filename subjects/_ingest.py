@@ -108,6 +108,9 @@ class JobProgress(Message, frozen=True, kw_only=True):
     updated_at: int = 0
     finished_at: int | None = None
     attempt: int = 1
+    #: once succeeded: the index stream sequence of the job's last update (None: it wrote
+    #: none). Pass it as ``Query.min_corpus_version`` to read this job's writes
+    corpus_version: int | None = None
 
     @property
     def finished(self) -> bool:
@@ -115,7 +118,8 @@ class JobProgress(Message, frozen=True, kw_only=True):
 
 
 class CorpusVersion(Message, frozen=True, kw_only=True):
-    """Bumped on every change to a collection, so caches keyed by it invalidate."""
+    """Raised on every change to a collection, so caches keyed by it invalidate: the index
+    stream sequence of the collection's last update whose job has finished."""
 
     collection: str
     version: int

@@ -107,6 +107,14 @@ class Subjects:
     def index_apply(self, shard: str) -> str:
         return self._s("index", "apply", validate_token(shard, "shard"))
 
+    def index_log(self, shard: str) -> str:
+        """A shard's index updates, stored in the index stream in the order they apply."""
+        return self._s("index", "log", validate_token(shard, "shard"))
+
+    @property
+    def index_log_all(self) -> str:
+        return self._s("index", "log", "*")
+
     def docs(self, verb: str) -> str:
         """``docs.list``, ``docs.get``, ``docs.delete``: the ingestor's document API."""
         return self._s("docs", validate_token(verb, "docs verb"))
@@ -179,6 +187,10 @@ class Subjects:
     @property
     def ingest_stream(self) -> str:
         return self._resource("INGEST")
+
+    @property
+    def index_stream(self) -> str:
+        return self._resource("INDEX")
 
     @property
     def audit_stream(self) -> str:

@@ -48,6 +48,11 @@ class Query(StreamRequest, frozen=True, kw_only=True):
     widen: bool = False
     generate: bool = True
     provider: str | None = None
+    #: read-your-writes: each searched shard answers only once it has applied every update
+    #: stored up to this index stream sequence (an ingest job's ``corpus_version``); a
+    #: replica behind waits for its apply, within the deadline. None: the shards' corpus
+    #: versions (their last finished job) are the minimum anyway
+    min_corpus_version: int | None = None
 
 
 class Search(Request, frozen=True, kw_only=True):
@@ -61,6 +66,9 @@ class Search(Request, frozen=True, kw_only=True):
     widen: bool = False  # include each hit's parent text (larger replies)
     #: the embedding model of ``dense``: a shard holding another model's vectors refuses
     model: str | None = None
+    #: the index stream sequence the answering replica must have applied (see
+    #: ``Query.min_corpus_version``); it waits for its apply, within the deadline
+    min_version: int | None = None
 
 
 class SearchHit(msgspec.Struct, frozen=True, kw_only=True):
@@ -74,6 +82,8 @@ class SearchResult(Message, frozen=True, kw_only=True):
     shard: str
     dense: list[SearchHit] = msgspec.field(default_factory=list)
     sparse: list[SearchHit] = msgspec.field(default_factory=list)
+    #: the index stream sequence the answering replica had applied when it searched
+    applied: int | None = None
 
 
 class Trim(StreamRequest, frozen=True, kw_only=True):

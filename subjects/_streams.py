@@ -17,8 +17,8 @@ from nats.js.api import (
 
 from ._names import Subjects
 
-__all__ = ("corpus_bucket", "docs_bucket", "ingest_stream", "jobs_bucket", "limits_bucket",
-           "retrieval_cache_bucket", "uploads_bucket")
+__all__ = ("corpus_bucket", "docs_bucket", "index_stream", "ingest_stream", "jobs_bucket",
+           "limits_bucket", "retrieval_cache_bucket", "shard_snapshots_bucket", "uploads_bucket")
 
 _DAY = 24 * 3600.0
 
@@ -29,6 +29,24 @@ def ingest_stream(s: Subjects) -> StreamConfig:
     return StreamConfig(name=s.ingest_stream, subjects=[s.ingest_submit],
                         retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
                         max_age=30 * _DAY, description="ragbus ingest jobs")
+
+
+def index_stream(s: Subjects) -> StreamConfig:
+    """Every shard's index updates (``IndexUpdate`` on ``<prefix>.index.log.<shard>``), in
+    the order each replica of the shard applies them. Kept (limits retention), so a replica
+    that was down replays what it missed; a replica with nothing starts from the newest
+    snapshot (:func:`shard_snapshots_bucket`) and replays only what came after it. The
+    duplicate window drops a publish retried through an election (``Nats-Msg-Id``)."""
+    return StreamConfig(name=s.index_stream, subjects=[s.index_log_all],
+                        retention=RetentionPolicy.LIMITS, storage=StorageType.FILE,
+                        duplicate_window=120.0, description="ragbus index updates by shard")
+
+
+def shard_snapshots_bucket(s: Subjects) -> ObjectStoreConfig:
+    """The newest snapshot of each shard (``rag_shards``), named by the shard, with the
+    index stream sequence it covers: where a new replica starts."""
+    return ObjectStoreConfig(bucket=s.bucket("shards"), storage=StorageType.FILE,
+                             description="ragbus shard snapshots for new replicas")
 
 
 def jobs_bucket(s: Subjects) -> KeyValueConfig:

@@ -26,7 +26,6 @@ from ragbus.runtime import (
     Actor,
     ActorOptions,
     BadRequestError,
-    Client,
     Context,
     Durable,
     NotFoundError,
@@ -34,7 +33,7 @@ from ragbus.runtime import (
     endpoint,
     kv_entries,
 )
-from ragbus.runtime.jetstream import through_elections
+from ragbus.runtime.jetstream import store_index_update, through_elections
 from ragbus.subjects import (
     AuditKind,
     AuditOutcome,
@@ -45,7 +44,6 @@ from ragbus.subjects import (
     DocList,
     DocListed,
     ErrorCode,
-    IndexApplied,
     IndexUpdate,
     IngestRequest,
     JobGet,
@@ -57,6 +55,7 @@ from ragbus.subjects import (
     PayloadPatch,
     corpus_bucket,
     docs_bucket,
+    index_stream,
     ingest_stream,
     jobs_bucket,
     now_ms,
@@ -134,6 +133,7 @@ class Ingestor(Actor):
     async def setup(self) -> None:
         s = self.subjects
         await self.ensure_stream(ingest_stream(s))
+        await self.ensure_stream(index_stream(s))
         self._jobs_kv = await self.ensure_kv(jobs_bucket(s))
         self._corpus_kv = await self.ensure_kv(corpus_bucket(s))
         self._manifests = Manifests(await self.ensure_kv(docs_bucket(s)))
@@ -175,7 +175,7 @@ class Ingestor(Actor):
                      path=request.path, documents=len(request.documents))
         runner = JobRunner(self.nc, self.subjects, self.config, self.manifests, job.progress,
                            msgspec.structs.replace(request, deadline=ctx.deadline),
-                           self._uploads)
+                           self._uploads, self._corpus_kv)
         try:
             await runner.run()
         except anyio.get_cancelled_exc_class():
@@ -183,8 +183,10 @@ class Ingestor(Actor):
                 self._count_job("handed_back", job.progress)
             raise
         progress = job.progress
+        if runner.last_seq is not None:
+            progress.corpus_version = await self._bump_corpus(
+                request.collection, request.job_id, runner.last_seq)
         if progress.docs_changed:
-            await self._bump_corpus(request.collection, request.job_id)
             await ctx.audit(AuditKind.DOC_CHANGED, subject=request.collection,
                             sizes={"docs": progress.docs_changed},
                             details={"job_id": request.job_id})
@@ -267,8 +269,10 @@ class Ingestor(Actor):
             pass
         return now_ms()
 
-    async def _bump_corpus(self, collection: str, job_id: str | None) -> int:
-        """Increment the collection's corpus version (compare-and-set, so replicas agree)."""
+    async def _bump_corpus(self, collection: str, job_id: str | None, seq: int) -> int:
+        """Raise the collection's corpus version to ``seq``, the index stream sequence of
+        its newest update whose job has finished (compare-and-set, never down, so
+        replicas agree). Queries treat it as the minimum a replica must have applied."""
         assert self._corpus_kv is not None
         kv = self._corpus_kv
         for _ in range(100):
@@ -277,19 +281,20 @@ class Ingestor(Actor):
                 current, revision = int(entry.value or b"0"), entry.revision
             except KeyNotFoundError:
                 current, revision = 0, None
+            if current >= seq:
+                return current
             try:
                 if revision is None:
-                    await kv.create(collection, str(current + 1).encode())
+                    await kv.create(collection, str(seq).encode())
                 else:
-                    await kv.update(collection, str(current + 1).encode(), last=revision)
+                    await kv.update(collection, str(seq).encode(), last=revision)
                 break
             except KeyWrongLastSequenceError:
-                continue  # another ingestor bumped it first; read again
+                continue  # another ingestor raised it first; read again
         else:
             raise RuntimeError(f"corpus version of {collection!r} kept changing under us")
-        version = current + 1
-        await self.announce(CorpusVersion(collection=collection, version=version, job_id=job_id))
-        return version
+        await self.announce(CorpusVersion(collection=collection, version=seq, job_id=job_id))
+        return seq
 
     async def announce(self, change: CorpusVersion) -> None:
         """Tell whoever listens on ``rag.corpus.version``. The KV bucket is the truth (the
@@ -357,10 +362,7 @@ class Ingestor(Actor):
                 patches=[PayloadPatch(ids=ids, payload={"deleted": True})],
                 deadline=ctx.deadline,
             )
-        if ids:
-            await Client(self.nc, self.subjects).request(
-                self.subjects.index_apply(request.collection), update, IndexApplied
-            )
+        seq = await store_index_update(self.nc, self.subjects, update) if ids else None
         if request.purge:
             await self.manifests.purge(request.collection, request.doc_id)
             info = manifest.info()
@@ -368,7 +370,8 @@ class Ingestor(Actor):
             manifest = msgspec.structs.replace(manifest, deleted=True, updated_at=now_ms())
             await self.manifests.put(manifest)
             info = manifest.info()
-        await self._bump_corpus(request.collection, None)
+        if seq is not None:
+            await self._bump_corpus(request.collection, None, seq)
         ctx.log.info("doc.purged" if request.purge else "doc.deleted", doc_id=request.doc_id)
         return DocChanged(request_id=request.request_id, doc=info, purged=request.purge)
 

@@ -21,18 +21,18 @@ from typing import Any
 import anyio
 import numpy as np
 from nats.aio.client import Client as NATS
-from nats.js.errors import ObjectNotFoundError
+from nats.js.errors import KeyNotFoundError, ObjectNotFoundError
+from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from ragbus.config import IngestorSettings
-from ragbus.runtime import Client
-from ragbus.runtime.jetstream import through_elections
+from ragbus.runtime import BadRequestError, Client
+from ragbus.runtime.jetstream import store_index_update, through_elections
 from ragbus.runtime.text import BM25Encoder
 from ragbus.subjects import (
     Embed,
     Embedded,
     FileError,
-    IndexApplied,
     IndexUpdate,
     IngestRequest,
     PayloadPatch,
@@ -119,8 +119,14 @@ class JobRunner:
         progress: Progress,
         request: IngestRequest,
         uploads: ObjectStore | None = None,
+        corpus: KeyValue | None = None,
     ) -> None:
+        self.nc = nc
         self.client = Client(nc, subjects)
+        self.corpus = corpus
+        #: the index stream sequence of the newest update this job stored (None: none yet)
+        self.last_seq: int | None = None
+        self._model_checked = False
         self.uploads = uploads
         self.subjects = subjects
         self.config = config
@@ -400,12 +406,16 @@ class JobRunner:
         upserts: list[PointUpsert] | None = None,
         deletes: list[str] | None = None,
         patches: list[PayloadPatch] | None = None,
-    ) -> IndexApplied | None:
+    ) -> None:
+        """Store one update in the index stream; it is done when the stream has it (the
+        shard's replicas apply it in stream order, each at its own pace)."""
         if not (upserts or deletes or patches):
-            return None
+            return
         if self.model_id is None:
             await self._embed(["dimension probe"])  # the index is created from the model's size
         assert self.model_id is not None
+        if upserts and not self._model_checked:
+            await self._check_model()
         update = IndexUpdate(
             collection=self.collection,
             model_id=self.model_id,
@@ -415,9 +425,33 @@ class JobRunner:
             patches=patches or [],
             deadline=self._deadline(),
         )
-        return await self.client.request(
-            self.subjects.index_apply(self.collection), update, IndexApplied
-        )
+        self.last_seq = max(self.last_seq or 0,
+                            await store_index_update(self.nc, self.subjects, update))
+
+    async def _check_model(self) -> None:
+        """One embedding model per collection: its replicas apply whatever the stream
+        holds, so an update of another model's vectors is refused here, before it is
+        stored. Switching is allowed once the collection holds no document."""
+        assert self.model_id is not None
+        self._model_checked = True
+        if self.corpus is None:
+            return
+        key = f"{self.collection}.model"
+        try:
+            entry = await self.corpus.get(key)
+            current = entry.value.decode() if entry.value else None
+        except KeyNotFoundError:
+            current = None
+        if current == self.model_id:
+            return
+        if current is not None and await self.manifests.all(self.collection):
+            raise BadRequestError(
+                f"shard {self.collection!r} holds vectors of embedding model {current!r}; "
+                f"these come from {self.model_id!r}, and the two cannot share a vector space. "
+                "To switch models, ingest into a new collection (ragbus ingest PATH "
+                "--collection NEW) and query that, or purge this shard's documents first",
+                details={"shard_model": current, "update_model": self.model_id})
+        await self.corpus.put(key, self.model_id.encode())
 
     def _deadline(self) -> int:
         job = self.request.deadline

@@ -51,6 +51,7 @@ class Progress:
         self.errors: list[FileError] = []
         self.message = ""
         self.finished_at: int | None = None
+        self.corpus_version: int | None = None
         # a file of many records counts as its documents are done
         self._file_fraction = 0.0
 
@@ -83,6 +84,7 @@ class Progress:
             updated_at=now_ms(),
             finished_at=self.finished_at,
             attempt=self.attempt,
+            corpus_version=self.corpus_version,
         )
 
     async def publish(self, *, force: bool = False) -> None:

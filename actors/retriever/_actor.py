@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
@@ -12,9 +13,11 @@ from typing import Unpack
 import anyio
 import msgspec
 import numpy as np
-from nats.js.errors import KeyNotFoundError
+from nats.js.api import ObjectMeta
+from nats.js.errors import KeyNotFoundError, NotFoundError, ObjectNotFoundError
 from nats.js.kv import KeyValue
-from prometheus_client import Counter
+from nats.js.object_store import ObjectStore
+from prometheus_client import Counter, Gauge, Histogram
 
 from ragbus.config import IN_MEMORY, Settings
 from ragbus.runtime import (
@@ -38,6 +41,7 @@ from ragbus.runtime.archive import (
     store_object,
     unpack,
 )
+from ragbus.runtime.jetstream import store_index_update, through_elections
 from ragbus.subjects import (
     AuditKind,
     IndexApplied,
@@ -53,12 +57,15 @@ from ragbus.subjects import (
     Sources,
     Trim,
     corpus_bucket,
+    index_stream,
     retrieval_cache_bucket,
+    shard_snapshots_bucket,
 )
 
 from ._cache import CachedSources, RetrievalCache, answer_scope, retrieval_key
 from ._filters import to_store_filter
 from ._query import Ranking, dense_array, gather, prepare, to_sources
+from ._replica import LagMetrics, ShardLog, default_replica_id
 from .store import (
     DimensionMismatchError,
     EdgeStore,
@@ -108,6 +115,27 @@ class Retriever(Actor):
         self.cache: RetrievalCache | None = None
         self._corpus: KeyValue | None = None
         self._models: dict[str, str] = {}  # shard -> its model, as last read or written
+        self.logs: dict[str, ShardLog] = {}  # shard -> this replica's reading of its updates
+        self.replica_id = self.config.replica_id or default_replica_id(self._root)
+        self._snapshots: ObjectStore | None = None
+        self._snapshot_seq: dict[str, int] = {}
+        m = self.metrics
+        labels = ["actor", "shard", "replica"]
+        self._lag_messages = m.get(Gauge, "ragbus_index_apply_lag_messages",
+                                   "Index updates stored and not yet applied by this replica",
+                                   labels)
+        self._lag_seconds = m.get(Gauge, "ragbus_index_apply_lag_seconds",
+                                  "While behind: how long the last update applied had waited",
+                                  labels)
+        self._apply_delay = m.get(Histogram, "ragbus_index_apply_delay_seconds",
+                                  "From an index update's storing to its apply here", labels,
+                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
+                                           5, 10, 30, 60))
+        self._applied_seq = m.get(Gauge, "ragbus_index_applied_sequence",
+                                  "Index stream sequence of the last update applied", labels)
+        self._skipped = m.get(Counter, "ragbus_index_updates_skipped",
+                              "Index updates no replica can apply (logged), by shard",
+                              ["actor", "shard"])
         self._cache_lookups = self.metrics.get(Counter, "ragbus_retrieval_cache",
                                                "Retrieval cache lookups by result",
                                                ["actor", "result"])
@@ -122,6 +150,14 @@ class Retriever(Actor):
             return [(subject(shard), f"{self.name}-{shard}") for shard in self.config.shards]
         return super().routes(spec)
 
+    @property
+    def _root(self) -> Path:
+        """Where the shard copies (edge) or their positions in the index stream live."""
+        if self.config.backend == "server":
+            return self.settings.data_root / "qdrant-positions"
+        return Path(self.config.data_dir) if self.config.data_dir else \
+            self.settings.data_root / "qdrant"
+
     def _open(self, shard: str) -> VectorStore:
         if self.config.backend == "server":
             from qdrant_client import QdrantClient
@@ -133,9 +169,7 @@ class Retriever(Actor):
                 else QdrantClient(url=url, api_key=key)
             collection = f"{self.subjects.prefix.replace('.', '_')}_{shard}"
             return ServerStore(client, collection, owns_client=True)
-        root = Path(self.config.data_dir) if self.config.data_dir else \
-            self.settings.data_root / "qdrant"
-        return EdgeStore(root / shard, tuning=EdgeTuning(
+        return EdgeStore(self._root / shard, tuning=EdgeTuning(
             indexing_threshold_kb=self.config.indexing_threshold_kb))
 
     async def setup(self) -> None:
@@ -145,6 +179,26 @@ class Retriever(Actor):
             except StoreError as exc:
                 raise UnavailableError(f"shard {shard!r} cannot be opened: {exc}") from exc
         self._corpus = await self.ensure_kv(corpus_bucket(self.subjects))
+        await self.ensure_stream(index_stream(self.subjects))
+        if self.config.backend == "edge":
+            self._snapshots = await self.ensure_object_store(
+                shard_snapshots_bucket(self.subjects))
+        self._root.mkdir(parents=True, exist_ok=True)
+        for shard in self.config.shards:
+            labels = (self.name, shard, self.replica_id)
+            log = ShardLog(
+                self.nc, self.subjects, shard, self.replica_id, self._root / shard,
+                partial(self._apply_update, shard), batch=self.config.apply_batch,
+                lag=LagMetrics(messages=self._lag_messages.labels(*labels),
+                               seconds=self._lag_seconds.labels(*labels),
+                               delay=self._apply_delay.labels(*labels),
+                               applied=self._applied_seq.labels(*labels)),
+                log=self.log)
+            await log.open()
+            self.logs[shard] = log
+            await self._start_from_snapshot(shard, log)
+            # before subscribing: a replica far behind never answers a search
+            await log.catch_up()
         if self.config.cache:
             self.cache = RetrievalCache(await self.ensure_kv(
                 retrieval_cache_bucket(self.subjects, self.config.cache_ttl_s)))
@@ -192,6 +246,15 @@ class Retriever(Actor):
         Below the engine's indexing threshold (~6,700 points of 384 dimensions by
         default) there is nothing to build and nothing is started.
         """
+        async with anyio.create_task_group() as tg:
+            for shard, log in self.logs.items():
+                tg.start_soon(log.follow)
+                if self.config.snapshot_interval_s and isinstance(self.stores[shard],
+                                                                   EdgeStore):
+                    tg.start_soon(self._snapshot_every, shard)
+            await self._build_when_due()
+
+    async def _build_when_due(self) -> None:
         idle = self.config.optimize_idle_s
         while True:
             await anyio.sleep(max(0.05, idle / 4))
@@ -288,43 +351,180 @@ class Retriever(Actor):
 
     @endpoint(lambda s: s.index_apply("default"), request=IndexUpdate)
     async def index_apply(self, request: IndexUpdate, ctx: Context) -> IndexApplied:
+        """An update checked, stored in the index stream, and answered once this replica
+        has applied it (the ingestor stores its updates itself; tools and benchmarks that
+        want to know the update is searchable here ask this)."""
         store = self._store(request.collection)
-        if request.upserts:
-            await self._check_model(request.collection, request.model_id, store)
-        records = []
         for point in request.upserts:
-            vector = np.frombuffer(point.vector, dtype="<f4")
-            if vector.shape[0] != request.dim:
-                raise BadRequestError(f"point {point.id} has {vector.shape[0]} dimensions; "
-                                 f"the update declares dim={request.dim}")
-            records.append(Record(id=point.id, dense=vector.tolist(), sparse=point.sparse,
-                                  payload=point.payload))
+            size = len(point.vector) // 4
+            if size != request.dim or len(point.vector) % 4:
+                raise BadRequestError(f"point {point.id} has {size} dimensions; "
+                                      f"the update declares dim={request.dim}")
+        try:
+            for point in request.upserts:  # a Record checks the id and sparse vector
+                Record(id=point.id, dense=[], sparse=point.sparse)
+        except (InvalidPointError, StoreError) as exc:
+            raise BadRequestError(str(exc)) from None
+        if request.upserts:
+            if store.dim is not None and store.dim != request.dim:
+                raise BadRequestError(
+                    str(DimensionMismatchError(f"shard {request.collection!r}", store.dim,
+                                               request.dim)),
+                    details={"model_id": request.model_id})
+            await self._check_model(request.collection, request.model_id, store)
+        seq = await store_index_update(self.nc, self.subjects, request)
+        await self.logs[request.collection].wait_for(seq)
+        points = await self.worker.run(store.count) if store.dim is not None else 0
+        return IndexApplied(request_id=request.request_id, upserted=len(request.upserts),
+                            deleted=len(request.deletes),
+                            patched=sum(len(p.ids) for p in request.patches), points=points)
 
-        def apply() -> int:
+    async def _apply_update(self, shard: str, request: IndexUpdate) -> None:
+        """Apply one update from the index stream to this replica's copy of ``shard``.
+
+        What the store refuses for the update itself (another vector size, a bad point)
+        is refused the same on every replica: it is logged and skipped, so all copies
+        stay equal. Anything else (the disk, the engine) raises: the batch is applied
+        again from the position.
+        """
+        store = self._store(shard)
+        records = []
+        try:
+            for point in request.upserts:
+                vector = np.frombuffer(point.vector, dtype="<f4")
+                if vector.shape[0] != request.dim:
+                    raise InvalidPointError(f"point {point.id} has {vector.shape[0]} "
+                                            f"dimensions; the update declares dim={request.dim}")
+                records.append(Record(id=point.id, dense=vector.tolist(), sparse=point.sparse,
+                                      payload=point.payload))
+        except (InvalidPointError, ValueError) as exc:
+            self._skip(shard, request, exc)
+            return
+
+        def apply() -> None:
             if records:
                 if store.dim != request.dim:  # creates, or raises DimensionMismatchError
                     store.ensure_collection(request.dim)
                 store.upsert(records)
             if store.dim is None:
-                return 0  # nothing was ever written: nothing to delete or patch
+                return  # nothing was ever written: nothing to delete or patch
             if request.deletes:
                 store.delete(request.deletes)
             for patch in request.patches:
                 store.set_payload(patch.ids, patch.payload)
-            return store.count()
 
         try:
-            async with self._writes[request.collection]:
-                points = await self.worker.run(apply)
-        except DimensionMismatchError as exc:
-            raise BadRequestError(str(exc), details={"model_id": request.model_id}) from None
-        except InvalidPointError as exc:
-            raise BadRequestError(str(exc)) from None
+            async with self._writes[shard]:
+                await self.worker.run(apply)
+        except (DimensionMismatchError, InvalidPointError) as exc:
+            self._skip(shard, request, exc)
+            return
         if records or request.deletes or request.patches:
-            self._last_write[request.collection] = time.monotonic()
-        return IndexApplied(request_id=request.request_id, upserted=len(records),
-                            deleted=len(request.deletes),
-                            patched=sum(len(p.ids) for p in request.patches), points=points)
+            self._last_write[shard] = time.monotonic()
+
+    def _skip(self, shard: str, request: IndexUpdate, exc: Exception) -> None:
+        self._skipped.labels(self.name, shard).inc()
+        self.log.error("retriever.update_refused", shard=shard, request_id=request.request_id,
+                       model_id=request.model_id, error=str(exc))
+
+    # -- snapshots for new replicas ------------------------------------------------------
+
+    async def _snapshot_every(self, shard: str) -> None:
+        """Put a snapshot of ``shard`` into the snapshots bucket every
+        ``snapshot_interval_s`` once ``snapshot_min_updates`` updates are newer than the
+        newest there. Any replica may: the newest sequence wins."""
+        log = self.logs[shard]
+        while True:
+            await anyio.sleep(self.config.snapshot_interval_s)
+            if log.applied - await self._newest_snapshot(shard) < self.config.snapshot_min_updates:
+                continue
+            try:
+                await self.publish_snapshot(shard)
+            except Exception as exc:  # the next round tries again
+                self.log.warning("retriever.snapshot_failed", shard=shard, error=repr(exc))
+
+    async def _newest_snapshot(self, shard: str) -> int:
+        """The stream sequence the newest snapshot of ``shard`` covers (0: none)."""
+        found = await self._snapshot_info(shard)
+        return found[0] if found else 0
+
+    async def _snapshot_info(self, shard: str) -> tuple[int, dict[str, object]] | None:
+        assert self._snapshots is not None
+        obs = self._snapshots
+        try:
+            info = await through_elections(lambda: obs.get_info(shard))
+        except (ObjectNotFoundError, NotFoundError):
+            return None
+        try:
+            meta = json.loads(info.description or "{}")
+            if meta.get("stream") != self.logs[shard].stream_id:
+                return None  # of a stream made before this one
+            return int(meta["seq"]), meta
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    async def publish_snapshot(self, shard: str) -> int | None:
+        """A snapshot of this replica's copy of ``shard`` into the snapshots bucket, with the
+        stream sequence it covers; that sequence (None: the copy is empty, or a snapshot
+        as new is there already)."""
+        store = self._edge(shard)
+        log = self.logs[shard]
+        assert self._snapshots is not None
+        obs = self._snapshots
+        with tempfile.TemporaryDirectory(prefix=".snapshot-", dir=store.path.parent) as tmp:
+            copy, archive = Path(tmp) / "shard", Path(tmp) / "shard.tar.gz"
+            async with log.lock, self._writes[shard], self._files[shard]:
+                seq = log.applied
+                if store.dim is None or seq <= await self._newest_snapshot(shard):
+                    return None
+                await self.worker.run(store.flush)
+                await anyio.to_thread.run_sync(store.copy_to, copy)
+                points = await self.worker.run(store.count)
+            await anyio.to_thread.run_sync(pack, copy, archive)
+            meta = ObjectMeta(name=shard, description=json.dumps(
+                {"seq": seq, "stream": log.stream_id, "points": points, "dim": store.dim,
+                 "replica": self.replica_id}))
+
+            async def put() -> None:
+                with archive.open("rb") as f:
+                    await obs.put(shard, f, meta=meta)
+
+            with anyio.fail_after(300):
+                await through_elections(put)
+        self._snapshot_seq[shard] = seq
+        self.log.info("retriever.shard_snapshot", shard=shard, seq=seq, points=points,
+                      bytes=archive.stat().st_size if archive.exists() else None)
+        return seq
+
+    async def _start_from_snapshot(self, shard: str, log: ShardLog) -> None:
+        """A replica with an empty copy and no position starts from the newest snapshot
+        of its shard, then replays only the stream's tail after it."""
+        store = self.stores[shard]
+        if self._snapshots is None or not isinstance(store, EdgeStore) or log.applied \
+                or store.dim is not None:
+            return
+        found = await self._snapshot_info(shard)
+        if found is None:
+            return
+        seq, _ = found
+        obs = self._snapshots
+        started = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix=".restore-", dir=store.path.parent) as tmp:
+            archive, files = Path(tmp) / "shard.tar.gz", Path(tmp) / "shard"
+
+            async def get() -> None:
+                with archive.open("wb") as f:
+                    await obs.get(shard, writeinto=f)  # checks the object's digest
+
+            with anyio.fail_after(300):
+                await through_elections(get)
+            await anyio.to_thread.run_sync(unpack, archive, files)
+            async with log.lock, self._writes[shard], self._files[shard]:
+                points = await self.worker.run(store.replace_with, files)
+                log.moved_to(seq)
+        self._last_write[shard] = time.monotonic()  # a build follows if one is due
+        self.log.info("retriever.started_from_snapshot", shard=shard, seq=seq, points=points,
+                      seconds=round(time.monotonic() - started, 3))
 
     def _edge(self, shard: str) -> EdgeStore:
         store = self._store(shard)
@@ -381,7 +581,8 @@ class Retriever(Actor):
             archive, files = Path(tmp) / "shard.tar.gz", Path(tmp) / "shard"
             await fetch_object(obs, request.name, archive, sha256=request.sha256)
             await anyio.to_thread.run_sync(unpack, archive, files)
-            async with self._writes[shard], self._files[shard]:
+            log = self.logs[shard]
+            async with log.lock, self._writes[shard], self._files[shard]:
                 held = await self._refuse_unless_empty(shard, store, request.force)
                 try:
                     points = await self.worker.run(store.replace_with, files)
@@ -389,11 +590,24 @@ class Retriever(Actor):
                     raise BadRequestError(f"shard {shard!r} cannot be restored: {exc}") from None
                 finally:
                     shutil.rmtree(files, ignore_errors=True)
+                # the restored copy is the shard as of now: updates stored before it are
+                # not applied on top (on this replica; see README, Replicated shards)
+                log.moved_to(await self._last_stored(shard))
         self._models.pop(shard, None)  # the restored corpus bucket says which model
         self._last_write[shard] = time.monotonic()  # a build follows if one is due
         self.log.info("retriever.restored", shard=shard, points=points, replaced=held)
         return Restored(request_id=request.request_id,
                         details={"shard": shard, "points": points, "replaced": held})
+
+    async def _last_stored(self, shard: str) -> int:
+        """The stream sequence of the newest update stored for ``shard`` (0: none)."""
+        js = self.nc.jetstream()
+        try:
+            found = await through_elections(lambda: js.get_last_msg(
+                self.subjects.index_stream, self.subjects.index_log(shard)))
+        except NotFoundError:
+            return 0
+        return int(found.seq or 0)
 
     async def _refuse_unless_empty(self, shard: str, store: EdgeStore, force: bool) -> int:
         """The points ``shard`` holds (deleted ones too); refused if any, unless ``force``."""
@@ -408,8 +622,13 @@ class Retriever(Actor):
 
     @endpoint(lambda s: s.search("default"), request=Search)
     async def search(self, request: Search, ctx: Context) -> SearchResult:
-        """One shard's dense and keyword rankings for a query (the scatter target)."""
+        """One shard's dense and keyword rankings for a query (the scatter target); with
+        ``min_version``, once this replica has applied the updates up to it."""
         store = self._store(request.shard)
+        log = self.logs[request.shard]
+        if request.min_version:
+            await log.wait_for(request.min_version)
+        applied = log.applied
         if request.dense is not None and request.model is not None:
             # the model seen last, read again only when it disagrees (it changes only when
             # the shard is emptied): no KV read on a search's path
@@ -451,7 +670,7 @@ class Retriever(Actor):
             return out
 
         return SearchResult(request_id=request.request_id, shard=request.shard, dense=hits(d),
-                            sparse=hits(s))
+                            sparse=hits(s), applied=applied)
 
     @endpoint(lambda s: s.query, request=Query, accept=True, limit=lambda a: a.query_limit)
     async def query(self, request: Query, ctx: Context) -> None:
@@ -477,9 +696,10 @@ class Retriever(Actor):
             if self.cache is not None:
                 cached = await self.cache.get(key)
 
-        # the versions validate a cached retrieval and scope a cached answer: a query that
-        # can use neither (retrieval cache off, no answer) skips the KV read
-        known = self.cache is not None or request.generate
+        # the versions validate a cached retrieval, scope a cached answer, and are the
+        # least each shard's replica must have applied before it answers: a query after a
+        # finished ingest job sees what the job wrote, whichever replica answers
+        known = False
 
         async def read_versions() -> None:
             nonlocal known
@@ -489,8 +709,7 @@ class Retriever(Actor):
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(lookup)
-            if known:
-                tg.start_soon(read_versions)
+            tg.start_soon(read_versions)
         if cached is not None and (not known or cached.versions != versions):
             cached = None  # computed before a re-ingest (or nobody can say): stale
         timings: dict[str, float] = {}
@@ -505,7 +724,10 @@ class Retriever(Actor):
                                     request, prepared, shards,
                                     search_timeout_s=cfg.search_timeout_s, ranking=ranking,
                                     local={s: partial(self.search, ctx=ctx) for s in shards
-                                           if s in self.stores})
+                                           if s in self.stores},
+                                    min_versions={s: max(versions.get(s, 0),
+                                                         request.min_corpus_version or 0)
+                                                  for s in shards})
             sources = to_sources(gathered.hits, request.top_k, widen=request.widen)
             missing, vector = gathered.missing, gathered.vector
             timings.update(gathered.timings_ms)

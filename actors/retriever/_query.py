@@ -84,7 +84,8 @@ LocalSearch = Callable[[Search], Awaitable[SearchResult]]
 async def gather(ctx: Context, client: Client, subjects: Subjects, query: Query,
                  prepared: Prepared, shards: Sequence[str], *,
                  search_timeout_s: float, ranking: Ranking,
-                 local: Mapping[str, LocalSearch] | None = None) -> Gathered:
+                 local: Mapping[str, LocalSearch] | None = None,
+                 min_versions: Mapping[str, int] | None = None) -> Gathered:
     """Scatter the query to its shards and fuse what comes back by the deadline.
 
     The keyword half needs no embedding, so it goes out at once and runs while
@@ -92,8 +93,11 @@ async def gather(ctx: Context, client: Client, subjects: Subjects, query: Query,
     retriever are searched in-process (the same handler, without two bus hops and
     the hits' JSON); the others get a ``Search`` each. A shard whose reply misses
     its share of the time is reported missing, and the answer goes on without it.
+    ``min_versions``: per shard, the index stream sequence its replica must have applied
+    before it answers (read-your-writes; it waits within its share of the time).
     """
     local = local or {}
+    min_versions = min_versions or {}
     limit = max(ranking.candidates, query.top_k)
     timings: dict[str, float] = {}
     dense_lists: dict[str, list[SearchHit]] = {}
@@ -108,7 +112,8 @@ async def gather(ctx: Context, client: Client, subjects: Subjects, query: Query,
         search = Search(request_id=query.request_id, shard=shard, dense=dense, sparse=sparse,
                         filters=prepared.filters, limit=limit, deadline=deadline_after(budget),
                         trace=ctx.trace, widen=query.widen,
-                        model=model if dense is not None else None)
+                        model=model if dense is not None else None,
+                        min_version=min_versions.get(shard) or None)
         result: SearchResult | None = None
         try:
             in_process = local.get(shard)

@@ -10,15 +10,20 @@ from ._jobs import follow_job, submit_job
 from ._main import build_parser, main
 from ._run import run_actors
 from ._server import EmbeddedCluster, EmbeddedNats, NatsServerError, find_nats_server
+from ._status import ReplicaLag, cluster_nodes, index_replicas, replica_table
 
 __all__ = (
     "EmbeddedCluster",
     "EmbeddedNats",
     "NatsServerError",
+    "ReplicaLag",
     "build_parser",
+    "cluster_nodes",
     "find_nats_server",
     "follow_job",
+    "index_replicas",
     "main",
+    "replica_table",
     "run_actors",
     "submit_job",
 )

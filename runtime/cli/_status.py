@@ -4,12 +4,13 @@ circuit breakers as the routers stored them."""
 from __future__ import annotations
 
 import argparse
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import httpx
-from nats.js.errors import BucketNotFoundError
+from nats.js.errors import BucketNotFoundError, NotFoundError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -30,8 +31,9 @@ from ..jetstream import kv_entries
 from ..security import connect_as
 from ._state import read_run_info
 
-__all__ = ("Node", "StreamState", "add_commands", "breaker_states", "breaker_table",
-           "cluster_nodes", "stream_states")
+__all__ = ("Node", "ReplicaLag", "StreamState", "add_commands", "breaker_states",
+           "breaker_table", "cluster_nodes", "index_replicas", "replica_table",
+           "stream_states")
 
 out = Console()
 
@@ -96,6 +98,65 @@ async def stream_states(nc: NATS) -> list[StreamState]:
     return sorted(found, key=lambda s: s.name)
 
 
+@dataclass(frozen=True, slots=True)
+class ReplicaLag:
+    """One shard replica's place in the index stream, as its consumer says: the last
+    update delivered to it (applied within a batch of it), the updates not yet delivered,
+    and how long the oldest of those has been waiting."""
+
+    shard: str
+    replica: str
+    delivered: int
+    behind: int
+    behind_s: float
+
+
+async def index_replicas(nc: NATS, subjects: Subjects) -> list[ReplicaLag]:
+    """Every shard replica that has read the index stream (a replica that is down keeps
+    its consumer, and shows how far behind it has fallen)."""
+    js = nc.jetstream()
+    stream = subjects.index_stream
+    try:
+        consumers = await js.consumers_info(stream)
+    except NotFoundError:
+        return []
+    found: list[ReplicaLag] = []
+    for c in consumers:
+        words = (c.config.description or "").split()
+        if not (c.name or "").startswith("apply_") or len(words) != 5:
+            continue  # "ragbus shard <shard> replica <replica>"
+        delivered = (c.delivered.stream_seq if c.delivered else 0) or 0
+        behind, behind_s = c.num_pending or 0, 0.0
+        if behind:
+            try:
+                oldest = await js.get_msg(stream, seq=delivered + 1,
+                                          subject=c.config.filter_subject, next=True)
+                if oldest.time is not None:
+                    behind_s = max(0.0, time.time() - oldest.time.timestamp())
+            except NotFoundError:
+                pass
+        found.append(ReplicaLag(shard=words[2], replica=words[4], delivered=delivered,
+                                behind=behind, behind_s=behind_s))
+    # a replica recreates its consumer after a fault; one left behind idles out: the
+    # furthest is the one in use
+    newest: dict[tuple[str, str], ReplicaLag] = {}
+    for r in found:
+        kept = newest.get((r.shard, r.replica))
+        if kept is None or r.delivered > kept.delivered:
+            newest[(r.shard, r.replica)] = r
+    return sorted(newest.values(), key=lambda r: (r.shard, r.replica))
+
+
+def replica_table(replicas: list[ReplicaLag]) -> Table:
+    table = Table("shard", "replica", "applied up to", "behind (updates)", "behind (s)",
+                  title="index shard replicas")
+    for r in replicas:
+        colour = "green" if not r.behind else "yellow"
+        table.add_row(r.shard, r.replica, str(r.delivered), f"[{colour}]{r.behind}[/]",
+                      f"{r.behind_s:.1f}")
+    return table
+
+
 async def cluster_nodes(monitors: list[str]) -> list[Node]:
     """The embedded nodes ``ragbus up --cluster`` started, read from their monitoring
     endpoints (a node that does not answer is shown down)."""
@@ -145,16 +206,20 @@ def _cmd_status(args: argparse.Namespace) -> int:
     monitors = info.monitors if info is not None and info.nats_url == url else []
 
     async def run() -> tuple[list[dict[str, Any]], list[BreakerTransition], list[Table]]:
+        subjects = Subjects(loaded.settings.subject_prefix)
         nc = await connect_as(loaded.settings.nats, loaded.settings.security, "admin", url=url,
                               name="ragbus-status", max_reconnect_attempts=0)
         try:
             services = await discover(nc, wait_s=args.wait)
-            breakers = await breaker_states(nc, Subjects(loaded.settings.subject_prefix))
+            breakers = await breaker_states(nc, subjects)
             try:
                 streams = await stream_states(nc)
+                replicas = await index_replicas(nc, subjects)
             except Exception:  # JetStream unavailable (no leader): the nodes say more
-                streams = []
-            return services, breakers, _cluster_tables(await cluster_nodes(monitors), streams)
+                streams, replicas = [], []
+            tables = _cluster_tables(await cluster_nodes(monitors), streams)
+            return services, breakers, [*tables, *([replica_table(replicas)] if replicas
+                                                   else [])]
         finally:
             await nc.close()
 

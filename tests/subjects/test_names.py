@@ -20,7 +20,8 @@ def every_subject(s: Subjects) -> dict[str, str]:
     as ``<name>``, as in the README's table)."""
     found: dict[str, str] = {}
     for name, member in inspect.getmembers(type(s)):
-        if name.startswith("_") or name in ("prefix", "bucket", "ingest_stream", "audit_stream"):
+        if name.startswith("_") or name in ("prefix", "bucket", "ingest_stream", "audit_stream",
+                                             "index_stream"):
             continue
         if isinstance(member, property):
             found[name] = getattr(s, name)
@@ -40,6 +41,7 @@ def test_every_subject_is_under_the_prefix() -> None:
         assert subject.startswith("team1.rag."), name
     assert s.ingest_stream == "TEAM1_RAG_INGEST"
     assert s.audit_stream == "TEAM1_RAG_AUDIT"
+    assert s.index_stream == "TEAM1_RAG_INDEX"
     assert s.bucket("jobs") == "team1_rag_jobs"
 
 
@@ -55,9 +57,9 @@ def test_every_subject_is_in_the_readmes_table() -> None:
 
 def test_buckets_and_streams_are_listed_in_the_readme() -> None:
     for bucket in ("jobs", "docs", "corpus", "embeddings", "retrieval", "memory", "breakers",
-                   "answers"):
+                   "answers", "shards"):
         assert f"`rag_{bucket}`" in README, bucket
-    for stream in ("RAG_INGEST", "RAG_AUDIT"):
+    for stream in ("RAG_INGEST", "RAG_AUDIT", "RAG_INDEX"):
         assert f"`{stream}`" in README
 
 

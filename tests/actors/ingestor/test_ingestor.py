@@ -75,7 +75,18 @@ async def ingest(nc: NATS, request: IngestRequest) -> JobProgress:
     return last
 
 
+async def applied(retriever: Retriever) -> None:
+    """Wait for what a query waits for: the shard's corpus version applied by this replica
+    (a job is done once the index stream holds its updates; the replica applies them in
+    the moment after)."""
+    versions = await retriever.corpus_versions(["default"])
+    assert versions is not None
+    with anyio.fail_after(30):
+        await retriever.logs["default"].wait_for(versions["default"])
+
+
 async def points(retriever: Retriever, **flt: object) -> list[dict[str, object]]:
+    await applied(retriever)
     store = retriever.stores["default"]
     page = await retriever.worker.run(store.scroll, filter=Filter(**flt), limit=10_000)
     return [p.payload for p in page.points]
@@ -159,6 +170,15 @@ async def test_editing_one_paragraph_re_embeds_only_what_changed(
         assert {p["version"] for p in indexed} == {2}
         got = await Client(nc).request(S.docs("get"), DocGet(doc_id="doc"), DocListed)
         assert got.docs[0].version == 2
+        # each job's corpus version: the index stream sequence of its last update, and the
+        # collection's version once it finished
+        assert first.corpus_version is not None
+        assert second.corpus_version is not None
+        assert second.corpus_version > first.corpus_version
+        assert second.corpus_version == (await nc.jetstream().stream_info(
+            S.index_stream)).state.last_seq
+        assert await retriever.corpus_versions(["default"]) == {
+            "default": second.corpus_version}
 
 
 async def test_reingesting_unchanged_documents_embeds_nothing(
@@ -219,6 +239,7 @@ async def test_chunks_are_embedded_with_their_title_and_re_embedded_when_that_is
             assert embedder.model is not None
             probe = embedder.model.embed([f"River handbook\n\n{chunks[1].text}"])[0].tolist()
             store = retriever.stores["default"]
+            await applied(retriever)
             found = await retriever.worker.run(lambda: store.search(probe, limit=1))
             assert len(await points(retriever)) == len(chunks)  # replaced, never doubled
         return job, [h.score for h in found]
@@ -255,6 +276,7 @@ async def test_delete_hides_a_document_and_purge_removes_it(
         assert [d.doc_id for d in everything.docs] == ["gone", "keep"]
 
         await client.request(S.docs("delete"), DocDelete(doc_id="gone", purge=True), DocChanged)
+        await applied(retriever)
         assert await retriever.worker.run(store.count, Filter(include_deleted=True)) == 1
         with pytest.raises(NotFoundError):
             await client.request(S.docs("get"), DocGet(doc_id="gone"), DocListed)

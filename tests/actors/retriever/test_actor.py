@@ -79,7 +79,9 @@ async def test_an_index_build_runs_elsewhere_while_searches_are_answered(
         assert answered_during_build > 0
         store = retriever.stores["default"]
         assert await retriever.worker.run(store.count) == 300
-    assert sorted(p.name for p in (tmp_path / "qdrant").iterdir()) == ["default"]
+    # the build's copy is gone; beside the shard only its position in the index stream
+    assert sorted(p.name for p in (tmp_path / "qdrant").iterdir()) == [
+        "default", "default.applied"]
 
 
 async def test_a_shard_snapshot_restores_into_another_retriever_and_a_full_one_refuses(
@@ -106,6 +108,9 @@ async def test_a_shard_snapshot_restores_into_another_retriever_and_a_full_one_r
         snap = await client.request(S.snapshot_shard("default"), Snapshot(name="snap-1"),
                                     Snapshotted, timeout=60)
     assert snap.details["points"] == 30
+    # another system: on this bus the second would be a replica of the first's shard and
+    # replay its updates from the index stream
+    await nc.jetstream().delete_stream(S.index_stream)
 
     second = Retriever(settings("second"))
     async with running(second):
