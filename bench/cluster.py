@@ -93,8 +93,9 @@ async def _replica(urls: str, data: Path, name: str, metrics_port: int) -> Proce
            "RAGBUS_RETRIEVER__OPTIMIZE_IDLE_S": "600", "RAGBUS_LOGGING__LEVEL": "info",
            "RAGBUS_LOGGING__FORMAT": "json"}
     with (data / "log.jsonl").open("wb") as log:
+        # --no-supervise: the bench kills and restarts the replica process itself
         return await anyio.open_process([sys.executable, "-m", "ragbus.runtime.cli", "actor",
-                                         "retriever"], env=env, stdout=log,
+                                         "retriever", "--no-supervise"], env=env, stdout=log,
                                         stderr=subprocess.STDOUT)
 
 

@@ -97,7 +97,7 @@ async def replica(nats_url: str, data: Path, name: str) -> AsyncIterator[Process
     env = {**os.environ, "RAGBUS_NATS__URL": nats_url, "RAGBUS_METRICS__ENABLED": "false",
            "RAGBUS_DATA_DIR": str(data), "RAGBUS_RETRIEVER__REPLICA_ID": name,
            "RAGBUS_RETRIEVER__SNAPSHOT_INTERVAL_S": "0"}
-    proc = await anyio.open_process([*RAGBUS, "actor", "retriever"], env=env,
+    proc = await anyio.open_process([*RAGBUS, "actor", "retriever", "--no-supervise"], env=env,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         yield proc
