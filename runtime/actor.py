@@ -287,6 +287,12 @@ class Actor:
                 specs[spec.method] = spec
         cls._endpoints = tuple(specs.values())
 
+    @classmethod
+    def endpoint_specs(cls) -> tuple[EndpointSpec, ...]:
+        """What this actor's handlers declare: for tools that read the contract (the
+        fuzzing tests send malformed messages to every endpoint listed here)."""
+        return cls._endpoints
+
     def __init__(self, settings: Settings | None = None,
                  **options: Unpack[ActorOptions]) -> None:
         """``settings`` (defaults when None); ``options``: see :class:`ActorOptions`.

@@ -27,13 +27,14 @@ SCHEMA_VERSION = 1
 #: A request id as subjects carry it (``<prefix>.cancel.<request_id>``; see
 #: ``validate_token``): one that is not is refused with BAD_REQUEST when it is read,
 #: rather than failing deep in a handler or being impossible to cancel.
+#: (``(?![\s\S])`` is "the end of the text": ``$`` would let a trailing newline through.)
 RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=128,
-                                        pattern=r"^[A-Za-z0-9_\-:]+$")]
+                                        pattern=r"^[A-Za-z0-9_\-:]+(?![\s\S])")]
 
 #: A subject a receiver can publish to: dot-separated tokens, no whitespace, no wildcard.
 #: A ``reply_to`` that is not one could never be answered, so it is refused when read.
 ReplySubject = Annotated[str, msgspec.Meta(min_length=1,
-                                           pattern=r"^[^\s.*>]+(\.[^\s.*>]+)*$")]
+                                           pattern=r"^[^\s.*>]+(\.[^\s.*>]+)*(?![\s\S])")]
 
 
 def new_id() -> str:

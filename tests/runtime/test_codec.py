@@ -18,7 +18,15 @@ from hypothesis import strategies as st
 from ragbus.runtime import codec
 from ragbus.runtime.errors import RagbusError
 from ragbus.subjects import Message
-from tests.support.fuzz import KINDS, NoStrategyError, malformed, values, wire_types
+from tests.support.fuzz import (
+    KINDS,
+    NoStrategyError,
+    Target,
+    malformed,
+    shots,
+    values,
+    wire_types,
+)
 
 TYPES = wire_types()
 MESSAGES = [cls for cls in TYPES if issubclass(cls, Message)]
@@ -90,3 +98,19 @@ def test_a_type_the_generator_cannot_fill_fails_loudly() -> None:
 
     with pytest.raises(NoStrategyError, match="DateTime"):
         values(Dated)
+
+
+def test_bulk_shots_are_reproducible_and_each_is_read_as_labelled() -> None:
+    """The seeded generator a full-speed sender uses (``shots``) obeys the same labels."""
+    targets = [Target(f"rag.fuzz.{cls.__name__}", cls, answers=True) for cls in MESSAGES]
+    first = shots(targets, 3000, seed=7, limit=LIMIT)
+    assert first == shots(targets, 3000, seed=7, limit=LIMIT)
+    assert {shot.fuzz.kind for shot in first} == {*KINDS, "valid"}
+    for shot in first:
+        cls = shot.target.message
+        if shot.fuzz.expect is None:
+            assert isinstance(codec.read(shot.fuzz.data, cls, limit=LIMIT), cls)
+            continue
+        with pytest.raises(RagbusError) as refused:
+            codec.read(shot.fuzz.data, cls, limit=LIMIT)
+        assert refused.value.code == shot.fuzz.expect, (shot.fuzz.kind, shot.fuzz.data[:300])

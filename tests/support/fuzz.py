@@ -1,34 +1,40 @@
 """Valid and malformed messages for every wire type, derived from the types themselves.
 
-The strategies read each message's schema through ``msgspec.inspect``, so a message
+The generators read each message's schema through ``msgspec.inspect``, so a message
 type or field added to ``ragbus.subjects`` is fuzzed the day it is added; a field of
-a kind this module cannot generate raises :class:`NoStrategyError` instead of being
-skipped silently.
+a kind this module cannot generate raises :class:`NoStrategyError` when its strategy
+is asked for, instead of being skipped silently.
 
-It lives in ``tests.support`` (not in the package) because it is test tooling built
-on hypothesis, a dev dependency. The benchmarks may import it as they import
-``tests.support.fake_openai``; :func:`sample` draws a fixed, reproducible list for a
-sender that wants to fire thousands of messages at full speed (``bench/chaos``).
+One generator, two sources of choices: hypothesis (:func:`values`, :func:`malformed`:
+strategies that shrink, for property tests) and a seeded ``random.Random``
+(:func:`shots`: thousands of messages in milliseconds, the same list for the same
+seed, for a test or a benchmark that fires them at full speed). Hypothesis's engine
+costs about 10 ms per example whatever it draws, too slow for a bulk sender.
+
+It lives in ``tests.support`` (not in the package) because it is test tooling: the
+benchmarks may import it as they import ``tests.support.fake_openai``.
 """
 
 from __future__ import annotations
 
 import json
+import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, Final
+from typing import Any, Final, Protocol, TypeVar
 
 import msgspec
 import msgspec.inspect as mi
-from hypothesis import HealthCheck, Phase, given, settings
-from hypothesis import seed as fixed_seed
 from hypothesis import strategies as st
 
 import ragbus.subjects as subjects
-from ragbus.subjects import SCHEMA_VERSION, ErrorCode, Request, StreamRequest
+from ragbus.subjects import SCHEMA_VERSION, ErrorCode, Message, Request, StreamRequest
 
-__all__ = ("KINDS", "Fuzz", "NoStrategyError", "fuzz", "malformed", "sample", "values",
-           "wire_types")
+__all__ = ("KINDS", "Fuzz", "NoStrategyError", "Shot", "Target", "malformed", "shots",
+           "values", "wire_types")
+
+T = TypeVar("T")
 
 #: what each kind of malformed message must be refused with by the kernel
 KINDS: Final[dict[str, ErrorCode]] = {
@@ -44,27 +50,59 @@ KINDS: Final[dict[str, ErrorCode]] = {
     "past_deadline": ErrorCode.DEADLINE_EXCEEDED,
 }
 
-_I64 = 2**63 - 1
-_TOKEN = st.text("abcdefABCDEF0123456789_-:", min_size=1, max_size=40)
-#: what no subject token may hold: NATS would split, match or reject on it
-_NOT_A_TOKEN = st.one_of(
-    st.sampled_from(["", " ", "a b", "a.b", "*", ">", "a\r\nPUB x 0", "\t", "x.>", "x" * 129]),
-    st.text(min_size=1, max_size=20).filter(lambda s: not s.strip() or any(
-        c in s for c in " .*>\t\r\n")))
-_NOT_A_SUBJECT = st.sampled_from(["", " ", "a b", "a..b", ".a", "a.", "a\r\nb", "a\tb"])
+_I64: Final = 2**63 - 1
+_TOKEN_CHARS: Final = "abcdefABCDEF0123456789_-:"
+#: string patterns the schema uses, and how to fill each (a new one must be added here)
+_PATTERNS: Final[dict[str, str]] = {
+    r"^[A-Za-z0-9_\-:]+(?![\s\S])": "token",
+    r"^[^\s.*>]+(\.[^\s.*>]+)*(?![\s\S])": "subject",
+}
+_NOT_TOKENS: Final = ("", " ", "a\n", "a b", "a.b", "*", ">", "a\r\nPUB x 0", "\t", "x.>",
+                      "x" * 129)
+_NOT_SUBJECTS: Final = ("", " ", "a\n", "a.b\n", "a b", "a..b", ".a", "a.", "a\r\nb", "a\tb",
+                        "a.*", ">")
+_HUGE: Final = "\u2603huge\u2603"
+_HUGE_JSON: Final = json.dumps(_HUGE).encode()
+_NOT_OBJECTS: Final = (b"[]", b"1", b'"x"', b"null", b"true", b"[{}]", b"")
+#: one JSON value of each kind a field may hold, to find one its type refuses
+_WRONG: Final[tuple[Any, ...]] = (12345, 1.5, "wrong", True, None, [1, "x"], {"x": 1})
+_ALPHABET: Final = ("abcxyzABC019 _-.:*>/\\\"'{}[]\t\n\r\x00\x7f"
+                    "é漢字ßΩ\u200b\U0001f600\ufeff")
 
 
 class NoStrategyError(TypeError):
-    """A field's type is one this module cannot generate: teach :func:`_node` about it."""
+    """A field's type is one this module cannot generate: teach :func:`_value` about it."""
 
 
 @dataclass(frozen=True, slots=True)
 class Fuzz:
-    """One malformed payload, what made it so, and the code the kernel must refuse it with."""
+    """One payload, what made it malformed, and the code the kernel must refuse it with
+    (``kind`` "valid" and ``expect`` None: a well-formed message of random content,
+    which may be served or refused, but never with INTERNAL)."""
 
     kind: str
     data: bytes
-    expect: ErrorCode
+    expect: ErrorCode | None
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A subject ragbus listens on (``*``/``>`` where any token goes), what its listener
+    decodes, and whether it answers on a NATS reply subject (a core endpoint does; a
+    broadcast like cancel, or a JetStream consumer, does not)."""
+
+    subject: str
+    message: type[msgspec.Struct]
+    answers: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Shot:
+    """One message to send: the concrete subject (wildcards filled) and the payload."""
+
+    target: Target
+    subject: str
+    fuzz: Fuzz
 
 
 def wire_types() -> list[type[msgspec.Struct]]:
@@ -75,92 +113,197 @@ def wire_types() -> list[type[msgspec.Struct]]:
     return sorted(found, key=lambda cls: cls.__name__)
 
 
+# -- where choices come from ---------------------------------------------------------------
+class Draw(Protocol):
+    """The choices a generator makes; hypothesis's ``draw`` or a seeded ``Random``."""
+
+    def integer(self, lo: int, hi: int) -> int: ...
+    def real(self, lo: float | None, hi: float | None) -> float: ...
+    def text(self, lo: int, hi: int) -> str: ...
+    def blob(self, lo: int, hi: int) -> bytes: ...
+    def pick(self, options: Sequence[T]) -> T: ...
+
+
+class _Hypothesis:
+    def __init__(self, draw: Callable[[st.SearchStrategy[Any]], Any]) -> None:
+        self._draw = draw
+
+    def integer(self, lo: int, hi: int) -> int:
+        value: int = self._draw(st.integers(lo, hi))
+        return value
+
+    def real(self, lo: float | None, hi: float | None) -> float:
+        value: float = self._draw(st.floats(lo, hi, allow_nan=False, allow_infinity=False))
+        return value
+
+    def text(self, lo: int, hi: int) -> str:
+        value: str = self._draw(st.text(min_size=lo, max_size=hi))
+        return value
+
+    def blob(self, lo: int, hi: int) -> bytes:
+        value: bytes = self._draw(st.binary(min_size=lo, max_size=hi))
+        return value
+
+    def pick(self, options: Sequence[T]) -> T:
+        value: T = self._draw(st.sampled_from(options))
+        return value
+
+
+class _Random:
+    """Seeded choices that favour the edges (empty, zero, the bounds) as hypothesis does."""
+
+    def __init__(self, seed: int) -> None:
+        self._rng = random.Random(seed)
+
+    def integer(self, lo: int, hi: int) -> int:
+        roll = self._rng.random()
+        if roll < 0.2:
+            return self._rng.choice([v for v in (lo, hi, 0, -1, 1) if lo <= v <= hi] or [lo])
+        if roll < 0.7:
+            return self._rng.randint(max(lo, min(hi, -1000)), min(hi, max(lo, 1000)))
+        return self._rng.randint(lo, hi)
+
+    def real(self, lo: float | None, hi: float | None) -> float:
+        low, high = lo if lo is not None else -1e12, hi if hi is not None else 1e12
+        if self._rng.random() < 0.2:
+            return self._rng.choice([low, high, min(max(0.0, low), high)])
+        return self._rng.uniform(low, high)
+
+    def text(self, lo: int, hi: int) -> str:
+        return "".join(self._rng.choice(_ALPHABET) for _ in range(self.integer(lo, hi)))
+
+    def blob(self, lo: int, hi: int) -> bytes:
+        return self._rng.randbytes(self.integer(lo, hi))
+
+    def pick(self, options: Sequence[T]) -> T:
+        return self._rng.choice(options)
+
+
 # -- valid values --------------------------------------------------------------------------
-_JSON: st.SearchStrategy[Any] = st.recursive(
-    st.none() | st.booleans() | st.integers(-_I64, _I64)
-    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
-                                                                 max_size=3),
-    max_leaves=6)
+def _check(t: mi.Type, seen: set[type] | None = None) -> None:
+    """Raise :class:`NoStrategyError` now for any field :func:`_value` cannot fill."""
+    seen = set() if seen is None else seen
+    if isinstance(t, mi.StructType):
+        if t.cls not in seen:
+            seen.add(t.cls)
+            for f in t.fields:
+                _check(f.type, seen)
+    elif isinstance(t, mi.ListType):
+        _check(t.item_type, seen)
+    elif isinstance(t, mi.DictType):
+        _check(t.key_type, seen)
+        _check(t.value_type, seen)
+    elif isinstance(t, mi.UnionType):
+        for member in t.types:
+            _check(member, seen)
+    elif isinstance(t, mi.StrType) and t.pattern is not None and t.pattern not in _PATTERNS:
+        raise NoStrategyError(f"no strategy for strings matching {t.pattern!r}")
+    elif not isinstance(t, (mi.NoneType, mi.BoolType, mi.IntType, mi.FloatType, mi.StrType,
+                            mi.BytesType, mi.LiteralType, mi.EnumType, mi.AnyType)) and not (
+            isinstance(t, mi.CustomType) and t.cls is object):
+        raise NoStrategyError(f"no strategy for a field of type {t!r}")
 
 
-def _bounds(t: Any, low: int, high: int) -> tuple[int, int]:
-    lo = t.ge if t.ge is not None else (t.gt + 1 if t.gt is not None else low)
-    hi = t.le if t.le is not None else (t.lt - 1 if t.lt is not None else high)
-    return lo, hi
+def _token(d: Draw) -> str:
+    return "".join(d.pick(_TOKEN_CHARS) for _ in range(d.integer(1, 24)))
 
 
-def _node(t: mi.Type) -> st.SearchStrategy[Any]:
-    """A strategy for Python values of one ``msgspec.inspect`` type node."""
+def _json(d: Draw, depth: int) -> Any:
+    kind = d.integer(0, 6 if depth < 2 else 4)
+    if kind == 0:
+        return None
+    if kind == 1:
+        return d.pick((True, False))
+    if kind == 2:
+        return d.integer(-_I64, _I64)
+    if kind == 3:
+        return d.real(None, None)
+    if kind == 4:
+        return d.text(0, 20)
+    if kind == 5:
+        return [_json(d, depth + 1) for _ in range(d.integer(0, 3))]
+    return {d.text(0, 8): _json(d, depth + 1) for _ in range(d.integer(0, 3))}
+
+
+def _value(t: mi.Type, d: Draw, depth: int) -> Any:
+    """A Python value of one ``msgspec.inspect`` type node (see :func:`_check`)."""
+    small = depth > 3  # keep nested lists short, so a message stays small
     if isinstance(t, mi.NoneType):
-        return st.none()
+        return None
     if isinstance(t, mi.BoolType):
-        return st.booleans()
+        return d.pick((True, False))
     if isinstance(t, mi.IntType):
-        return st.integers(*_bounds(t, -_I64, _I64))
+        lo = t.ge if t.ge is not None else (t.gt + 1 if t.gt is not None else -_I64)
+        hi = t.le if t.le is not None else (t.lt - 1 if t.lt is not None else _I64)
+        return d.integer(lo, hi)
     if isinstance(t, mi.FloatType):
-        return st.floats(min_value=t.ge, max_value=t.le, allow_nan=False,
-                         allow_infinity=False)
+        return d.real(t.ge, t.le)
     if isinstance(t, mi.StrType):
         if t.pattern is not None:
-            return st.from_regex(t.pattern, fullmatch=True).filter(
-                lambda s: (t.min_length or 0) <= len(s) <= (t.max_length or len(s)))
-        return st.text(min_size=t.min_length or 0,
-                       max_size=min(t.max_length if t.max_length is not None else 40, 40))
+            token = _token(d)
+            return token if _PATTERNS[t.pattern] == "token" else f"_INBOX.fuzz.{token}"
+        hi = min(t.max_length if t.max_length is not None else 40, 40)
+        return d.text(min(t.min_length or 0, hi), hi)
     if isinstance(t, mi.BytesType):
-        return st.binary(min_size=t.min_length or 0, max_size=min(t.max_length or 64, 64))
+        return d.blob(t.min_length or 0, min(t.max_length or 64, 64))
     if isinstance(t, mi.ListType):
-        return st.lists(_node(t.item_type), min_size=t.min_length or 0,
-                        max_size=min(t.max_length or 3, 3))
+        lo = t.min_length or 0
+        return [_value(t.item_type, d, depth + 1)
+                for _ in range(d.integer(lo, lo if small else max(lo, 3)))]
     if isinstance(t, mi.DictType):
-        return st.dictionaries(_node(t.key_type), _node(t.value_type), max_size=3)
+        return {_value(t.key_type, d, depth + 1): _value(t.value_type, d, depth + 1)
+                for _ in range(d.integer(0, 0 if small else 3))}
     if isinstance(t, mi.UnionType):
-        return st.one_of(*[_node(member) for member in t.types])
+        return _value(d.pick(t.types), d, depth)
     if isinstance(t, mi.LiteralType):
-        return st.sampled_from(t.values)
+        return d.pick(t.values)
     if isinstance(t, mi.EnumType):
-        return st.sampled_from(list(t.cls))
+        return d.pick(list(t.cls))
     if isinstance(t, mi.StructType):
-        return st.deferred(lambda: values(t.cls))
-    if isinstance(t, mi.AnyType) or (isinstance(t, mi.CustomType) and t.cls is object):
-        return _JSON
-    raise NoStrategyError(f"no strategy for a field of type {t!r}")
+        return _build(t.cls, d, depth + 1)
+    return _json(d, 0)  # Any, object
 
 
-def _field(cls: type[msgspec.Struct], field: mi.Field) -> st.SearchStrategy[Any]:
+def _envelope(cls: type[msgspec.Struct], name: str, d: Draw) -> tuple[bool, Any]:
     """The envelope's fields get values the kernel accepts, so a *valid* message is one
     that reaches its handler; the malformed kinds break them on purpose."""
-    if field.name == "v" and issubclass(cls, subjects.Message):
-        return st.just(SCHEMA_VERSION)
-    if issubclass(cls, subjects.Message) and field.name == "deadline":
-        return st.none()  # the receiving actor applies its default (never already past)
-    if issubclass(cls, Request) and field.name == "request_id":
-        return _TOKEN
-    if issubclass(cls, StreamRequest) and field.name == "reply_to":
-        return _TOKEN.map(lambda token: f"_INBOX.fuzz.{token}")
-    return _node(field.type)
+    if not issubclass(cls, Message):
+        return False, None
+    if name == "v":
+        return True, SCHEMA_VERSION
+    if name == "deadline":
+        return True, None  # the receiving actor applies its default (never already past)
+    if issubclass(cls, StreamRequest) and name == "reply_to":
+        return True, f"_INBOX.fuzz.{_token(d)}"
+    return False, None
 
 
 @cache
+def _info(cls: type[msgspec.Struct]) -> mi.StructType:
+    info = mi.type_info(cls)  # ~1 ms: read each schema once
+    assert isinstance(info, mi.StructType)
+    return info
+
+
+def _build(cls: type[msgspec.Struct], d: Draw, depth: int = 0) -> Any:
+    info = _info(cls)
+    kwargs: dict[str, Any] = {}
+    for f in info.fields:
+        factory = f.default_factory is not msgspec.NODEFAULT  # new_id, now_ms: drawn instead
+        if not f.required and not factory and d.pick((False, True)):
+            continue  # keep the default
+        fixed, value = _envelope(cls, f.name, d)
+        kwargs[f.name] = value if fixed else _value(f.type, d, depth)
+    return cls(**kwargs)
+
+
 def values(cls: type[msgspec.Struct]) -> st.SearchStrategy[Any]:
     """Valid instances of ``cls``: every required field, any of the optional ones."""
-    info = mi.type_info(cls)
-    assert isinstance(info, mi.StructType)
-    required = {f.name: _field(cls, f) for f in info.fields if f.required}
-    optional = {f.name: _field(cls, f) for f in info.fields if not f.required}
-    return st.fixed_dictionaries(required, optional=optional).map(lambda kw: cls(**kw))
+    _check(_info(cls))
+    return st.composite(lambda draw: _build(cls, _Hypothesis(draw)))()
 
 
-# -- malformed payloads ------------------------------------------------------------------
-#: one JSON value of each kind a field may hold, to find one its type refuses
-_WRONG: Final[tuple[Any, ...]] = (12345, 1.5, "wrong", True, None, [1, "x"], {"x": 1})
-
-
-def _fields(cls: type[msgspec.Struct]) -> list[tuple[str, Any, bool]]:
-    """(wire name, annotation, required) of each field."""
-    return [(f.encode_name, f.type, f.required) for f in msgspec.structs.fields(cls)]
-
-
+# -- malformed payloads --------------------------------------------------------------------
 def _refuses(annotation: Any, value: Any) -> bool:
     try:
         msgspec.json.decode(json.dumps(value).encode(), type=annotation)
@@ -169,16 +312,83 @@ def _refuses(annotation: Any, value: Any) -> bool:
     return False
 
 
-def _dump(message: Any) -> dict[str, Any]:
-    doc: dict[str, Any] = json.loads(msgspec.json.encode(message))
-    return doc
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """What the malformed kinds need to know of a type, computed once per type."""
 
-
-def _encode(doc: Any) -> bytes:
-    return json.dumps(doc).encode()
+    kinds: tuple[str, ...]
+    wrong: tuple[tuple[str, tuple[Any, ...]], ...]  # field -> JSON values it refuses
+    required: tuple[str, ...]
+    strings: tuple[str, ...]
 
 
 @cache
+def _shape(cls: type[msgspec.Struct], wanted: frozenset[str]) -> _Shape:
+    fields = msgspec.structs.fields(cls)
+    wrong = tuple((f.encode_name, refused) for f in fields
+                  if (refused := tuple(w for w in _WRONG if _refuses(f.type, w))))
+    required = tuple(f.encode_name for f in fields if f.required)
+    strings = tuple(f.encode_name for f in fields if not _refuses(f.type, "s")
+                    and f.encode_name not in ("request_id", "reply_to"))
+    names = {f.encode_name for f in fields}
+    applies = {
+        "wrong_type": bool(wrong), "missing_field": bool(required),
+        "bad_request_id": issubclass(cls, Request),
+        "bad_reply_to": issubclass(cls, StreamRequest),
+        "past_deadline": "deadline" in names, "future_version": issubclass(cls, Message),
+    }
+    kinds = tuple(k for k in KINDS if k in wanted and applies.get(k, True))
+    if not kinds:
+        raise NoStrategyError(f"no malformed kind applies to {cls.__name__}")
+    return _Shape(kinds, wrong, required, strings)
+
+
+def _broken(d: Draw, fixed: Sequence[str], breakers: str) -> str:
+    """One of ``fixed``, or random text around a character of ``breakers``."""
+    if d.pick((False, True)):
+        return d.pick(fixed)
+    return d.text(0, 8) + d.pick(breakers) + d.text(0, 8)
+
+
+def _spoil(cls: type[msgspec.Struct], d: Draw, limit: int, shape: _Shape) -> Fuzz:
+    kind = d.pick(shape.kinds)
+    data: bytes
+    if kind == "random_bytes":
+        data = d.blob(0, 256)
+        try:
+            msgspec.json.decode(data, type=cls)
+        except msgspec.DecodeError:
+            pass
+        else:
+            data += b"\xff"  # it happened to be valid: trailing garbage breaks it
+    elif kind == "not_an_object":
+        data = d.pick(_NOT_OBJECTS)
+    elif kind == "truncated":
+        whole = msgspec.json.encode(_build(cls, d))
+        data = whole[:d.integer(0, len(whole) - 1)]  # no strict prefix of an object parses
+    else:
+        doc: dict[str, Any] = json.loads(msgspec.json.encode(_build(cls, d)))
+        if kind == "wrong_type":
+            name, refused = d.pick(shape.wrong)
+            doc[name] = d.pick(refused)
+        elif kind == "missing_field":
+            doc.pop(d.pick(shape.required), None)
+        elif kind == "bad_request_id":
+            doc["request_id"] = _broken(d, _NOT_TOKENS, " .*>\t\r\n")
+        elif kind == "bad_reply_to":
+            doc["reply_to"] = _broken(d, _NOT_SUBJECTS, " *>\t\r\n")
+        elif kind == "past_deadline":
+            doc["deadline"] = d.integer(1, 10**12)  # 1970 to 2001: past, and reproducible
+        elif kind == "future_version":
+            doc["v"] = SCHEMA_VERSION + d.integer(1, _I64 - 1)
+        else:  # huge_string: past the receiver's size limit (spliced in: encoding is slow)
+            doc[d.pick(shape.strings or ("a_field_from_the_future",))] = _HUGE
+        data = json.dumps(doc).encode()
+        if kind == "huge_string":
+            data = data.replace(_HUGE_JSON, b'"' + b"x" * (limit + d.integer(1, 4096)) + b'"')
+    return Fuzz(kind, data, KINDS[kind])
+
+
 def malformed(cls: type[msgspec.Struct], *, limit: int = 1024 * 1024,
               kinds: tuple[str, ...] | None = None) -> st.SearchStrategy[Fuzz]:
     """Payloads the kernel must refuse when it expects ``cls``, each with its code.
@@ -186,78 +396,37 @@ def malformed(cls: type[msgspec.Struct], *, limit: int = 1024 * 1024,
     ``limit`` is the receiver's ``runtime.max_message_bytes`` (``huge_string`` goes past
     it); ``kinds`` narrows the choice (default: every kind that applies to ``cls``).
     """
-    fields = _fields(cls)
-    wanted = set(KINDS if kinds is None else kinds)
-    base = values(cls)
-    options: list[st.SearchStrategy[Fuzz]] = []
-
-    def add(kind: str, payloads: st.SearchStrategy[bytes]) -> None:
-        if kind in wanted:
-            options.append(payloads.map(lambda data: Fuzz(kind, data, KINDS[kind])))
-
-    def decodes(data: bytes) -> bool:
-        try:
-            msgspec.json.decode(data, type=cls)
-        except msgspec.DecodeError:
-            return False
-        return True
-
-    add("random_bytes", st.binary(max_size=256).filter(lambda data: not decodes(data)))
-    add("not_an_object", st.sampled_from([b"[]", b"1", b'"x"', b"null", b"true", b"[{}]"]))
-    add("truncated", st.tuples(base.map(msgspec.json.encode), st.floats(0, 1)).map(
-        lambda pair: pair[0][:min(len(pair[0]) - 1, int(len(pair[0]) * pair[1]))]))
-
-    wrong = [(name, [w for w in _WRONG if _refuses(annotation, w)])
-             for name, annotation, _ in fields]
-    wrong = [(name, refused) for name, refused in wrong if refused]
-    if wrong:
-        add("wrong_type", st.tuples(base.map(_dump), st.sampled_from(wrong), st.data()).map(
-            lambda t: _encode({**t[0], t[1][0]: t[2].draw(st.sampled_from(t[1][1]))})))
-    required = [name for name, _, needed in fields if needed]
-    if required:
-        add("missing_field", st.tuples(base.map(_dump), st.sampled_from(required)).map(
-            lambda t: _encode({k: v for k, v in t[0].items() if k != t[1]})))
-    names = {name for name, _, _ in fields}
-    if issubclass(cls, Request):
-        add("bad_request_id", st.tuples(base.map(_dump), _NOT_A_TOKEN).map(
-            lambda t: _encode({**t[0], "request_id": t[1]})))
-    if "deadline" in names:
-        add("past_deadline", st.tuples(base.map(_dump), st.integers(1, 10**12)).map(
-            lambda t: _encode({**t[0], "deadline": subjects.now_ms() - t[1]})))
-    if issubclass(cls, StreamRequest):
-        add("bad_reply_to", st.tuples(base.map(_dump), _NOT_A_SUBJECT).map(
-            lambda t: _encode({**t[0], "reply_to": t[1]})))
-    if issubclass(cls, subjects.Message):
-        add("future_version", st.tuples(base.map(_dump), st.integers(1, _I64 - 1)).map(
-            lambda t: _encode({**t[0], "v": SCHEMA_VERSION + t[1]})))
-    strings = [name for name, annotation, _ in fields
-               if not _refuses(annotation, "s") and name not in ("request_id", "reply_to")]
-    add("huge_string", st.tuples(base.map(_dump),
-                                 st.sampled_from(strings or ["a_field_from_the_future"]),
-                                 st.integers(1, 4096)).map(
-        lambda t: _encode({**t[0], t[1]: "x" * (limit + t[2])})))
-    if not options:
-        raise NoStrategyError(f"no malformed kind applies to {cls.__name__}")
-    return st.one_of(*options)
+    _check(_info(cls))
+    shape = _shape(cls, frozenset(KINDS if kinds is None else kinds))
+    return st.composite(lambda draw: _spoil(cls, _Hypothesis(draw), limit, shape))()
 
 
-def fuzz(cls: type[msgspec.Struct], *, limit: int = 1024 * 1024) -> st.SearchStrategy[Fuzz]:
-    """A malformed payload for ``cls`` (alias of :func:`malformed` with every kind)."""
-    return malformed(cls, limit=limit)
+# -- many at once --------------------------------------------------------------------------
+def _concrete(pattern: str, d: Draw) -> str:
+    """``pattern`` with each ``*`` a token and a trailing ``>`` one to three (an unknown
+    request id in a cancel, a made-up provider in a breaker transition)."""
+    return ".".join(
+        _token(d) if part == "*" else
+        ".".join(_token(d) for _ in range(d.integer(1, 3))) if part == ">" else part
+        for part in pattern.split("."))
 
 
-def sample(strategy: st.SearchStrategy[Any], n: int, *, seed: int = 19) -> list[Any]:
-    """``n`` draws of ``strategy``, the same list for the same seed (hypothesis's own
-    engine, without a database or shrinking), for a sender that fires them all at once."""
-    drawn: list[Any] = []
-
-    @fixed_seed(seed)
-    @settings(max_examples=n, database=None, phases=[Phase.generate], deadline=None,
-              suppress_health_check=list(HealthCheck))
-    @given(strategy)
-    def collect(value: Any) -> None:
-        drawn.append(value)
-
-    collect()
-    return drawn[:n]
-
+def shots(targets: Sequence[Target], n: int, *, seed: int = 19, limit: int = 1024 * 1024,
+          valid_share: float = 0.1) -> list[Shot]:
+    """``n`` messages spread evenly over ``targets``: malformed ones of every kind that
+    applies, and about ``valid_share`` well-formed ones of random content. The same
+    seed gives the same bytes (nothing depends on the clock)."""
+    d = _Random(seed)
+    rng = random.Random(seed + 1)
+    for target in targets:
+        _check(_info(target.message))
+    every = frozenset(KINDS)
+    out: list[Shot] = []
+    for i in range(n):
+        target = targets[i % len(targets)]
+        if rng.random() < valid_share:
+            fuzz = Fuzz("valid", msgspec.json.encode(_build(target.message, d)), None)
+        else:
+            fuzz = _spoil(target.message, d, limit, _shape(target.message, every))
+        out.append(Shot(target, _concrete(target.subject, d), fuzz))
+    return out
