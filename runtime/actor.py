@@ -53,6 +53,7 @@ from ragbus.subjects import (
     ErrorReply,
     Failed,
     Message,
+    ReplySubject,
     Request,
     StreamRequest,
     Subjects,
@@ -1011,6 +1012,14 @@ _AUDITED_ERRORS = {
 }
 
 
+def _publishable(subject: str) -> bool:
+    try:
+        msgspec.convert(subject, ReplySubject)
+    except msgspec.ValidationError:
+        return False
+    return True
+
+
 def _loose(data: bytes) -> _Loose:
     try:
         raw: _Raw = codec.decode(data, _Raw)
@@ -1018,7 +1027,7 @@ def _loose(data: bytes) -> _Loose:
         return _Loose()
     request_id = raw.request_id if isinstance(raw.request_id, str) else None
     reply_to = raw.reply_to if isinstance(raw.reply_to, str) else None
-    if reply_to is not None and (" " in reply_to or not reply_to):
+    if reply_to is not None and not _publishable(reply_to):
         reply_to = None
     trace_id = raw.trace.get("trace_id") if isinstance(raw.trace, dict) else None
     return _Loose(request_id, reply_to, trace_id if isinstance(trace_id, str) else None)

@@ -11,8 +11,11 @@ import msgspec
 __all__ = (
     "SCHEMA_VERSION",
     "Message",
+    "ReplySubject",
     "Request",
+    "RequestId",
     "StreamRequest",
+    "SubjectToken",
     "Trace",
     "deadline_after",
     "new_id",
@@ -24,12 +27,14 @@ __all__ = (
 SCHEMA_VERSION = 1
 
 
-#: A request id as subjects carry it (``<prefix>.cancel.<request_id>``; see
-#: ``validate_token``): one that is not is refused with BAD_REQUEST when it is read,
-#: rather than failing deep in a handler or being impossible to cancel.
+#: A name spliced into a subject or a KV key: a request, job, shard or collection id
+#: (``<prefix>.cancel.<request_id>``, the jobs bucket's ``<job_id>``; see
+#: ``validate_token``). One that is not is refused with BAD_REQUEST when it is read,
+#: rather than failing as INTERNAL deep in a handler, or being impossible to cancel.
 #: (``(?![\s\S])`` is "the end of the text": ``$`` would let a trailing newline through.)
-RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=128,
-                                        pattern=r"^[A-Za-z0-9_\-:]+(?![\s\S])")]
+SubjectToken = Annotated[str, msgspec.Meta(min_length=1, max_length=128,
+                                    pattern=r"^[A-Za-z0-9_\-:]+(?![\s\S])")]
+RequestId = SubjectToken
 
 #: A subject a receiver can publish to: dot-separated tokens, no whitespace, no wildcard.
 #: A ``reply_to`` that is not one could never be answered, so it is refused when read.
