@@ -11,7 +11,6 @@ from typing import Unpack
 
 import anyio
 import msgspec
-import numpy as np
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 from prometheus_client import Counter
@@ -287,11 +286,11 @@ class Retriever(Actor):
             await self._check_model(request.collection, request.model_id, store)
         records = []
         for point in request.upserts:
-            vector = np.frombuffer(point.vector, dtype="<f4")
-            if vector.shape[0] != request.dim:
-                raise BadRequestError(f"point {point.id} has {vector.shape[0]} dimensions; "
+            vector = dense_array(point.vector)
+            if len(vector) != request.dim:
+                raise BadRequestError(f"point {point.id} has {len(vector)} dimensions; "
                                  f"the update declares dim={request.dim}")
-            records.append(Record(id=point.id, dense=vector.tolist(), sparse=point.sparse,
+            records.append(Record(id=point.id, dense=vector, sparse=point.sparse,
                                   payload=point.payload))
 
         def apply() -> int:
