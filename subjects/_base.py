@@ -11,11 +11,11 @@ import msgspec
 __all__ = (
     "SCHEMA_VERSION",
     "Message",
+    "Name",
     "ReplySubject",
     "Request",
     "RequestId",
     "StreamRequest",
-    "SubjectToken",
     "Trace",
     "deadline_after",
     "new_id",
@@ -27,14 +27,17 @@ __all__ = (
 SCHEMA_VERSION = 1
 
 
-#: A name spliced into a subject or a KV key: a request, job, shard or collection id
-#: (``<prefix>.cancel.<request_id>``, the jobs bucket's ``<job_id>``; see
+#: A request id as subjects carry it (``<prefix>.cancel.<request_id>``; see
 #: ``validate_token``). One that is not is refused with BAD_REQUEST when it is read,
 #: rather than failing as INTERNAL deep in a handler, or being impossible to cancel.
 #: (``(?![\s\S])`` is "the end of the text": ``$`` would let a trailing newline through.)
-SubjectToken = Annotated[str, msgspec.Meta(min_length=1, max_length=128,
-                                    pattern=r"^[A-Za-z0-9_\-:]+(?![\s\S])")]
-RequestId = SubjectToken
+RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=128,
+                                        pattern=r"^[A-Za-z0-9_\-:]+(?![\s\S])")]
+
+#: A job, shard or collection name: it becomes a subject token and a KV key, so it is
+#: refused when read unless it is both (KV keys allow no ``:``).
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128,
+                                   pattern=r"^[A-Za-z0-9_\-]+(?![\s\S])")]
 
 #: A subject a receiver can publish to: dot-separated tokens, no whitespace, no wildcard.
 #: A ``reply_to`` that is not one could never be answered, so it is refused when read.

@@ -119,11 +119,13 @@ def test_requests_carry_an_id_and_streamed_ones_a_reply_subject() -> None:
 
 @pytest.mark.parametrize(("cls", "doc"), [
     (subjects.JobGet, {"job_id": "a.b"}),
+    (subjects.JobGet, {"job_id": "a:b"}),
     (subjects.IngestRequest, {"job_id": "job one"}),
     (subjects.IngestRequest, {"collection": "docs.>"}),
     (subjects.DocList, {"collection": ""}),
     (subjects.DocGet, {"doc_id": "x", "collection": "a\n"}),
     (subjects.DocDelete, {"doc_id": "x", "collection": "*"}),
+    (subjects.DocDelete, {"doc_id": "x", "collection": "docs:v2"}),
     (subjects.Query, {"question": "q", "reply_to": "_INBOX.x", "collections": ["ok", "no.t"]}),
     (subjects.Search, {"shard": "a b"}),
     (subjects.IndexUpdate, {"model_id": "m", "dim": 4, "collection": "é"}),

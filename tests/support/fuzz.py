@@ -45,20 +45,26 @@ KINDS: Final[dict[str, ErrorCode]] = {
     "missing_field": ErrorCode.BAD_REQUEST,
     "bad_request_id": ErrorCode.BAD_REQUEST,
     "bad_reply_to": ErrorCode.BAD_REQUEST,
+    "bad_name": ErrorCode.BAD_REQUEST,
     "huge_string": ErrorCode.TOO_LARGE,
     "future_version": ErrorCode.UNSUPPORTED_VERSION,
     "past_deadline": ErrorCode.DEADLINE_EXCEEDED,
 }
 
 _I64: Final = 2**63 - 1
-_TOKEN_CHARS: Final = "abcdefABCDEF0123456789_-:"
-#: string patterns the schema uses, and how to fill each (a new one must be added here)
+#: string patterns the schema uses, and the characters to fill each from (a subject's
+#: tokens get the ``_INBOX.fuzz.`` prefix); a new pattern must be added here
 _PATTERNS: Final[dict[str, str]] = {
-    r"^[A-Za-z0-9_\-:]+(?![\s\S])": "token",
-    r"^[^\s.*>]+(\.[^\s.*>]+)*(?![\s\S])": "subject",
+    r"^[A-Za-z0-9_\-:]+(?![\s\S])": "abcdefABCDEF0123456789_-:",
+    r"^[A-Za-z0-9_\-]+(?![\s\S])": "abcdefABCDEF0123456789_-",
+    r"^[^\s.*>]+(\.[^\s.*>]+)*(?![\s\S])": "abcdefABCDEF0123456789_-:",
 }
+_SUBJECT_PATTERN: Final = r"^[^\s.*>]+(\.[^\s.*>]+)*(?![\s\S])"
+_TOKEN_CHARS: Final = "abcdefABCDEF0123456789_-:"
 _NOT_TOKENS: Final = ("", " ", "a\n", "a b", "a.b", "*", ">", "a\r\nPUB x 0", "\t", "x.>",
                       "x" * 129)
+#: what no job, shard or collection name may be (a KV key refuses ':')
+_NOT_NAMES: Final = (*_NOT_TOKENS, "a:b", "é")
 _NOT_SUBJECTS: Final = ("", " ", "a\n", "a.b\n", "a b", "a..b", ".a", "a.", "a\r\nb", "a\tb",
                         "a.*", ">")
 _HUGE: Final = "\u2603huge\u2603"
@@ -204,8 +210,8 @@ def _check(t: mi.Type, seen: set[type] | None = None) -> None:
         raise NoStrategyError(f"no strategy for a field of type {t!r}")
 
 
-def _token(d: Draw) -> str:
-    return "".join(d.pick(_TOKEN_CHARS) for _ in range(d.integer(1, 24)))
+def _token(d: Draw, chars: str = _TOKEN_CHARS) -> str:
+    return "".join(d.pick(chars) for _ in range(d.integer(1, 24)))
 
 
 def _json(d: Draw, depth: int) -> Any:
@@ -240,8 +246,8 @@ def _value(t: mi.Type, d: Draw, depth: int) -> Any:
         return d.real(t.ge, t.le)
     if isinstance(t, mi.StrType):
         if t.pattern is not None:
-            token = _token(d)
-            return token if _PATTERNS[t.pattern] == "token" else f"_INBOX.fuzz.{token}"
+            token = _token(d, _PATTERNS[t.pattern])
+            return f"_INBOX.fuzz.{token}" if t.pattern == _SUBJECT_PATTERN else token
         hi = min(t.max_length if t.max_length is not None else 40, 40)
         return d.text(min(t.min_length or 0, hi), hi)
     if isinstance(t, mi.BytesType):
@@ -320,6 +326,7 @@ class _Shape:
     wrong: tuple[tuple[str, tuple[Any, ...]], ...]  # field -> JSON values it refuses
     required: tuple[str, ...]
     strings: tuple[str, ...]
+    names: tuple[tuple[str, bool], ...]  # job/shard/collection name fields: (field, a list?)
 
 
 @cache
@@ -331,7 +338,11 @@ def _shape(cls: type[msgspec.Struct], wanted: frozenset[str]) -> _Shape:
     strings = tuple(f.encode_name for f in fields if not _refuses(f.type, "s")
                     and f.encode_name not in ("request_id", "reply_to"))
     names = {f.encode_name for f in fields}
+    named = tuple((f.encode_name, many) for f in fields for many in (False, True)
+                  if not _refuses(f.type, ["abc"] if many else "abc")
+                  and _refuses(f.type, ["a:b"] if many else "a:b"))
     applies = {
+        "bad_name": bool(named),
         "wrong_type": bool(wrong), "missing_field": bool(required),
         "bad_request_id": issubclass(cls, Request),
         "bad_reply_to": issubclass(cls, StreamRequest),
@@ -340,7 +351,7 @@ def _shape(cls: type[msgspec.Struct], wanted: frozenset[str]) -> _Shape:
     kinds = tuple(k for k in KINDS if k in wanted and applies.get(k, True))
     if not kinds:
         raise NoStrategyError(f"no malformed kind applies to {cls.__name__}")
-    return _Shape(kinds, wrong, required, strings)
+    return _Shape(kinds, wrong, required, strings, named)
 
 
 def _broken(d: Draw, fixed: Sequence[str], breakers: str) -> str:
@@ -375,6 +386,10 @@ def _spoil(cls: type[msgspec.Struct], d: Draw, limit: int, shape: _Shape) -> Fuz
             doc.pop(d.pick(shape.required), None)
         elif kind == "bad_request_id":
             doc["request_id"] = _broken(d, _NOT_TOKENS, " .*>\t\r\n")
+        elif kind == "bad_name":
+            name, many = d.pick(shape.names)
+            bad = _broken(d, _NOT_NAMES, " .*>:\t\r\n")
+            doc[name] = [bad] if many else bad
         elif kind == "bad_reply_to":
             doc["reply_to"] = _broken(d, _NOT_SUBJECTS, " *>\t\r\n")
         elif kind == "past_deadline":
