@@ -47,7 +47,10 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\beyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]*"), MASK),
     (re.compile(r"\b(sk|gsk|pk|rk)-[A-Za-z0-9_\-]{12,}"), MASK),
     (re.compile(r"\bS[UAO][A-Z2-7]{56}\b"), MASK),  # NATS nkey seeds
-    (re.compile(r"(?i)([a-z][a-z0-9+.\-]*://[^:/\s@]+:)[^@\s/]+@"), rf"\1{MASK}@"),
+    # every repeat bounded (a scheme, a user and a password are short): unbounded, a long
+    # run of letters (a huge question, a fuzzed field) took time quadratic in its length
+    (re.compile(r"(?i)([a-z][a-z0-9+.\-]{0,31}://[^:/\s@]{1,256}:)[^@\s/]{1,256}@"),
+     rf"\1{MASK}@"),
     (re.compile(
         r"(?i)\b((?:api[_-]?key|token|password|passwd|secret|access[_-]?key)\s*[=:]\s*)"
         r"(\"[^\"]*\"|'[^']*'|[^\s,;&]+)"
