@@ -46,7 +46,6 @@ from nats.js.object_store import ObjectStore
 from ragbus.config import Settings
 from ragbus.subjects import (
     ERROR_HEADER,
-    SCHEMA_VERSION,
     Accepted,
     Cancel,
     Cancelled,
@@ -54,6 +53,7 @@ from ragbus.subjects import (
     ErrorReply,
     Failed,
     Message,
+    ReplySubject,
     Request,
     StreamRequest,
     Subjects,
@@ -68,14 +68,12 @@ from ._inflight import InFlight, Work
 from .admission import AdaptiveLimit
 from .audit import AuditFields, AuditPublisher, config_summary
 from .errors import (
-    BadRequestError,
     DeadlineExceededError,
     OverloadedError,
     RagbusError,
     RequestCancelledError,
     TooLargeError,
     UnavailableError,
-    UnsupportedVersionError,
 )
 from .handoff import HandOff, Unserved
 from .jetstream import TRANSIENT, ensure_kv, ensure_object_store, ensure_stream
@@ -159,11 +157,23 @@ def endpoint(
     return mark
 
 
-class _Loose(msgspec.Struct):
-    """Enough of an envelope to address an error when the full message will not decode."""
+class _Raw(msgspec.Struct):
+    """A message's envelope fields, whatever their types (a wrong one must not hide the
+    others)."""
+
+    request_id: Any = None
+    reply_to: Any = None
+    trace: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Loose:
+    """Enough of an envelope to address an error when the full message will not decode:
+    who awaits the outcome (``reply_to``) and under which ids, where they can be read."""
 
     request_id: str | None = None
     reply_to: str | None = None
+    trace_id: str | None = None
 
 
 class Context:
@@ -283,6 +293,12 @@ class Actor:
             if isinstance(spec, EndpointSpec):
                 specs[spec.method] = spec
         cls._endpoints = tuple(specs.values())
+
+    @classmethod
+    def endpoint_specs(cls) -> tuple[EndpointSpec, ...]:
+        """What this actor's handlers declare: for tools that read the contract (the
+        fuzzing tests send malformed messages to every endpoint listed here)."""
+        return cls._endpoints
 
     def __init__(self, settings: Settings | None = None,
                  **options: Unpack[ActorOptions]) -> None:
@@ -523,10 +539,7 @@ class Actor:
         """Refuse a message admission will not queue, to whoever awaits its outcome: its
         reply subject, and a stream request's ``reply_to`` (read without decoding the
         rest; a message too broken to read is refused on its reply subject only)."""
-        try:
-            envelope = _ENVELOPE.decode(msg.data)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            envelope = _Envelope()
+        envelope = _loose(msg.data)
         await self._reply_error(msg.reply, err, envelope.request_id, envelope.reply_to, spec)
 
     async def _consume_all(self, *,
@@ -683,42 +696,29 @@ class Actor:
 
     async def _process(self, spec: EndpointSpec, msg: Msg, outcome: _Outcome) -> str | None:
         """Run one message; returns the error code it ended with, if any."""
-        limit = self.settings.runtime.max_message_bytes
-        if len(msg.data) > limit:
-            err: RagbusError = TooLargeError(
-                f"message is {len(msg.data)} bytes; the limit is {limit} "
-                "(runtime.max_message_bytes): send smaller batches",
-                details={"size": len(msg.data), "limit": limit},
-            )
-            return await outcome.failed(err, None, None, None, None)
-        try:
-            request = codec.decode(msg.data, spec.request)
-        except msgspec.DecodeError as exc:
-            loose = _loose(msg.data)
-            err = BadRequestError(f"invalid {spec.request.__name__} message: {exc}",
-                             details={"expected": spec.request.__name__})
-            return await outcome.failed(err, None, loose.request_id, loose.reply_to, None)
-
         headers = msg.headers or {}
+        try:
+            request = codec.read(msg.data, spec.request,
+                                 limit=self.settings.runtime.max_message_bytes,
+                                 receiver=self.name)
+        except TooLargeError as err:  # not even its envelope is read
+            return await outcome.failed(err, None, None, None, None)
+        except RagbusError as err:
+            # refused: address the error from what can be read of the envelope
+            loose = _loose(msg.data)
+            err.trace_id = loose.trace_id or headers.get(TRACE_HEADER)
+            return await outcome.failed(err, None,
+                                        loose.request_id or headers.get(REQUEST_ID_HEADER),
+                                        loose.reply_to, None)
+
         request_id: str = (getattr(request, "request_id", None)
                            or headers.get(REQUEST_ID_HEADER) or new_id())
         reply_to = request.reply_to if isinstance(request, StreamRequest) else None
-        if request.v > SCHEMA_VERSION:
-            err = UnsupportedVersionError(
-                f"schema version {request.v} is newer than this actor understands "
-                f"({SCHEMA_VERSION}): upgrade the {self.name} actor",
-            )
-            return await outcome.failed(err, None, request_id, reply_to, None)
-
         trace = getattr(request, "trace", None) or Trace(
             trace_id=headers.get(TRACE_HEADER) or new_id())
         deadline = getattr(request, "deadline", None) or (
             now_ms() + int(outcome.default_timeout_s() * 1000))
         log = self.log.bind(request_id=request_id, endpoint=spec.name, trace_id=trace.trace_id)
-        if now_ms() >= deadline:
-            err = DeadlineExceededError("the request's deadline had passed when it arrived",
-                                   trace_id=trace.trace_id)
-            return await outcome.failed(err, None, request_id, reply_to, log)
 
         with tracing.span(f"{self.name} {spec.name}", trace, actor=self.name,
                           endpoint=spec.name, request_id=request_id) as span:
@@ -953,15 +953,6 @@ class _Reply(_Outcome):
 
 
 #: a peer's failure that may pass: the message is worth another delivery
-class _Envelope(msgspec.Struct):
-    """What a refusal needs of a message it does not handle: who awaits its outcome."""
-
-    request_id: str | None = None
-    reply_to: str | None = None
-
-
-_ENVELOPE = msgspec.json.Decoder(_Envelope)
-
 _RETRIABLE = frozenset({ErrorCode.UNAVAILABLE, ErrorCode.DEADLINE_EXCEEDED,
                         ErrorCode.OVERLOADED, ErrorCode.RATE_LIMIT})
 
@@ -1046,11 +1037,22 @@ _AUDITED_ERRORS = {
 }
 
 
+def _publishable(subject: str) -> bool:
+    try:
+        msgspec.convert(subject, ReplySubject)
+    except msgspec.ValidationError:
+        return False
+    return True
+
+
 def _loose(data: bytes) -> _Loose:
     try:
-        loose: _Loose = codec.decode(data, _Loose)
+        raw: _Raw = codec.decode(data, _Raw)
     except msgspec.DecodeError:
         return _Loose()
-    if loose.reply_to is not None and (" " in loose.reply_to or not loose.reply_to):
-        return _Loose(request_id=loose.request_id)
-    return loose
+    request_id = raw.request_id if isinstance(raw.request_id, str) else None
+    reply_to = raw.reply_to if isinstance(raw.reply_to, str) else None
+    if reply_to is not None and not _publishable(reply_to):
+        reply_to = None
+    trace_id = raw.trace.get("trace_id") if isinstance(raw.trace, dict) else None
+    return _Loose(request_id, reply_to, trace_id if isinstance(trace_id, str) else None)

@@ -47,10 +47,9 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\beyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]*"), MASK),
     (re.compile(r"\b(sk|gsk|pk|rk)-[A-Za-z0-9_\-]{12,}"), MASK),
     (re.compile(r"\bS[UAO][A-Z2-7]{56}\b"), MASK),  # NATS nkey seeds
-    # a URL's password; tried only where a run of scheme characters begins (what comes
-    # before its first letter is kept), so a long word without "://" costs one pass, not
-    # one per letter (a 20 kB word took 5 s, a 1 MB question would have taken hours)
-    (re.compile(r"(?i)(?<![a-z0-9+.\-])([0-9+.\-]*[a-z][a-z0-9+.\-]*://[^:/\s@]+:)[^@\s/]+@"),
+    # every repeat bounded (a scheme, a user and a password are short): unbounded, a long
+    # run of letters (a huge question, a fuzzed field) took time quadratic in its length
+    (re.compile(r"(?i)([a-z][a-z0-9+.\-]{0,31}://[^:/\s@]{1,256}:)[^@\s/]{1,256}@"),
      rf"\1{MASK}@"),
     (re.compile(
         r"(?i)\b((?:api[_-]?key|token|password|passwd|secret|access[_-]?key)\s*[=:]\s*)"

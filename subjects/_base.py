@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Annotated
 
 import msgspec
 
 __all__ = (
     "SCHEMA_VERSION",
     "Message",
+    "Name",
+    "ReplySubject",
     "Request",
+    "RequestId",
     "StreamRequest",
     "Trace",
     "deadline_after",
@@ -21,6 +25,24 @@ __all__ = (
 #: Bumped when a message changes incompatibly; actors refuse newer versions with
 #: UNSUPPORTED_VERSION instead of misreading them. Adding an optional field is compatible.
 SCHEMA_VERSION = 1
+
+
+#: A request id as subjects carry it (``<prefix>.cancel.<request_id>``; see
+#: ``validate_token``). One that is not is refused with BAD_REQUEST when it is read,
+#: rather than failing as INTERNAL deep in a handler, or being impossible to cancel.
+#: (``(?![\s\S])`` is "the end of the text": ``$`` would let a trailing newline through.)
+RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=128,
+                                        pattern=r"^[A-Za-z0-9_\-:]+(?![\s\S])")]
+
+#: A job, shard or collection name: it becomes a subject token and a KV key, so it is
+#: refused when read unless it is both (KV keys allow no ``:``).
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128,
+                                   pattern=r"^[A-Za-z0-9_\-]+(?![\s\S])")]
+
+#: A subject a receiver can publish to: dot-separated tokens, no whitespace, no wildcard.
+#: A ``reply_to`` that is not one could never be answered, so it is refused when read.
+ReplySubject = Annotated[str, msgspec.Meta(min_length=1,
+                                           pattern=r"^[^\s.*>]+(\.[^\s.*>]+)*(?![\s\S])")]
 
 
 def new_id() -> str:
@@ -61,7 +83,7 @@ class Request(Message, frozen=True, kw_only=True):
     so nothing ever runs without one.
     """
 
-    request_id: str = msgspec.field(default_factory=new_id)
+    request_id: RequestId = msgspec.field(default_factory=new_id)
     deadline: int | None = None
     trace: Trace | None = None
 
@@ -73,4 +95,4 @@ class StreamRequest(Request, frozen=True, kw_only=True):
     subject to answer on travels inside the message.
     """
 
-    reply_to: str
+    reply_to: ReplySubject

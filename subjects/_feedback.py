@@ -6,16 +6,12 @@ from typing import Annotated, Literal
 
 from msgspec import Meta
 
-from ._base import Message
+from ._base import Message, RequestId
 
 __all__ = ("FEEDBACK_COMMENT_CHARS", "Feedback", "FeedbackRecorded")
 
 #: the longest comment kept; a longer one is refused with BAD_REQUEST
 FEEDBACK_COMMENT_CHARS = 2000
-
-# a request id as subjects carry it (see ``validate_token``)
-_RequestId = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_\-:]+$")]
-
 
 class Feedback(Message, frozen=True, kw_only=True):
     """Published on ``<prefix>.feedback`` by any client (the page's thumbs, an app).
@@ -27,7 +23,7 @@ class Feedback(Message, frozen=True, kw_only=True):
     ``FEEDBACK_COMMENT_CHARS`` characters or a malformed request id.
     """
 
-    request_id: _RequestId
+    request_id: RequestId
     rating: Literal["up", "down"]
     comment: Annotated[str, Meta(max_length=FEEDBACK_COMMENT_CHARS)] | None = None
     session: Annotated[str, Meta(max_length=128)] | None = None

@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 
-from ._base import Message, Request
+from ._base import Message, Name, Request
 
 __all__ = ("IndexApplied", "IndexUpdate", "PayloadPatch", "PointUpsert", "SparseVector")
 
@@ -35,7 +35,7 @@ class PayloadPatch(msgspec.Struct, frozen=True, kw_only=True):
 class IndexUpdate(Request, frozen=True, kw_only=True):
     """Upserts, deletes and payload patches for one collection, applied in that order."""
 
-    collection: str = DEFAULT_COLLECTION
+    collection: Name = DEFAULT_COLLECTION
     model_id: str
     dim: int
     upserts: list[PointUpsert] = msgspec.field(default_factory=list)

@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from ._base import Message, Request, new_id
+from ._base import Message, Name, Request, new_id
 from ._index import DEFAULT_COLLECTION
 
 __all__ = (
@@ -67,7 +67,7 @@ class IngestRequest(Request, frozen=True, kw_only=True):
     is cheap: unchanged chunks are never re-embedded.
     """
 
-    job_id: str = msgspec.field(default_factory=new_id)
+    job_id: Name = msgspec.field(default_factory=new_id)
     documents: list[InlineDocument] = msgspec.field(default_factory=list)
     uploads: list[UploadedFile] = msgspec.field(default_factory=list)
     #: files the client did not upload (too large, unsupported, unreadable): recorded as
@@ -75,7 +75,7 @@ class IngestRequest(Request, frozen=True, kw_only=True):
     skipped: list[FileError] = msgspec.field(default_factory=list)
     path: str | None = None
     tags: list[str] = msgspec.field(default_factory=list)
-    collection: str = DEFAULT_COLLECTION
+    collection: Name = DEFAULT_COLLECTION
 
 
 class JobState(enum.StrEnum):
@@ -139,7 +139,7 @@ class DocInfo(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class DocList(Request, frozen=True, kw_only=True):
-    collection: str = DEFAULT_COLLECTION
+    collection: Name = DEFAULT_COLLECTION
     include_deleted: bool = False
     limit: int = 100
     offset: int = 0
@@ -153,14 +153,14 @@ class DocListed(Message, frozen=True, kw_only=True):
 
 class DocGet(Request, frozen=True, kw_only=True):
     doc_id: str
-    collection: str = DEFAULT_COLLECTION
+    collection: Name = DEFAULT_COLLECTION
 
 
 class DocDelete(Request, frozen=True, kw_only=True):
     """Soft delete (hidden from search, versions kept), or ``purge`` (removed)."""
 
     doc_id: str
-    collection: str = DEFAULT_COLLECTION
+    collection: Name = DEFAULT_COLLECTION
     purge: bool = False
 
 
@@ -171,7 +171,7 @@ class DocChanged(Message, frozen=True, kw_only=True):
 
 
 class JobGet(Request, frozen=True, kw_only=True):
-    job_id: str
+    job_id: Name
 
 
 class JobList(Request, frozen=True, kw_only=True):

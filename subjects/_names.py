@@ -21,7 +21,7 @@ _PREFIX = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
 
 def validate_token(value: str, what: str) -> str:
     """Refuse a value that would change a subject's shape when spliced into it."""
-    if not _TOKEN.match(value):
+    if not _TOKEN.fullmatch(value):  # match() and $ would let a trailing newline in
         raise ValueError(
             f"{what} {value!r} cannot be used in a subject: use letters, digits, '_', '-' or ':'"
         )
@@ -35,7 +35,7 @@ class Subjects:
     prefix: str = DEFAULT_PREFIX
 
     def __post_init__(self) -> None:
-        if not _PREFIX.match(self.prefix):
+        if not _PREFIX.fullmatch(self.prefix):
             raise ValueError(
                 f"subject prefix {self.prefix!r} is invalid: use dot-separated tokens of "
                 "letters, digits, '_' or '-', e.g. 'rag' or 'team1.rag'"

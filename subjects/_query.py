@@ -6,7 +6,7 @@ from typing import Literal
 
 import msgspec
 
-from ._base import Message, Request, StreamRequest
+from ._base import Message, Name, Request, StreamRequest
 from ._events import Source
 from ._index import SparseVector
 
@@ -42,7 +42,7 @@ class Query(StreamRequest, frozen=True, kw_only=True):
     question: str
     session_id: str | None = None
     filters: QueryFilters | None = None
-    collections: list[str] = msgspec.field(default_factory=list)
+    collections: list[Name] = msgspec.field(default_factory=list)
     top_k: int = 5
     retrieval: RetrievalMode = "hybrid"
     widen: bool = False
@@ -58,7 +58,7 @@ class Query(StreamRequest, frozen=True, kw_only=True):
 class Search(Request, frozen=True, kw_only=True):
     """One shard's part of a fan-out: dense and/or sparse query, one filter."""
 
-    shard: str
+    shard: Name
     dense: bytes | None = None  # float32 little-endian
     sparse: SparseVector | None = None
     filters: QueryFilters | None = None

@@ -205,5 +205,9 @@ def to_sources(hits: Sequence[SearchHit], top_k: int, *, widen: bool) -> list[So
 
 
 def dense_array(vector: bytes) -> list[float]:
+    """A wire vector (float32 little-endian) as floats; BAD_REQUEST if it cannot be one."""
+    if len(vector) % 4:
+        raise BadRequestError(f"a vector is float32 little-endian: {len(vector)} bytes is "
+                              "not a whole number of values")
     values: list[float] = np.frombuffer(vector, dtype="<f4").tolist()
     return values

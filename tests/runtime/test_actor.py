@@ -67,6 +67,26 @@ async def test_bad_message_with_reply_to_also_gets_a_failed_event(
     assert event.code == "BAD_REQUEST"
 
 
+async def test_a_request_id_or_reply_to_no_subject_can_carry_is_a_bad_request(
+    settings: Settings, nc: NATS
+) -> None:
+    """Such a request could never be cancelled or answered: refused when read, rather
+    than failing as INTERNAL when the handler first publishes to its ``reply_to``."""
+    async with running(Echo(settings)) as (echo,):
+        for body in (b'{"request_id": "a b", "reply_to": "inbox.ok"}',
+                     b'{"request_id": "a.b", "reply_to": "inbox.ok"}',
+                     b'{"reply_to": "inbox with spaces"}',
+                     b'{"reply_to": "inbox.*"}',
+                     b'{"reply_to": "inbox..x"}',
+                     b'{"reply_to": ""}'):
+            reply = await nc.request(STREAM, body, timeout=2)
+            assert reply.headers is not None
+            assert reply.headers[ERROR_HEADER] == "BAD_REQUEST", body
+        internal = echo.metrics.registry.get_sample_value(
+            "ragbus_errors_total", {"actor": "echo", "endpoint": "stream", "code": "INTERNAL"})
+        assert not internal
+
+
 async def test_oversized_message_is_refused_with_too_large(nats_url: str, nc: NATS) -> None:
     settings = Settings(nats=NatsSettings(url=nats_url),
                         runtime=RuntimeSettings(max_message_bytes=1000))

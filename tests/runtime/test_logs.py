@@ -6,6 +6,7 @@ import io
 import json
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -110,3 +111,19 @@ def test_log_format_flag_picks_json_or_console(capsys: pytest.CaptureFixture[str
             assert "flag.check" in line
             assert not line.startswith("{")
     monkeypatch.delenv("RAGBUS_LOGGING__FORMAT")
+
+
+@pytest.mark.parametrize("run", ["x", "a.", "a1."])
+def test_masking_a_long_text_ends(run: str) -> None:
+    """Found by the fuzzing: two patterns (URL credentials, e-mail) took time quadratic in
+    a long run of letters, so one 64 KB cancel reason held an actor's event loop for
+    about a minute. 200 KB would take many minutes; bounded, it ends at once. The wait
+    below is a deadline for a hang, not a speed measurement."""
+    from ragbus.runtime.audit import PiiMasker
+
+    text = run * (200_000 // len(run))
+    done: list[object] = []
+    worker = threading.Thread(target=lambda: done.append(PiiMasker().mask(text)), daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert done == [text]

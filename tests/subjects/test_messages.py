@@ -115,3 +115,25 @@ def test_requests_carry_an_id_and_streamed_ones_a_reply_subject() -> None:
     assert query.deadline is None  # the receiving actor applies its default
     with pytest.raises(msgspec.ValidationError, match="reply_to"):
         codec.decode(b'{"question": "why?"}', subjects.Query)
+
+
+@pytest.mark.parametrize(("cls", "doc"), [
+    (subjects.JobGet, {"job_id": "a.b"}),
+    (subjects.JobGet, {"job_id": "a:b"}),
+    (subjects.IngestRequest, {"job_id": "job one"}),
+    (subjects.IngestRequest, {"collection": "docs.>"}),
+    (subjects.DocList, {"collection": ""}),
+    (subjects.DocGet, {"doc_id": "x", "collection": "a\n"}),
+    (subjects.DocDelete, {"doc_id": "x", "collection": "*"}),
+    (subjects.DocDelete, {"doc_id": "x", "collection": "docs:v2"}),
+    (subjects.Query, {"question": "q", "reply_to": "_INBOX.x", "collections": ["ok", "no.t"]}),
+    (subjects.Search, {"shard": "a b"}),
+    (subjects.IndexUpdate, {"model_id": "m", "dim": 4, "collection": "é"}),
+], ids=lambda v: v.__name__ if isinstance(v, type) else "")
+def test_a_name_that_becomes_a_subject_token_or_kv_key_must_be_one(
+    cls: type[Message], doc: dict[str, Any]
+) -> None:
+    """Job ids, collections and shards end up in subjects and KV keys: a value that
+    cannot be one is refused when read (BAD_REQUEST), not as INTERNAL in the handler."""
+    with pytest.raises(msgspec.ValidationError, match=r"regex|length"):
+        codec.decode(json.dumps(doc).encode(), cls)

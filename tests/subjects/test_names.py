@@ -63,7 +63,7 @@ def test_buckets_and_streams_are_listed_in_the_readme() -> None:
         assert f"`{stream}`" in README
 
 
-@pytest.mark.parametrize("bad", ["a.b", "a b", "a*", "a>", "", "é"])
+@pytest.mark.parametrize("bad", ["a.b", "a b", "a*", "a>", "", "é", "a\n"])
 def test_a_value_that_would_change_a_subjects_shape_is_refused(bad: str) -> None:
     with pytest.raises(ValueError, match="cannot be used in a subject"):
         validate_token(bad, "shard")
@@ -71,7 +71,7 @@ def test_a_value_that_would_change_a_subjects_shape_is_refused(bad: str) -> None
         Subjects().search(bad)
 
 
-@pytest.mark.parametrize("bad", ["", "rag.", ".rag", "rag..x", "rag x", "rag.*"])
+@pytest.mark.parametrize("bad", ["", "rag.", ".rag", "rag..x", "rag x", "rag.*", "rag\n"])
 def test_a_bad_prefix_is_refused(bad: str) -> None:
     with pytest.raises(ValueError, match="prefix"):
         Subjects(bad)

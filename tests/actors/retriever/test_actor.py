@@ -179,3 +179,21 @@ async def test_a_snapshot_taken_while_writes_go_on_holds_what_it_says(
             assert done.details["points"] == snap.details["points"]
             assert await restored.worker.run(restored.stores["default"].count) \
                 == snap.details["points"]
+
+
+async def test_a_vector_that_is_not_whole_float32s_is_a_bad_request(
+    nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
+    """Found by the fuzzing (tests/actors/test_fuzz.py): it was INTERNAL."""
+    settings = Settings(nats=NatsSettings(url=nats_url),
+                        retriever=RetrieverSettings(data_dir=str(tmp_path / "qdrant")))
+    client = Client(nc, S)
+    async with running(Retriever(settings)):
+        with pytest.raises(BadRequestError, match="not a whole number"):
+            await client.request(S.index_apply("default"), IndexUpdate(
+                model_id="m", dim=DIM, upserts=[PointUpsert(
+                    id=str(uuid.UUID(int=1)), vector=b"\x00" * 5, payload={})]),
+                IndexApplied, timeout=30)
+        with pytest.raises(BadRequestError, match="not a whole number"):
+            await client.request(S.search("default"), Search(shard="default", dense=b"\x00" * 7),
+                                 SearchResult, timeout=30)
