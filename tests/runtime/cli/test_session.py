@@ -18,7 +18,7 @@ import msgspec
 from ragbus.actors.audit import AuditLogger, read_entries
 from ragbus.actors.router import Router
 from ragbus.actors.trimmer import ContextTrimmer
-from ragbus.actors.trimmer._memory import MemoryStore
+from ragbus.actors.trimmer._memory import MemoryStore, memory_key
 from ragbus.config import AuditSettings, Settings
 from ragbus.runtime.connection import NATS
 from ragbus.subjects import AuditEvent, Done, SessionInfo, Subjects
@@ -101,6 +101,13 @@ async def test_session_list_show_export_and_delete(settings: Settings, nats_url:
         assert gone.returncode == 0, gone.stderr
         assert "memory deleted (2 turns" in gone.stdout
         assert "audit events are immutable" in gone.stdout
+
+        # purged, not hidden: the stream holds the other session's entry and a purge marker
+        js = nc.jetstream()
+        stream = f"KV_{S.bucket('memory')}"
+        marker = await js.get_last_msg(stream, f"$KV.{S.bucket('memory')}.{memory_key(ours)}")
+        assert not marker.data
+        assert (await js.stream_info(stream)).state.messages == 2
 
         after = await anyio.to_thread.run_sync(run, "show", ours)
         assert after.returncode == 1
