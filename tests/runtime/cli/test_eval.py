@@ -101,8 +101,10 @@ async def test_eval_scores_the_running_system_and_gates_on_thresholds(
     assert summary["cited_sentences"] == 1.0
     # the extractive provider quotes the passages it cites
     assert summary["grounded"] == 1.0
-    # it never refuses: the question about a painter gets otter, bee or tide sentences
-    assert summary["refusal_correct"] == 0.0
+    # it refuses the question about a painter (no passage mentions painting or chapels)
+    # and none of the three it can answer
+    assert summary["refusal_correct"] == 1.0
+    assert summary["false_refusals"] == 0.0
     assert summary["providers"] == {"extractive": 4}
     results, saved = read_results(out)
     assert [r.id for r in results] == ["otters", "bees", "tides", "absent"]
@@ -112,15 +114,16 @@ async def test_eval_scores_the_running_system_and_gates_on_thresholds(
     assert "hold hands" in otters.answer
     assert otters.answer_relevance is not None
     assert otters.answer_relevance > 0.5
-    assert results[3].refused is False
-    assert results[3].refusal_correct is False
+    assert results[3].refused is True
+    assert results[3].refusal_correct is True
+    assert results[3].answer.startswith("I do not know")
     assert results[3].grounded is None  # answers to unanswerable questions are not scored
 
     code, stdout, stderr = failed
     assert code == 1
-    assert "refusal_correct 0.0000 < 0.5" in stderr
     assert "precision_at_5 0.2000 < 0.7" in stderr
     assert "recall_at_10" not in stderr  # met
+    assert "refusal_correct" not in stderr  # met
 
 
 async def test_compare_prints_the_difference_without_nats(tmp_path: Path) -> None:
