@@ -294,6 +294,8 @@ def roles(s: Subjects, *, audit_durable: str = "audit-logger",
              publish=(s.query, s.cancel_all, s.ingest_submit, f"{p}.docs.*", f"{p}.jobs.*",
                       # ragbus session show|export|list|delete
                       s.session_all,
+                      # ragbus eval --judge: grades asked of the router's providers
+                      s.generate,
                       # ragbus backup|restore: asks the owners of shards and audit store
                       s.backup_all,
                       # ragbus status: every stream's leader and replicas
