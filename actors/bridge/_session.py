@@ -91,6 +91,7 @@ _NORMAL_CLOSE = 1000
 _RATED = 256  # answers per socket that may still be rated (the newest)
 _FEEDBACK_TIMEOUT_S = 5.0
 _FORGET_TIMEOUT_S = 5.0
+_MAX_FORGETTING = 4  # forget requests one socket has on the bus at once
 _MAX_FOLLOWED = 16  # ingest jobs one socket follows at once
 
 
@@ -133,6 +134,7 @@ class Session:
         # answers this socket received, which it may rate: request id -> session id
         self.answered: OrderedDict[str, str | None] = OrderedDict()
         self.following: set[str] = set()  # ingest jobs whose progress is relayed
+        self.forgetting = 0  # forget requests waiting for the trimmer
         self.outbox = Outbox(self.config.max_buffered_bytes, self._overflow)
         self.address = str((ws.remote_address or ("unknown",))[0])
         self.origin = ws.request.headers.get("Origin") if ws.request is not None else None
@@ -270,6 +272,12 @@ class Session:
         elif isinstance(frame, FeedbackFrame):
             self._feedback(frame, tg)
         elif isinstance(frame, ForgetFrame):
+            if self.forgetting >= _MAX_FORGETTING:  # not rate limited like asks: bounded
+                self._error(ErrorCode.RATE_LIMIT, f"a socket may forget {_MAX_FORGETTING} "
+                            "sessions at once: wait for a reply", {"limit": _MAX_FORGETTING},
+                            frame.id)
+                return
+            self.forgetting += 1
             tg.start_soon(self._forget, frame)
         elif isinstance(frame, StatusRequest):
             assert self.identity is not None
@@ -493,6 +501,8 @@ class Session:
             self._error(ErrorCode.UNAVAILABLE, "the bridge cannot reach NATS; retry", {},
                         frame.id)
             return
+        finally:
+            self.forgetting -= 1
         self._send(ForgottenFrame(session_id=frame.session_id, existed=deleted.existed,
                                   turns=deleted.turns, id=frame.id))
 

@@ -134,3 +134,22 @@ async def test_new_conversation_on_the_page_deletes_the_old_sessions_memory(
     assert new != old
     assert standin.received[1].session_id == f"anon:127.0.0.1:{new}"
     assert problems == []
+
+
+async def test_a_socket_has_at_most_four_forgets_on_the_bus_at_once(
+    nats_url: str, nc: NATS
+) -> None:
+    settings = make_settings(nats_url)
+    held = await nc.subscribe(S.session("delete"))  # a trimmer that never answers
+    await nc.flush()
+    async with running(bridge := Bridge(settings)), open_ws(bridge) as ws:
+        await recv(ws)
+        for i in range(5):
+            await ws.send(json.dumps({"type": "forget", "id": f"g{i}", "session_id": "c"}))
+        refused = await recv(ws)  # the fifth, at once
+        # the four on the bus end at their deadline, each with its own error
+        ended = [await recv(ws, timeout=15) for _ in range(4)]
+    assert (refused["type"], refused["code"], refused["id"]) == ("error", "RATE_LIMIT", "g4")
+    assert sorted(f["id"] for f in ended) == ["g0", "g1", "g2", "g3"]
+    assert {f["code"] for f in ended} == {"DEADLINE_EXCEEDED"}
+    assert held.pending_msgs == 4
