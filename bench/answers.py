@@ -16,8 +16,13 @@ was skipped. Each provider's line is printed when it is done.
 ``looped`` is the share of answers the router cut at a repetition loop
 (``done.stopped == "repetition"``).
 
-    python -m bench.answers [--golden FILE] [--distractors 300] [--limit N]
-                            [--local-claims 12] [--out DIR]
+    python -m bench.answers [--golden FILE] [--data DIR] [--distractors 300] [--limit N]
+                            [--local-claims 12] [--out DIR] [--min-coverage 0.5]
+
+``--min-coverage`` is ``router.extractive_min_coverage``: 0 is the extractive
+provider without refusals, for a before/after comparison. ``--judge PROVIDER``
+grades every answer with that provider too (``ragbus eval --judge``; ``local`` is
+the SmolLM2 of the ``llm`` extra), adding ``judge_grounded`` and ``judge_relevance``.
 """
 
 from __future__ import annotations
@@ -113,7 +118,8 @@ def emit(line: dict[str, Any]) -> None:
 
 
 async def run(golden: Path, data: Path, distractors: int, limit: int | None,
-              local_claims: int, out: Path | None) -> None:
+              local_claims: int, out: Path | None, min_coverage: float,
+              judge: str | None) -> None:
     # warnings and errors only, and on stderr: stdout is the JSON lines
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30),
                         logger_factory=structlog.PrintLoggerFactory(sys.stderr))
@@ -133,7 +139,8 @@ async def run(golden: Path, data: Path, distractors: int, limit: int | None,
                 retriever=RetrieverSettings(data_dir=f"{tmp}/qdrant", search_timeout_s=30),
                 ingestor=IngestorSettings(progress_interval_ms=1000),
                 router=RouterSettings(providers=providers, answer_cache=False,
-                                      local=LocalLLMSettings(enabled=local)),
+                                      local=LocalLLMSettings(enabled=local),
+                                      extractive_min_coverage=min_coverage),
             )
             nc = await connect(settings.nats, name="bench-answers")
             actors: list[Actor] = [Embedder(settings), Retriever(settings),
@@ -153,7 +160,7 @@ async def run(golden: Path, data: Path, distractors: int, limit: int | None,
                                                                             local_claims)
                     results = []
                     async for result in evaluate(nc, Subjects(), asked, evaluation,
-                                                 provider=provider):
+                                                 provider=provider, judge=judge):
                         results.append(result)
                         print(f"{provider} {len(results)}/{len(asked)} {result.id} "
                               f"{result.error or ('refused' if result.refused else 'ok')}",
@@ -167,6 +174,10 @@ async def run(golden: Path, data: Path, distractors: int, limit: int | None,
                         key: (round(v, 4) if isinstance(v := getattr(summary, key), float)
                               else v) for key in KEYS}
                     line.update(looped=summary.looped, provider=provider, docs=docs,
+                                min_coverage=min_coverage,
+                                **({"judge": judge, "judge_grounded": summary.judge_grounded,
+                                    "judge_relevance": summary.judge_relevance}
+                                   if judge else {}),
                                 precision_at_5_max=precision_ceiling(asked),
                                 failed=summary.failed, answered_by=summary.providers,
                                 false_refusals=summary.false_refusals)
@@ -192,11 +203,17 @@ def main() -> None:
                         help="the local LLM is asked this many claims and every question "
                         "the corpus cannot answer (default 12: ~45 s an answer on 2 busy "
                         "cores)")
+    parser.add_argument("--min-coverage", type=float,
+                        default=RouterSettings().extractive_min_coverage,
+                        help="router.extractive_min_coverage (0: the extractive provider "
+                        "never refuses)")
+    parser.add_argument("--judge", default=None, metavar="PROVIDER",
+                        help="grade each answer with this LLM provider (e.g. local)")
     args = parser.parse_args()
     if not (args.data / "corpus.jsonl").is_file():
         raise SystemExit(f"no BEIR corpus.jsonl in {args.data}")
     anyio.run(run, args.golden, args.data, args.distractors, args.limit, args.local_claims,
-              args.out)
+              args.out, args.min_coverage, args.judge)
 
 
 if __name__ == "__main__":

@@ -173,6 +173,10 @@ class RouterSettings(Section, frozen=True, kw_only=True):
     # how often the router replicas are counted to split providers' rate limits
     rate_limit_recount_s: Positive = 5.0
     extractive_sentences: PositiveInt = 3
+    # the extractive provider says it does not know when fewer than this share of the
+    # question's terms (keyword analysis, question words left out) appear anywhere in the
+    # context: what no passage mentions, none answers (0: it never refuses)
+    extractive_min_coverage: Annotated[float, Meta(ge=0, le=1)] = 0.5
     # tree_summarize (the trimmer's mode for more nodes than one pass should take): each
     # group's summary is at most this long (shorter when the answer's prompt needs it),
     # this many map calls run at once, and the map step may use this share of the time

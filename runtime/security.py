@@ -260,7 +260,8 @@ def roles(s: Subjects, *, audit_durable: str = "audit-logger",
              # cancels the brief's summary when it gives up waiting for it
              publish=(s.generate, s.embed, s.cancel_all, any_inbox, audit("trimmer"),
                       *_bucket(s.bucket("memory"))),
-             subscribe=(s.trim, s.memory_append, *serving, inbox("trimmer"))),
+             # session.get|list|delete: conversation memory read and forgotten
+             subscribe=(s.trim, s.memory_append, s.session_all, *serving, inbox("trimmer"))),
         Role("router", allow_responses=True,
              # pings its own replicas to split providers' rate limits among them
              publish=(s.breaker_all, s.memory_append, any_inbox, audit("router"),
@@ -286,7 +287,9 @@ def roles(s: Subjects, *, audit_durable: str = "audit-logger",
              subscribe=(inbox("auditor"),)),
         Role("bridge", allow_responses=True,
              # /readyz pings the actors a query needs
-             publish=(s.query, s.cancel_all, s.feedback, audit("bridge"), "$SRV.PING",
+             # the page's "new conversation" forgets the socket's own session
+             publish=(s.query, s.cancel_all, s.feedback, s.session("delete"), audit("bridge"),
+                      "$SRV.PING",
                       *_bucket(s.bucket("limits")),
                       # POST /upload: files into the uploads store, the job into the queue
                       s.ingest_submit, *_stream_admin(ingest), *_bucket(s.bucket("jobs")),
@@ -297,6 +300,10 @@ def roles(s: Subjects, *, audit_durable: str = "audit-logger",
              subscribe=(inbox("client"),)),
         Role("admin",
              publish=(s.query, s.cancel_all, s.ingest_submit, f"{p}.docs.*", f"{p}.jobs.*",
+                      # ragbus session show|export|list|delete
+                      s.session_all,
+                      # ragbus eval --judge: grades asked of the router's providers
+                      s.generate,
                       # ragbus backup|restore: asks the owners of shards and audit store
                       s.backup_all,
                       # ragbus status: every stream's leader and replicas, and how far

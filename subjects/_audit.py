@@ -41,6 +41,8 @@ class AuditKind(enum.StrEnum):
     DOC_CHANGED = "doc.changed"
     DOC_DELETED = "doc.deleted"
     DOC_PURGED = "doc.purged"
+    # a conversation's memory deleted (``ragbus session delete``, the page's new conversation)
+    SESSION_DELETED = "session.deleted"
     PROVIDER_BREAKER = "provider.breaker"
     AUTH_DENIED = "auth.denied"
     RATE_LIMITED = "rate.limited"

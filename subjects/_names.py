@@ -72,6 +72,15 @@ class Subjects:
     def memory_append(self) -> str:
         return self._s("memory", "append")
 
+    def session(self, verb: str) -> str:
+        """``session.get``, ``session.list``, ``session.delete``: conversation memory, served
+        by the context-trimmer."""
+        return self._s("session", validate_token(verb, "session verb"))
+
+    @property
+    def session_all(self) -> str:
+        return self._s("session", "*")
+
     @property
     def feedback(self) -> str:
         """Any client's rating of an answer (``Feedback``), kept as an audit event."""

@@ -36,6 +36,8 @@ __all__ = (
     "FeedbackFrame",
     "FeedbackRecordedFrame",
     "FollowFrame",
+    "ForgetFrame",
+    "ForgottenFrame",
     "JobFrame",
     "LimitsFrame",
     "ReadyFrame",
@@ -107,6 +109,13 @@ class FeedbackFrame(_ClientFrame, frozen=True, kw_only=True, tag="feedback"):
     id: AskId | None = None
 
 
+class ForgetFrame(_ClientFrame, frozen=True, kw_only=True, tag="forget"):
+    """Delete the conversation memory of ``session_id`` (as the socket's asks send it);
+    the page sends it on "New conversation". Only the socket's own identity's session:
+    the bridge scopes the id exactly as it does an ask's. ``id`` tags the reply."""
+
+    session_id: SessionId
+    id: AskId | None = None
 
 
 class FollowFrame(_ClientFrame, frozen=True, kw_only=True, tag="follow"):
@@ -117,7 +126,7 @@ class FollowFrame(_ClientFrame, frozen=True, kw_only=True, tag="follow"):
 
 
 ClientFrame = (AskFrame | CancelFrame | AuthFrame | StatusRequest | FeedbackFrame
-               | FollowFrame)
+               | FollowFrame | ForgetFrame)
 
 _client_decoder = msgspec.json.Decoder(ClientFrame)
 
@@ -219,6 +228,16 @@ class FeedbackRecordedFrame(_ServerFrame, frozen=True, kw_only=True, tag="feedba
     id: str | None = None
 
 
+class ForgottenFrame(_ServerFrame, frozen=True, kw_only=True, tag="forgotten"):
+    """The session's memory is deleted (``existed``: there was some; ``turns`` it held).
+    Audit events of its asks are immutable and stay."""
+
+    session_id: str
+    existed: bool
+    turns: int = 0
+    id: str | None = None
+
+
 class FailedFrame(_ServerFrame, frozen=True, kw_only=True, tag="failed"):
     id: str
     request_id: str
@@ -264,7 +283,8 @@ class ErrorFrame(_ServerFrame, frozen=True, kw_only=True, tag="error"):
 
 
 ServerFrame = (ReadyFrame | StatusFrame | SourcesFrame | TokenFrame | DoneFrame | FailedFrame
-               | CancelledFrame | JobFrame | ErrorFrame | FeedbackRecordedFrame)
+               | CancelledFrame | JobFrame | ErrorFrame | FeedbackRecordedFrame
+               | ForgottenFrame)
 
 _encoder = msgspec.json.Encoder()
 

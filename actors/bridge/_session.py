@@ -43,6 +43,8 @@ from ragbus.subjects import (
     FeedbackRecorded,
     Query,
     QueryEvent,
+    SessionDelete,
+    SessionDeleted,
     Sources,
     Token,
     Trace,
@@ -66,6 +68,8 @@ from ._protocol import (
     FeedbackFrame,
     FeedbackRecordedFrame,
     FollowFrame,
+    ForgetFrame,
+    ForgottenFrame,
     JobFrame,
     LimitsFrame,
     ReadyFrame,
@@ -86,6 +90,8 @@ __all__ = ("Ask", "Session")
 _NORMAL_CLOSE = 1000
 _RATED = 256  # answers per socket that may still be rated (the newest)
 _FEEDBACK_TIMEOUT_S = 5.0
+_FORGET_TIMEOUT_S = 5.0
+_MAX_FORGETTING = 4  # forget requests one socket has on the bus at once
 _MAX_FOLLOWED = 16  # ingest jobs one socket follows at once
 
 
@@ -128,6 +134,7 @@ class Session:
         # answers this socket received, which it may rate: request id -> session id
         self.answered: OrderedDict[str, str | None] = OrderedDict()
         self.following: set[str] = set()  # ingest jobs whose progress is relayed
+        self.forgetting = 0  # forget requests waiting for the trimmer
         self.outbox = Outbox(self.config.max_buffered_bytes, self._overflow)
         self.address = str((ws.remote_address or ("unknown",))[0])
         self.origin = ws.request.headers.get("Origin") if ws.request is not None else None
@@ -254,7 +261,7 @@ class Session:
         except msgspec.DecodeError as exc:
             self._error(ErrorCode.BAD_REQUEST,
                         f"invalid frame: {exc}. Frames are JSON objects with a type: ask, "
-                        "cancel, feedback, status, follow or auth", {}, loose_id(raw))
+                        "cancel, feedback, forget, status, follow or auth", {}, loose_id(raw))
             return
         if isinstance(frame, AskFrame):
             await self._ask(frame, tg)
@@ -264,6 +271,14 @@ class Session:
             await self._cancel(frame)
         elif isinstance(frame, FeedbackFrame):
             self._feedback(frame, tg)
+        elif isinstance(frame, ForgetFrame):
+            if self.forgetting >= _MAX_FORGETTING:  # not rate limited like asks: bounded
+                self._error(ErrorCode.RATE_LIMIT, f"a socket may forget {_MAX_FORGETTING} "
+                            "sessions at once: wait for a reply", {"limit": _MAX_FORGETTING},
+                            frame.id)
+                return
+            self.forgetting += 1
+            tg.start_soon(self._forget, frame)
         elif isinstance(frame, StatusRequest):
             assert self.identity is not None
             try:
@@ -359,7 +374,7 @@ class Session:
         if isinstance(admitted, Denied):
             self._refuse(frame, admitted)
             return
-        session_id = f"{identity.key}:{frame.session_id}" if frame.session_id else None
+        session_id = self._scoped(frame.session_id) if frame.session_id else None
         ask = Ask(id=frame.id, request_id=request_id, identity=identity.key, session=self,
                   started=time.perf_counter(), stream=TokenStream(frame.id),
                   session_id=session_id)
@@ -462,6 +477,34 @@ class Session:
             return
         self._send(FeedbackRecordedFrame(id=frame.id, request_id=recorded.request_id,
                                          known=recorded.known))
+
+    # -- forgetting a conversation ----------------------------------------------------------
+    def _scoped(self, session_id: str) -> str:
+        """The session id on the bus: the client's, under its identity, so that no client
+        can reach (ask with, or forget) another identity's conversation."""
+        assert self.identity is not None
+        return f"{self.identity.key}:{session_id}"
+
+    async def _forget(self, frame: ForgetFrame) -> None:
+        """Delete the memory of one of this identity's sessions, through the trimmer."""
+        b = self.bridge
+        request = SessionDelete(session_id=self._scoped(frame.session_id),
+                                deadline=now_ms() + int(_FORGET_TIMEOUT_S * 1000))
+        try:
+            deleted = await b.client.request(b.subjects.session("delete"), request,
+                                             SessionDeleted)
+        except RagbusError as exc:  # UNAVAILABLE without a trimmer, DEADLINE_EXCEEDED, ...
+            self._error(exc.code, exc.message, exc.details, frame.id)
+            return
+        except (OSError, nats.errors.Error) as exc:
+            b.log.warning("bridge.forget_failed", error=str(exc))
+            self._error(ErrorCode.UNAVAILABLE, "the bridge cannot reach NATS; retry", {},
+                        frame.id)
+            return
+        finally:
+            self.forgetting -= 1
+        self._send(ForgottenFrame(session_id=frame.session_id, existed=deleted.existed,
+                                  turns=deleted.turns, id=frame.id))
 
     def finish(self, ask: Ask, frame: ServerFrame | None, outcome: str) -> None:
         """End an ask once: its last frame, its limits back, its route gone."""

@@ -287,7 +287,8 @@ class Router(Actor):
         if not any(not p.is_llm for p in self.providers):  # the last resort is not optional
             self.providers.append(ExtractiveProvider(
                 ProviderSettings(name="extractive", kind="extractive"),
-                sentences=cfg.extractive_sentences))
+                sentences=cfg.extractive_sentences,
+                min_coverage=cfg.extractive_min_coverage))
         policy = BreakerPolicy(failure_threshold=cfg.breaker_failure_threshold,
                                failure_cooldown_s=cfg.breaker_failure_cooldown_s,
                                rate_limit_cooldown_s=cfg.breaker_rate_limit_cooldown_s,
@@ -314,7 +315,8 @@ class Router(Actor):
 
     def _build(self, s: ProviderSettings) -> Provider | None:
         if s.kind == "extractive":
-            return ExtractiveProvider(s, sentences=self.config.extractive_sentences)
+            return ExtractiveProvider(s, sentences=self.config.extractive_sentences,
+                                      min_coverage=self.config.extractive_min_coverage)
         if s.kind == "local":
             if self.local_llm is None or self.local_llm.url is None:
                 self.down[s.name] = "the local LLM is not started (ragbus up --local-llm)"

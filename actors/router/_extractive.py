@@ -6,6 +6,13 @@ in the context (so "the" counts for nothing and a name counts for a lot), and
 cites each sentence with the number of the passage it came from, as an LLM
 following the prompt would. For ``tree_summarize`` it takes the best sentences of
 each group of passages, then the best of those (``extract_groups``).
+
+Like the prompt asks of an LLM, it says that it does not know when the context does
+not contain the answer (``refusal``). Retrieval always returns its nearest passages,
+so "nothing about it was found" shows as a context that does not even mention what
+the question is about: fewer than ``router.extractive_min_coverage`` of the
+question's terms appear anywhere in it (``coverage``), by the analyzer the keyword
+search uses, words that only frame a question ("how", "does", "I") left out.
 """
 
 from __future__ import annotations
@@ -19,13 +26,14 @@ import anyio
 import anyio.lowlevel
 
 from ragbus.config import ProviderSettings
-from ragbus.runtime.text import split_sentences
+from ragbus.runtime.text import analyze, split_sentences
 from ragbus.subjects import ContextNode
 
 from ._errors import NothingToExtractError
 from ._provider import Prompt, Usage
 
-__all__ = ("ExtractiveProvider", "extract", "extract_groups")
+__all__ = ("REFUSAL", "Coverage", "ExtractiveProvider", "coverage", "extract",
+           "extract_groups", "question_terms")
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 _PIECE = re.compile(r"\S+\s*")
@@ -40,6 +48,51 @@ _STOP = frozenset((
     "which", "who", "whom", "why", "will", "with", "you", "your", "about", "into", "than",
     "then", "them", "they", "not", "no",
 ))
+
+# words that frame a question rather than name what it is about: an answer need not
+# repeat them, so a context is not judged by whether it does (stemmed like the terms)
+_FRAMING = frozenset(analyze(
+    "who whom whose what which when where why how many much do does did can could should "
+    "would shall may might must will is are was were be been being am have has had i me my "
+    "we us our you your it its they them tell explain describe give list please"))
+
+#: what the provider answers when the context does not cover the question: the words
+#: the default prompt asks an LLM to use ("say that you do not know"), which
+#: ``ragbus eval`` counts as a refusal
+REFUSAL = ("I do not know: the passages found do not contain the answer "
+           "(they mention {found} of the question's {terms} key terms).")
+
+
+@dataclass(frozen=True, slots=True)
+class Coverage:
+    """How much of the question the context mentions: ``found`` of its ``terms``."""
+
+    found: int
+    terms: int
+
+    @property
+    def share(self) -> float:
+        # a question with no terms of its own cannot be judged: never refused for it
+        return self.found / self.terms if self.terms else 1.0
+
+
+def question_terms(question: str) -> frozenset[str]:
+    """The question's terms as the keyword search analyzes them, framing words left out."""
+    return frozenset(analyze(question)) - _FRAMING
+
+
+def coverage(question: str, context: Sequence[ContextNode]) -> Coverage:
+    """How many of the question's terms appear anywhere in the context (titles included).
+
+    The whole context, not the best passage: an answer may join what two passages say,
+    and a paraphrasing passage shares few words with the question while its neighbours
+    name the rest. What no passage mentions at all, none can answer.
+    """
+    wanted = question_terms(question)
+    seen: set[str] = set()
+    for node in context:
+        seen.update(analyze(f"{node.title or ''}\n{node.text}"))
+    return Coverage(found=len(wanted & seen), terms=len(wanted))
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,10 +185,12 @@ class ExtractiveProvider:
 
     is_llm = False
 
-    def __init__(self, settings: ProviderSettings, *, sentences: int = 3) -> None:
+    def __init__(self, settings: ProviderSettings, *, sentences: int = 3,
+                 min_coverage: float = 0.0) -> None:
         self.name = settings.name
         self.settings = settings
         self.sentences = sentences
+        self.min_coverage = min_coverage
 
     @property
     def model(self) -> str:
@@ -151,9 +206,21 @@ class ExtractiveProvider:
                                     self.sentences)
         else:
             picked = extract(prompt.question, prompt.context, self.sentences)
-        if not picked:
+        if not picked:  # no sentence at all: not a refusal, this provider cannot answer
             raise NothingToExtractError(self.name, "no context to answer from")
-        text = " ".join(f"{sentence} [{prompt.number(passage)}]" for sentence, passage in picked)
+        # a map call of tree_summarize sees one group (``numbers``): what it lacks, another
+        # group may hold, so only the whole context is judged
+        covered = coverage(prompt.question, prompt.context) if prompt.numbers is None else None
+        if covered is not None and covered.share < self.min_coverage:
+            text = REFUSAL.format(found=covered.found, terms=covered.terms)
+        else:
+            text = " ".join(f"{sentence} [{prompt.number(passage)}]"
+                            for sentence, passage in picked)
+        async for piece in self._pieces(text, usage):
+            yield piece
+
+    @staticmethod
+    async def _pieces(text: str, usage: Usage) -> AsyncGenerator[str, None]:
         for i, piece in enumerate(_PIECE.findall(text)):
             usage.deltas += 1
             usage.completion_tokens += 1

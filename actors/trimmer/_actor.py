@@ -26,12 +26,28 @@ from ragbus.runtime import (
     ActorOptions,
     BadRequestError,
     Context,
+    NotFoundError,
     TooLargeError,
     UnavailableError,
     endpoint,
 )
 from ragbus.runtime.text import count_tokens
-from ragbus.subjects import ContextReady, Done, Generate, Trim, TrimInfo, TurnDone, now_ms
+from ragbus.subjects import (
+    AuditKind,
+    ContextReady,
+    Done,
+    Generate,
+    SessionDelete,
+    SessionDeleted,
+    SessionGet,
+    SessionInfo,
+    SessionList,
+    SessionListed,
+    Trim,
+    TrimInfo,
+    TurnDone,
+    now_ms,
+)
 
 from ._brief import fallback_brief, summarize
 from ._budget import Budget
@@ -43,9 +59,12 @@ from ._memory import (
     Recalled,
     SessionMemory,
     StoredTurn,
+    memory_key,
     open_memory,
     overflow,
     recall,
+    session_info,
+    session_summary,
 )
 from ._trim import Node, context_tokens, dedupe, fit, from_sources, response_mode, shortlist
 
@@ -280,3 +299,37 @@ class ContextTrimmer(Actor):
         self._briefs.labels(self.name, "fallback").inc()
         ctx.log.info("memory.brief_fallback", turns=len(turns))
         return fallback_brief(brief, turns, cfg.brief_tokens), "fallback"
+
+    # -- sessions: reading and forgetting memory (ragbus session, the bridge) -------------
+    @endpoint(lambda s: s.session("get"), request=SessionGet)
+    async def session_get(self, request: SessionGet, ctx: Context) -> SessionInfo:
+        memory, _ = await self.memory.get(request.session_id)
+        if memory is None:
+            raise NotFoundError(
+                f"no memory is kept for session {request.session_id!r}: it never had a "
+                f"turn, was deleted, or expired (trimmer.memory_ttl_s = "
+                f"{self.config.memory_ttl_s:g}s after its last turn)")
+        return session_info(memory, request.request_id, self.config.memory_ttl_s)
+
+    @endpoint(lambda s: s.session("list"), request=SessionList)
+    async def session_list(self, request: SessionList, ctx: Context) -> SessionListed:
+        sessions = await self.memory.all()
+        page = sessions[request.offset:request.offset + request.limit]
+        return SessionListed(request_id=request.request_id, total=len(sessions),
+                             sessions=[session_summary(m) for m in page])
+
+    @endpoint(lambda s: s.session("delete"), request=SessionDelete)
+    async def session_delete(self, request: SessionDelete, ctx: Context) -> SessionDeleted:
+        """Forget the session's turns and brief, and say so in the audit trail (linked by
+        the session id, as the session's ``query.received`` and ``answer.done`` are)."""
+        async with self._sessions.hold(request.session_id):
+            memory, _ = await self.memory.get(request.session_id)
+            await self.memory.delete(request.session_id)
+        turns = len(memory.turns) if memory else 0
+        await ctx.audit(AuditKind.SESSION_DELETED, session=request.session_id,
+                        subject=memory_key(request.session_id),
+                        sizes={"turns": turns, "folded": memory.folded if memory else 0},
+                        details={"existed": memory is not None})
+        ctx.log.info("session.deleted", existed=memory is not None, turns=turns)
+        return SessionDeleted(request_id=request.request_id, session_id=request.session_id,
+                              existed=memory is not None, turns=turns)

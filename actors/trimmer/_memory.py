@@ -22,9 +22,9 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from ragbus.runtime import ensure_kv
+from ragbus.runtime import ensure_kv, kv_entries
 from ragbus.runtime.text import count_tokens, truncate
-from ragbus.subjects import ChatTurn, Subjects
+from ragbus.subjects import ChatTurn, SessionInfo, SessionSummary, SessionTurn, Subjects
 
 __all__ = (
     "BriefSource",
@@ -37,6 +37,8 @@ __all__ = (
     "open_memory",
     "overflow",
     "recall",
+    "session_info",
+    "session_summary",
     "transcript",
     "turn_tokens",
 )
@@ -113,6 +115,23 @@ def memory_key(session_id: str) -> str:
     return hashlib.sha256(session_id.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def session_info(memory: SessionMemory, request_id: str, ttl_s: float) -> SessionInfo:
+    """The memory as ``session.get`` answers it; it expires ``ttl_s`` after its last write."""
+    return SessionInfo(
+        request_id=request_id, session_id=memory.session_id,
+        turns=[SessionTurn(request_id=t.request_id, question=t.question, answer=t.answer,
+                           at=t.at) for t in memory.turns],
+        brief=memory.brief, brief_source=memory.brief_source, folded=memory.folded,
+        updated_at=memory.updated_at,
+        expires_at=memory.updated_at + int(ttl_s * 1000) if memory.updated_at else None)
+
+
+def session_summary(memory: SessionMemory) -> SessionSummary:
+    return SessionSummary(session_id=memory.session_id, turns=len(memory.turns),
+                          folded=memory.folded, has_brief=bool(memory.brief),
+                          updated_at=memory.updated_at)
+
+
 def turn_tokens(turn: StoredTurn) -> int:
     return count_tokens(turn.question) + count_tokens(turn.answer)
 
@@ -187,6 +206,22 @@ class MemoryStore:
         except msgspec.DecodeError:
             return None, entry.revision  # unreadable: overwrite it rather than fail forever
         return memory, entry.revision
+
+    async def all(self) -> list[SessionMemory]:
+        """Every session's memory (unreadable entries skipped), newest first."""
+        found: list[SessionMemory] = []
+        for entry in await kv_entries(self.kv):
+            try:
+                found.append(msgspec.json.decode(entry.value or b"", type=SessionMemory))
+            except msgspec.DecodeError:
+                continue
+        found.sort(key=lambda m: m.updated_at, reverse=True)
+        return found
+
+    async def delete(self, session_id: str) -> None:
+        """Remove the session's memory. A purge, not a delete marker over a kept value:
+        the stream keeps no earlier revision of the entry afterwards."""
+        await self.kv.purge(memory_key(session_id))
 
     async def put(self, memory: SessionMemory, revision: int | None) -> bool:
         """Store ``memory`` if the entry is still at ``revision``; False if it moved on."""

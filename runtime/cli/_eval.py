@@ -116,7 +116,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         results: list[QuestionResult] = []
         try:
             async for result in evaluate(nc, Subjects(settings.subject_prefix), questions,
-                                         evaluation, provider=args.provider):
+                                         evaluation, provider=args.provider,
+                                         judge=args.judge):
                 results.append(result)
                 if not args.json:
                     mark = "[red]failed[/]" if result.error else (
@@ -154,6 +155,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                             "citations, groundedness, refusals); thresholds make it a CI gate")
     parser.add_argument("golden", nargs="?", help="the golden set, JSONL (see README)")
     parser.add_argument("--provider", help="pin a provider by name (default: the router picks)")
+    parser.add_argument("--judge", metavar="PROVIDER",
+                        help="grade each answer's groundedness and relevance with this LLM "
+                        "provider of the router (judge_grounded, judge_relevance)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--out", metavar="FILE.jsonl",
                         help="write one line per question, then the summary")

@@ -25,6 +25,7 @@ from ._eval import add_commands as add_eval_commands
 from ._health import add_commands as add_health_commands
 from ._ingest import add_commands as add_ingest_commands
 from ._server import NatsServerError
+from ._session import add_commands as add_session_commands
 from ._state import read_run_info
 from ._stats import add_commands as add_stats_commands
 from ._status import add_commands as add_status_commands
@@ -195,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bridge_commands(sub)
     add_health_commands(sub)
     add_backup_commands(sub)
+    add_session_commands(sub)
 
     config = sub.add_parser("config", help="inspect settings")
     config_sub = config.add_subparsers(dest="config_command", required=True)

@@ -8,6 +8,7 @@ hand-checked numbers.
 """
 
 from ._golden import GoldenQuestion, GoldenSetError, load_golden, parse_golden
+from ._judge import GROUNDED_INSTRUCTION, RELEVANCE_INSTRUCTION, judge_answer, parse_grade
 from ._run import (
     METRICS,
     QuestionResult,
@@ -36,7 +37,9 @@ from ._scores import (
 )
 
 __all__ = (
+    "GROUNDED_INSTRUCTION",
     "METRICS",
+    "RELEVANCE_INSTRUCTION",
     "AnswerSentence",
     "GoldenQuestion",
     "GoldenSetError",
@@ -52,10 +55,12 @@ __all__ = (
     "evaluate",
     "grounded_share",
     "is_refusal",
+    "judge_answer",
     "load_golden",
     "mean",
     "ndcg_at_10",
     "parse_golden",
+    "parse_grade",
     "precision_at",
     "read_results",
     "recall_at",

@@ -38,6 +38,7 @@ from ..client import Client
 from ..connection import NATS
 from ..text import split_sentences
 from ._golden import GoldenQuestion, GoldenSetError
+from ._judge import judge_answer
 from ._scores import (
     answer_sentences,
     citation_valid,
@@ -57,7 +58,8 @@ __all__ = ("METRICS", "QuestionResult", "Summary", "ask_one", "below", "compare"
 
 #: the summary's metrics, in the order they are printed; each has a ``--min-…`` threshold
 METRICS = ("precision_at_5", "recall_at_10", "mrr", "ndcg_at_10", "citation_valid",
-           "cited_sentences", "grounded", "answer_relevance", "refusal_correct")
+           "cited_sentences", "grounded", "answer_relevance", "refusal_correct",
+           "judge_grounded", "judge_relevance")
 
 
 class QuestionResult(msgspec.Struct, frozen=True, kw_only=True, tag="question",
@@ -83,6 +85,9 @@ class QuestionResult(msgspec.Struct, frozen=True, kw_only=True, tag="question",
     grounded: float | None = None
     answer_relevance: float | None = None
     refusal_correct: bool | None = None
+    #: an LLM judge's grades, 0 to 1 (``ragbus eval --judge``; None: not judged, or no grade)
+    judge_grounded: float | None = None
+    judge_relevance: float | None = None
     #: why the router cut the answer short (``Done.stopped``: "repetition" for a loop)
     stopped: str | None = None
 
@@ -106,6 +111,8 @@ class Summary(msgspec.Struct, frozen=True, kw_only=True, tag="summary", tag_fiel
     grounded: float | None = None
     answer_relevance: float | None = None
     refusal_correct: float | None = None
+    judge_grounded: float | None = None
+    judge_relevance: float | None = None
     false_refusals: float | None = None
     #: share of the answers the router cut at a repetition loop
     looped: float | None = None
@@ -151,8 +158,9 @@ async def _score_answer(client: Client, item: GoldenQuestion, answer: str,
 
 
 async def ask_one(client: Client, item: GoldenQuestion, settings: EvaluationSettings, *,
-                  provider: str | None = None) -> QuestionResult:
-    """Ask ``item`` through the query path and score the answer."""
+                  provider: str | None = None, judge: str | None = None) -> QuestionResult:
+    """Ask ``item`` through the query path and score the answer (graded by the ``judge``
+    provider too, when one is named)."""
     nc = client.nc
     query = Query(question=item.question, top_k=settings.top_k, provider=provider,
                   reply_to=nc.new_inbox(), deadline=deadline_after(settings.timeout_s))
@@ -191,6 +199,10 @@ async def ask_one(client: Client, item: GoldenQuestion, settings: EvaluationSett
             scores["refusal_correct"] = refused
         elif not refused:
             scores.update(await _score_answer(client, item, answer, context, settings))
+            if judge is not None:
+                scores["judge_grounded"], scores["judge_relevance"] = await judge_answer(
+                    client, item.question, answer, context, provider=judge,
+                    timeout_s=settings.timeout_s)
     return msgspec.convert(
         {"id": item.id, "question": item.question, "answerable": item.answerable,
          "answer": answer, "docs": ranked[:settings.top_k],
@@ -200,11 +212,11 @@ async def ask_one(client: Client, item: GoldenQuestion, settings: EvaluationSett
 
 async def evaluate(nc: NATS, subjects: Subjects, questions: Sequence[GoldenQuestion],
                    settings: EvaluationSettings, *, provider: str | None = None,
-                   ) -> AsyncIterator[QuestionResult]:
+                   judge: str | None = None) -> AsyncIterator[QuestionResult]:
     """Ask every question in turn; yield each one's result as soon as it is scored."""
     client = Client(nc, subjects, default_timeout_s=settings.timeout_s)
     for item in questions:
-        yield await ask_one(client, item, settings, provider=provider)
+        yield await ask_one(client, item, settings, provider=provider, judge=judge)
 
 
 def _share(values: list[bool]) -> float | None:

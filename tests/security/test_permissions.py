@@ -332,6 +332,32 @@ async def test_clients_and_the_bridge_rate_answers_the_audit_role_hears_and_repl
     assert {r: c.errors for r, c in logins.items() if c.errors and r != "router"} == {}
 
 
+async def test_admin_reads_and_deletes_sessions_the_bridge_only_deletes_them(
+    logins: dict[str, As],
+) -> None:
+    trimmer, admin, bridge, client = (logins["trimmer"], logins["admin"], logins["bridge"],
+                                      logins["client"])
+
+    async def served(msg: Msg) -> None:
+        await msg.respond(b"served")
+
+    await trimmer.nc.subscribe(S.session_all, queue="context-trimmer", cb=served)
+    await settled(trimmer)
+    for verb in ("get", "list", "delete"):
+        reply = await admin.nc.request(S.session(verb), b"{}", timeout=2)
+        assert reply.data == b"served"
+    # the page's "new conversation": the bridge deletes (the socket's own session only)
+    assert (await bridge.nc.request(S.session("delete"), b"{}", timeout=2)).data == b"served"
+    await bridge.nc.publish(S.session("get"), b"{}")  # reading memory is not the bridge's
+    await client.nc.publish(S.session("delete"), b"{}")  # nor is any session a client's
+    await settled(bridge)
+    await settled(client)
+    assert await bridge.refused("publish", S.session("get"))
+    assert await client.refused("publish", S.session("delete"))
+    assert {r: c.errors for r, c in logins.items()
+            if c.errors and r not in ("bridge", "client")} == {}
+
+
 async def test_the_auditor_reads_the_audit_stream_as_ragbus_stats_does(
     logins: dict[str, As],
 ) -> None:

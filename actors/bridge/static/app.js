@@ -10,6 +10,7 @@
     count: $("count"), state: $("state"), cache: $("cache"), provider: $("provider"),
     answer: $("answer"), timings: $("timings"), sourcesBox: $("sources-box"),
     sources: $("sources"), session: $("session"), newSession: $("new-session"),
+    sessionStatus: $("session-status"),
     keyForm: $("key-form"), key: $("key"),
     feedback: $("feedback"), up: $("thumbs-up"), down: $("thumbs-down"),
     comment: $("feedback-comment"), feedbackStatus: $("feedback-status"),
@@ -28,6 +29,8 @@
   let askCounter = 0;
   let rated = null;     // the answer the thumbs rate: {request_id}
   let feedbackCounter = 0;
+  let forgetCounter = 0;
+  let toForget = [];    // sessions whose memory is to be deleted once the socket is ready
 
   function randomId() {
     const bytes = new Uint8Array(16);
@@ -137,6 +140,7 @@
         stopRetrying = false;
         maxChars = f.max_question_chars || maxChars;
         setConn("ready", "connected");
+        sendForgets();
         el.who.textContent = f.method === "anonymous" ? "anonymous" : f.identity;
         showLimits(f.limits);
         if (el.error.textContent.indexOf("Not allowed") === 0 ||
@@ -172,7 +176,19 @@
           el.feedback.dataset.state = "recorded";
         }
         break;
+      case "forgotten":
+        el.sessionStatus.textContent = f.existed
+          ? "· the previous conversation's memory was deleted"
+          : "· the previous conversation had no memory to delete";
+        el.sessionStatus.dataset.state = "forgotten";
+        break;
       case "error":
+        if (f.id && f.id.indexOf("fg") === 0) { // the old conversation's memory was not deleted
+          el.sessionStatus.textContent = "· the previous conversation's memory was not deleted: " +
+            f.message + " (" + f.code + ")";
+          el.sessionStatus.dataset.state = "failed";
+          break;
+        }
         if (f.id && f.id.indexOf("fb") === 0) { // a rating the bridge could not pass on
           el.feedbackStatus.textContent = "Feedback not recorded: " + f.message + " (" + f.code + ")";
           el.feedback.dataset.state = "failed";
@@ -344,9 +360,24 @@
   el.up.addEventListener("click", () => sendFeedback("up"));
   el.down.addEventListener("click", () => sendFeedback("down"));
   el.feedback.addEventListener("submit", (e) => { e.preventDefault(); });
+  // the bridge deletes the memory of the socket's own identity's session only
+  function sendForgets() {
+    while (toForget.length && ws && ready) {
+      forgetCounter += 1;
+      ws.send(JSON.stringify({type: "forget", id: "fg" + forgetCounter, session_id: toForget.shift()}));
+    }
+  }
+
   el.newSession.addEventListener("click", () => {
+    const old = localStorage.getItem(SESSION_KEY);
     localStorage.removeItem(SESSION_KEY);
     showSession();
+    if (old) {
+      toForget.push(old);
+      el.sessionStatus.textContent = "· deleting the previous conversation's memory…";
+      el.sessionStatus.dataset.state = "forgetting";
+      sendForgets();
+    }
   });
   el.keyForm.addEventListener("submit", (e) => {
     e.preventDefault();

@@ -7,8 +7,16 @@ import re
 import pytest
 
 from ragbus.actors.router._errors import NothingToExtractError
-from ragbus.actors.router._extractive import ExtractiveProvider, extract, extract_groups
+from ragbus.actors.router._extractive import (
+    ExtractiveProvider,
+    coverage,
+    extract,
+    extract_groups,
+    question_terms,
+)
 from ragbus.actors.router._provider import Prompt, Usage
+from ragbus.config import DEFAULT_REFUSAL_PHRASES
+from ragbus.runtime.evaluation import is_refusal
 from ragbus.subjects import ContextNode
 from tests.actors.router._fixtures import CONTEXT, extractive
 
@@ -109,3 +117,54 @@ def test_grouped_extraction_takes_each_groups_best_then_the_best_of_those() -> N
                           [[0, 1], [2, 3]], 1) == [("Otters sleep holding hands.", 1)]
     assert [n for _, n in extract_groups("Do beavers sleep?", context, [[0, 1], [2, 3]],
                                          3)] == [4, 1, 3]  # ties: earlier groups first
+
+
+# -- refusals ------------------------------------------------------------------------------
+
+
+async def refusing(question: str, context: list[ContextNode], *, min_coverage: float = 0.5,
+                   numbers: tuple[int, ...] | None = None) -> str:
+    provider = ExtractiveProvider(extractive(), sentences=2, min_coverage=min_coverage)
+    p = Prompt(messages=[], question=question, context=context, max_tokens=None,
+               template="t:1", numbers=numbers)
+    return "".join([t async for t in provider.stream(p, Usage(), first_token_timeout_s=1)])
+
+
+async def test_a_question_the_context_does_not_mention_is_answered_with_i_do_not_know() -> None:
+    text = await refusing("Who won the 1966 FIFA World Cup final?", CONTEXT)
+    assert text == ("I do not know: the passages found do not contain the answer (they "
+                    "mention 0 of the question's 6 key terms).")
+    # the form the prompt asks of an LLM, which `ragbus eval` counts as a refusal
+    assert is_refusal(text, DEFAULT_REFUSAL_PHRASES)
+    assert CITED.findall(text) == []  # nothing is cited: nothing supports it
+
+
+async def test_a_question_the_context_mentions_is_answered_even_if_not_word_for_word() -> None:
+    # 3 of 5 terms (vacation, carried, over; not "leftover", "annual"): answered
+    text = await refusing("Can leftover annual vacation be carried over?", CONTEXT)
+    assert not is_refusal(text, DEFAULT_REFUSAL_PHRASES)
+    assert text.startswith("Unused vacation days can be carried over until the end of March. [1]")
+
+
+def test_coverage_counts_the_questions_terms_found_anywhere_in_the_context() -> None:
+    # "how", "do", "I" frame the question; "python" and "virtual" are in no passage
+    assert question_terms("How do I create a virtual environment in Python?") == {
+        "creat", "virtual", "environ", "python"}
+    context = [ContextNode(chunk_id="a", doc_id="a", score=1.0, title="Environments",
+                           text="Each team may create its own workspace."),
+               ContextNode(chunk_id="b", doc_id="b", score=0.5, text="Nothing else here.")]
+    found = coverage("How do I create a virtual environment in Python?", context)
+    assert (found.found, found.terms) == (2, 4)  # "create" in a passage, "environment" in a title
+    assert found.share == 0.5
+    # a question of framing words alone cannot be judged: it is never refused for it
+    assert coverage("What is it?", context).share == 1.0
+
+
+async def test_min_coverage_zero_never_refuses_and_a_map_call_is_not_judged() -> None:
+    question = "Which team won the 2010 NBA finals?"
+    assert not is_refusal(await refusing(question, CONTEXT, min_coverage=0.0),
+                          DEFAULT_REFUSAL_PHRASES)
+    # one group of tree_summarize: another group may hold what this one lacks
+    group = await refusing(question, CONTEXT, numbers=(4, 5, 6))
+    assert not is_refusal(group, DEFAULT_REFUSAL_PHRASES)
+    assert await refusing(question, CONTEXT) != group

@@ -30,6 +30,7 @@ from ragbus.runtime.evaluation import read_results
 from ragbus.subjects import IngestRequest, InlineDocument, JobState
 from tests.support import running
 from tests.support.cli import RAGBUS
+from tests.support.fake_openai import Behaviour, FakeOpenAI
 
 DOCS = [
     InlineDocument(id="otters", title="Sea otters", text=(
@@ -69,26 +70,37 @@ def golden(tmp_path: Path) -> Path:
 
 async def test_eval_scores_the_running_system_and_gates_on_thresholds(
         nats_url: str, nc: NATS, tmp_path: Path, golden: Path) -> None:
+    judge = FakeOpenAI(Behaviour(tokens=("SCORE", ": 4")))  # an LLM judge, scripted
+    await judge.start()
     settings = Settings(
         nats=NatsSettings(url=nats_url), data_dir=str(tmp_path),
         runtime=RuntimeSettings(default_timeout_s=30),
         retriever=RetrieverSettings(data_dir=str(tmp_path / "qdrant")),
         ingestor=IngestorSettings(progress_interval_ms=0),
-        router=RouterSettings(providers=[ProviderSettings(name="extractive",
-                                                          kind="extractive")]),
+        router=RouterSettings(providers=[
+            ProviderSettings(name="judge", base_url=judge.base_url, model="judge-model"),
+            ProviderSettings(name="extractive", kind="extractive")]),
     )
     out = tmp_path / "run.jsonl"
-    async with running(Embedder(settings), Retriever(settings), Ingestor(settings),
-                       ContextTrimmer(settings), Router(settings)):
-        job = IngestRequest(documents=DOCS)
-        await submit_job(nc, job)
-        final = [p async for p in follow_job(nc, job.job_id, timeout_s=60)][-1]
-        assert final.state == JobState.SUCCEEDED
-        passed = await _ragbus(nats_url, "eval", str(golden), "--out", str(out), "--json",
-                               "--min-recall-at-10", "1", "--min-citation-valid", "1",
-                               "--min-grounded", "0.9", "--min-mrr", "0.5")
-        failed = await _ragbus(nats_url, "eval", str(golden), "--min-refusal-correct", "0.5",
-                               "--min-precision-at-5", "0.7", "--min-recall-at-10", "1")
+    try:
+        async with running(Embedder(settings), Retriever(settings), Ingestor(settings),
+                           ContextTrimmer(settings), Router(settings)):
+            job = IngestRequest(documents=DOCS)
+            await submit_job(nc, job)
+            final = [p async for p in follow_job(nc, job.job_id, timeout_s=60)][-1]
+            assert final.state == JobState.SUCCEEDED
+            passed = await _ragbus(nats_url, "eval", str(golden), "--out", str(out), "--json",
+                                   "--provider", "extractive", "--judge", "judge",
+                                   "--min-recall-at-10", "1", "--min-citation-valid", "1",
+                                   "--min-grounded", "0.9", "--min-mrr", "0.5",
+                                   "--min-judge-grounded", "0.7")
+            failed = await _ragbus(nats_url, "eval", str(golden), "--provider", "extractive",
+                                   "--min-refusal-correct", "0.5", "--min-judge-grounded",
+                                   "0.5", "--min-precision-at-5", "0.7",
+                                   "--min-recall-at-10", "1")
+    finally:
+        await judge.stop()
+    judged = judge.chat_requests
     code, stdout, stderr = passed
     assert code == 0, stderr
     summary = json.loads(stdout)
@@ -101,9 +113,15 @@ async def test_eval_scores_the_running_system_and_gates_on_thresholds(
     assert summary["cited_sentences"] == 1.0
     # the extractive provider quotes the passages it cites
     assert summary["grounded"] == 1.0
-    # it never refuses: the question about a painter gets otter, bee or tide sentences
-    assert summary["refusal_correct"] == 0.0
+    # it refuses the question about a painter (no passage mentions painting or chapels)
+    # and none of the three it can answer
+    assert summary["refusal_correct"] == 1.0
+    assert summary["false_refusals"] == 0.0
     assert summary["providers"] == {"extractive": 4}
+    # the judge graded each of the three answers twice (grounded, relevance): 4 of 5
+    assert len(judged) == 6
+    assert summary["judge_grounded"] == 0.75
+    assert summary["judge_relevance"] == 0.75
     results, saved = read_results(out)
     assert [r.id for r in results] == ["otters", "bees", "tides", "absent"]
     assert saved.grounded == 1.0
@@ -112,15 +130,19 @@ async def test_eval_scores_the_running_system_and_gates_on_thresholds(
     assert "hold hands" in otters.answer
     assert otters.answer_relevance is not None
     assert otters.answer_relevance > 0.5
-    assert results[3].refused is False
-    assert results[3].refusal_correct is False
+    assert results[3].refused is True
+    assert results[3].refusal_correct is True
+    assert results[3].answer.startswith("I do not know")
     assert results[3].grounded is None  # answers to unanswerable questions are not scored
+    assert results[3].judge_grounded is None
+    assert otters.judge_grounded == 0.75
 
     code, stdout, stderr = failed
     assert code == 1
-    assert "refusal_correct 0.0000 < 0.5" in stderr
     assert "precision_at_5 0.2000 < 0.7" in stderr
     assert "recall_at_10" not in stderr  # met
+    assert "refusal_correct" not in stderr  # met
+    assert "judge_grounded was not measured" in stderr  # no --judge: a gate on it misses
 
 
 async def test_compare_prints_the_difference_without_nats(tmp_path: Path) -> None:
