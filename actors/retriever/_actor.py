@@ -356,8 +356,8 @@ class Retriever(Actor):
         want to know the update is searchable here ask this)."""
         store = self._store(request.collection)
         for point in request.upserts:
-            size = len(point.vector) // 4
-            if size != request.dim or len(point.vector) % 4:
+            size = len(dense_array(point.vector))  # BAD_REQUEST unless whole float32s
+            if size != request.dim:
                 raise BadRequestError(f"point {point.id} has {size} dimensions; "
                                       f"the update declares dim={request.dim}")
         try:
