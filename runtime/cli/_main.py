@@ -84,9 +84,16 @@ def _cmd_up(args: argparse.Namespace) -> int:
                 out.print(f"uploads: POST {uploads}")
         out.print(f"actors: {', '.join(started) or '(none)'} — Ctrl-C drains and stops")
 
+    # what this command changed in the settings, for actors in processes of their own
+    child_env: dict[str, str] = {}
+    if args.local_llm:
+        child_env["RAGBUS_ROUTER__LOCAL__ENABLED"] = "true"
+    if settings.nats.replicas != loaded.settings.nats.replicas:
+        child_env["RAGBUS_NATS__REPLICAS"] = str(settings.nats.replicas)
     anyio.run(lambda: run_actors(settings, classes, embedded=embedded,
                                  ephemeral=args.ephemeral, on_ready=ready,
-                                 cluster=args.cluster))
+                                 cluster=args.cluster, processes=args.processes,
+                                 config=args.config, child_env=child_env))
     out.print("stopped")
     return 0
 
@@ -166,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--only", help="comma-separated actor names to start (default: all)")
     up.add_argument("--local-llm", action="store_true",
                     help="start the embedded llama.cpp server (SmolLM2-135M) for the router")
+    up.add_argument("--processes", action="store_true",
+                    help="run each actor in a child process of its own (restarted if it "
+                    "dies) instead of all in this one: one core each, so a busy stage "
+                    "does not delay the others")
     up.add_argument("--cluster", type=int, default=1, metavar="N",
                     help="start N embedded nats-server nodes clustered on loopback (with "
                     "nats.replicas raised to min(N, 3) unless it is set)")

@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import anyio
 import structlog
@@ -36,7 +36,7 @@ from anyio.abc import Process
 from .._backoff import Backoff
 from ._run import watch_signals
 
-__all__ = ("child_argv", "exit_status", "run_replicas")
+__all__ = ("child_argv", "exit_status", "run_processes", "run_replicas")
 
 
 def exit_status(code: int | None) -> dict[str, object]:
@@ -50,9 +50,9 @@ def exit_status(code: int | None) -> dict[str, object]:
 
 
 class _Replicas:
-    def __init__(self, argv: Sequence[str], envs: Sequence[Mapping[str, str]], *,
+    def __init__(self, argvs: Sequence[Sequence[str]], envs: Sequence[Mapping[str, str]], *,
                  backoff: tuple[float, float, float]) -> None:
-        self.argv = list(argv)
+        self.argvs = [list(argv) for argv in argvs]
         self.envs = envs
         self.backoff = backoff
         self.processes: dict[int, Process] = {}
@@ -68,7 +68,7 @@ class _Replicas:
         while not self.stopping.is_set():
             started = anyio.current_time()
             process = await anyio.open_process(
-                [*self.argv, "--restarts", str(restarts)], env=dict(self.envs[i]),
+                [*self.argvs[i], "--restarts", str(restarts)], env=dict(self.envs[i]),
                 stdin=None, stdout=None, stderr=None, start_new_session=True)
             self.processes[i] = process
             self.restarts[i] = restarts
@@ -124,17 +124,46 @@ async def run_replicas(name: str, count: int, *, config: str | None,
         if metrics_port is not None:
             env["RAGBUS_METRICS__PORT"] = str(metrics_port + i)
         envs.append(env)
-    replicas = _Replicas(child_argv(name, config=config), envs,
+    replicas = _Replicas([child_argv(name, config=config)] * count, envs,
                          backoff=(backoff_initial_s, backoff_max_s, healthy_after_s))
+    return await _keep_all(replicas, count)
+
+
+async def _keep_all(replicas: _Replicas, count: int,
+                    ready: Callable[[], Awaitable[None]] | None = None) -> int:
+    """Keep every child running until a signal drains them; ``ready`` runs once they
+    are started. The exit status as :func:`run_replicas` says."""
     async with anyio.create_task_group() as tg:
         tg.start_soon(watch_signals, replicas.drain, replicas.kill)
         async with anyio.create_task_group() as kept:
             for i in range(count):
                 kept.start_soon(replicas.keep, i)
+            if ready is not None:
+                await ready()
         tg.cancel_scope.cancel()  # every replica drained: stop watching signals too
     for i in range(count):
         code = replicas.codes.get(i)
         if code:
             return 128 - code if code < 0 else code
     return 0
+
+
+async def run_processes(names: Sequence[str], *, config: str | None,
+                        env: Mapping[str, str], metrics_port: int | None,
+                        backoff: tuple[float, float, float],
+                        ready: Callable[[], Awaitable[None]] | None = None) -> int:
+    """``ragbus up --processes``: each actor of ``names`` in a child process of its own,
+    kept running as ``ragbus actor`` keeps its replicas. ``env`` is what every child
+    gets on top of this process's environment (where the bus is, what ``up`` changed in
+    the settings); with ``metrics_port`` the actor ``i`` serves on ``metrics_port + i``.
+    """
+    envs = []
+    for i in range(len(names)):
+        child = {**os.environ, **env}
+        if metrics_port is not None:
+            child["RAGBUS_METRICS__PORT"] = str(metrics_port + i)
+        envs.append(child)
+    replicas = _Replicas([child_argv(name, config=config) for name in names], envs,
+                         backoff=backoff)
+    return await _keep_all(replicas, len(names), ready)
 

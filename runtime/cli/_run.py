@@ -17,9 +17,10 @@ from anyio.abc import TaskStatus
 from ragbus.config import Settings
 
 from .. import tracing
+from .._discovery import wait_for_instances
 from ..actor import Actor
 from ..metrics import Metrics
-from ..security import credentials, write_server_include
+from ..security import connect_as, credentials, write_server_include
 from ..supervisor import Supervisor
 from ._server import EmbeddedCluster, EmbeddedNats
 from ._state import RunInfo, clear_run_info, write_run_info
@@ -27,6 +28,8 @@ from ._state import RunInfo, clear_run_info, write_run_info
 __all__ = ("Ready", "run_actors", "watch_parent", "watch_signals")
 
 Ready = Callable[[str, int | None, list[str]], None]
+#: how long ``up --processes`` waits for every child to answer (a model loads first)
+START_TIMEOUT_S = 300.0
 
 
 async def watch_signals(drain: Callable[[], None], force: Callable[[], None]) -> None:
@@ -70,6 +73,9 @@ async def run_actors(
     cluster: int = 1,
     parent_pid: int | None = None,
     restarts: int = 0,
+    processes: bool = False,
+    config: str | None = None,
+    child_env: Mapping[str, str] | None = None,
 ) -> None:
     """Run ``classes`` under a supervisor until a signal drains them.
 
@@ -78,6 +84,12 @@ async def run_actors(
     ``ragbus actor``'s supervising parent gets ``parent_pid`` (it drains when that
     parent is gone) and ``restarts``, how often the parent restarted this replica, the
     start of ``ragbus_actor_restarts_total``.
+
+    ``processes`` (``ragbus up --processes``) runs each actor as ``ragbus actor NAME`` in a
+    child process of its own instead (``config`` is passed on; ``child_env`` carries what
+    the caller changed in the settings), restarted if it dies: an asyncio process is one
+    core, and with every actor on one event loop a busy stage delays all the others,
+    the first hop's refusals included (``bench.load --layout``).
     """
     metrics = Metrics()
     monitors: list[str] = []
@@ -114,18 +126,22 @@ async def run_actors(
             for name in classes:
                 metrics.restarts.labels(name).inc(restarts)
         metrics_port: int | None = None
-        if settings.metrics.enabled:
+        if settings.metrics.enabled and not processes:  # the children serve their own
             metrics_port, close = metrics.serve(settings.metrics.host, settings.metrics.port)
             stack.callback(close)
         if embedded:
             write_run_info(settings, RunInfo(nats_url=url, metrics_port=metrics_port,
                                              pid=os.getpid(), monitors=monitors))
             stack.callback(clear_run_info, settings)
+        runtime = settings.runtime
+        if processes:
+            await _run_processes(settings, list(classes), url, config=config,
+                                 child_env=child_env or {}, on_ready=on_ready)
+            return
         factories = {
             name: partial(cls, settings, nats_url=url, metrics=metrics)
             for name, cls in classes.items()
         }
-        runtime = settings.runtime
         supervisor = Supervisor(factories, backoff_initial_s=runtime.restart_backoff_initial_s,
                                 backoff_max_s=runtime.restart_backoff_max_s,
                                 healthy_after_s=runtime.restart_healthy_after_s,
@@ -142,3 +158,34 @@ async def run_actors(
             await tg.start(supervise)
             if on_ready is not None:
                 on_ready(url, metrics_port, list(classes))
+
+
+async def _run_processes(settings: Settings, names: list[str], url: str, *,
+                         config: str | None, child_env: Mapping[str, str],
+                         on_ready: Ready | None) -> None:
+    from ._replicas import run_processes
+
+    m, rt = settings.metrics, settings.runtime
+    log = structlog.get_logger().bind(component="up")
+
+    async def ready() -> None:
+        """Say ``up`` once every child answers a ping (models loaded, stores open)."""
+        nc = await connect_as(settings.nats, settings.security, "admin", url=url,
+                              name="ragbus-up")
+        try:
+            for name in names:
+                await wait_for_instances(nc, name, 1, timeout_s=START_TIMEOUT_S)
+        except TimeoutError:
+            log.error("up.not_serving", actors=names, timeout_s=START_TIMEOUT_S)
+            return
+        finally:
+            await nc.close()
+        if on_ready is not None:
+            on_ready(url, None, names)
+
+    await run_processes(
+        names, config=config, env={**child_env, "RAGBUS_NATS__URL": url},
+        metrics_port=m.port if m.enabled and m.port else None,
+        backoff=(rt.restart_backoff_initial_s, rt.restart_backoff_max_s,
+                 rt.restart_healthy_after_s),
+        ready=ready)

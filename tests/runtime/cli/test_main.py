@@ -6,13 +6,14 @@ import json
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from ragbus.runtime.cli import main
 from tests.actors.router.test_local_llm import INSTALL_LLM, LLM_INSTALLED
-from tests.support.cli import RAGBUS, read_until
+from tests.support.cli import RAGBUS, children, read_until
 from tests.support.optional import require
 
 REPO = Path(__file__).resolve().parents[3]
@@ -150,3 +151,56 @@ def test_up_on_a_three_node_cluster_survives_losing_a_node(tmp_path: Path) -> No
     assert "otters" in asked.stdout.lower()
     assert again.returncode == 0, again.stdout + again.stderr
     assert "down" in after.stdout
+
+
+def _actor_children(pid: int) -> dict[str, int]:
+    """``up --processes``'s children by the actor each runs (from its command line)."""
+    found: dict[str, int] = {}
+    for child in children(pid):
+        argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        if b"actor" in argv:
+            found[argv[argv.index(b"actor") + 1].decode()] = child
+    return found
+
+
+def test_up_with_processes_runs_each_actor_in_its_own_restarted_process(tmp_path: Path) -> None:
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "otters.txt").write_text(
+        "Sea otters hold hands while sleeping so they do not drift apart.\n")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAGBUS_")},
+           "XDG_DATA_HOME": str(tmp_path), "RAGBUS_METRICS__ENABLED": "false",
+           "RAGBUS_LOGGING__FORMAT": "json"}
+    names = ["embedder", "retriever", "ingestor", "context-trimmer", "router"]
+    proc = subprocess.Popen([*RAGBUS, "up", "--ephemeral", "--processes", "--only",
+                             ",".join(names)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*RAGBUS, *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=180)
+
+    try:
+        text = read_until(proc, "Ctrl-C", timeout_s=300)
+        assert "ragbus is up" in text, text
+        before = _actor_children(proc.pid)
+        assert sorted(before) == sorted(names)  # one process each, none in the parent
+        assert cli("ingest", "docs", "--wait").returncode == 0
+        assert "otters" in cli("ask", "Why do sea otters hold hands?").stdout.lower()
+
+        os.kill(before["retriever"], signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while _actor_children(proc.pid).get("retriever") in (None, before["retriever"]):
+            assert time.monotonic() < deadline, "the retriever was not started again"
+            time.sleep(0.2)
+        deadline = time.monotonic() + 120
+        while (asked := cli("ask", "Why do sea otters hold hands?")).returncode != 0:
+            assert time.monotonic() < deadline, asked.stdout + asked.stderr  # still loading
+            time.sleep(1)
+        assert "otters" in asked.stdout.lower()
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    assert not any(Path(f"/proc/{pid}").exists() for pid in before.values())
