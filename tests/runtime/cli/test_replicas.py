@@ -56,7 +56,7 @@ def test_replicas_below_one_are_refused() -> None:
 
 
 async def test_a_drain_does_not_wait_out_a_dying_replicas_backoff() -> None:
-    replicas = _Replicas([sys.executable, "-c", "raise SystemExit(3)"], [dict(os.environ)],
+    replicas = _Replicas([[sys.executable, "-c", "raise SystemExit(3)"]], [dict(os.environ)],
                          backoff=(60.0, 60.0, 30.0))
     with anyio.fail_after(20):
         async with anyio.create_task_group() as tg:
@@ -132,7 +132,7 @@ async def test_a_child_that_keeps_dying_at_start_backs_off_and_each_death_is_log
     log = tmp_path / "log"
     with log.open("w") as stream:
         configure_logging(stream=stream)
-        replicas = _Replicas([sys.executable, "-c", "raise SystemExit(3)"], [dict(os.environ)],
+        replicas = _Replicas([[sys.executable, "-c", "raise SystemExit(3)"]], [dict(os.environ)],
                              backoff=(0.05, 0.4, 30.0))
         with anyio.fail_after(30):
             async with anyio.create_task_group() as tg:
