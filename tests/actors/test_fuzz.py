@@ -76,6 +76,10 @@ OTHERS: dict[str, type[msgspec.Struct]] = {
 #: services protocol, the server's advisories, and KV and object store buckets (state the
 #: actors write themselves, where a writer needs the bucket's own permission)
 PRIVATE = ("_INBOX.", "$SRV.", "$JS.EVENT.ADVISORY.", "$KV.", "$O.")
+#: the index stream (#18): only the ingestor and the retriever may write it, as they
+#: alone write the buckets; an entry no replica can read is logged as the error it is
+#: and skipped by every replica alike (actors/retriever/_replica.py)
+WRITTEN_BY_ACTORS = frozenset({S.index_log_all})
 FINAL = {"done", "failed", "cancelled"}
 
 
@@ -97,6 +101,7 @@ def targets(actors: tuple[Actor, ...], streams: dict[str, str]) -> list[Target]:
     # nats-py keeps no public list of a connection's subscriptions
     listened = {sub.subject for actor in actors for sub in actor.nc._subs.values()}
     listened |= set(streams)
+    listened -= WRITTEN_BY_ACTORS
     unknown = sorted(s for s in listened if not s.startswith(PRIVATE) and s not in types)
     assert not unknown, f"subjects with no message type to fuzz them with: {unknown}"
     return [types[s] for s in sorted(listened) if s in types]
