@@ -7,12 +7,14 @@ import os
 import signal
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from ragbus.runtime.cli import main
 from tests.actors.router.test_local_llm import INSTALL_LLM, LLM_INSTALLED
+from tests.support import free_port
 from tests.support.cli import RAGBUS, children, read_until
 from tests.support.optional import require
 
@@ -168,7 +170,7 @@ def test_up_with_processes_runs_each_actor_in_its_own_restarted_process(tmp_path
     (tmp_path / "docs" / "otters.txt").write_text(
         "Sea otters hold hands while sleeping so they do not drift apart.\n")
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAGBUS_")},
-           "XDG_DATA_HOME": str(tmp_path), "RAGBUS_METRICS__ENABLED": "false",
+           "XDG_DATA_HOME": str(tmp_path), "RAGBUS_METRICS__PORT": str(free_port()),
            "RAGBUS_LOGGING__FORMAT": "json"}
     names = ["embedder", "retriever", "ingestor", "context-trimmer", "router"]
     proc = subprocess.Popen([*RAGBUS, "up", "--ephemeral", "--processes", "--only",
@@ -184,6 +186,12 @@ def test_up_with_processes_runs_each_actor_in_its_own_restarted_process(tmp_path
         assert "ragbus is up" in text, text
         before = _actor_children(proc.pid)
         assert sorted(before) == sorted(names)  # one process each, none in the parent
+        # metrics: actor i of --only on the metrics port + i (processes cannot share one)
+        base = int(env["RAGBUS_METRICS__PORT"])
+        for i, name in enumerate(names):
+            with urllib.request.urlopen(f"http://127.0.0.1:{base + i}/metrics",
+                                        timeout=10) as page:
+                assert f'actor="{name}"' in page.read().decode()
         assert cli("ingest", "docs", "--wait").returncode == 0
         assert "otters" in cli("ask", "Why do sea otters hold hands?").stdout.lower()
 
