@@ -3,9 +3,9 @@
 No Docker daemon runs where these tests run, so the images are never built. What
 is checked is everything ragbus itself decides: each service's command is one the
 CLI accepts, each service's settings load in production mode from .env.example plus
-its environment, nats-server starts with the compose flags and the example
-passwords, an actor started as compose starts it comes up on that server, and the
-image copies every package the project installs.
+its environment, three nats-servers started with the compose configuration, flags
+and example passwords form one JetStream cluster, an actor started as compose starts
+it comes up on that cluster, and the image copies every package the project installs.
 """
 
 from __future__ import annotations
@@ -19,13 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 import yaml
 
 from ragbus.config import AUDIT_PUBLISHERS, ROLES, ProductionConfigError, load_settings
-from ragbus.runtime import wait_for_instances
+from ragbus.runtime import ensure_stream, wait_for_instances
 from ragbus.runtime.cli import build_parser, find_nats_server
 from ragbus.runtime.security import connect_as, role_for_actor
+from ragbus.subjects import Subjects, ingest_stream
 from tests.support.cli import RAGBUS
 from tests.support.ports import free_port
 
@@ -33,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 COMPOSE: dict[str, Any] = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 RAGBUS_SERVICES = sorted(n for n, s in SERVICES.items() if s.get("image") == "ragbus:local")
+NATS_NODES = ["nats-1", "nats-2", "nats-3"]
 
 
 def example_env() -> dict[str, str]:
@@ -86,9 +89,10 @@ def test_each_service_loads_its_settings_in_production_mode_with_only_its_own_pa
         [f"RAGBUS_SECURITY__{role_of(name).upper()}_PASSWORD"]
     with pytest.raises(ProductionConfigError):  # not enough to run everything: good
         load_settings(file=None, env=env)
-    if name == "retriever":
-        assert (settings.retriever.backend, settings.retriever.url) == \
-            ("server", "http://qdrant:6333")
+    assert settings.nats.replicas == 3  # every stream and KV bucket on all three nodes
+    assert settings.nats.url == ",".join(f"nats://{n}:4222" for n in NATS_NODES)
+    if role_of(name) == "retriever":
+        assert settings.retriever.backend == "edge"
 
 
 @pytest.mark.parametrize("name", RAGBUS_SERVICES)
@@ -125,42 +129,160 @@ def _start(argv: list[str], *, cwd: Path, env: dict[str, str]) -> subprocess.Pop
                             stderr=subprocess.PIPE)
 
 
-async def test_an_actor_started_as_compose_starts_it_serves_on_nats_started_as_compose_does(
+def test_the_three_nats_nodes_share_one_configuration_and_each_keeps_its_own_store() -> None:
+    nodes = sorted(n for n, s in SERVICES.items() if s.get("image", "").startswith("nats:"))
+    assert nodes == NATS_NODES
+    data_volumes = set()
+    for name in nodes:
+        node = SERVICES[name]
+        command = node["command"]
+        assert command[command.index("--name") + 1] == name  # its server_name
+        mounts = dict(v.split(":")[:2] for v in node["volumes"])
+        conf = command[command.index("-c") + 1]
+        # the cluster configuration includes nats-server.conf from the same directory
+        assert {mounts["./deploy/nats/cluster.conf"], mounts["./nats-server.conf"]} == \
+            {conf, str(Path(conf).parent / "nats-server.conf")}
+        (volume,) = (s for s, t in mounts.items() if t == "/data")
+        data_volumes.add(volume)
+        assert node["working_dir"] == "/"  # store_dir ./data/jetstream lands on /data
+        assert node["healthcheck"]["test"][:2] == ["CMD", "wget"]
+    assert len(data_volumes) == 3
+    assert data_volumes <= set(COMPOSE["volumes"])
+    for name in RAGBUS_SERVICES:  # every ragbus container waits for all three
+        assert set(SERVICES[name]["depends_on"]) == set(NATS_NODES), name
+
+
+def _running(actor: str) -> list[str]:
+    return [n for n in RAGBUS_SERVICES if SERVICES[n]["command"][:2] == ["actor", actor]]
+
+
+def test_two_retriever_replicas_each_keep_their_own_copy_under_a_fixed_host_name() -> None:
+    retrievers = _running("retriever")
+    assert len(retrievers) == 2
+    volumes = set()
+    for name in retrievers:
+        service = SERVICES[name]
+        assert "--no-supervise" in service["command"]
+        # the replica's name is the host name plus a digest of the data directory: a
+        # container id would give a recreated container a new name and a fresh replay
+        assert service["hostname"] == name
+        (volume,) = (v.split(":")[0] for v in service["volumes"] if v.endswith(":/data"))
+        volumes.add(volume)
+        assert service_env(name).get("RAGBUS_DATA_DIR", "/data") == "/data"
+    assert len(volumes) == 2
+    assert "RAGBUS_DATA_DIR=/data" in (REPO / "Dockerfile").read_text()
+    assert len(_running("embedder")) == 2
+    assert [SERVICES[n]["command"][-2:] for n in _running("router")] == [["--replicas", "2"]]
+
+
+def test_the_qdrant_server_is_an_optional_profile() -> None:
+    assert SERVICES["qdrant"]["profiles"] == ["qdrant-server"]
+    for name in RAGBUS_SERVICES:
+        assert "qdrant" not in SERVICES[name]["depends_on"], name
+
+
+async def _monitor(port: int, path: str) -> dict[str, Any]:
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"http://127.0.0.1:{port}{path}", timeout=5)
+        response.raise_for_status()
+        body: dict[str, Any] = response.json()
+        return body
+
+
+def _as_on_loopback(conf: str, ports: dict[str, int], listen: int) -> str:
+    """compose's cluster.conf with each node's host name as 127.0.0.1 and its route port
+    as a free one: on one machine every node needs its own."""
+    for node, port in ports.items():
+        conf = conf.replace(f"://{node}:6222", f"://127.0.0.1:{port}")
+    assert "0.0.0.0:6222" in conf
+    return conf.replace("0.0.0.0:6222", f"127.0.0.1:{listen}")
+
+
+async def test_three_nodes_started_as_compose_starts_them_form_a_cluster_an_actor_serves_on(
     tmp_path: Path,
 ) -> None:
-    flags = list(SERVICES["nats"]["command"])
-    flags[flags.index("-c") + 1] = str(REPO / "nats-server.conf")
-    port = free_port()
-    # in its own working directory, as compose's working_dir
-    nats = _start([find_nats_server(), *flags, "-p", str(port), "-m", str(free_port())],
-                  cwd=tmp_path, env={**os.environ, **example_env()})
-    url = f"nats://127.0.0.1:{port}"
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAGBUS_")},
-           **service_env("context-trimmer"), "RAGBUS_NATS__URL": url,
-           "RAGBUS_METRICS__ENABLED": "false", "RAGBUS_DATA_DIR": str(tmp_path / "data")}
-    actor = _start([*RAGBUS, *SERVICES["context-trimmer"]["command"]], cwd=tmp_path, env=env)
+    routes = {name: free_port() for name in NATS_NODES}
+    clients = {name: free_port() for name in NATS_NODES}
+    monitors = {name: free_port() for name in NATS_NODES}
+    cluster_conf = (REPO / "deploy" / "nats" / "cluster.conf").read_text()
+    nodes: dict[str, subprocess.Popen[bytes]] = {}
+    actor: subprocess.Popen[bytes] | None = None
     try:
+        for name in NATS_NODES:
+            service = SERVICES[name]
+            mounts = {t: s for s, t in (v.split(":")[:2] for v in service["volumes"])}
+            root = tmp_path / name  # the container's file system: /etc/nats and /data
+            flags = list(service["command"])
+            conf = flags[flags.index("-c") + 1]
+            for target, source in mounts.items():
+                if source.startswith("./"):
+                    path = root / target.lstrip("/")
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    text = (REPO / source).read_text()
+                    if target == conf:
+                        text = _as_on_loopback(cluster_conf, routes, routes[name])
+                    path.write_text(text)
+            flags[flags.index("-c") + 1] = str(root / conf.lstrip("/"))
+            flags[flags.index("-a") + 1] = "127.0.0.1"
+            # as compose's working_dir: the store lands under this node's own directory
+            nodes[name] = _start([find_nats_server(), *flags, "-p", str(clients[name]),
+                                  "-m", str(monitors[name])],
+                                 cwd=root, env={**os.environ, **example_env()})
+        with anyio.fail_after(60):
+            for name in NATS_NODES:  # each sees the other two and one JetStream leader
+                while True:
+                    assert nodes[name].poll() is None, \
+                        nodes[name].communicate()[1].decode()[-2000:]
+                    try:
+                        routez = await _monitor(monitors[name], "/routez")
+                        jsz = await _monitor(monitors[name], "/jsz")
+                    except httpx.HTTPError:
+                        await anyio.sleep(0.2)
+                        continue
+                    peers = {r["remote_name"] for r in routez["routes"]}
+                    meta = jsz.get("meta_cluster") or {}
+                    if peers == set(NATS_NODES) - {name} and meta.get("leader"):
+                        break
+                    await anyio.sleep(0.2)
+                assert routez["server_name"] == name
+                assert (meta["name"], meta["cluster_size"]) == ("ragbus", 3)
+
+        url = ",".join(f"nats://127.0.0.1:{clients[n]}" for n in NATS_NODES)
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAGBUS_")},
+               **service_env("context-trimmer"), "RAGBUS_NATS__URL": url,
+               "RAGBUS_METRICS__ENABLED": "false", "RAGBUS_DATA_DIR": str(tmp_path / "data")}
+        actor = _start([*RAGBUS, *SERVICES["context-trimmer"]["command"]], cwd=tmp_path,
+                       env=env)
         admin = load_settings(file=None, env={**example_env(), **env}, check=False).settings
-        with anyio.fail_after(30):
-            while True:
-                try:
-                    nc = await connect_as(admin.nats, admin.security, "admin", url=url,
-                                          max_reconnect_attempts=0, allow_reconnect=False)
-                    break
-                except Exception:
-                    assert nats.poll() is None, nats.communicate()[1].decode()[-2000:]
-                    await anyio.sleep(0.1)
+        nc = await connect_as(admin.nats, admin.security, "admin", url=url)
         try:
             assert await wait_for_instances(nc, "context-trimmer", 1, timeout_s=30)
+            # the ingest stream, created as every actor creates its streams: three copies
+            await ensure_stream(nc, ingest_stream(Subjects()), replicas=admin.nats.replicas)
+            js = nc.jetstream()
+            name = Subjects().ingest_stream
+            with anyio.fail_after(30):
+                while True:
+                    info = await js.stream_info(name)
+                    if info.cluster and info.cluster.leader and \
+                            len(info.cluster.replicas or []) == 2:
+                        break
+                    await anyio.sleep(0.2)
+            assert info.config.num_replicas == 3
+            names = {info.cluster.leader, *(r.name for r in info.cluster.replicas or [])}
+            assert names == set(NATS_NODES)
         finally:
             await nc.close()
     finally:
-        actor.terminate()
-        _, err = actor.communicate(timeout=30)
-        nats.terminate()
-        _, nats_err = nats.communicate(timeout=10)
+        if actor is not None:
+            actor.terminate()
+            _, err = actor.communicate(timeout=30)
+        for node in nodes.values():
+            node.terminate()
+        errs = {name: node.communicate(timeout=10)[1] for name, node in nodes.items()}
     assert actor.returncode == 0, err.decode()[-2000:]
-    assert (tmp_path / "data" / "jetstream").is_dir(), nats_err.decode()[-2000:]
+    for name in NATS_NODES:  # each node's store under its own "volume"
+        assert (tmp_path / name / "data" / "jetstream").is_dir(), errs[name].decode()[-2000:]
 
 
 # -- health checks, pinned images, the image's stages --------------------------------------
@@ -204,7 +326,8 @@ def test_the_nats_image_is_the_nats_server_release_the_tests_run() -> None:
                              text=True, check=True).stdout
     tested = re.search(r"v(\d+\.\d+\.\d+)", version)
     assert tested, version
-    assert SERVICES["nats"]["image"] == f"nats:{tested[1]}-alpine"
+    for name in NATS_NODES:
+        assert SERVICES[name]["image"] == f"nats:{tested[1]}-alpine"
 
 
 def test_the_qdrant_image_matches_the_qdrant_client_the_tests_run() -> None:
