@@ -32,7 +32,6 @@ from anyio.abc import TaskStatus
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
@@ -590,7 +589,9 @@ class Actor:
             with anyio.CancelScope(shield=True):
                 try:
                     msgs = await sub.fetch(1, timeout=0.5)
-                except NatsTimeout:
+                # nats-py raises its TimeoutError, or asyncio's bare one when the fetch's
+                # time runs out before its last pull request: both are "nothing came"
+                except TimeoutError:
                     msgs = []
                 except Exception as exc:  # the bus is reconnecting: try again shortly
                     self.log.warning("consumer.fetch_failed", endpoint=spec.name,

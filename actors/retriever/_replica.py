@@ -32,7 +32,6 @@ from typing import Any
 import anyio
 import msgspec
 from nats.aio.client import Client as NATS
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from ragbus.runtime.jetstream import through_elections
@@ -207,7 +206,9 @@ class ShardLog:
             await self._subscribe()
         try:
             msgs = await self._sub.fetch(self.batch, timeout=timeout_s)
-        except NatsTimeoutError:
+        # nats-py raises its TimeoutError, or asyncio's bare one when the fetch's time
+        # runs out before its last pull request: both are "nothing came"
+        except TimeoutError:
             return 0
         applied = 0
         async with self.lock:
