@@ -76,19 +76,34 @@ class Embedder(Actor):
 
     async def setup(self) -> None:
         cfg = self.config
-        try:
-            self.model = await self.worker.run(
-                EmbeddingModel.load, cfg.model, batch_size=cfg.batch_size, threads=cfg.threads,
-                spin_wait=cfg.spin_wait,
-            )
-        except ModelLoadError as exc:
-            raise UnavailableError(
-                f"embedding model {cfg.model!r} cannot be loaded: {exc}") from exc
-        if cfg.query_lane:
-            self.query_model = await self.query_worker.run(
-                EmbeddingModel.load, cfg.model, batch_size=cfg.query_lane_max_texts,
-                threads=cfg.query_threads, spin_wait=cfg.spin_wait,
-            )
+        loaded: dict[str, EmbeddingModel | Exception] = {}
+
+        async def load(lane: str, worker: WorkerThread, batch_size: int,
+                       threads: int | None) -> None:
+            try:
+                loaded[lane] = await worker.run(
+                    EmbeddingModel.load, cfg.model, batch_size=batch_size, threads=threads,
+                    spin_wait=cfg.spin_wait)
+            except Exception as exc:  # raised below as it is, not inside a group
+                loaded[lane] = exc
+
+        # both lanes load at once, each on its own thread: a restarted embedder serves
+        # again that much sooner (a load is mostly single-threaded session setup)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(load, "bulk", self.worker, cfg.batch_size, cfg.threads)
+            if cfg.query_lane:
+                tg.start_soon(load, "query", self.query_worker, cfg.query_lane_max_texts,
+                              cfg.query_threads)
+        for result in loaded.values():
+            if isinstance(result, ModelLoadError):
+                raise UnavailableError(
+                    f"embedding model {cfg.model!r} cannot be loaded: {result}") from result
+            if isinstance(result, Exception):
+                raise result
+        bulk, query = loaded["bulk"], loaded.get("query")
+        assert isinstance(bulk, EmbeddingModel)
+        self.model = bulk
+        self.query_model = query if isinstance(query, EmbeddingModel) else None
         model = self.model
         kv = None
         if cfg.cache:

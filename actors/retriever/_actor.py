@@ -74,7 +74,6 @@ from .store import (
     Hit,
     InvalidPointError,
     Record,
-    ServerStore,
     StoreError,
     VectorStore,
     build_command,
@@ -161,6 +160,8 @@ class Retriever(Actor):
     def _open(self, shard: str) -> VectorStore:
         if self.config.backend == "server":
             from qdrant_client import QdrantClient
+
+            from .store import ServerStore  # imports qdrant-client: only for this backend
 
             key = self.config.api_key.get() if self.config.api_key else None
             url = self.config.url

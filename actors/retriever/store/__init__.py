@@ -6,7 +6,13 @@ in-memory mode in tests. Both speak :class:`Record`, :class:`Filter`, :class:`Hi
 and the wire's ``SparseVector`` (BM25 weights from ``ragbus.runtime.text``), never
 the engines' own model classes, and raise only the :class:`StoreError` family on
 purpose.
+
+:class:`ServerStore` is imported on first use: qdrant-client takes over a second to
+import, and a retriever on the embedded engine (the default) never needs it, while
+every second of a restarting replica's start is a second it does not serve.
 """
+
+from typing import TYPE_CHECKING
 
 from ._edge import EdgeStore, build_command
 from ._errors import (
@@ -23,9 +29,11 @@ from ._errors import (
 )
 from ._filter import LIVE, Filter
 from ._schema import DENSE, SPARSE, Field
-from ._server import ServerStore
 from ._tuning import EdgeTuning, SearchTuning
 from ._types import Hit, Page, Record, StoredPoint, VectorStore
+
+if TYPE_CHECKING:
+    from ._server import ServerStore
 
 __all__ = (
     "DENSE",
@@ -54,3 +62,11 @@ __all__ = (
     "VectorStore",
     "build_command",
 )
+
+
+def __getattr__(name: str) -> object:
+    if name == "ServerStore":
+        from ._server import ServerStore
+
+        return ServerStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
