@@ -89,6 +89,10 @@ class RuntimeSettings(_Section, frozen=True, kw_only=True):
     # a crashed actor (or `ragbus actor` process) that had run this long is restarted at
     # once; one that dies sooner waits restart_backoff_initial_s, doubling to _max_s
     restart_healthy_after_s: Positive = 10.0
+    # a supervising parent (`ragbus actor`, `up --processes`) keeps one spare child that
+    # has done a replica's imports, so a dead replica's successor serves sooner; costs
+    # one idle process (~60 MB) per parent
+    warm_spare: bool = True
 
 
 class LoggingSettings(_Section, frozen=True, kw_only=True):

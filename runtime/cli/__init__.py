@@ -10,6 +10,7 @@ from ._jobs import follow_job, submit_job
 from ._main import build_parser, main
 from ._run import run_actors
 from ._server import EmbeddedCluster, EmbeddedNats, NatsServerError, find_nats_server
+from ._spare import spare_state
 from ._status import ReplicaLag, cluster_nodes, index_replicas, replica_table
 
 __all__ = (
@@ -25,5 +26,6 @@ __all__ = (
     "main",
     "replica_table",
     "run_actors",
+    "spare_state",
     "submit_job",
 )

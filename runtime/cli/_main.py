@@ -124,7 +124,7 @@ def _cmd_actor(args: argparse.Namespace) -> int:
             metrics_port=m.port if m.enabled and m.port else None,
             backoff_initial_s=rt.restart_backoff_initial_s,
             backoff_max_s=rt.restart_backoff_max_s,
-            healthy_after_s=rt.restart_healthy_after_s))
+            healthy_after_s=rt.restart_healthy_after_s, warm_spare=rt.warm_spare))
     cls = load_actor(args.name)
     anyio.run(lambda: run_actors(loaded.settings, {args.name: cls}, embedded=False,
                                  nats_url=url, parent_pid=args.child_of,

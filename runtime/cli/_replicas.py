@@ -20,12 +20,18 @@ often its replica was restarted (the hidden ``--restarts``), and the child start
 ``ragbus_actor_restarts_total`` there, so the counter and its alert see process
 restarts too. The child also watches that this parent is alive (``--child-of``)
 and drains itself if it is not: a parent killed with ``-9`` leaves no orphans.
+
+With ``runtime.warm_spare`` (the default) the parent also keeps one spare child
+that has done a replica's imports and waits (``_spare``); a dead replica's
+successor is that spare, so it skips the second or more of importing and serves
+sooner, and a new spare is started a few seconds later, off the recovery's path.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
@@ -35,6 +41,7 @@ from anyio.abc import Process
 
 from .._backoff import Backoff
 from ._run import watch_signals
+from ._spare import order_line, spare_argv
 
 __all__ = ("child_argv", "exit_status", "run_processes", "run_replicas")
 
@@ -49,15 +56,26 @@ def exit_status(code: int | None) -> dict[str, object]:
     return {"code": code}
 
 
+#: how a replica's command line starts (``child_argv``); what follows is what a spare runs
+_CLI = [sys.executable, "-m", "ragbus.runtime.cli"]
+
+
 class _Replicas:
     def __init__(self, argvs: Sequence[Sequence[str]], envs: Sequence[Mapping[str, str]], *,
-                 backoff: tuple[float, float, float]) -> None:
+                 backoff: tuple[float, float, float], spare: Sequence[str] = (),
+                 spare_after_s: float = 3.0) -> None:
+        """``spare``: the actors a warm spare imports for (none: no spare);
+        ``spare_after_s``: how long after a spare is taken the next one starts."""
         self.argvs = [list(argv) for argv in argvs]
         self.envs = envs
         self.backoff = backoff
+        self.spare_names = list(spare)
+        self.spare_after_s = spare_after_s
         self.processes: dict[int, Process] = {}
         self.restarts: dict[int, int] = {}
         self.codes: dict[int, int | None] = {}
+        self.spare: Process | None = None
+        self._spare_taken = anyio.Event()
         self.stopping = anyio.Event()
         self.log = structlog.get_logger().bind(component="replicas")
 
@@ -67,14 +85,19 @@ class _Replicas:
         restarts = 0
         while not self.stopping.is_set():
             started = anyio.current_time()
-            process = await anyio.open_process(
-                [*self.argvs[i], "--restarts", str(restarts)], env=dict(self.envs[i]),
-                stdin=None, stdout=None, stderr=None, start_new_session=True)
+            argv, env = [*self.argvs[i], "--restarts", str(restarts)], dict(self.envs[i])
+            process = await self._take_spare(argv, env) if restarts else None
+            spared = process is not None
+            if process is None:
+                process = await anyio.open_process(
+                    argv, env=env, stdin=None, stdout=None, stderr=None,
+                    start_new_session=True)
             self.processes[i] = process
             self.restarts[i] = restarts
             if self.stopping.is_set():  # the drain came while it was starting
                 process.send_signal(signal.SIGTERM)
-            self.log.info("replica.started", replica=i, pid=process.pid, restarts=restarts)
+            self.log.info("replica.started", replica=i, pid=process.pid, restarts=restarts,
+                          spare=spared)
             code = await process.wait()
             self.codes[i] = code
             if self.stopping.is_set():
@@ -88,15 +111,68 @@ class _Replicas:
                 await self.stopping.wait()
             restarts += 1
 
+    async def keep_spare(self) -> None:
+        """Keep one warm spare waiting until a stop (see ``_spare``): a new one
+        ``spare_after_s`` after one is taken, and again (with backoff) if one dies."""
+        backoff = Backoff(*self.backoff)
+        while not self.stopping.is_set():
+            started = anyio.current_time()
+            self._spare_taken = taken = anyio.Event()
+            spare = await anyio.open_process(
+                spare_argv(self.spare_names), env=dict(self.envs[0]), stdin=subprocess.PIPE,
+                stdout=None, stderr=None, start_new_session=True)
+            self.spare = spare
+            async with anyio.create_task_group() as tg:
+                async def ended(spare: Process = spare) -> None:
+                    await spare.wait()
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(ended)
+                await taken.wait()
+                tg.cancel_scope.cancel()
+            if self.stopping.is_set():
+                if spare.returncode is None:
+                    spare.send_signal(signal.SIGTERM)
+                with anyio.move_on_after(5):
+                    await spare.wait()
+                return
+            if taken.is_set():
+                delay = self.spare_after_s
+            else:
+                self.spare = None
+                delay = backoff.after(anyio.current_time() - started)
+                self.log.warning("spare.died", pid=spare.pid, restart_in_s=delay,
+                                 **exit_status(spare.returncode))
+            with anyio.move_on_after(delay):
+                await self.stopping.wait()
+
+    async def _take_spare(self, argv: list[str], env: dict[str, str]) -> Process | None:
+        """The waiting spare, told to become ``argv`` under ``env``; None if there is none
+        (or ``argv`` is not a ``ragbus`` command line, which a spare cannot become)."""
+        spare = self.spare
+        if spare is None or spare.returncode is not None or spare.stdin is None \
+                or argv[:len(_CLI)] != _CLI:
+            return None
+        self.spare = None
+        try:
+            await spare.stdin.send(order_line(argv[len(_CLI):], env))
+            await spare.stdin.aclose()
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            return None  # it died just now: a plain start instead
+        finally:
+            self._spare_taken.set()
+        return spare
+
     def drain(self) -> None:
         self.stopping.set()
+        self._spare_taken.set()
         self.signal_all(signal.SIGTERM)
 
     def kill(self) -> None:
         self.signal_all(signal.SIGKILL)
 
     def signal_all(self, sig: signal.Signals) -> None:
-        for process in self.processes.values():
+        for process in [*self.processes.values(), *([self.spare] if self.spare else [])]:
             if process.returncode is None:
                 process.send_signal(sig)
 
@@ -110,7 +186,8 @@ def child_argv(name: str, *, config: str | None) -> list[str]:
 
 async def run_replicas(name: str, count: int, *, config: str | None,
                        metrics_port: int | None, backoff_initial_s: float = 0.5,
-                       backoff_max_s: float = 30.0, healthy_after_s: float = 10.0) -> int:
+                       backoff_max_s: float = 30.0, healthy_after_s: float = 10.0,
+                       warm_spare: bool = False) -> int:
     """Run ``count`` processes of actor ``name`` until a signal drains them.
 
     Returns the exit status for the command: 0 when every replica drained cleanly,
@@ -125,7 +202,8 @@ async def run_replicas(name: str, count: int, *, config: str | None,
             env["RAGBUS_METRICS__PORT"] = str(metrics_port + i)
         envs.append(env)
     replicas = _Replicas([child_argv(name, config=config)] * count, envs,
-                         backoff=(backoff_initial_s, backoff_max_s, healthy_after_s))
+                         backoff=(backoff_initial_s, backoff_max_s, healthy_after_s),
+                         spare=[name] if warm_spare else ())
     return await _keep_all(replicas, count)
 
 
@@ -138,6 +216,8 @@ async def _keep_all(replicas: _Replicas, count: int,
         async with anyio.create_task_group() as kept:
             for i in range(count):
                 kept.start_soon(replicas.keep, i)
+            if replicas.spare_names:
+                kept.start_soon(replicas.keep_spare)
             if ready is not None:
                 await ready()
         tg.cancel_scope.cancel()  # every replica drained: stop watching signals too
@@ -150,7 +230,7 @@ async def _keep_all(replicas: _Replicas, count: int,
 
 async def run_processes(names: Sequence[str], *, config: str | None,
                         env: Mapping[str, str], metrics_port: int | None,
-                        backoff: tuple[float, float, float],
+                        backoff: tuple[float, float, float], warm_spare: bool = False,
                         ready: Callable[[], Awaitable[None]] | None = None) -> int:
     """``ragbus up --processes``: each actor of ``names`` in a child process of its own,
     kept running as ``ragbus actor`` keeps its replicas. ``env`` is what every child
@@ -164,6 +244,6 @@ async def run_processes(names: Sequence[str], *, config: str | None,
             child["RAGBUS_METRICS__PORT"] = str(metrics_port + i)
         envs.append(child)
     replicas = _Replicas([child_argv(name, config=config) for name in names], envs,
-                         backoff=backoff)
+                         backoff=backoff, spare=names if warm_spare else ())
     return await _keep_all(replicas, len(names), ready)
 

@@ -188,4 +188,4 @@ async def _run_processes(settings: Settings, names: list[str], url: str, *,
         metrics_port=m.port if m.enabled and m.port else None,
         backoff=(rt.restart_backoff_initial_s, rt.restart_backoff_max_s,
                  rt.restart_healthy_after_s),
-        ready=ready)
+        warm_spare=rt.warm_spare, ready=ready)

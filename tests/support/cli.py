@@ -7,15 +7,28 @@ import sys
 import threading
 from pathlib import Path
 
-__all__ = ("RAGBUS", "children", "read_until")
+from ragbus.runtime.cli import spare_state
+
+__all__ = ("RAGBUS", "children", "read_until", "spares")
 
 #: argv prefix of the ``ragbus`` command (``[*RAGBUS, "up", "--ephemeral"]``)
 RAGBUS = (sys.executable, "-m", "ragbus.runtime.cli")
 
 
-def children(pid: int) -> set[int]:
-    """The processes ``pid`` started (``ragbus actor``'s replicas), from ``/proc``."""
+def _started_by(pid: int) -> set[int]:
     return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+def children(pid: int) -> set[int]:
+    """The replicas ``pid`` (``ragbus actor``) runs: its children but its warm spare."""
+    return {p for p in _started_by(pid) if spare_state(p) is None}
+
+
+def spares(pid: int, *, ready: bool = False) -> set[int]:
+    """The warm spare ``pid`` keeps (``runtime.warm_spare``); with ``ready``, only once
+    it has done its imports."""
+    return {p for p in _started_by(pid)
+            if spare_state(p) in (("ready",) if ready else ("warming", "ready"))}
 
 
 def read_until(proc: subprocess.Popen[str], marker: str, *, timeout_s: float) -> str:

@@ -155,14 +155,16 @@ def test_up_on_a_three_node_cluster_survives_losing_a_node(tmp_path: Path) -> No
     assert "down" in after.stdout
 
 
-def _actor_children(pid: int) -> dict[str, int]:
-    """``up --processes``'s children by the actor each runs (from its command line)."""
+def _actor_children(pid: int, names: list[str], log: Path) -> dict[str, int]:
+    """``up --processes``'s running children by the actor each runs: child ``i`` runs
+    ``names[i]``, and the parent logs each start (a warm spare's command line does not
+    name the actor it became)."""
     found: dict[str, int] = {}
-    for child in children(pid):
-        argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
-        if b"actor" in argv:
-            found[argv[argv.index(b"actor") + 1].decode()] = child
-    return found
+    for line in log.read_text().splitlines():
+        if line.startswith("{") and (event := json.loads(line))["event"] == "replica.started":
+            found[names[event["replica"]]] = event["pid"]
+    running = children(pid)
+    return {name: child for name, child in found.items() if child in running}
 
 
 def test_up_with_processes_runs_each_actor_in_its_own_restarted_process(tmp_path: Path) -> None:
@@ -173,9 +175,11 @@ def test_up_with_processes_runs_each_actor_in_its_own_restarted_process(tmp_path
            "XDG_DATA_HOME": str(tmp_path), "RAGBUS_METRICS__PORT": str(free_port()),
            "RAGBUS_LOGGING__FORMAT": "json"}
     names = ["embedder", "retriever", "ingestor", "context-trimmer", "router"]
-    proc = subprocess.Popen([*RAGBUS, "up", "--ephemeral", "--processes", "--only",
-                             ",".join(names)], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    log = tmp_path / "up.jsonl"
+    with log.open("w") as sink:
+        proc = subprocess.Popen([*RAGBUS, "up", "--ephemeral", "--processes", "--only",
+                                 ",".join(names)], cwd=tmp_path, env=env,
+                                stdout=subprocess.PIPE, stderr=sink, text=True)
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*RAGBUS, *args], cwd=tmp_path, env=env,
@@ -184,7 +188,7 @@ def test_up_with_processes_runs_each_actor_in_its_own_restarted_process(tmp_path
     try:
         text = read_until(proc, "Ctrl-C", timeout_s=300)
         assert "ragbus is up" in text, text
-        before = _actor_children(proc.pid)
+        before = _actor_children(proc.pid, names, log)
         assert sorted(before) == sorted(names)  # one process each, none in the parent
         # metrics: actor i of --only on the metrics port + i (processes cannot share one)
         base = int(env["RAGBUS_METRICS__PORT"])
@@ -197,7 +201,8 @@ def test_up_with_processes_runs_each_actor_in_its_own_restarted_process(tmp_path
 
         os.kill(before["retriever"], signal.SIGKILL)
         deadline = time.monotonic() + 120
-        while _actor_children(proc.pid).get("retriever") in (None, before["retriever"]):
+        while _actor_children(proc.pid, names, log).get("retriever") in (
+                None, before["retriever"]):
             assert time.monotonic() < deadline, "the retriever was not started again"
             time.sleep(0.2)
         deadline = time.monotonic() + 120

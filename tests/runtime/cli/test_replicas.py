@@ -17,7 +17,7 @@ from ragbus.runtime import configure_logging, discover, wait_for_instances
 from ragbus.runtime.cli import main
 from ragbus.runtime.cli._replicas import _Replicas
 from ragbus.runtime.connection import NATS
-from tests.support.cli import RAGBUS, children
+from tests.support.cli import RAGBUS, children, spares
 from tests.support.ports import free_port
 
 
@@ -96,6 +96,7 @@ async def test_one_actor_runs_in_a_child_that_is_restarted_after_kill_9_and_drai
     try:
         first = await wait_for_instances(nc, "router", 1)
         (child,) = children(proc.pid)  # the actor is not in the command's own process
+        (spare,) = spares(proc.pid)  # runtime.warm_spare: one waits, imports done
         assert (await anyio.to_thread.run_sync(_restarts_metric, port)) == ""
 
         os.kill(child, signal.SIGKILL)
@@ -104,11 +105,17 @@ async def test_one_actor_runs_in_a_child_that_is_restarted_after_kill_9_and_drai
                 await anyio.sleep(0.1)
         assert again != first
         (restarted,) = children(proc.pid)
-        assert restarted != child
+        assert restarted == spare  # the spare became the replica
         died = [e for e in _log(stderr) if e["event"] == "replica.died"]
         assert [(e["pid"], e["signal"]) for e in died] == [(child, "SIGKILL")]
+        started = [e for e in _log(stderr) if e["event"] == "replica.started"]
+        assert [(e["pid"], e["spare"]) for e in started] == [(child, False), (spare, True)]
         metric = await anyio.to_thread.run_sync(_restarts_metric, port)
         assert metric.endswith(" 1.0"), metric  # the parent told the new child
+        with anyio.fail_after(60):  # and keeps a new spare, a few seconds later
+            while not (spares(proc.pid) - {spare}):  # noqa: ASYNC110 - polling another process
+                await anyio.sleep(0.1)
+        (second_spare,) = spares(proc.pid)
 
         proc.send_signal(signal.SIGTERM)  # as systemd or compose stops it
         with anyio.fail_after(60):
@@ -123,6 +130,7 @@ async def test_one_actor_runs_in_a_child_that_is_restarted_after_kill_9_and_drai
     assert "shutdown.forced" not in events
     assert events.count("actor.stopped") == 1
     assert not _alive(restarted)
+    assert not _alive(second_spare)
     assert not [s for s in await discover(nc, "PING", wait_s=0.3) if s.get("name") == "router"]
 
 
@@ -155,15 +163,17 @@ async def test_a_child_whose_parent_is_killed_drains_itself(
     try:
         await wait_for_instances(nc, "router", 1)
         (child,) = children(proc.pid)
+        (spare,) = spares(proc.pid)
         proc.kill()  # -9: the parent cannot pass anything on
         await proc.wait()
         with anyio.fail_after(30):
-            while _alive(child):  # noqa: ASYNC110 - polling another process
+            while _alive(child) or _alive(spare):  # noqa: ASYNC110 - polling other processes
                 await anyio.sleep(0.1)
             await wait_for_instances(nc, "router", 0)
     finally:
-        if _alive(child):
-            os.kill(child, signal.SIGKILL)
+        for pid in (child, spare):
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _alive(pid: int) -> bool:
