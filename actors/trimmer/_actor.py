@@ -15,7 +15,6 @@ import time
 from typing import Unpack
 
 import anyio
-import numpy as np
 from msgspec.structs import replace
 from nats.js.errors import Error as JetStreamError
 from prometheus_client import Counter, Histogram
@@ -32,6 +31,7 @@ from ragbus.runtime import (
     endpoint,
 )
 from ragbus.runtime.text import count_tokens
+from ragbus.runtime.vectors import wire_vector
 from ragbus.subjects import (
     AuditKind,
     ContextReady,
@@ -124,6 +124,8 @@ class ContextTrimmer(Actor):
         cfg = self.config
         if not request.question.strip():
             raise BadRequestError("the question is empty: send the text to answer in `question`")
+        if request.question_vector is not None:  # refused now, not halfway through
+            wire_vector(request.question_vector, what="question_vector")
         budget = Budget.from_settings(cfg, request.provider)
         q_tokens = count_tokens(request.question)
         if q_tokens > budget.question:
@@ -228,8 +230,8 @@ class ContextTrimmer(Actor):
         """
         cfg = self.config
         flat = [p for ps in parts for p in ps]
-        given = np.frombuffer(request.question_vector, dtype="<f4") \
-            if request.question_vector else None
+        given = wire_vector(request.question_vector, what="question_vector") \
+            if request.question_vector is not None else None
         texts = flat if given is not None else [request.question, *flat]
         vectors = await embed(ctx, texts, cfg.embed_timeout_s)
         if vectors is None:

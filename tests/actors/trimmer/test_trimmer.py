@@ -437,6 +437,9 @@ async def test_bad_trims_get_error_events_and_the_actor_keeps_serving(
         empty = await events_of(nc, Trim(question="  ", sources=[], reply_to=nc.new_inbox()))
         long = await events_of(nc, Trim(question="why " * 600, sources=[],
                                         reply_to=nc.new_inbox()))
+        ragged = await events_of(nc, Trim(question="Vector?", sources=[], generate=False,
+                                          question_vector=b"\x00" * 5,
+                                          reply_to=nc.new_inbox()))
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox)
         await nc.publish(S.trim, b'{"request_id": "r1", "reply_to": "' + inbox.encode()
@@ -449,6 +452,9 @@ async def test_bad_trims_get_error_events_and_the_actor_keeps_serving(
     assert isinstance(long[0], Failed)
     assert long[0].code == ErrorCode.TOO_LARGE
     assert "trimmer.question_tokens" in long[0].message
+    assert isinstance(ragged[0], Failed)
+    assert ragged[0].code == ErrorCode.BAD_REQUEST
+    assert "question_vector" in ragged[0].message
     assert isinstance(garbled, Failed)
     assert garbled.code == ErrorCode.BAD_REQUEST
     assert garbled.request_id == "r1"
