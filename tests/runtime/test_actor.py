@@ -270,6 +270,47 @@ async def test_cancel_stops_the_handler_and_requester_sees_cancelled(
     assert len(echo.inflight) == 0
 
 
+async def test_a_cancel_goes_through_the_same_intake_as_a_request(
+    nats_url: str, nc: NATS
+) -> None:
+    """An oversized, garbled or mislabelled cancel cancels nothing (the oversized one used
+    to be read whole, past ``runtime.max_message_bytes``, and honoured)."""
+    settings = Settings(nats=NatsSettings(url=nats_url),
+                        runtime=RuntimeSettings(max_message_bytes=1000))
+    client = Client(nc)
+    target, marker = Ping(text="target", sleep_s=60), Ping(text="marker", sleep_s=60)
+    subject = Subjects().cancel(target.request_id)
+    outcome: dict[str, str] = {}
+    async with running(Echo(settings)) as (echo,):
+
+        async def ask(request: Ping) -> None:
+            try:
+                await client.request(ECHO, request, Pong, timeout=30)
+            except RequestCancelledError as exc:
+                outcome[request.text] = str(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ask, target)
+            tg.start_soon(ask, marker)
+            with anyio.fail_after(20):
+                while echo.active < 2:
+                    await anyio.sleep(0.01)
+            await nc.publish(subject, msgspec.json.encode(
+                {"request_id": target.request_id, "reason": "x" * 2000}))
+            await nc.publish(subject, b'{"request_id": 7, "reason": "garbled"}')
+            await nc.publish(subject, msgspec.json.encode(
+                {"request_id": "someone-else", "reason": "mislabelled"}))
+            # one connection, one cancel subscription: read after the three above
+            await client.cancel(marker.request_id, reason="marker")
+            with anyio.fail_after(20):
+                while "marker" not in outcome:
+                    await anyio.sleep(0.01)
+            assert echo.cancelled == [marker.request_id]  # the target still runs
+            await client.cancel(target.request_id, reason="user pressed stop")
+    assert outcome == {"marker": "cancelled: marker", "target": "cancelled: user pressed stop"}
+    assert echo.cancelled == [marker.request_id, target.request_id]
+
+
 async def test_cancel_of_a_stream_sends_cancelled_with_progress(
     settings: Settings, nc: NATS
 ) -> None:
