@@ -29,7 +29,14 @@ import msgspec.inspect as mi
 from hypothesis import strategies as st
 
 import ragbus.subjects as subjects
-from ragbus.subjects import SCHEMA_VERSION, ErrorCode, Message, Request, StreamRequest
+from ragbus.subjects import (
+    SCHEMA_VERSION,
+    ErrorCode,
+    Message,
+    Request,
+    StreamRequest,
+    new_id,
+)
 
 __all__ = ("KINDS", "Fuzz", "NoStrategyError", "Shot", "Target", "malformed", "shots",
            "values", "wire_types")
@@ -279,6 +286,8 @@ def _envelope(cls: type[msgspec.Struct], name: str, d: Draw) -> tuple[bool, Any]
         return True, SCHEMA_VERSION
     if name == "deadline":
         return True, None  # the receiving actor applies its default (never already past)
+    if issubclass(cls, Request) and name == "request_id":
+        return True, new_id()  # a request's own id must be unguessable (it cancels it)
     if issubclass(cls, StreamRequest) and name == "reply_to":
         return True, f"_INBOX.fuzz.{_token(d)}"
     return False, None
