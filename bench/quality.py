@@ -253,7 +253,8 @@ async def run(data: Path, limit: int | None, whole_docs: bool = False,
                 runtime=RuntimeSettings(default_timeout_s=120),
                 retriever=RetrieverSettings(data_dir=f"{tmp}/qdrant", cache=False,
                                             search_timeout_s=30, optimize_idle_s=1),
-                ingestor=IngestorSettings(progress_interval_ms=1000),
+                ingestor=IngestorSettings(progress_interval_ms=1000,
+                                          allowed_roots=[str(data)]),
             )
             nc = await connect(settings.nats, name="bench-quality")
             s = Subjects()
