@@ -673,7 +673,7 @@ class Actor:
                 cancel = codec.read(msg.data, Cancel,
                                     limit=self.settings.runtime.max_message_bytes,
                                     receiver=self.name)
-                if cancel.request_id != request_id:
+                if cancel.request_id is not None and cancel.request_id != request_id:
                     raise BadRequestError(f"the Cancel names {cancel.request_id!r} but was "
                                           f"published for {request_id!r}")
             except RagbusError as err:
