@@ -40,6 +40,7 @@ import msgspec
 import structlog
 
 from bench._data import SCIFACT
+from bench._jobs import ingested
 from bench.goldenset import OUT as GOLDEN
 from ragbus.actors.embedder import Embedder
 from ragbus.actors.ingestor import Ingestor
@@ -58,7 +59,7 @@ from ragbus.config import (
     Settings,
 )
 from ragbus.runtime import Actor, connect
-from ragbus.runtime.cli import EmbeddedNats, follow_job, submit_job
+from ragbus.runtime.cli import EmbeddedNats
 from ragbus.runtime.evaluation import (
     GoldenQuestion,
     QuestionResult,
@@ -67,7 +68,7 @@ from ragbus.runtime.evaluation import (
     load_golden,
     summarize,
 )
-from ragbus.subjects import IngestRequest, JobState, Subjects
+from ragbus.subjects import IngestRequest, Subjects
 
 KEYS = ("questions", "precision_at_5", "recall_at_10", "mrr", "citation_valid",
         "cited_sentences", "grounded", "answer_relevance", "refusal_correct")
@@ -137,7 +138,8 @@ async def run(golden: Path, data: Path, distractors: int, limit: int | None,
                 nats=NatsSettings(url=server.url), data_dir=tmp,
                 runtime=RuntimeSettings(default_timeout_s=120),
                 retriever=RetrieverSettings(data_dir=f"{tmp}/qdrant", search_timeout_s=30),
-                ingestor=IngestorSettings(progress_interval_ms=1000),
+                ingestor=IngestorSettings(progress_interval_ms=1000,
+                                          allowed_roots=[str(corpus.parent)]),
                 router=RouterSettings(providers=providers, answer_cache=False,
                                       local=LocalLLMSettings(enabled=local),
                                       extractive_min_coverage=min_coverage),
@@ -149,11 +151,7 @@ async def run(golden: Path, data: Path, distractors: int, limit: int | None,
             async with anyio.create_task_group() as tg:
                 for actor in actors:
                     await tg.start(actor.serve)
-                request = IngestRequest(path=str(corpus))
-                await submit_job(nc, request)
-                final = [p async for p in follow_job(nc, request.job_id, timeout_s=3600)][-1]
-                if final.state != JobState.SUCCEEDED:
-                    raise SystemExit(f"ingest failed: {final.message}")
+                await ingested(nc, IngestRequest(path=str(corpus)), timeout_s=3600)
                 evaluation = EvaluationSettings()
                 for provider in [p.name for p in providers]:
                     asked = questions if provider != "local" else for_local(questions,

@@ -44,6 +44,7 @@ from nats.aio.msg import Msg
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
+from bench._jobs import ingested
 from bench._stats import dumps, percentile
 from ragbus.config import (
     BridgeSettings,
@@ -57,7 +58,7 @@ from ragbus.config import (
     Settings,
 )
 from ragbus.runtime import Actor, codec, connect
-from ragbus.runtime.cli import EmbeddedNats, follow_job, submit_job
+from ragbus.runtime.cli import EmbeddedNats
 from ragbus.runtime.connection import NATS
 from ragbus.subjects import (
     Cancelled,
@@ -65,7 +66,6 @@ from ragbus.subjects import (
     Failed,
     IngestRequest,
     InlineDocument,
-    JobState,
     Query,
     QueryEvent,
     Subjects,
@@ -204,11 +204,7 @@ async def run(clients: int, asks: int, docs: int, mode: str = "paced",
                       ContextTrimmer(settings), Router(settings), bridge)
             async with running(*actors):
                 nc = await connect(settings.nats, name="bench-direct")
-                request = IngestRequest(documents=documents)
-                await submit_job(nc, request)
-                final = [p async for p in follow_job(nc, request.job_id, timeout_s=300)][-1]
-                if final.state != JobState.SUCCEEDED:
-                    raise SystemExit(f"ingestion failed: {final.message}")
+                await ingested(nc, IngestRequest(documents=documents))
                 direct = DirectAsker(nc, Subjects(settings.subject_prefix))
                 await direct.start()
                 sockets = [await ws_connect(bridge.ws_url, max_size=None, compression=None)

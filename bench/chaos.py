@@ -48,11 +48,12 @@ from typing import Any
 import anyio
 import structlog
 
+from bench._jobs import ingested
 from bench._stats import percentile
 from bench.bridge import corpus
 from ragbus.config import NatsSettings
 from ragbus.runtime import ACCEPT_WAIT_S, Client, codec, connect, discover, wait_for_instances
-from ragbus.runtime.cli import EmbeddedCluster, EmbeddedNats, follow_job, submit_job
+from ragbus.runtime.cli import EmbeddedCluster, EmbeddedNats
 from ragbus.runtime.connection import NATS
 from ragbus.subjects import (
     BreakerState,
@@ -61,7 +62,6 @@ from ragbus.subjects import (
     Done,
     Failed,
     IngestRequest,
-    JobState,
     Query,
     Subjects,
 )
@@ -224,10 +224,7 @@ async def run(rate: float, gap_s: float, nodes: int, tokens: int,
                 for name, replicas in ACTORS.items():
                     await wait_for_instances(nc, name, replicas, timeout_s=300)
                 docs, questions = corpus(40)
-                job = IngestRequest(documents=docs)
-                await submit_job(nc, job)
-                final = [p async for p in follow_job(nc, job.job_id, timeout_s=300)][-1]
-                assert final.state == JobState.SUCCEEDED, final
+                await ingested(nc, IngestRequest(documents=docs))
                 result = await _chaos(nc, parents, local, questions, rate=rate, gap_s=gap_s,
                                       timeout_s=timeout_s,
                                       cluster=cluster if isinstance(cluster, EmbeddedCluster)

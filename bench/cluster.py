@@ -67,19 +67,11 @@ from ragbus.subjects import (
     Subjects,
     index_stream,
 )
+from tests.support import free_port
 
 S = Subjects()
 DIM = 64
 SEARCH_TIMEOUT_S = 3.0
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def _replica(urls: str, data: Path, name: str, metrics_port: int) -> Process:
@@ -160,7 +152,7 @@ async def run(updates: int, rate: float) -> dict[str, Any]:
                         break
                     except Exception:  # a cluster just up may not place R3 yet
                         await anyio.sleep(0.5)
-            ports = [_free_port(), _free_port()]
+            ports = [free_port(), free_port()]
             procs = [await _replica(urls, root / n, n, p) for n, p in zip("ab", ports,
                                                                             strict=True)]
 
@@ -250,7 +242,7 @@ async def run(updates: int, rate: float) -> dict[str, Any]:
 
                 # a new replica, empty: the newest snapshot, then the tail
                 started = time.monotonic()
-                third = await _replica(urls, root / "c", "c", _free_port())
+                third = await _replica(urls, root / "c", "c", free_port())
                 procs.append(third)
                 async def third_caught_up() -> bool:
                     return any(r.replica == "c" and r.delivered == end and not r.behind

@@ -45,7 +45,7 @@ from ragbus.actors.ingestor import ChunkingConfig, Ingestor, chunk_text, embedde
 from ragbus.actors.retriever import Retriever
 from ragbus.actors.retriever.store import Filter
 from ragbus.actors.trimmer import ContextTrimmer
-from ragbus.config import NatsSettings, RetrieverSettings, Settings
+from ragbus.config import IngestorSettings, NatsSettings, RetrieverSettings, Settings
 from ragbus.runtime import Actor, connect
 from ragbus.runtime.cli import EmbeddedNats, follow_job, submit_job
 from ragbus.runtime.connection import NATS
@@ -171,7 +171,8 @@ async def run(docs: int, corpus: Path, with_queries: bool = False) -> dict[str, 
                 dst.write(line)
         async with EmbeddedNats() as server:
             settings = Settings(nats=NatsSettings(url=server.url),
-                                retriever=RetrieverSettings(data_dir=f"{tmp}/qdrant"))
+                                retriever=RetrieverSettings(data_dir=f"{tmp}/qdrant"),
+                                ingestor=IngestorSettings(allowed_roots=[tmp]))
             size = settings.embedder.batch_size
             texts, chunk_texts = _chunk_texts(data, settings)
             batches = [texts[i:i + size] for i in range(0, len(texts), size)]

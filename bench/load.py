@@ -39,7 +39,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -55,6 +54,7 @@ from nats.aio.msg import Msg
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
+from bench._jobs import ingested
 from bench._processes import serve_actors
 from bench._stats import dumps, percentile
 from bench.bridge import corpus, settings_for
@@ -62,7 +62,7 @@ from bench.stream import _serve_fake
 from ragbus.actors.bridge import page_url, ws_url
 from ragbus.config import ProviderSettings, RouterSettings, Settings
 from ragbus.runtime import codec, connect, wait_for_instances
-from ragbus.runtime.cli import EmbeddedNats, follow_job, submit_job
+from ragbus.runtime.cli import EmbeddedNats
 from ragbus.runtime.connection import NATS
 from ragbus.subjects import (
     Cancelled,
@@ -70,7 +70,6 @@ from ragbus.subjects import (
     Failed,
     IngestRequest,
     InlineDocument,
-    JobState,
     Query,
     QueryEvent,
     Subjects,
@@ -78,6 +77,7 @@ from ragbus.subjects import (
     new_id,
     now_ms,
 )
+from tests.support import free_port
 from tests.support.fake_openai import Behaviour
 
 #: (name, requests per minute, seconds) as the seeds set them
@@ -238,12 +238,6 @@ ACTORS = ("embedder", "retriever", "ingestor", "context-trimmer", "router", "bri
 LAYOUTS = ("one-process", "per-actor")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def run(scale: float, tokens: int, pace_ms: float, bridge_share: float,
               cold: bool, layout: str) -> dict[str, Any]:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
@@ -268,7 +262,7 @@ async def run(scale: float, tokens: int, pace_ms: float, bridge_share: float,
                                                     base_url=f"http://127.0.0.1:{port}",
                                                     model="fake", max_tokens=tokens * 2)],
                         answer_cache=not cold),
-                    bridge=replace(base.bridge, port=_free_port(), uploads=False))
+                    bridge=replace(base.bridge, port=free_port(), uploads=False))
                 # the actors never share this process's loop with the clients: a client
                 # is another machine, and 10,000 req/min of 100-token answers is ~17k
                 # events/s arriving at the clients alone
@@ -305,11 +299,7 @@ async def _measure(settings: Settings, documents: list[InlineDocument], question
     nc = await connect(settings.nats, name="bench-load")
     for name in ACTORS:  # models loaded, stores open: no phase measures a start
         await wait_for_instances(nc, name, 1, timeout_s=180)
-    request = IngestRequest(documents=documents)
-    await submit_job(nc, request)
-    final = [p async for p in follow_job(nc, request.job_id, timeout_s=300)][-1]
-    if final.state != JobState.SUCCEEDED:
-        raise SystemExit(f"ingestion failed: {final.message}")
+    await ingested(nc, IngestRequest(documents=documents))
     nats = NatsAsker(nc, Subjects(settings.subject_prefix))
     await nats.start()
     page = page_url(settings.bridge)

@@ -52,6 +52,7 @@ import structlog
 from msgspec.structs import replace
 
 from bench._data import SCIFACT
+from bench._jobs import ingested
 from bench._stats import dumps, percentile
 from bench._support import BM25Judge, Case, support
 from ragbus.actors.embedder import Embedder, EmbeddingModel, text_key
@@ -77,7 +78,7 @@ from ragbus.config import (
     TrimmerSettings,
 )
 from ragbus.runtime import Actor, connect
-from ragbus.runtime.cli import EmbeddedNats, follow_job, submit_job
+from ragbus.runtime.cli import EmbeddedNats
 from ragbus.runtime.connection import NATS
 from ragbus.runtime.evaluation import ndcg_at_10
 from ragbus.runtime.text import count_tokens
@@ -86,7 +87,6 @@ from ragbus.subjects import (
     Done,
     Failed,
     IngestRequest,
-    JobState,
     Query,
     QueryEvent,
     RetrievalMode,
@@ -253,7 +253,8 @@ async def run(data: Path, limit: int | None, whole_docs: bool = False,
                 runtime=RuntimeSettings(default_timeout_s=120),
                 retriever=RetrieverSettings(data_dir=f"{tmp}/qdrant", cache=False,
                                             search_timeout_s=30, optimize_idle_s=1),
-                ingestor=IngestorSettings(progress_interval_ms=1000),
+                ingestor=IngestorSettings(progress_interval_ms=1000,
+                                          allowed_roots=[str(data)]),
             )
             nc = await connect(settings.nats, name="bench-quality")
             s = Subjects()
@@ -268,11 +269,8 @@ async def run(data: Path, limit: int | None, whole_docs: bool = False,
                     assert embedder.model is not None
                     results["warmed"] = await warm_embeddings(nc, s, embedder.model.model_id)
                 started = time.perf_counter()
-                request = IngestRequest(path=str(data / "corpus.jsonl"))
-                await submit_job(nc, request)
-                final = [p async for p in follow_job(nc, request.job_id, timeout_s=7200)][-1]
-                if final.state != JobState.SUCCEEDED:
-                    raise SystemExit(f"ingest failed: {final.message}")
+                await ingested(nc, IngestRequest(path=str(data / "corpus.jsonl")),
+                               timeout_s=7200)
                 results["ingest_s"] = round(time.perf_counter() - started, 1)
                 with anyio.fail_after(600):  # HNSW is built once writes are quiet
                     while not retriever.optimized:  # noqa: ASYNC110

@@ -246,6 +246,10 @@ class IngestorSettings(_Section, frozen=True, kw_only=True):
     # trail in front (actors/ingestor/_points.py, embedded_text); changing it re-embeds
     # every document on its next ingest
     embed_context: bool = True
+    # folders on the ingestor's host a job's `path` may be read from (symlinks and `..`
+    # resolved, for each file): none by default, so only uploads (rag_uploads: `ragbus
+    # ingest PATH`, the bridge) are read; `ragbus ingest --server-path` needs its folder here
+    allowed_roots: list[str] = msgspec.field(default_factory=list)
     # keep a job's uploaded files in the uploads object store when it has finished
     # (a file is then not sent again by the next upload of the same content)
     keep_uploads: bool = False

@@ -67,6 +67,7 @@ from ._inflight import InFlight, Work
 from .admission import AdaptiveLimit
 from .audit import AuditFields, AuditPublisher, config_summary
 from .errors import (
+    BadRequestError,
     DeadlineExceededError,
     OverloadedError,
     RagbusError,
@@ -662,11 +663,24 @@ class Actor:
                 await msg.in_progress()
 
     async def _on_cancel(self, msg: Msg) -> None:
+        """A cancel goes through the same intake as any request (``codec.read``: size
+        limit first, then the schema); one that does not pass cancels nothing. It has no
+        reply, so the refusal is only logged. An empty body is a cancel without reason."""
         request_id = msg.subject.rsplit(".", 1)[-1]
         reason = ""
         if msg.data:
-            with contextlib.suppress(msgspec.DecodeError):
-                reason = codec.decode(msg.data, Cancel).reason
+            try:
+                cancel = codec.read(msg.data, Cancel,
+                                    limit=self.settings.runtime.max_message_bytes,
+                                    receiver=self.name)
+                if cancel.request_id is not None and cancel.request_id != request_id:
+                    raise BadRequestError(f"the Cancel names {cancel.request_id!r} but was "
+                                          f"published for {request_id!r}")
+            except RagbusError as err:
+                self.log.warning("request.cancel_refused", request_id=request_id,
+                                 code=err.code.value, error=err.message)
+                return
+            reason = cancel.reason
         if self.inflight.cancel(request_id, reason):
             self.log.info("request.cancel", request_id=request_id, reason=reason)
 

@@ -3,6 +3,8 @@
 from ._audit import MSG_ID_HEADER, AuditEvent, AuditKind, AuditOutcome, audit_stream
 from ._backup import BACKUP_SCHEMA, Restore, Restored, Snapshot, Snapshotted, backup_bucket
 from ._base import (
+    MIN_REQUEST_ID_CHARS,
+    MIN_REQUEST_ID_DISTINCT,
     SCHEMA_VERSION,
     Message,
     Name,
@@ -97,6 +99,8 @@ __all__ = (
     "DEFAULT_PREFIX",
     "ERROR_HEADER",
     "FEEDBACK_COMMENT_CHARS",
+    "MIN_REQUEST_ID_CHARS",
+    "MIN_REQUEST_ID_DISTINCT",
     "MSG_ID_HEADER",
     "SCHEMA_VERSION",
     "SESSION_ID_CHARS",

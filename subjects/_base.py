@@ -9,6 +9,8 @@ from typing import Annotated
 import msgspec
 
 __all__ = (
+    "MIN_REQUEST_ID_CHARS",
+    "MIN_REQUEST_ID_DISTINCT",
     "SCHEMA_VERSION",
     "Message",
     "Name",
@@ -33,6 +35,17 @@ SCHEMA_VERSION = 1
 #: (``(?![\s\S])`` is "the end of the text": ``$`` would let a trailing newline through.)
 RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=128,
                                         pattern=r"^[A-Za-z0-9_\-:]+(?![\s\S])")]
+
+#: A request's own id is also what cancels it: whoever may publish
+#: ``<prefix>.cancel.<id>`` and knows the id can stop the work, so it must not be
+#: guessable. Left out, it is :func:`new_id` (128 random bits: what the bridge,
+#: ``ragbus ask`` and :class:`~ragbus.runtime.Client` send). One a client picks must have
+#: at least :data:`MIN_REQUEST_ID_CHARS` characters, :data:`MIN_REQUEST_ID_DISTINCT` of
+#: them different (a uuid4, a ULID or 32 hex digits pass; ``q1`` or
+#: ``0000000000000001`` do not). That check is a floor, not a proof of randomness: a
+#: client that picks its own ids must draw them at random.
+MIN_REQUEST_ID_CHARS = 16
+MIN_REQUEST_ID_DISTINCT = 8
 
 #: A job, shard or collection name: it becomes a subject token and a KV key, so it is
 #: refused when read unless it is both (KV keys allow no ``:``).
@@ -86,6 +99,16 @@ class Request(Message, frozen=True, kw_only=True):
     request_id: RequestId = msgspec.field(default_factory=new_id)
     deadline: int | None = None
     trace: Trace | None = None
+
+    def __post_init__(self) -> None:
+        # the alphabet is checked by the type when read; this, also when built here
+        rid = self.request_id
+        if len(rid) < MIN_REQUEST_ID_CHARS or len(set(rid)) < MIN_REQUEST_ID_DISTINCT:
+            raise ValueError(
+                f"request_id {rid[:32]!r} is guessable, and a request's id is "
+                f"what cancels it: leave it out (one is made) or use a random one such as "
+                f"a uuid4 (at least {MIN_REQUEST_ID_CHARS} characters, "
+                f"{MIN_REQUEST_ID_DISTINCT} different)")
 
 
 class StreamRequest(Request, frozen=True, kw_only=True):

@@ -9,9 +9,12 @@ __all__ = ("Accepted", "Cancel")
 
 
 class Cancel(Message, frozen=True, kw_only=True):
-    """Published on ``<prefix>.cancel.<request_id>`` by whoever started the request."""
+    """Published on ``<prefix>.cancel.<request_id>`` by whoever started the request.
 
-    request_id: str
+    The subject names the request; ``request_id`` may be left out, and if given must be
+    the same (a cancel that says two things cancels nothing)."""
+
+    request_id: str | None = None
     reason: str = ""
 
 

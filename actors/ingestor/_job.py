@@ -48,9 +48,10 @@ from ._chunking import Chunk, ChunkedText, ChunkingConfig, chunk_text, sha256_he
 from ._manifest import ChunkRef, Manifest, Manifests, VersionEntry
 from ._points import chunk_payload, embedded_text, point_id
 from ._progress import Progress
-from ._read_errors import ReaderError
+from ._read_errors import ForbiddenPathError, ReaderError
 from ._read_types import ReaderOptions, RecordFields, SourceDocument
 from ._readers import check_before_reading, read_data, read_file, walk_folder
+from ._roots import SETTING, allowed_roots, check_path, inside
 
 __all__ = ("Doc", "JobRunner", "inline_documents")
 
@@ -165,9 +166,12 @@ class JobRunner:
                 f"{c.parent_tokens}|{embedded}")
 
     async def run(self) -> None:
+        roots = allowed_roots(self.config.allowed_roots)
+        # refused before any work: FORBIDDEN names the setting (see _roots)
+        root = check_path(self.request.path, roots) if self.request.path else None
         await self._embed(["model probe"])  # which model: it decides what is up to date
         inline = inline_documents(self.request)
-        files = list(self._files()) if self.request.path else []
+        files = list(self._files(root, roots)) if root is not None else []
         uploaded, skipped = self.request.uploads, self.request.skipped
         self.progress.files_total = (len(files) + len(uploaded) + len(skipped)
                                      + (1 if inline else 0))
@@ -192,14 +196,17 @@ class JobRunner:
             self.progress.file_progress(0, 0)
             await self.progress.publish()
 
-    def _files(self) -> Iterator[tuple[Path, ReaderError | None]]:
-        assert self.request.path is not None
-        root = Path(self.request.path)
-        if root.is_dir():
-            for entry in walk_folder(root):
-                yield entry.path, entry.error
-        else:
+    def _files(self, root: Path, roots: tuple[Path, ...]
+               ) -> Iterator[tuple[Path, ReaderError | None]]:
+        if not root.is_dir():
             yield root, None
+            return
+        for entry in walk_folder(root):
+            if entry.error is None and not inside(entry.path, roots):  # a symlink out
+                yield entry.path, ForbiddenPathError(
+                    entry.path, f"leads outside {SETTING} (a symlink); not read")
+            else:
+                yield entry.path, entry.error
 
     async def _ingest_file(self, path: Path) -> None:
         try:

@@ -19,6 +19,7 @@ __all__ = (
     "BadRecordError",
     "BinaryFileError",
     "EmptyDocumentError",
+    "ForbiddenPathError",
     "ReaderError",
     "ReaderErrorCode",
     "TooLargeError",
@@ -26,7 +27,8 @@ __all__ = (
     "UnsupportedFormatError",
 )
 
-ReaderErrorCode = Literal["too_large", "binary", "empty", "unsupported", "unreadable", "bad_record"]
+ReaderErrorCode = Literal["too_large", "binary", "empty", "unsupported", "unreadable", "bad_record",
+                          "forbidden"]
 
 
 class BadRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -66,6 +68,12 @@ class UnsupportedFormatError(ReaderError):
 
 class UnreadableFileError(ReaderError):
     code = "unreadable"
+
+
+class ForbiddenPathError(ReaderError):
+    """A file in an allowed folder that really lies outside ``ingestor.allowed_roots``."""
+
+    code = "forbidden"
 
 
 class BadRecordError(ReaderError):

@@ -12,7 +12,6 @@ from typing import Unpack
 
 import anyio
 import msgspec
-import numpy as np
 from nats.js.api import ObjectMeta
 from nats.js.errors import KeyNotFoundError, NotFoundError, ObjectNotFoundError
 from nats.js.kv import KeyValue
@@ -42,6 +41,7 @@ from ragbus.runtime.archive import (
     unpack,
 )
 from ragbus.runtime.jetstream import store_index_update, through_elections
+from ragbus.runtime.vectors import wire_vector
 from ragbus.subjects import (
     AuditKind,
     IndexApplied,
@@ -64,7 +64,7 @@ from ragbus.subjects import (
 
 from ._cache import CachedSources, RetrievalCache, answer_scope, retrieval_key
 from ._filters import to_store_filter
-from ._query import Ranking, dense_array, gather, prepare, to_sources
+from ._query import Ranking, gather, prepare, to_sources
 from ._replica import LagMetrics, ShardLog, default_replica_id
 from .store import (
     DimensionMismatchError,
@@ -357,10 +357,7 @@ class Retriever(Actor):
         want to know the update is searchable here ask this)."""
         store = self._store(request.collection)
         for point in request.upserts:
-            size = len(dense_array(point.vector))  # BAD_REQUEST unless whole float32s
-            if size != request.dim:
-                raise BadRequestError(f"point {point.id} has {size} dimensions; "
-                                      f"the update declares dim={request.dim}")
+            wire_vector(point.vector, dim=request.dim, what=f"point {point.id}'s vector")
         try:
             for point in request.upserts:  # a Record checks the id and sparse vector
                 Record(id=point.id, dense=[], sparse=point.sparse)
@@ -392,13 +389,11 @@ class Retriever(Actor):
         records = []
         try:
             for point in request.upserts:
-                vector = np.frombuffer(point.vector, dtype="<f4")
-                if vector.shape[0] != request.dim:
-                    raise InvalidPointError(f"point {point.id} has {vector.shape[0]} "
-                                            f"dimensions; the update declares dim={request.dim}")
+                vector = wire_vector(point.vector, dim=request.dim,
+                                     what=f"point {point.id}'s vector")
                 records.append(Record(id=point.id, dense=vector.tolist(), sparse=point.sparse,
                                       payload=point.payload))
-        except (InvalidPointError, ValueError) as exc:
+        except (InvalidPointError, BadRequestError, ValueError) as exc:
             self._skip(shard, request, exc)
             return
 
@@ -645,7 +640,7 @@ class Retriever(Actor):
                     details={"shard_model": held, "query_model": request.model})
         flt = to_store_filter(request.filters)
         limit = max(1, min(request.limit, 1000))
-        dense = dense_array(request.dense) if request.dense else None
+        dense = wire_vector(request.dense, what="dense").tolist() if request.dense else None
         sparse = request.sparse if request.sparse and request.sparse.indices else None
 
         def run() -> tuple[list[Hit], list[Hit]]:

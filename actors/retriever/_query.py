@@ -11,7 +11,6 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import anyio
-import numpy as np
 
 from ragbus.runtime import BadRequestError, Client, Context, RagbusError, tracing
 from ragbus.runtime.text import BM25Encoder
@@ -33,7 +32,7 @@ from ._filters import to_store_filter
 from ._fusion import Fusion, by_score, collapse, fuse
 from ._selfquery import merge_filters, self_query
 
-__all__ = ("Gathered", "LocalSearch", "Prepared", "Ranking", "dense_array", "gather", "prepare",
+__all__ = ("Gathered", "LocalSearch", "Prepared", "Ranking", "gather", "prepare",
            "to_sources")
 
 _QUERY_BM25 = BM25Encoder()
@@ -203,11 +202,3 @@ def to_sources(hits: Sequence[SearchHit], top_k: int, *, widen: bool) -> list[So
             break
     return sources
 
-
-def dense_array(vector: bytes) -> list[float]:
-    """A wire vector (float32 little-endian) as floats; BAD_REQUEST if it cannot be one."""
-    if len(vector) % 4:
-        raise BadRequestError(f"a vector is float32 little-endian: {len(vector)} bytes is "
-                              "not a whole number of values")
-    values: list[float] = np.frombuffer(vector, dtype="<f4").tolist()
-    return values

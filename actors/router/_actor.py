@@ -40,6 +40,7 @@ from ragbus.runtime import (
     tracing,
 )
 from ragbus.runtime.text import count_tokens
+from ragbus.runtime.vectors import wire_vector
 from ragbus.subjects import (
     AuditKind,
     BreakerTransition,
@@ -400,6 +401,8 @@ class Router(Actor):
     @endpoint(lambda s: s.generate, request=Generate)
     async def generate(self, request: Generate, ctx: Context) -> None:
         started = anyio.current_time()
+        if request.question_vector is not None:  # before it reaches the answer cache
+            wire_vector(request.question_vector, what="question_vector")
         prompt = self.prompts.render(request)
         chain = self.plan_for(request, prompt)
         layout = self._layout(request, chain) if request.mode == "tree_summarize" else None

@@ -66,11 +66,11 @@ class AnswerCache:
         bucket = await self._get("s." + _h(scope, provider, model or "", prompt))
         if bucket is None:
             return None
-        q = np.frombuffer(vector, dtype="<f4")
+        q = np.frombuffer(vector, dtype="<f4")  # the router checked it (wire_vector)
         best, best_sim = None, self._threshold
         for entry in self._many.decode(bucket):
-            if entry.vector is None:
-                continue
+            if entry.vector is None or len(entry.vector) != len(vector):
+                continue  # another embedding model's vector: not comparable
             sim = float(np.frombuffer(entry.vector, dtype="<f4") @ q)  # unit vectors
             if sim >= best_sim:
                 best, best_sim = entry, sim

@@ -15,7 +15,6 @@ import time
 from typing import Unpack
 
 import anyio
-import numpy as np
 from msgspec.structs import replace
 from nats.js.errors import Error as JetStreamError
 from prometheus_client import Counter, Histogram
@@ -32,6 +31,7 @@ from ragbus.runtime import (
     endpoint,
 )
 from ragbus.runtime.text import count_tokens
+from ragbus.runtime.vectors import wire_vector
 from ragbus.subjects import (
     AuditKind,
     ContextReady,
@@ -93,6 +93,10 @@ class ContextTrimmer(Actor):
         self._briefs = m.get(Counter, "ragbus_memory_briefs",
                              "Session briefs written, by who wrote them",
                              ["actor", "via"])
+        self._turns = m.get(Counter, "ragbus_memory_turns",
+                            "Finished turns handled for session memory, by what became of "
+                            "them (stored, duplicate, deleted: the session was deleted)",
+                            ["actor", "outcome"])
         self._used = m.get(Histogram, "ragbus_token_budget_used",
                            "Prompt tokens used by a trimmed query", ["actor"],
                            buckets=_TOKEN_BUCKETS).labels(self.name)
@@ -124,6 +128,8 @@ class ContextTrimmer(Actor):
         cfg = self.config
         if not request.question.strip():
             raise BadRequestError("the question is empty: send the text to answer in `question`")
+        if request.question_vector is not None:  # refused now, not halfway through
+            wire_vector(request.question_vector, what="question_vector")
         budget = Budget.from_settings(cfg, request.provider)
         q_tokens = count_tokens(request.question)
         if q_tokens > budget.question:
@@ -228,8 +234,8 @@ class ContextTrimmer(Actor):
         """
         cfg = self.config
         flat = [p for ps in parts for p in ps]
-        given = np.frombuffer(request.question_vector, dtype="<f4") \
-            if request.question_vector else None
+        given = wire_vector(request.question_vector, what="question_vector") \
+            if request.question_vector is not None else None
         texts = flat if given is not None else [request.question, *flat]
         vectors = await embed(ctx, texts, cfg.embed_timeout_s)
         if vectors is None:
@@ -263,9 +269,15 @@ class ContextTrimmer(Actor):
         async with self._sessions.hold(turn.session_id):
             for attempt in range(_CAS_ATTEMPTS):
                 current, revision = await self.memory.get(turn.session_id)
+                if current is not None and current.deleted_at is not None:
+                    # answered while the session was being deleted: forgotten with it
+                    ctx.log.info("memory.turn_after_delete", deleted_at=current.deleted_at)
+                    self._turns.labels(self.name, "deleted").inc()
+                    return
                 memory = current or SessionMemory(session_id=turn.session_id)
                 if turn.request_id in memory.seen:
                     ctx.log.debug("memory.duplicate_turn")
+                    self._turns.labels(self.name, "duplicate").inc()
                     return
                 memory = memory.with_turn(stored)
                 n = overflow(memory.turns, cfg.memory_turns,
@@ -276,6 +288,7 @@ class ContextTrimmer(Actor):
                                      brief_source=source, folded=memory.folded + n)
                 memory = replace(memory, updated_at=now_ms())
                 if await self.memory.put(memory, revision):
+                    self._turns.labels(self.name, "stored").inc()
                     return
                 # another replica wrote first: read again after a jittered pause
                 await anyio.sleep(random.uniform(0, min(0.2, 0.005 * 2**attempt)))
@@ -304,7 +317,7 @@ class ContextTrimmer(Actor):
     @endpoint(lambda s: s.session("get"), request=SessionGet)
     async def session_get(self, request: SessionGet, ctx: Context) -> SessionInfo:
         memory, _ = await self.memory.get(request.session_id)
-        if memory is None:
+        if memory is None or memory.deleted_at is not None:
             raise NotFoundError(
                 f"no memory is kept for session {request.session_id!r}: it never had a "
                 f"turn, was deleted, or expired (trimmer.memory_ttl_s = "
@@ -324,6 +337,8 @@ class ContextTrimmer(Actor):
         the session id, as the session's ``query.received`` and ``answer.done`` are)."""
         async with self._sessions.hold(request.session_id):
             memory, _ = await self.memory.get(request.session_id)
+            if memory is not None and memory.deleted_at is not None:
+                memory = None  # deleted before: its tombstone is written again
             await self.memory.delete(request.session_id)
         turns = len(memory.turns) if memory else 0
         await ctx.audit(AuditKind.SESSION_DELETED, session=request.session_id,

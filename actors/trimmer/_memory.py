@@ -24,7 +24,14 @@ from nats.js.kv import KeyValue
 
 from ragbus.runtime import ensure_kv, kv_entries
 from ragbus.runtime.text import count_tokens, truncate
-from ragbus.subjects import ChatTurn, SessionInfo, SessionSummary, SessionTurn, Subjects
+from ragbus.subjects import (
+    ChatTurn,
+    SessionInfo,
+    SessionSummary,
+    SessionTurn,
+    Subjects,
+    now_ms,
+)
 
 __all__ = (
     "BriefSource",
@@ -71,6 +78,9 @@ class SessionMemory(msgspec.Struct, frozen=True, kw_only=True):
     folded: int = 0
     seen: list[str] = msgspec.field(default_factory=list)
     updated_at: int = 0
+    #: set on a deleted session's tombstone (epoch ms): it holds nothing of the session
+    #: and keeps a turn that arrives afterwards from being stored (see MemoryStore.delete)
+    deleted_at: int | None = None
 
     def with_turn(self, turn: StoredTurn) -> SessionMemory:
         return msgspec.structs.replace(self, turns=[*self.turns, turn],
@@ -194,7 +204,8 @@ class MemoryStore:
         self.kv = kv
 
     async def get(self, session_id: str) -> tuple[SessionMemory | None, int | None]:
-        """The session's memory and its revision; ``(None, None)`` if none (or expired)."""
+        """The session's memory and its revision; ``(None, None)`` if none (or expired).
+        A deleted session's is its tombstone (``deleted_at`` set, nothing else)."""
         try:
             entry = await self.kv.get(memory_key(session_id))
         except KeyNotFoundError:
@@ -212,16 +223,27 @@ class MemoryStore:
         found: list[SessionMemory] = []
         for entry in await kv_entries(self.kv):
             try:
-                found.append(msgspec.json.decode(entry.value or b"", type=SessionMemory))
+                memory = msgspec.json.decode(entry.value or b"", type=SessionMemory)
             except msgspec.DecodeError:
                 continue
+            if memory.deleted_at is None:  # a tombstone is no session
+                found.append(memory)
         found.sort(key=lambda m: m.updated_at, reverse=True)
         return found
 
     async def delete(self, session_id: str) -> None:
-        """Remove the session's memory. A purge, not a delete marker over a kept value:
-        the stream keeps no earlier revision of the entry afterwards."""
-        await self.kv.purge(memory_key(session_id))
+        """Replace the session's memory with a tombstone that holds nothing of it.
+
+        A purge would leave no entry, and a turn answered while the session was being
+        deleted (its ``TurnDone`` still on the way, or a replica in the middle of storing
+        it) would then create the memory again. The tombstone is written unconditionally,
+        so a replica's check-and-set on the revision it read fails, it reads again, finds
+        the tombstone and drops the turn. The bucket keeps one revision per key
+        (``history=1``), so no earlier content stays in the stream; the tombstone expires
+        with the bucket's TTL (``trimmer.memory_ttl_s``), after which the id is new again.
+        """
+        tomb = SessionMemory(session_id="", deleted_at=now_ms())
+        await self.kv.put(memory_key(session_id), msgspec.json.encode(tomb))
 
     async def put(self, memory: SessionMemory, revision: int | None) -> bool:
         """Store ``memory`` if the entry is still at ``revision``; False if it moved on."""

@@ -244,7 +244,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     ingest = sub.add_parser("ingest", help="upload a file or folder and ingest it")
     ingest.add_argument("path")
     ingest.add_argument("--server-path", action="store_true",
-                        help="PATH is on the ingestor's host: submit it without uploading")
+                        help="PATH is on the ingestor's host: submit it without uploading "
+                             "(it must be below the ingestor's ingestor.allowed_roots)")
     ingest.add_argument("--tag", action="append", help="tag every document (repeatable)")
     ingest.add_argument("--collection", default="default")
     ingest.add_argument("--wait", action="store_true",

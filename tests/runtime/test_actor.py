@@ -28,6 +28,7 @@ from ragbus.subjects import ERROR_HEADER, Done, Failed, Subjects, Token, deadlin
 from ragbus.subjects import Cancelled as CancelledEvent
 from tests.support import Echo, Ping, Pong, StreamPing, running
 from tests.support.echo import echo_subject, stream_subject
+from tests.support.waiting import wait_for
 
 ECHO = echo_subject(Subjects())
 STREAM = stream_subject(Subjects())
@@ -85,6 +86,17 @@ async def test_a_request_id_or_reply_to_no_subject_can_carry_is_a_bad_request(
         internal = echo.metrics.registry.get_sample_value(
             "ragbus_errors_total", {"actor": "echo", "endpoint": "stream", "code": "INTERNAL"})
         assert not internal
+
+
+async def test_a_guessable_request_id_is_refused_so_no_one_can_cancel_it_by_guessing(
+    settings: Settings, nc: NATS
+) -> None:
+    async with running(Echo(settings)) as (echo,):
+        reply = await nc.request(ECHO, b'{"request_id": "q1", "text": "hi"}', timeout=5)
+        assert reply.headers is not None
+        assert reply.headers[ERROR_HEADER] == "BAD_REQUEST"
+        assert b"guessable" in reply.data
+        assert echo.handled == 0
 
 
 async def test_oversized_message_is_refused_with_too_large(nats_url: str, nc: NATS) -> None:
@@ -174,14 +186,14 @@ async def test_over_capacity_a_request_is_refused_at_once_instead_of_queued(
                 tg.start_soon(one, i)
             await anyio.sleep(0.1)  # all five are in: one running, one queued
             await nc.publish(STREAM, msgspec.json.encode(StreamPing(
-                request_id="s1", reply_to="inbox.shed", tokens=1)))
+                request_id="shed-0123456789abcdef", reply_to="inbox.shed", tokens=1)))
             failed = msgspec.json.decode((await events.next_msg(timeout=5)).data)
     assert len(answered) == 2
     assert len(refused) == 3
     assert all(exc.details["retry_after_s"] > 0 for exc in refused)
     assert failed["type"] == "failed"
     assert failed["code"] == "OVERLOADED"
-    assert failed["request_id"] == "s1"
+    assert failed["request_id"] == "shed-0123456789abcdef"
 
 
 class Limited(Echo):
@@ -268,6 +280,43 @@ async def test_cancel_stops_the_handler_and_requester_sees_cancelled(
     assert "user pressed stop" in str(outcome[0])
     assert echo.cancelled == [request.request_id]
     assert len(echo.inflight) == 0
+
+
+async def test_a_cancel_goes_through_the_same_intake_as_a_request(
+    nats_url: str, nc: NATS
+) -> None:
+    """An oversized, garbled or mislabelled cancel cancels nothing (the oversized one used
+    to be read whole, past ``runtime.max_message_bytes``, and honoured)."""
+    settings = Settings(nats=NatsSettings(url=nats_url),
+                        runtime=RuntimeSettings(max_message_bytes=1000))
+    client = Client(nc)
+    target, marker = Ping(text="target", sleep_s=60), Ping(text="marker", sleep_s=60)
+    subject = Subjects().cancel(target.request_id)
+    outcome: dict[str, str] = {}
+    async with running(Echo(settings)) as (echo,):
+
+        async def ask(request: Ping) -> None:
+            try:
+                await client.request(ECHO, request, Pong, timeout=30)
+            except RequestCancelledError as exc:
+                outcome[request.text] = str(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ask, target)
+            tg.start_soon(ask, marker)
+            await wait_for(lambda: echo.active == 2)
+            await nc.publish(subject, msgspec.json.encode(
+                {"request_id": target.request_id, "reason": "x" * 2000}))
+            await nc.publish(subject, b'{"request_id": 7, "reason": "garbled"}')
+            await nc.publish(subject, msgspec.json.encode(
+                {"request_id": "someone-else", "reason": "mislabelled"}))
+            # one connection, one cancel subscription: read after the three above
+            await client.cancel(marker.request_id, reason="marker")
+            await wait_for(lambda: "marker" in outcome)
+            assert echo.cancelled == [marker.request_id]  # the target still runs
+            await client.cancel(target.request_id, reason="user pressed stop")
+    assert outcome == {"marker": "cancelled: marker", "target": "cancelled: user pressed stop"}
+    assert echo.cancelled == [marker.request_id, target.request_id]
 
 
 async def test_cancel_of_a_stream_sends_cancelled_with_progress(

@@ -12,6 +12,7 @@ import enum
 import json
 import types
 import typing
+import uuid
 from typing import Any
 
 import msgspec
@@ -50,7 +51,8 @@ def sample(tp: Any, depth: int = 0) -> Any:
         return next(iter(tp))
     if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
         hints = typing.get_type_hints(tp, include_extras=True)
-        return tp(**{name: sample(hints[name], depth + 1)  # type: ignore[call-arg]
+        return tp(**{name: subjects.new_id() if name == "request_id"  # unguessable
+                     else sample(hints[name], depth + 1)  # type: ignore[call-arg]
                      for name in tp.__struct_fields__ if name != "v"})
     if tp is Any or tp is object:
         return "any"
@@ -115,6 +117,19 @@ def test_requests_carry_an_id_and_streamed_ones_a_reply_subject() -> None:
     assert query.deadline is None  # the receiving actor applies its default
     with pytest.raises(msgspec.ValidationError, match="reply_to"):
         codec.decode(b'{"question": "why?"}', subjects.Query)
+
+
+@pytest.mark.parametrize("request_id", ["q1", "0000000000000001", "abababababababab"])
+def test_a_guessable_request_id_is_refused_when_read_and_when_built(request_id: str) -> None:
+    """A request's id is what cancels it (``<prefix>.cancel.<id>``)."""
+    doc = {"question": "why?", "reply_to": "_INBOX.me", "request_id": request_id}
+    with pytest.raises(msgspec.ValidationError, match=r"guessable.*uuid4"):
+        codec.decode(json.dumps(doc).encode(), subjects.Query)
+    with pytest.raises(ValueError, match="guessable"):
+        subjects.Query(question="why?", reply_to="_INBOX.me", request_id=request_id)
+    for fine in (str(uuid.uuid4()), subjects.new_id(), "01ARZ3NDEKTSV4RRFFQ69G5FAV"):
+        doc["request_id"] = fine
+        assert codec.decode(json.dumps(doc).encode(), subjects.Query).request_id == fine
 
 
 @pytest.mark.parametrize(("cls", "doc"), [

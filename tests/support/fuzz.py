@@ -17,6 +17,7 @@ benchmarks may import it as they import ``tests.support.fake_openai``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from collections.abc import Callable, Sequence
@@ -29,7 +30,13 @@ import msgspec.inspect as mi
 from hypothesis import strategies as st
 
 import ragbus.subjects as subjects
-from ragbus.subjects import SCHEMA_VERSION, ErrorCode, Message, Request, StreamRequest
+from ragbus.subjects import (
+    SCHEMA_VERSION,
+    ErrorCode,
+    Message,
+    Request,
+    StreamRequest,
+)
 
 __all__ = ("KINDS", "Fuzz", "NoStrategyError", "Shot", "Target", "malformed", "shots",
            "values", "wire_types")
@@ -279,6 +286,9 @@ def _envelope(cls: type[msgspec.Struct], name: str, d: Draw) -> tuple[bool, Any]
         return True, SCHEMA_VERSION
     if name == "deadline":
         return True, None  # the receiving actor applies its default (never already past)
+    if issubclass(cls, Request) and name == "request_id":
+        # a request's own id must look unguessable (it cancels it); drawn, to reproduce
+        return True, hashlib.sha256(str(d.integer(0, 2**31)).encode()).hexdigest()[:32]
     if issubclass(cls, StreamRequest) and name == "reply_to":
         return True, f"_INBOX.fuzz.{_token(d)}"
     return False, None

@@ -6,10 +6,8 @@ on loopback, the real audit-logger writing its store.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
-import anyio
 import msgspec
 import pytest
 
@@ -31,6 +29,7 @@ from ragbus.subjects import (
 from tests.actors.router._fixtures import ask, generate, openai, with_router
 from tests.support import running
 from tests.support.fake_openai import Behaviour, FakeOpenAI
+from tests.support.waiting import wait_for
 
 S = Subjects()
 
@@ -48,14 +47,6 @@ async def rate(nc: NATS, body: bytes | Feedback) -> FeedbackRecorded:
 def kept(store: Path, kind: str = "answer.feedback") -> list[AuditEvent]:
     return [e.event for e in read_entries(store) if e.event.kind == kind]
 
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll the store on disk (there is no event to wait on)."""
-    with anyio.fail_after(timeout):
-        while True:
-            if predicate():
-                return
-            await anyio.sleep(0.05)
 
 
 async def test_feedback_is_kept_linked_to_the_answers_provider_prompt_and_cache(

@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -24,6 +23,7 @@ from ragbus.runtime.connection import NATS
 from ragbus.subjects import MSG_ID_HEADER, AuditEvent, Subjects
 from tests.support import running
 from tests.support.cli import RAGBUS
+from tests.support.waiting import wait_for
 
 S = Subjects()
 OLD_STORE = Path(__file__).parent / "store_before_17"
@@ -47,14 +47,6 @@ def recorded(store: Path) -> list[AuditEvent]:
     """This test's events: actors may also record their own start (``config.loaded``)."""
     return [e.event for e in read_entries(store) if e.event.kind != "config.loaded"]
 
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    """Poll a condition on the disk or in another process (there is no event to wait on)."""
-    with anyio.fail_after(timeout):
-        while True:
-            if predicate():
-                return
-            await anyio.sleep(0.05)
 
 
 async def test_events_of_several_publishers_are_stored_once_in_a_valid_chain(

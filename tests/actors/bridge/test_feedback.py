@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
-import anyio
 import msgspec
 
 from ragbus.actors.audit import AuditLogger, read_entries
@@ -23,6 +21,7 @@ from ragbus.config import AuditSettings, Settings
 from ragbus.subjects import AuditEvent
 from tests.support import running
 from tests.support.optional import require
+from tests.support.waiting import wait_for
 
 from .standin import QueryStandIn
 from .test_page import ARGS, CHROMIUM, async_playwright
@@ -38,14 +37,6 @@ def with_store(settings: Settings, store: Path) -> Settings:
 def ratings(store: Path) -> list[AuditEvent]:
     return [e.event for e in read_entries(store) if e.event.kind == "answer.feedback"]
 
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll the store on disk (there is no event to wait on)."""
-    with anyio.fail_after(timeout):
-        while True:
-            if predicate():
-                return
-            await anyio.sleep(0.05)
 
 
 async def test_an_answer_rated_over_the_socket_is_kept_in_the_audit_store(

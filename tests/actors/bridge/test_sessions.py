@@ -45,7 +45,7 @@ async def remember(nc: NATS, session_id: str, turns: int = 1) -> None:
 async def kept(nc: NATS, session_id: str) -> SessionMemory | None:
     store = MemoryStore(await nc.jetstream().key_value(S.bucket("memory")))
     memory, _ = await store.get(session_id)
-    return memory
+    return None if memory is None or memory.deleted_at is not None else memory  # a tombstone
 
 
 async def test_a_socket_forgets_its_own_identitys_session_and_no_other(

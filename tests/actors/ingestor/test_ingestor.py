@@ -57,9 +57,12 @@ def make_settings(nats_url: str, tmp_path: Path, **ingestor: object) -> Settings
 
 
 @asynccontextmanager
-async def pipeline(nats_url: str, tmp_path: Path) -> AsyncIterator[Retriever]:
-    """The three actors of the ingestion path (a task group cannot span a fixture's yield)."""
-    settings = make_settings(nats_url, tmp_path, max_file_bytes=20_000)
+async def pipeline(nats_url: str, tmp_path: Path, roots: list[Path] | None = None
+                   ) -> AsyncIterator[Retriever]:
+    """The three actors of the ingestion path (a task group cannot span a fixture's yield);
+    jobs may read host paths below ``roots`` (default: the test's own ``tmp_path``)."""
+    settings = make_settings(nats_url, tmp_path, max_file_bytes=20_000,
+                             allowed_roots=[str(r) for r in roots or [tmp_path]])
     async with running(Embedder(settings), Retriever(settings), Ingestor(settings)) as (
         _, retriever, _ingestor
     ):
@@ -334,6 +337,58 @@ async def test_killed_ingestor_job_is_resumed_with_no_duplicates(
         indexed = await points(retriever)
     assert len(indexed) == expected
     assert len({(p["doc_id"], p["chunk_sha256"]) for p in indexed}) == expected
+
+
+async def test_host_paths_are_read_only_below_the_allowed_roots(
+    nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
+    """A remote publisher must not make the ingestor read its host's files: outside
+    ``ingestor.allowed_roots`` (after ``..`` and symlinks) a job is FORBIDDEN, and a
+    symlink inside an allowed folder that leads out is a per-file error, never read."""
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    allowed.mkdir()
+    outside.mkdir()
+    (allowed / "rivers.txt").write_text("\n\n".join(paragraphs(2)))
+    (outside / "secret.txt").write_text("The vault code is 4711, said the secret file.")
+    (allowed / "link.txt").symlink_to(outside / "secret.txt")
+    (allowed / "door").symlink_to(outside)
+    async with pipeline(nats_url, tmp_path, roots=[allowed]):
+        folder = await ingest(nc, IngestRequest(path=str(allowed)))
+        refused = {
+            name: await ingest(nc, IngestRequest(path=path)) for name, path in {
+                "outside": str(outside / "secret.txt"),
+                "dotdot": f"{allowed}/../outside/secret.txt",
+                "symlinked": str(allowed / "door" / "secret.txt"),
+                "system": "/etc/passwd",
+            }.items()}
+        relative = await ingest(nc, IngestRequest(path="allowed/rivers.txt"))
+        listed = await Client(nc).request(S.docs("list"), DocList(), DocListed)
+    assert folder.state == JobState.SUCCEEDED
+    # a symlinked folder is not walked into (as before); a symlinked file out is refused
+    assert {Path(e.path).name: e.code for e in folder.errors} == {"link.txt": "forbidden",
+                                                                 "door": "unreadable"}
+    for name, job in refused.items():
+        assert job.state == JobState.FAILED, name
+        assert job.message.startswith("FORBIDDEN: "), (name, job.message)
+        assert "ingestor.allowed_roots" in job.message
+    assert relative.state == JobState.FAILED
+    assert relative.message.startswith("BAD_REQUEST: ")
+    assert [d.doc_id for d in listed.docs] == [str(allowed / "rivers.txt")]
+
+
+async def test_with_no_allowed_roots_no_host_path_is_read(
+    nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
+    """The default: uploads only."""
+    assert IngestorSettings().allowed_roots == []
+    (tmp_path / "rivers.txt").write_text("\n\n".join(paragraphs(1)))
+    settings = make_settings(nats_url, tmp_path)
+    async with running(Ingestor(settings)):
+        job = await ingest(nc, IngestRequest(path=str(tmp_path / "rivers.txt")))
+    assert job.state == JobState.FAILED
+    assert job.message.startswith("FORBIDDEN: ")
+    assert "ingestor.allowed_roots is empty" in job.message
+    assert "upload" in job.message
 
 
 async def test_an_unreadable_path_fails_no_files_but_reports_it(

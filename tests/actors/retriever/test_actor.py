@@ -23,19 +23,9 @@ from ragbus.subjects import (
     SearchResult,
     Snapshot,
     Snapshotted,
-    Subjects,
 )
+from tests.actors.retriever._points import DIM, S, points
 from tests.support import running
-
-S = Subjects()
-DIM = 16
-
-
-def points(rng: np.random.Generator, start: int, n: int) -> list[PointUpsert]:
-    vectors = rng.standard_normal((n, DIM)).astype("<f4")
-    return [PointUpsert(id=str(uuid.UUID(int=start + i + 1)), vector=vectors[i].tobytes(),
-                        payload={"doc_id": f"d{start + i}", "text": "t", "deleted": False})
-            for i in range(n)]
 
 
 async def test_an_index_build_runs_elsewhere_while_searches_are_answered(

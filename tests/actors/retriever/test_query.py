@@ -491,7 +491,7 @@ async def test_bad_queries_get_bad_request_on_the_reply_subject(
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox)
         await nc.publish(S.query, msgspec.json.encode({**body, "reply_to": inbox,
-                                                       "request_id": "bad1"}))
+                                                       "request_id": "bad-0123456789abcdef"}))
         event = msgspec.json.decode((await sub.next_msg(timeout=10)).data, type=Failed)
     assert event.code == "BAD_REQUEST"
     assert needle in event.message

@@ -43,24 +43,13 @@ from ragbus.subjects import (
     IndexApplied,
     IndexUpdate,
     PayloadPatch,
-    PointUpsert,
     Search,
     SearchResult,
-    Subjects,
     index_stream,
 )
+from tests.actors.retriever._points import DIM, S, points
 from tests.support import running
 from tests.support.cli import RAGBUS
-
-S = Subjects()
-DIM = 16
-
-
-def points(rng: np.random.Generator, start: int, n: int) -> list[PointUpsert]:
-    vectors = rng.standard_normal((n, DIM)).astype("<f4")
-    return [PointUpsert(id=str(uuid.UUID(int=start + i + 1)), vector=vectors[i].tobytes(),
-                        payload={"doc_id": f"d{start + i}", "text": "t", "deleted": False})
-            for i in range(n)]
 
 
 def held(data_dir: Path) -> dict[str, dict[str, object]]:

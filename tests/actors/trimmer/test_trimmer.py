@@ -33,7 +33,7 @@ from ragbus.config import (
     Settings,
     TrimmerSettings,
 )
-from ragbus.runtime import Actor, Client, Context, codec, endpoint
+from ragbus.runtime import Actor, Client, Context, NotFoundError, codec, endpoint
 from ragbus.runtime.connection import NATS
 from ragbus.runtime.text import count_tokens, truncate
 from ragbus.subjects import (
@@ -45,6 +45,12 @@ from ragbus.subjects import (
     Failed,
     Generate,
     QueryEvent,
+    SessionDelete,
+    SessionDeleted,
+    SessionGet,
+    SessionInfo,
+    SessionList,
+    SessionListed,
     Source,
     Subjects,
     Token,
@@ -55,6 +61,7 @@ from ragbus.subjects import (
     now_ms,
 )
 from tests.support import running
+from tests.support.waiting import wait_for
 
 S = Subjects()
 
@@ -437,6 +444,9 @@ async def test_bad_trims_get_error_events_and_the_actor_keeps_serving(
         empty = await events_of(nc, Trim(question="  ", sources=[], reply_to=nc.new_inbox()))
         long = await events_of(nc, Trim(question="why " * 600, sources=[],
                                         reply_to=nc.new_inbox()))
+        ragged = await events_of(nc, Trim(question="Vector?", sources=[], generate=False,
+                                          question_vector=b"\x00" * 5,
+                                          reply_to=nc.new_inbox()))
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox)
         await nc.publish(S.trim, b'{"request_id": "r1", "reply_to": "' + inbox.encode()
@@ -449,6 +459,9 @@ async def test_bad_trims_get_error_events_and_the_actor_keeps_serving(
     assert isinstance(long[0], Failed)
     assert long[0].code == ErrorCode.TOO_LARGE
     assert "trimmer.question_tokens" in long[0].message
+    assert isinstance(ragged[0], Failed)
+    assert ragged[0].code == ErrorCode.BAD_REQUEST
+    assert "question_vector" in ragged[0].message
     assert isinstance(garbled, Failed)
     assert garbled.code == ErrorCode.BAD_REQUEST
     assert garbled.request_id == "r1"
@@ -482,6 +495,43 @@ async def test_memory_expires_after_its_ttl(nats_url: str, nc: NATS) -> None:
     assert after[0].trim_info.memory_turns == 0
     status = await store.kv.status()
     assert status.ttl == 1.0  # the TTL is the bucket's, from trimmer.memory_ttl_s
+
+
+async def test_a_turn_answered_while_its_session_is_deleted_is_not_stored_afterwards(
+    nats_url: str, nc: NATS
+) -> None:
+    """The router publishes TurnDone when the answer ends; a session deleted meanwhile
+    must stay deleted (it used to be created again by that late turn)."""
+    client = Client(nc)
+    async with running(ContextTrimmer(make_settings(nats_url))) as (trimmer,):
+
+        def turns(outcome: str) -> float:
+            return trimmer.metrics.registry.get_sample_value(
+                "ragbus_memory_turns_total", {"actor": "context-trimmer", "outcome": outcome}) or 0
+
+        await nc.publish(S.memory_append, codec.encode(turn_done("forget-me", 1)))
+        await wait_for(lambda: turns("stored") == 1)
+        deleted = await client.request(S.session("delete"),
+                                       SessionDelete(session_id="forget-me"), SessionDeleted)
+        # the turn in flight arrives, and a redelivery of the first: both after the delete
+        for late in (turn_done("forget-me", 2), turn_done("forget-me", 1)):
+            await nc.publish(S.memory_append, codec.encode(late))
+        await wait_for(lambda: turns("deleted") == 2)
+        assert turns("stored") == 1
+        with pytest.raises(NotFoundError, match="forget-me"):
+            await client.request(S.session("get"), SessionGet(session_id="forget-me"),
+                                 SessionInfo)
+        listed = await client.request(S.session("list"), SessionList(), SessionListed)
+        recalled = await events_of(nc, Trim(question="Remember me?", sources=[],
+                                            session_id="forget-me", generate=False,
+                                            reply_to=nc.new_inbox()))
+        again = await client.request(S.session("delete"),
+                                     SessionDelete(session_id="forget-me"), SessionDeleted)
+    assert (deleted.existed, deleted.turns) == (True, 1)
+    assert "forget-me" not in [s.session_id for s in listed.sessions]
+    assert isinstance(recalled[0], ContextReady)
+    assert recalled[0].trim_info.memory_turns == 0
+    assert not again.existed
 
 
 async def test_a_changed_ttl_setting_applies_to_the_existing_bucket(

@@ -18,7 +18,7 @@ import msgspec
 from ragbus.actors.audit import AuditLogger, read_entries
 from ragbus.actors.router import Router
 from ragbus.actors.trimmer import ContextTrimmer
-from ragbus.actors.trimmer._memory import MemoryStore, memory_key
+from ragbus.actors.trimmer._memory import MemoryStore, SessionMemory, memory_key
 from ragbus.config import AuditSettings, Settings
 from ragbus.runtime.connection import NATS
 from ragbus.subjects import AuditEvent, Done, SessionInfo, Subjects
@@ -102,11 +102,14 @@ async def test_session_list_show_export_and_delete(settings: Settings, nats_url:
         assert "memory deleted (2 turns" in gone.stdout
         assert "audit events are immutable" in gone.stdout
 
-        # purged, not hidden: the stream holds the other session's entry and a purge marker
+        # gone, not hidden: the stream holds the other session's entry and, for ours, a
+        # tombstone with nothing of the session in it (no earlier revision is kept)
         js = nc.jetstream()
         stream = f"KV_{S.bucket('memory')}"
         marker = await js.get_last_msg(stream, f"$KV.{S.bucket('memory')}.{memory_key(ours)}")
-        assert not marker.data
+        tomb = msgspec.json.decode(marker.data, type=SessionMemory)
+        assert tomb.deleted_at is not None
+        assert (tomb.session_id, tomb.turns, tomb.brief, tomb.seen) == ("", [], None, [])
         assert (await js.stream_info(stream)).state.messages == 2
 
         after = await anyio.to_thread.run_sync(run, "show", ours)
