@@ -26,10 +26,10 @@ consumer (plain nats-py) reads the audit stream. Faults come one after another,
   instance of that actor answers ``$SRV.PING`` with all replicas of it there;
 - ``kill -9`` of the NATS node leading JetStream's meta group, brought back a gap later
   (with ``--nodes`` >= 3);
-- a WebSocket client that asks and never reads, and a NATS client subscribed to
-  ``<prefix>.>`` that never reads its socket, for one gap;
+- a WebSocket client that asks and never reads, and a NATS client subscribed to ``>``
+  that never reads its socket, alone for one gap and then on through the fuzzing;
 - ``--fuzz`` malformed messages (tests/support/fuzz.py) over every subject ragbus
-  listens on, at full speed;
+  listens on, at full speed; a child that dies meanwhile is a ``fuzz_crashes``;
 - the local provider answers 429 with Retry-After, then 5xx, then stalls before the
   first token, then drops its streams mid-way; cloud stays healthy; then local heals.
 
@@ -40,6 +40,9 @@ publishers' counts.
 
 Prints one JSON object with issue #19's keys, and beside them what they are made of
 (``phases``: each phase's queries and p99 of answered ones, against ``quiet``).
+``breaker_open_all_routers_s`` is from the first 429 the local provider sent until
+both router processes' own ``ragbus_breaker_state`` gauges said open (polled on their
+metrics ports); ``breaker_open_bus_s`` until the ``open`` transition was on the bus.
 
     python -m bench.chaos [--rate 4] [--gap-s 8] [--nodes 3] [--tokens 20] [--fuzz 10000]
 """
@@ -199,16 +202,27 @@ class Chaos:
                                       result=result)
 
     async def watch_routers(self) -> None:
-        """Poll both routers' ``ragbus_breaker_state{provider="local"}`` until both say
-        open (2): each router process keeps its own breaker."""
+        """Poll each router's ``ragbus_breaker_state{provider="local"}`` until it says
+        open (2): each router process keeps its own breaker. A router's time is when the
+        scrape that first showed it open had come back (an upper bound: the gauge was
+        set between the previous scrape and that one); ``all_routers_open_at`` is the
+        later of the two."""
         ports = [p for u in self.units if u.actor == "router" for p in u.ports]
-        while True:
-            states = [await anyio.to_thread.run_sync(scrape, port, 0.5) for port in ports]
-            if all(s is not None and s.get(("ragbus_breaker_state", (
-                    ("actor", "router"), ("provider", "local")))) == 2 for s in states):
-                self.all_routers_open_at = time.perf_counter()
-                return
-            await anyio.sleep(0.02)
+        key = ("ragbus_breaker_state", (("actor", "router"), ("provider", "local")))
+        opened: dict[int, float] = {}
+
+        async def watch(port: int) -> None:
+            while True:
+                samples = await anyio.to_thread.run_sync(scrape, port, 5.0)
+                if samples is not None and samples.get(key) == 2:
+                    opened[port] = time.perf_counter()
+                    return
+                await anyio.sleep(0.01)
+
+        async with anyio.create_task_group() as tg:
+            for port in ports:
+                tg.start_soon(watch, port)
+        self.all_routers_open_at = max(opened.values())
 
     async def hear_breaker(self) -> None:
         breaker = await self.nc.subscribe(S.breaker("local"))
@@ -261,26 +275,32 @@ class Chaos:
         await self.fuzz.settle(30)
         self.fuzz_deaths = self.deaths()[before:]
 
-    async def slow_clients_phase(self) -> None:
-        """For one gap: a WebSocket client that never reads, a NATS client that never
-        reads its socket. What the server holds for the latter, and whether it counted it a
-        slow consumer; whether the bridge closed the former (its close code)."""
+    async def slow_clients(self, fuzz: Callable[[], Any]) -> None:
+        """A WebSocket client that asks and never reads, and a NATS client subscribed to
+        everything (``>``) that never reads its socket: alone for one gap, then on
+        through the fuzzing (which sends the most bytes of the run). What the server
+        holds for the latter, whether it counted it a slow consumer, and whether the
+        bridge closed the former (its close code) are in ``slow_clients``."""
         ws = await never_reading_ws(self.load.bridges[0], 20, self.questions[0])
         host, port = self.cluster.url.split(",")[0].removeprefix("nats://").split(":")
         before = await anyio.to_thread.run_sync(self._slow_consumers)
-        sock = slow_nats_consumer(host, int(port), f"{S.prefix}.>")
+        sock = slow_nats_consumer(host, int(port), ">")
         try:
+            self.load.phase = "slow clients"
             await anyio.sleep(self.gap_s)
-            pending = await anyio.to_thread.run_sync(self._slow_consumer_pending)
-            closed_by_bridge = ws.close_code
+            self.slow["pending_bytes_after_gap"] = await anyio.to_thread.run_sync(
+                self._slow_consumer_pending)
+            self.load.phase = "fuzz + slow clients"
+            await fuzz()
+            self.slow["pending_bytes_after_fuzz"] = await anyio.to_thread.run_sync(
+                self._slow_consumer_pending)
+            self.slow["never_reading_ws_close_code"] = ws.close_code
         finally:
             sock.close()
             with anyio.move_on_after(5):
                 await ws.close()
-        self.slow = {"slow_consumer_pending_bytes": pending,
-                     "slow_consumers_seen_by_server":
-                     await anyio.to_thread.run_sync(self._slow_consumers) - before,
-                     "never_reading_ws_close_code": closed_by_bridge}
+        self.slow["slow_consumers_seen_by_server"] = await anyio.to_thread.run_sync(
+            self._slow_consumers) - before
 
     def _monitor(self, path: str) -> list[Any]:
         nodes = self.cluster.nodes if isinstance(self.cluster, EmbeddedCluster) \
@@ -295,7 +315,8 @@ class Chaos:
         return found
 
     def _slow_consumer_pending(self) -> int | None:
-        """Bytes the server holds for the client that never reads (None: it is gone)."""
+        """Bytes the server holds for the client that never reads (None: it is gone: the
+        server closes a slow consumer's connection)."""
         for connz in self._monitor("connz?limit=1024"):
             for c in connz.get("connections") or []:
                 if c.get("name") == "chaos-slow-consumer":
@@ -354,8 +375,8 @@ class Chaos:
 
                     await phase("kill NATS meta leader", kill_meta_leader)
                     await phase("NATS node back", bring_back)
-                await phase("slow clients", self.slow_clients_phase, wait=False)
-                await phase("fuzz", self.fuzz_phase, wait=False)
+                await phase("slow clients", functools.partial(self.slow_clients,
+                                                              self.fuzz_phase), wait=False)
                 await self.provider_faults(phase)
                 stop.set()
                 tg.cancel_scope.cancel()
