@@ -26,8 +26,9 @@ consumer (plain nats-py) reads the audit stream. Faults come one after another,
   instance of that actor answers ``$SRV.PING`` with all replicas of it there;
 - ``kill -9`` of the NATS node leading JetStream's meta group, brought back a gap later
   (with ``--nodes`` >= 3);
-- a WebSocket client that asks and never reads, and a NATS client subscribed to ``>``
-  that never reads its socket, alone for one gap and then on through the fuzzing;
+- a WebSocket client that asks and never reads (for one gap), then also a NATS client
+  subscribed to ``>`` that never reads its socket (one gap, then on through the
+  fuzzing);
 - ``--fuzz`` malformed messages (tests/support/fuzz.py) over every subject ragbus
   listens on, at full speed; a child that dies meanwhile is a ``fuzz_crashes``;
 - the local provider answers 429 with Retry-After, then 5xx, then stalls before the
@@ -42,7 +43,8 @@ Prints one JSON object with issue #19's keys, and beside them what they are made
 (``phases``: each phase's queries and p99 of answered ones, against ``quiet``).
 ``breaker_open_all_routers_s`` is from the first 429 the local provider sent until
 both router processes' own ``ragbus_breaker_state`` gauges said open (polled on their
-metrics ports); ``breaker_open_bus_s`` until the ``open`` transition was on the bus.
+metrics ports: an upper bound, ``..._at_least`` the lower one); ``breaker_open_bus_s``
+until the ``open`` transition was on the bus.
 
     python -m bench.chaos [--rate 4] [--gap-s 8] [--nodes 3] [--tokens 20] [--fuzz 10000]
 """
@@ -174,6 +176,7 @@ class Chaos:
         self.rss_max = 0.0
         self.breaker_opened_at: list[float] = []  # open on <prefix>.breaker.local
         self.all_routers_open_at: float | None = None
+        self.all_routers_open_after: float | None = None
         self.queued_at_kills = 0.0
         self.ingest_killed_job: str | None = None
         self.fuzz: FuzzRun | None = None
@@ -203,26 +206,30 @@ class Chaos:
 
     async def watch_routers(self) -> None:
         """Poll each router's ``ragbus_breaker_state{provider="local"}`` until it says
-        open (2): each router process keeps its own breaker. A router's time is when the
-        scrape that first showed it open had come back (an upper bound: the gauge was
-        set between the previous scrape and that one); ``all_routers_open_at`` is the
-        later of the two."""
+        open (2): each router process keeps its own breaker. The gauge was set after the
+        last scrape that showed it closed had started and before the first that showed
+        it open came back: ``all_routers_open_at`` is the later router's upper bound,
+        ``all_routers_open_after`` its lower one (the gap between them is the scrape's
+        own latency on a busy router)."""
         ports = [p for u in self.units if u.actor == "router" for p in u.ports]
         key = ("ragbus_breaker_state", (("actor", "router"), ("provider", "local")))
-        opened: dict[int, float] = {}
+        opened: dict[int, tuple[float, float]] = {}
 
         async def watch(port: int) -> None:
+            began = time.perf_counter()
             while True:
                 samples = await anyio.to_thread.run_sync(scrape, port, 5.0)
                 if samples is not None and samples.get(key) == 2:
-                    opened[port] = time.perf_counter()
+                    opened[port] = (began, time.perf_counter())
                     return
+                began = time.perf_counter()
                 await anyio.sleep(0.01)
 
         async with anyio.create_task_group() as tg:
             for port in ports:
                 tg.start_soon(watch, port)
-        self.all_routers_open_at = max(opened.values())
+        self.all_routers_open_after = max(low for low, _ in opened.values())
+        self.all_routers_open_at = max(high for _, high in opened.values())
 
     async def hear_breaker(self) -> None:
         breaker = await self.nc.subscribe(S.breaker("local"))
@@ -276,17 +283,20 @@ class Chaos:
         self.fuzz_deaths = self.deaths()[before:]
 
     async def slow_clients(self, fuzz: Callable[[], Any]) -> None:
-        """A WebSocket client that asks and never reads, and a NATS client subscribed to
-        everything (``>``) that never reads its socket: alone for one gap, then on
-        through the fuzzing (which sends the most bytes of the run). What the server
-        holds for the latter, whether it counted it a slow consumer, and whether the
-        bridge closed the former (its close code) are in ``slow_clients``."""
+        """A WebSocket client that asks and never reads, alone for one gap; then also a
+        NATS client subscribed to everything (``>``) that never reads its socket, for
+        one gap, then on through the fuzzing (which sends the most bytes of the run).
+        What the server holds for the latter, whether it counted it a slow consumer,
+        and whether the bridge closed the former (its close code) are in
+        ``slow_clients``."""
+        self.load.phase = "ws client never reads"
         ws = await never_reading_ws(self.load.bridges[0], 20, self.questions[0])
+        await anyio.sleep(self.gap_s)
         host, port = self.cluster.url.split(",")[0].removeprefix("nats://").split(":")
         before = await anyio.to_thread.run_sync(self._slow_consumers)
         sock = slow_nats_consumer(host, int(port), ">")
         try:
-            self.load.phase = "slow clients"
+            self.load.phase = "+ slow NATS consumer"
             await anyio.sleep(self.gap_s)
             self.slow["pending_bytes_after_gap"] = await anyio.to_thread.run_sync(
                 self._slow_consumer_pending)
@@ -498,6 +508,9 @@ class Chaos:
             "lost_sockets": sum(o.kind == "lost" for o in out),
             "via_ws": sum(o.via == "ws" for o in out),
             "breaker_open_bus_s": round(open_bus[0], 3) if open_bus else None,
+            "breaker_open_all_routers_s_at_least": round(
+                max(0.0, self.all_routers_open_after - first), 3)
+            if first is not None and self.all_routers_open_after is not None else None,
             "restart_to_serving_s": self.restarts,
             "failed_codes": _codes(out),
             "ingest": {"jobs_ended": dict(self.ingest.ended()),
