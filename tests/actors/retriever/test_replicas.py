@@ -27,7 +27,6 @@ from nats.js.errors import BadRequestError
 from rich.console import Console
 
 from ragbus.actors.retriever import Retriever
-from ragbus.actors.retriever.store import EdgeStore, Filter
 from ragbus.config import NatsSettings, RetrieverSettings, RuntimeSettings, Settings
 from ragbus.runtime import Client, DeadlineExceededError, RagbusError, wait_for_instances
 from ragbus.runtime.cli import (
@@ -50,19 +49,7 @@ from ragbus.subjects import (
 from tests.actors.retriever._points import DIM, S, points
 from tests.support import running
 from tests.support.cli import RAGBUS
-
-
-def held(data_dir: Path) -> dict[str, dict[str, object]]:
-    """Every point a stopped replica's copy holds (deleted ones too), with its payload."""
-    found: dict[str, dict[str, object]] = {}
-    with EdgeStore(data_dir / "default") as store:
-        offset: str | None = None
-        while True:
-            page = store.scroll(filter=Filter(include_deleted=True), limit=500, offset=offset)
-            found.update({p.id: p.payload for p in page.points})
-            if page.next_offset is None:
-                return found
-            offset = page.next_offset
+from tests.support.stores import held
 
 
 async def last_seq(nc: NATS) -> int:
