@@ -69,6 +69,10 @@ class Search(Request, frozen=True, kw_only=True):
     #: the index stream sequence the answering replica must have applied (see
     #: ``Query.min_corpus_version``); it waits for its apply, within the deadline
     min_version: int | None = None
+    #: False: each hit's payload holds only ``_shard``, and the asker reads the payloads
+    #: of the few hits it keeps (reading hundreds of candidates' payloads is most of a
+    #: search's cost); the retriever asks this of the shards it serves itself
+    payload: bool = True
 
 
 class SearchHit(msgspec.Struct, frozen=True, kw_only=True):

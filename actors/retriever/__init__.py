@@ -1,12 +1,12 @@
 """The retriever actor: owns the vector index (qdrant-edge or a Qdrant server).
 
 Also exported: the fusions (the one configured and those it was chosen among) and
-the hit-to-source step the query path runs.
+the steps from fused hits to sources the query path runs.
 """
 
 from ._actor import Retriever
 from ._fusion import collapse, convex, dbsf, fuse, rrf, weighted_rrf
-from ._query import to_sources
+from ._query import settle, to_sources
 
 __all__ = (
     "Retriever",
@@ -15,6 +15,7 @@ __all__ = (
     "dbsf",
     "fuse",
     "rrf",
+    "settle",
     "to_sources",
     "weighted_rrf",
 )

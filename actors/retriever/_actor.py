@@ -6,9 +6,10 @@ import json
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Unpack
+from typing import Any, Unpack
 
 import anyio
 import msgspec
@@ -80,6 +81,16 @@ from .store import (
 )
 
 __all__ = ("Retriever",)
+
+
+def _hit_payload(payload: dict[str, Any], shard: str, widen: bool) -> dict[str, object]:
+    """A stored payload as a hit carries it: its shard named, the parent's text only when
+    the query widens to parents (it is the larger part of a reply)."""
+    out = dict(payload)
+    if not widen:
+        out.pop("parent_text", None)
+    out["_shard"] = shard
+    return out
 
 
 def ctx_shard(subject: str) -> str:
@@ -649,24 +660,34 @@ class Retriever(Actor):
             if dense is not None and len(dense) != store.dim:
                 raise BadRequestError(f"query vector has {len(dense)} dimensions; shard "
                                  f"{request.shard!r} holds {store.dim}")
-            d = store.search(dense, limit=limit, filter=flt) if dense is not None else []
-            s = store.search(sparse, limit=limit, filter=flt) if sparse is not None else []
+            light = not request.payload
+            d = store.search(dense, limit=limit, filter=flt, payload=not light) \
+                if dense is not None else []
+            s = store.search(sparse, limit=limit, filter=flt, payload=not light) \
+                if sparse is not None else []
             return d, s
 
         d, s = await self.worker.run(run)
 
         def hits(found: list[Hit]) -> list[SearchHit]:
-            out = []
-            for h in found:
-                payload = dict(h.payload)
-                if not request.widen:
-                    payload.pop("parent_text", None)
-                payload["_shard"] = request.shard
-                out.append(SearchHit(chunk_id=h.id, score=h.score, payload=payload))
-            return out
+            if not request.payload:
+                return [SearchHit(chunk_id=h.id, score=h.score, payload={"_shard": request.shard})
+                        for h in found]
+            return [SearchHit(chunk_id=h.id, score=h.score,
+                              payload=_hit_payload(h.payload, request.shard, request.widen))
+                    for h in found]
 
         return SearchResult(request_id=request.request_id, shard=request.shard, dense=hits(d),
                             sparse=hits(s), applied=applied)
+
+    async def fetch(self, shard: str, ids: Sequence[str],
+                    widen: bool) -> dict[str, dict[str, object]]:
+        """The payloads of ``ids`` in a shard served here, as a search gives them (see
+        ``_query.settle``); soft-deleted points are left out, as searches leave them out."""
+        store = self._store(shard)
+        points = await self.worker.run(store.retrieve, list(ids))
+        return {p.id: _hit_payload(p.payload, shard, widen) for p in points
+                if not p.payload.get("deleted")}
 
     @endpoint(lambda s: s.query, request=Query, accept=True, limit=lambda a: a.query_limit)
     async def query(self, request: Query, ctx: Context) -> None:
@@ -721,6 +742,7 @@ class Retriever(Actor):
                                     search_timeout_s=cfg.search_timeout_s, ranking=ranking,
                                     local={s: partial(self.search, ctx=ctx) for s in shards
                                            if s in self.stores},
+                                    fetch=self.fetch,
                                     min_versions={s: max(versions.get(s, 0),
                                                          request.min_corpus_version or 0)
                                                   for s in shards})

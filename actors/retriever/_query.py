@@ -7,7 +7,7 @@ it to ``<prefix>.query``.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -32,8 +32,8 @@ from ._filters import to_store_filter
 from ._fusion import Fusion, by_score, collapse, fuse
 from ._selfquery import merge_filters, self_query
 
-__all__ = ("Gathered", "LocalSearch", "Prepared", "Ranking", "gather", "prepare",
-           "to_sources")
+__all__ = ("Gathered", "LocalFetch", "LocalSearch", "Prepared", "Ranking", "gather", "prepare",
+           "settle", "to_sources")
 
 _QUERY_BM25 = BM25Encoder()
 
@@ -78,12 +78,64 @@ class Ranking:
 
 #: a shard this retriever serves itself: searched in-process, not over the bus
 LocalSearch = Callable[[Search], Awaitable[SearchResult]]
+#: the payloads of ``ids`` in a shard this retriever serves, by id, as its searches give
+#: them (``widen``: with the parent text); an id no longer there is left out
+LocalFetch = Callable[[str, Sequence[str], bool], Awaitable[Mapping[str, dict[str, object]]]]
+
+#: hits whose payloads are read at a time, at least (see :func:`settle`)
+_WINDOW = 16
+
+
+def _is_light(hit: SearchHit, light: Collection[str]) -> bool:
+    return len(hit.payload) == 1 and hit.payload.get("_shard") in light
+
+
+async def settle(hits: Sequence[SearchHit], *, per_doc: int, want: int, widen: bool,
+                 fetch: LocalFetch, light: Collection[str]) -> list[SearchHit]:
+    """The fused ranking's head, payloads read, at most ``per_doc`` hits per document:
+    as many hits as ``want`` sources take (``to_sources``), or all there are.
+
+    A hit of a shard in ``light`` (searched without payloads: see ``Search.payload``)
+    names only its shard; its payload is read here, a window of hits at a time, so a query reads the
+    few payloads it keeps rather than every candidate's. A hit whose point is gone by
+    then is dropped, as a search a moment later would not have found it.
+    """
+    seen: dict[str, int] = {}
+    parents: set[str] = set()
+    out: list[SearchHit] = []
+    window = max(2 * want, _WINDOW)
+    for start in range(0, len(hits), window):
+        batch = hits[start:start + window]
+        wanted: dict[str, list[str]] = {}
+        for hit in batch:
+            if _is_light(hit, light):
+                wanted.setdefault(str(hit.payload["_shard"]), []).append(hit.chunk_id)
+        found: dict[str, dict[str, object]] = {}
+        for shard, ids in wanted.items():
+            found.update(await fetch(shard, ids, widen))
+        for hit in batch:
+            if _is_light(hit, light):
+                payload = found.get(hit.chunk_id)
+                if payload is None:
+                    continue
+                hit = SearchHit(chunk_id=hit.chunk_id, score=hit.score, payload=payload)
+            doc = str(hit.payload.get("doc_id", hit.chunk_id))
+            if per_doc > 0:
+                if seen.get(doc, 0) >= per_doc:
+                    continue
+                seen[doc] = seen.get(doc, 0) + 1
+            out.append(hit)
+            parents.add(str(hit.payload.get("parent_id", "")) if widen else hit.chunk_id)
+            if len(parents) >= want:
+                return out
+    return out
 
 
 async def gather(ctx: Context, client: Client, subjects: Subjects, query: Query,
                  prepared: Prepared, shards: Sequence[str], *,
                  search_timeout_s: float, ranking: Ranking,
                  local: Mapping[str, LocalSearch] | None = None,
+                 fetch: LocalFetch | None = None,
                  min_versions: Mapping[str, int] | None = None) -> Gathered:
     """Scatter the query to its shards and fuse what comes back by the deadline.
 
@@ -94,6 +146,9 @@ async def gather(ctx: Context, client: Client, subjects: Subjects, query: Query,
     its share of the time is reported missing, and the answer goes on without it.
     ``min_versions``: per shard, the index stream sequence its replica must have applied
     before it answers (read-your-writes; it waits within its share of the time).
+    With ``fetch``, local shards are searched without payloads and only the payloads
+    the ranking's head needs are read (:func:`settle`): the hits come back cut to
+    what ``query.top_k`` sources take.
     """
     local = local or {}
     min_versions = min_versions or {}
@@ -112,7 +167,8 @@ async def gather(ctx: Context, client: Client, subjects: Subjects, query: Query,
                         filters=prepared.filters, limit=limit, deadline=deadline_after(budget),
                         trace=ctx.trace, widen=query.widen,
                         model=model if dense is not None else None,
-                        min_version=min_versions.get(shard) or None)
+                        min_version=min_versions.get(shard) or None,
+                        payload=fetch is None or shard not in local)
         result: SearchResult | None = None
         try:
             in_process = local.get(shard)
@@ -162,7 +218,6 @@ async def gather(ctx: Context, client: Client, subjects: Subjects, query: Query,
         if sparse is not None and sparse.indices:  # no known word: no keyword half
             for shard in shards:
                 tg.start_soon(ask, shard, None, sparse)
-    timings["search"] = (time.perf_counter() - t) * 1000  # both halves, embedding included
     answered = [s for s in shards if s not in missing]
     dense_hits = by_score([dense_lists[s] for s in answered if s in dense_lists])
     sparse_hits = by_score([sparse_lists[s] for s in answered if s in sparse_lists])
@@ -173,7 +228,13 @@ async def gather(ctx: Context, client: Client, subjects: Subjects, query: Query,
     else:
         hits = fuse(dense_hits, sparse_hits, ranking.fusion, rrf_k=ranking.rrf_k,
                     dense_weight=ranking.dense_weight)
-    hits = collapse(hits, ranking.per_doc)
+    if fetch is None:
+        hits = collapse(hits, ranking.per_doc)
+    else:
+        hits = await settle(hits, per_doc=ranking.per_doc, want=query.top_k,
+                            widen=query.widen, fetch=fetch, light=set(local))
+    timings["search"] = (time.perf_counter() - t) * 1000  # both halves, embedding, fusion and
+    # the payloads read included
     return Gathered(hits=hits, missing=[s for s in shards if s in missing], timings_ms=timings,
                     vector=vector)
 

@@ -175,7 +175,8 @@ class EdgeStore:
             self._apply(shard, qe.UpdateOperation.set_payload(point_ids, changes), "set payload")
 
     def search(
-        self, query: Sequence[float] | SparseVector, *, limit: int = 10, filter: Filter = LIVE
+        self, query: Sequence[float] | SparseVector, *, limit: int = 10, filter: Filter = LIVE,
+        payload: bool = True,
     ) -> list[Hit]:
         shard = self._require()
         params = None
@@ -194,7 +195,7 @@ class EdgeStore:
             query=nearest,
             filter=to_edge_filter(filter),
             params=params,
-            with_payload=True,
+            with_payload=payload,
             with_vector=False,
         )
         with self._engine("search"):

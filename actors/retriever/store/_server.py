@@ -166,7 +166,8 @@ class ServerStore:
                 self._client.set_payload(self._collection, changes, points=point_ids, wait=True)
 
     def search(
-        self, query: Sequence[float] | SparseVector, *, limit: int = 10, filter: Filter = LIVE
+        self, query: Sequence[float] | SparseVector, *, limit: int = 10, filter: Filter = LIVE,
+        payload: bool = True,
     ) -> list[Hit]:
         self._require()
         params = None
@@ -188,7 +189,7 @@ class ServerStore:
                 query_filter=to_server_filter(filter),
                 search_params=params,
                 limit=limit,
-                with_payload=True,
+                with_payload=payload,
                 with_vectors=False,
             ).points
         return [Hit(id=str(p.id), score=p.score, payload=p.payload or {}) for p in found]

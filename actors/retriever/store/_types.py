@@ -151,9 +151,16 @@ class VectorStore(Protocol):
         ...
 
     def search(
-        self, query: Sequence[float] | SparseVector, *, limit: int = 10, filter: Filter = LIVE
+        self, query: Sequence[float] | SparseVector, *, limit: int = 10, filter: Filter = LIVE,
+        payload: bool = True,
     ) -> list[Hit]:
-        """The ``limit`` best points, best first: dense by cosine, sparse by IDF-weighted dot."""
+        """The ``limit`` best points, best first: dense by cosine, sparse by IDF-weighted dot.
+
+        ``payload=False`` leaves every hit's payload empty: reading payloads is most of a
+        search's cost (at 10k chunks, 100 candidates: 1.4 against 0.6 ms dense, 0.8
+        against 0.3 ms sparse), and a query keeps a few of its hundreds of candidates,
+        whose payloads :meth:`retrieve` reads afterwards.
+        """
         ...
 
     def retrieve(self, ids: Sequence[str]) -> list[StoredPoint]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -16,7 +16,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from ragbus.actors.embedder import Embedder
 from ragbus.actors.ingestor import Ingestor
-from ragbus.actors.retriever import Retriever
+from ragbus.actors.retriever import Retriever, collapse, settle, to_sources
 from ragbus.config import (
     IngestorSettings,
     NatsSettings,
@@ -44,6 +44,7 @@ from ragbus.subjects import (
     Query,
     QueryFilters,
     Search,
+    SearchHit,
     SearchResult,
     Sources,
     Subjects,
@@ -495,3 +496,104 @@ async def test_bad_queries_get_bad_request_on_the_reply_subject(
         event = msgspec.json.decode((await sub.next_msg(timeout=10)).data, type=Failed)
     assert event.code == "BAD_REQUEST"
     assert needle in event.message
+
+
+# -- settle: the payloads of the hits a query keeps, read after fusion ---------------------
+
+
+def _hits(n: int, *, docs: int, seed: int) -> list[tuple[str, float, dict[str, object]]]:
+    """``n`` fused hits, best first, of ``docs`` documents with two parents each."""
+    rng = np.random.default_rng(seed)
+    scores = sorted(rng.random(n), reverse=True)
+    out = []
+    for i, score in enumerate(scores):
+        doc = int(rng.integers(docs))
+        out.append((f"c{i}", float(score), {"doc_id": f"d{doc}", "parent_id": f"d{doc}/{i % 2}",
+                                            "text": f"chunk {i}", "_shard": "s"}))
+    return out
+
+
+class Fetches:
+    """A shard's payloads read by id, each read counted."""
+
+    def __init__(self, payloads: dict[str, dict[str, object]]) -> None:
+        self.payloads = payloads
+        self.asked: list[str] = []
+
+    async def __call__(self, shard: str, ids: Sequence[str],
+                       widen: bool) -> dict[str, dict[str, object]]:
+        assert shard == "s"
+        self.asked.extend(ids)
+        return {i: self.payloads[i] for i in ids if i in self.payloads}
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize(("per_doc", "top_k", "widen"),
+                         [(1, 5, False), (1, 10, False), (0, 5, False), (2, 3, False),
+                          (0, 5, True), (1, 40, False)])
+async def test_reading_only_the_kept_hits_payloads_gives_the_same_sources(
+    seed: int, per_doc: int, top_k: int, widen: bool
+) -> None:
+    hits = _hits(200, docs=30, seed=seed)
+    full = [SearchHit(chunk_id=c, score=s, payload=p) for c, s, p in hits]
+    light = [SearchHit(chunk_id=c, score=s, payload={"_shard": "s"}) for c, s, _ in hits]
+    fetch = Fetches({c: p for c, _, p in hits})
+
+    settled = await settle(light, per_doc=per_doc, want=top_k, widen=widen, fetch=fetch,
+                           light={"s"})
+
+    expected = to_sources(collapse(full, per_doc), top_k, widen=widen)
+    assert to_sources(settled, top_k, widen=widen) == expected
+    assert len(fetch.asked) < len(hits) or len(expected) < top_k  # the head, not everything
+    assert len(set(fetch.asked)) == len(fetch.asked)  # no payload read twice
+
+
+async def test_settle_reads_one_window_when_the_head_suffices_and_drops_vanished_points(
+) -> None:
+    hits = [SearchHit(chunk_id=f"c{i}", score=1 - i / 100, payload={"_shard": "s"})
+            for i in range(100)]
+    payloads: dict[str, dict[str, object]] = {
+        f"c{i}": {"doc_id": f"d{i}", "text": str(i)} for i in range(100) if i != 1}
+    fetch = Fetches(payloads)
+
+    settled = await settle(hits, per_doc=1, want=5, widen=False, fetch=fetch, light={"s"})
+
+    assert [h.chunk_id for h in settled] == ["c0", "c2", "c3", "c4", "c5"]  # c1 is gone
+    assert len(fetch.asked) == 16
+
+
+async def test_settle_leaves_a_remote_shards_payloads_alone() -> None:
+    remote = [SearchHit(chunk_id=f"r{i}", score=1 - i / 10,
+                        payload={"doc_id": f"r{i}", "_shard": "far"}) for i in range(3)]
+    local = [SearchHit(chunk_id="c0", score=0.95, payload={"_shard": "s"})]
+    fetch = Fetches({"c0": {"doc_id": "c0", "_shard": "s"}})
+
+    settled = await settle(sorted(remote + local, key=lambda h: -h.score), per_doc=1, want=4,
+                           widen=False, fetch=fetch, light={"s"})
+
+    assert [h.chunk_id for h in settled] == ["r0", "c0", "r1", "r2"]
+    assert fetch.asked == ["c0"]
+
+
+async def test_a_local_shard_is_searched_without_payloads_and_reads_only_the_kept_ones(
+    nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
+    """The query path's payload reads are the head of the ranking, not its candidates."""
+    read: list[int] = []
+
+    class Counting(Retriever):
+        async def fetch(self, shard: str, ids: Sequence[str],
+                        widen: bool) -> dict[str, dict[str, object]]:
+            read.append(len(ids))
+            return await super().fetch(shard, ids, widen)
+
+    docs = {f"doc{i}": (f"Note {i} about sea otters, kelp forests and tool use number {i}.", [])
+            for i in range(40)}
+    settings = make_settings(nats_url, tmp_path, cache=False)
+    async with running(Embedder(settings), Counting(settings), Ingestor(settings)):
+        await ingest(nc, docs)
+        sources, _ = await ask(nc, q(nc, "sea otters tool use", top_k=3))
+    assert isinstance(sources, Sources)
+    assert len(sources.sources) == 3
+    assert all(s.text.startswith("Note") and s.doc_id in docs for s in sources.sources)
+    assert sum(read) == 16  # one window of the ranking's head, of 40 candidates per half

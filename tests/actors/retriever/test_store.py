@@ -160,6 +160,17 @@ def test_search_returns_nearest_first(store: VectorStore) -> None:
     assert hits[0].payload == payload(3)
 
 
+def test_a_search_without_payloads_ranks_the_same_points_with_empty_payloads(
+    store: VectorStore,
+) -> None:
+    full = store.search(axis(3, tilt=4), limit=5)
+    light = store.search(axis(3, tilt=4), limit=5, payload=False)
+
+    assert [(h.id, h.score) for h in light] == [(h.id, h.score) for h in full]
+    assert all(h.payload == {} for h in light)
+    assert all(h.payload for h in full)
+
+
 def test_upsert_same_ids_twice_keeps_count_and_replaces_payload(store: VectorStore) -> None:
     store.upsert(records())
     store.upsert([Record(id=pid(0), dense=axis(0), payload={"doc_id": "renamed"})])
