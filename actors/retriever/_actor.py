@@ -65,7 +65,7 @@ from ragbus.subjects import (
 
 from ._cache import CachedSources, RetrievalCache, answer_scope, retrieval_key
 from ._filters import to_store_filter
-from ._query import Ranking, gather, prepare, to_sources
+from ._query import EarlyEmbedding, Ranking, gather, prepare, to_sources
 from ._replica import LagMetrics, ShardLog, default_replica_id
 from .store import (
     DimensionMismatchError,
@@ -724,34 +724,41 @@ class Retriever(Actor):
             known = found is not None
             versions.update(found or {})
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(lookup)
-            tg.start_soon(read_versions)
-        if cached is not None and (not known or cached.versions != versions):
-            cached = None  # computed before a re-ingest (or nobody can say): stale
         timings: dict[str, float] = {}
-        if cached is not None:
-            self._cache_lookups.labels(self.name, "hit").inc()
-            sources, missing, vector = cached.sources, cached.missing_shards, cached.vector
-            timings["retrieval_cache_hit"] = 1.0
-        else:
-            if self.cache is not None:
-                self._cache_lookups.labels(self.name, "miss").inc()
-            gathered = await gather(ctx, Client(self.nc, self.subjects), self.subjects,
-                                    request, prepared, shards,
-                                    search_timeout_s=cfg.search_timeout_s, ranking=ranking,
-                                    local={s: partial(self.search, ctx=ctx) for s in shards
-                                           if s in self.stores},
-                                    fetch=self.fetch,
-                                    min_versions={s: max(versions.get(s, 0),
-                                                         request.min_corpus_version or 0)
-                                                  for s in shards})
-            sources = to_sources(gathered.hits, request.top_k, widen=request.widen)
-            missing, vector = gathered.missing, gathered.vector
-            timings.update(gathered.timings_ms)
-            if self.cache is not None and known:
-                await self.cache.put(key, CachedSources(sources=sources, missing_shards=missing,
-                                                        vector=vector, versions=versions))
+        to_cache: CachedSources | None = None
+        async with anyio.create_task_group() as early:
+            # the question's vector needs neither the versions nor the cache: asked for
+            # beside them, it is on its way while they are read
+            embedding = EarlyEmbedding() if request.retrieval != "keyword" else None
+            if embedding is not None:
+                early.start_soon(embedding.ask, ctx, self.subjects, prepared.text)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(lookup)
+                tg.start_soon(read_versions)
+            if cached is not None and (not known or cached.versions != versions):
+                cached = None  # computed before a re-ingest (or nobody can say): stale
+            if cached is not None:
+                early.cancel_scope.cancel()  # the vector comes with the cached retrieval
+                self._cache_lookups.labels(self.name, "hit").inc()
+                sources, missing, vector = cached.sources, cached.missing_shards, cached.vector
+                timings["retrieval_cache_hit"] = 1.0
+            else:
+                if self.cache is not None:
+                    self._cache_lookups.labels(self.name, "miss").inc()
+                gathered = await gather(
+                    ctx, Client(self.nc, self.subjects), self.subjects, request, prepared,
+                    shards, search_timeout_s=cfg.search_timeout_s, ranking=ranking,
+                    local={s: partial(self.search, ctx=ctx) for s in shards if s in self.stores},
+                    fetch=self.fetch,
+                    min_versions={s: max(versions.get(s, 0), request.min_corpus_version or 0)
+                                  for s in shards},
+                    embedding=embedding)
+                sources = to_sources(gathered.hits, request.top_k, widen=request.widen)
+                missing, vector = gathered.missing, gathered.vector
+                timings.update(gathered.timings_ms)
+                if self.cache is not None and known:
+                    to_cache = CachedSources(sources=sources, missing_shards=missing,
+                                             vector=vector, versions=versions)
         timings["retrieval"] = (time.perf_counter() - started) * 1000
         ctx.annotate(shards=len(shards), hits=len(sources), missing=len(missing),
                      mode=request.retrieval, cache_hit=cached is not None)
@@ -767,3 +774,6 @@ class Retriever(Actor):
             cache_scope=None if missing or not known else answer_scope(
                 filters=prepared.filters, shards=versions),
             question_vector=vector), hint="start the context-trimmer")
+        if to_cache is not None and self.cache is not None:  # after the hand-off: no client
+            # waits for it
+            await self.cache.put(key, to_cache)

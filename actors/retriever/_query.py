@@ -32,8 +32,8 @@ from ._filters import to_store_filter
 from ._fusion import Fusion, by_score, collapse, fuse
 from ._selfquery import merge_filters, self_query
 
-__all__ = ("Gathered", "LocalFetch", "LocalSearch", "Prepared", "Ranking", "gather", "prepare",
-           "settle", "to_sources")
+__all__ = ("EarlyEmbedding", "Gathered", "LocalFetch", "LocalSearch", "Prepared", "Ranking",
+           "embed_question", "gather", "prepare", "settle", "to_sources")
 
 _QUERY_BM25 = BM25Encoder()
 
@@ -62,6 +62,46 @@ class Gathered:
     missing: list[str]
     timings_ms: dict[str, float]
     vector: bytes | None  # the question's embedding, when one was made
+
+
+async def embed_question(ctx: Context, subjects: Subjects, text: str) -> Embedded:
+    """The question's vector, from the embedder's query lane."""
+    return await ctx.request(subjects.embed, Embed(texts=[text], lane="query",
+                                                   deadline=ctx.deadline), Embedded)
+
+
+class EarlyEmbedding:
+    """The question's vector, asked for before the query knows it needs it.
+
+    Before the scatter a query reads its shards' corpus versions and looks up the
+    retrieval cache (a round trip to the KV store each, ~0.5-1 ms); the vector needs
+    neither, so asking for it beside them takes that wait off every query's path. On a
+    cache hit the answer is dropped: the question was embedded before, so the embedder
+    answers it from its own cache, not the model. Run :meth:`ask` in a task; an error is
+    kept for :meth:`reply`, where the query would have met it anyway.
+    """
+
+    __slots__ = ("_done", "_error", "_reply")
+
+    def __init__(self) -> None:
+        self._done = anyio.Event()
+        self._reply: Embedded | None = None
+        self._error: Exception | None = None
+
+    async def ask(self, ctx: Context, subjects: Subjects, text: str) -> None:
+        try:
+            self._reply = await embed_question(ctx, subjects, text)
+        except Exception as exc:
+            self._error = exc
+        finally:
+            self._done.set()
+
+    async def reply(self) -> Embedded:
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._reply is not None
+        return self._reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +176,8 @@ async def gather(ctx: Context, client: Client, subjects: Subjects, query: Query,
                  search_timeout_s: float, ranking: Ranking,
                  local: Mapping[str, LocalSearch] | None = None,
                  fetch: LocalFetch | None = None,
-                 min_versions: Mapping[str, int] | None = None) -> Gathered:
+                 min_versions: Mapping[str, int] | None = None,
+                 embedding: EarlyEmbedding | None = None) -> Gathered:
     """Scatter the query to its shards and fuse what comes back by the deadline.
 
     The keyword half needs no embedding, so it goes out at once and runs while
@@ -148,7 +189,8 @@ async def gather(ctx: Context, client: Client, subjects: Subjects, query: Query,
     before it answers (read-your-writes; it waits within its share of the time).
     With ``fetch``, local shards are searched without payloads and only the payloads
     the ranking's head needs are read (:func:`settle`): the hits come back cut to
-    what ``query.top_k`` sources take.
+    what ``query.top_k`` sources take. ``embedding``: the question's vector, asked for
+    before (else it is asked for here).
     """
     local = local or {}
     min_versions = min_versions or {}
@@ -201,8 +243,8 @@ async def gather(ctx: Context, client: Client, subjects: Subjects, query: Query,
     async def dense_half() -> None:
         nonlocal vector, model
         e = time.perf_counter()
-        reply = await ctx.request(subjects.embed, Embed(texts=[prepared.text], lane="query",
-                                                        deadline=ctx.deadline), Embedded)
+        reply = await (embedding.reply() if embedding is not None
+                       else embed_question(ctx, subjects, prepared.text))
         vector, model = reply.vectors, reply.model_id
         timings["embed"] = (time.perf_counter() - e) * 1000
         if reply.cache_hits:  # the question's vector came from the embedding cache

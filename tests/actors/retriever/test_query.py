@@ -380,6 +380,40 @@ async def test_the_keyword_half_goes_out_while_the_question_is_being_embedded(
         (True, False), (False, True)]
 
 
+async def test_the_questions_vector_is_asked_for_while_the_corpus_versions_are_read(
+    nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
+    """The versions read (a KV round trip) does not hold up the embedding: with the read
+    taking 0.5 s, the embed request goes out before it ends, and the query is answered."""
+    read: list[float] = []
+
+    class SlowVersions(Retriever):
+        async def corpus_versions(self, shards: list[str]) -> dict[str, int] | None:
+            await anyio.sleep(0.5)
+            read.append(anyio.current_time())
+            return await super().corpus_versions(shards)
+
+    asked: list[float] = []
+
+    async def sniff(msg: Msg) -> None:
+        asked.append(anyio.current_time())
+
+    settings = make_settings(nats_url, tmp_path)
+    async with running(Embedder(settings), SlowVersions(settings), Ingestor(settings)):
+        await ingest(nc, DOCS)
+        sniffer = await nc.subscribe(S.embed, cb=sniff)
+        await nc.flush()
+        first, _ = await ask(nc, q(nc, "why do sea otters hold hands?"))
+        again, _ = await ask(nc, q(nc, "why do sea otters hold hands?"))  # a cache hit
+    await sniffer.unsubscribe()
+    assert isinstance(first, Sources)
+    assert isinstance(again, Sources)
+    assert first.sources[0].doc_id == again.sources[0].doc_id == "otters"
+    assert len(read) == 2
+    assert len(asked) == 2  # also asked for beside the cache lookup that then hit
+    assert asked[0] < read[0] - 0.3
+
+
 async def test_a_shard_served_by_the_retriever_itself_is_searched_without_the_bus(
     nats_url: str, nc: NATS, tmp_path: Path
 ) -> None:
