@@ -334,6 +334,20 @@ class Actor:
                                     metrics=self.metrics)
 
     # -- hooks ------------------------------------------------------------------------
+    @classmethod
+    def prewarm(cls, settings: Settings) -> None:
+        """Do ahead of need what :meth:`setup` would do under ``settings`` and needs no
+        resource another process owns: no NATS connection, no store's lock, no port.
+
+        A supervising parent's warm spare (``ragbus actor``) calls it before it waits, so
+        a dead replica's successor finds the slow part (a model load) done and serves
+        sooner; :meth:`setup` then takes what it left, if the settings still match. It
+        runs in a process that may never become a replica (or becomes one much later),
+        so it must be safe to do for nothing, and it is synchronous: there is no event
+        loop yet. Raising is fine: the spare logs it and the replica does the work
+        itself. The default does nothing.
+        """
+
     async def setup(self) -> None:
         """Open what the handlers need (streams, models, stores); runs after connecting."""
 

@@ -19,7 +19,7 @@ import functools
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
 __all__ = ("WorkerThread",)
@@ -43,6 +43,11 @@ class WorkerThread:
         (blocking code cannot be interrupted) but its result is dropped."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        """Run ``fn`` on the thread from code with no event loop (an actor's
+        :meth:`~ragbus.runtime.Actor.prewarm`): its future."""
+        return self._pool.submit(fn, *args, **kwargs)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -6,12 +6,19 @@ instance on a thread of its own with ``query_threads`` threads). A batch cannot 
 interrupted once it runs, so a priority inside one queue would still leave a
 question waiting up to a whole bulk batch (1.5-2 s); a lane of its own leaves it
 waiting for nothing but CPU.
+
+Loading the models is most of a restarted embedder's time to serving (seconds on a
+busy machine), so :meth:`Embedder.prewarm` loads them in a supervising parent's warm
+spare, before any replica dies, into a process-level cache keyed by every argument
+of the load; :meth:`Embedder.setup` takes them from there when the key matches and
+loads afresh otherwise (the settings changed since), so a preloaded model is always
+one the replica would have loaded itself.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Unpack
+from typing import NamedTuple, Unpack
 
 import anyio
 import numpy as np
@@ -19,7 +26,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from numpy.typing import NDArray
 from prometheus_client import Counter, Histogram
 
-from ragbus.config import Settings
+from ragbus.config import EmbedderSettings, Settings
 from ragbus.runtime import (
     Actor,
     ActorOptions,
@@ -38,6 +45,45 @@ from ._errors import ModelLoadError
 from ._model import EmbeddingModel
 
 __all__ = ("Embedder",)
+
+
+class _Lane(NamedTuple):
+    """Every argument a lane's model is loaded with, its thread's nice value included
+    (onnxruntime's pool threads inherit it when the model is loaded): the cache's key."""
+
+    model: str
+    batch_size: int
+    threads: int | None
+    spin_wait: bool
+    nice: int
+
+
+def _lanes(cfg: EmbedderSettings) -> dict[str, _Lane]:
+    """The lanes ``cfg`` runs, by name: what setup and prewarm both load."""
+    lanes = {"bulk": _Lane(cfg.model, cfg.batch_size, cfg.threads, cfg.spin_wait, cfg.bulk_nice)}
+    if cfg.query_lane:
+        lanes["query"] = _Lane(cfg.model, cfg.query_lane_max_texts, cfg.query_threads,
+                               cfg.spin_wait, 0)  # a question's vector is not niced
+    return lanes
+
+
+def _load(lane: _Lane) -> EmbeddingModel:
+    return EmbeddingModel.load(lane.model, batch_size=lane.batch_size, threads=lane.threads,
+                               spin_wait=lane.spin_wait)
+
+
+#: models :meth:`Embedder.prewarm` loaded and no setup has taken yet, by their lane
+_PRELOADED: dict[_Lane, list[EmbeddingModel]] = {}
+
+
+def _take_preloaded(lanes: dict[str, _Lane]) -> dict[str, EmbeddingModel]:
+    """The preloaded models of ``lanes`` that match exactly; the cache is emptied, the
+    rest dropped: one replica per process, so what this one does not take, none will
+    (and a successor whose settings changed would otherwise hold two sets of models)."""
+    taken = {name: _PRELOADED[lane].pop() for name, lane in lanes.items()
+             if _PRELOADED.get(lane)}
+    _PRELOADED.clear()
+    return taken
 
 
 class Embedder(Actor):
@@ -74,26 +120,40 @@ class Embedder(Actor):
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
         )
 
+    @classmethod
+    def prewarm(cls, settings: Settings) -> None:
+        """Load the models :meth:`setup` would under ``settings``, as it would: the same
+        arguments, both lanes at once, the bulk one on a thread niced by
+        ``embedder.bulk_nice`` so that its onnxruntime pool threads are niced too."""
+        lanes = _lanes(settings.embedder)
+        workers = {name: WorkerThread(f"embedder-prewarm-{name}", nice=lane.nice)
+                   for name, lane in lanes.items()}
+        try:
+            loads = {name: workers[name].submit(_load, lane) for name, lane in lanes.items()}
+            for name, load in loads.items():
+                _PRELOADED.setdefault(lanes[name], []).append(load.result())
+        finally:
+            for worker in workers.values():  # the models keep their pool threads
+                worker.close()
+
     async def setup(self) -> None:
         cfg = self.config
-        loaded: dict[str, EmbeddingModel | Exception] = {}
+        lanes = _lanes(cfg)
+        preloaded = _take_preloaded(lanes)
+        loaded: dict[str, EmbeddingModel | Exception] = dict(preloaded)
 
-        async def load(lane: str, worker: WorkerThread, batch_size: int,
-                       threads: int | None) -> None:
+        async def load(name: str, worker: WorkerThread) -> None:
             try:
-                loaded[lane] = await worker.run(
-                    EmbeddingModel.load, cfg.model, batch_size=batch_size, threads=threads,
-                    spin_wait=cfg.spin_wait)
+                loaded[name] = await worker.run(_load, lanes[name])
             except Exception as exc:  # raised below as it is, not inside a group
-                loaded[lane] = exc
+                loaded[name] = exc
 
         # both lanes load at once, each on its own thread: a restarted embedder serves
         # again that much sooner (a load is mostly single-threaded session setup)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(load, "bulk", self.worker, cfg.batch_size, cfg.threads)
-            if cfg.query_lane:
-                tg.start_soon(load, "query", self.query_worker, cfg.query_lane_max_texts,
-                              cfg.query_threads)
+            for name, worker in (("bulk", self.worker), ("query", self.query_worker)):
+                if name in lanes and name not in preloaded:
+                    tg.start_soon(load, name, worker)
         for result in loaded.values():
             if isinstance(result, ModelLoadError):
                 raise UnavailableError(
@@ -138,9 +198,9 @@ class Embedder(Actor):
             self.query_batcher = MicroBatcher(
                 runs(self.query_model), self.query_worker, dim=model.dim,
                 batch_size=cfg.query_lane_max_texts, max_wait_s=0.0)
-        self.log.info(
-            "embedder.model", model_id=model.model_id, dim=model.dim, batch_size=cfg.batch_size
-        )
+        self.log.info(  # preloaded: the lanes whose model a prewarm loaded
+            "embedder.model", model_id=model.model_id, dim=model.dim, batch_size=cfg.batch_size,
+            preloaded=sorted(preloaded))
 
     async def background(self) -> None:
         assert self.batcher is not None

@@ -11,7 +11,14 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from ragbus.config import ConfigError, Loaded, load_settings, production_problems, secret_values
+from ragbus.config import (
+    ConfigError,
+    Loaded,
+    Settings,
+    load_settings,
+    production_problems,
+    secret_values,
+)
 
 from ..errors import RagbusError
 from ..logs import configure_logging
@@ -30,7 +37,7 @@ from ._state import read_run_info
 from ._stats import add_commands as add_stats_commands
 from ._status import add_commands as add_status_commands
 
-__all__ = ("build_parser", "main")
+__all__ = ("actor_settings", "build_parser", "main")
 
 out = Console()
 err = Console(stderr=True)
@@ -96,6 +103,18 @@ def _cmd_up(args: argparse.Namespace) -> int:
                                  config=args.config, child_env=child_env))
     out.print("stopped")
     return 0
+
+
+def actor_settings(argv: Sequence[str]) -> Settings:
+    """The settings ``ragbus`` run with ``argv`` (an ``actor`` command line, without the
+    program) gives that actor, loaded and checked as :func:`main` does, logging configured:
+    for a warm spare that prepares ahead of the replica it may become."""
+    args = build_parser().parse_args(argv)
+    if args.command != "actor":
+        raise ValueError(f"not an actor's command line: {list(argv)}")
+    if args.log_format:
+        os.environ["RAGBUS_LOGGING__FORMAT"] = args.log_format
+    return _load(args, roles={role_for_actor(args.name)}).settings
 
 
 def _cmd_actor(args: argparse.Namespace) -> int:

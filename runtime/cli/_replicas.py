@@ -22,9 +22,9 @@ restarts too. The child also watches that this parent is alive (``--child-of``)
 and drains itself if it is not: a parent killed with ``-9`` leaves no orphans.
 
 With ``runtime.warm_spare`` (the default) the parent also keeps one spare child
-that has done a replica's imports and waits (``_spare``); a dead replica's
-successor is that spare, so it skips the second or more of importing and serves
-sooner, and a new spare is started a few seconds later, off the recovery's path.
+that has done a replica's imports (and its actor's prewarm, the embedder's model
+loads) and waits (``_spare``); a dead replica's successor is that spare, so it skips
+the second or more of importing and loading and serves sooner, and a new spare is started a few seconds later, off the recovery's path.
 """
 
 from __future__ import annotations
@@ -58,6 +58,11 @@ def exit_status(code: int | None) -> dict[str, object]:
 
 #: how a replica's command line starts (``child_argv``); what follows is what a spare runs
 _CLI = [sys.executable, "-m", "ragbus.runtime.cli"]
+
+
+def _ragbus_args(argv: Sequence[str]) -> list[str] | None:
+    """``argv`` without the interpreter and module, if it is a ``ragbus`` command line."""
+    return list(argv[len(_CLI):]) if list(argv[:len(_CLI)]) == _CLI else None
 
 
 class _Replicas:
@@ -119,7 +124,8 @@ class _Replicas:
             started = anyio.current_time()
             self._spare_taken = taken = anyio.Event()
             spare = await anyio.open_process(
-                spare_argv(self.spare_names), env=dict(self.envs[0]), stdin=subprocess.PIPE,
+                spare_argv(self.spare_names, _ragbus_args(self.argvs[0]) or ()),
+                env=dict(self.envs[0]), stdin=subprocess.PIPE,
                 stdout=None, stderr=None, start_new_session=True)
             self.spare = spare
             async with anyio.create_task_group() as tg:
@@ -149,13 +155,12 @@ class _Replicas:
     async def _take_spare(self, argv: list[str], env: dict[str, str]) -> Process | None:
         """The waiting spare, told to become ``argv`` under ``env``; None if there is none
         (or ``argv`` is not a ``ragbus`` command line, which a spare cannot become)."""
-        spare = self.spare
-        if spare is None or spare.returncode is not None or spare.stdin is None \
-                or argv[:len(_CLI)] != _CLI:
+        spare, args = self.spare, _ragbus_args(argv)
+        if spare is None or spare.returncode is not None or spare.stdin is None or args is None:
             return None
         self.spare = None
         try:
-            await spare.stdin.send(order_line(argv[len(_CLI):], env))
+            await spare.stdin.send(order_line(args, env))
             await spare.stdin.aclose()
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             return None  # it died just now: a plain start instead

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import anyio
 import numpy as np
 import pytest
+from structlog.testing import capture_logs
 
-from ragbus.actors.embedder import Embedder
+from ragbus.actors.embedder import Embedder, EmbeddingModel
 from ragbus.config import EmbedderSettings, NatsSettings, RuntimeSettings, Settings
 from ragbus.runtime import BadRequestError, Client, TooLargeError, discover
 from ragbus.runtime.connection import NATS
@@ -220,3 +222,73 @@ async def test_the_bulk_lane_and_its_onnx_threads_run_nicer_than_the_query_lane(
     # the bulk worker thread and the pool thread its 2-thread model started; the
     # query lane's worker and its pool thread stay at the process's priority
     assert niced == 2
+
+
+def _threads_at(nice: int) -> set[str]:
+    """This process's threads (ids) that run at ``nice`` (Linux /proc)."""
+    return {task for task in os.listdir("/proc/self/task")
+            if int(Path(f"/proc/self/task/{task}/stat").read_text().rsplit(")", 1)[1].split()[16])
+            == nice}
+
+
+def _counting_loads(monkeypatch: pytest.MonkeyPatch) -> list[EmbeddingModel]:
+    """Every model ``EmbeddingModel.load`` returns from now on, in order."""
+    loaded: list[EmbeddingModel] = []
+    original = EmbeddingModel.load
+
+    def load(*args: Any, **kwargs: Any) -> EmbeddingModel:
+        model = original(*args, **kwargs)
+        loaded.append(model)
+        return model
+
+    monkeypatch.setattr(EmbeddingModel, "load", load)
+    return loaded
+
+
+def _preloaded(logs: list[dict[str, Any]]) -> list[list[str]]:
+    return [e["preloaded"] for e in logs if e["event"] == "embedder.model"]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="Linux /proc")
+async def test_setup_takes_the_models_a_prewarm_loaded_and_the_bulk_lane_stays_niced(
+    nats_url: str, nc: NATS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loaded = _counting_loads(monkeypatch)
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    before = _threads_at(base + 5)  # by id: an earlier test's threads may end meanwhile
+    settings = make_settings(nats_url, cache=False, threads=2, query_threads=2, bulk_nice=5)
+    Embedder.prewarm(settings)  # as a warm spare does, before any event loop
+    assert len(loaded) == 2  # both lanes
+    with capture_logs() as logs:
+        async with running(Embedder(settings)) as (embedder,):
+            client = Client(nc)
+            await client.request(EMBED, Embed(texts=["bulk text"]), Embedded)
+            await client.request(EMBED, Embed(texts=["a question?"], lane="query"), Embedded)
+            niced = len(_threads_at(base + 5) - before)
+            assert embedder.model is not None
+            assert embedder.query_model is not None
+            assert {id(embedder.model), id(embedder.query_model)} == {id(m) for m in loaded}
+    assert len(loaded) == 2  # setup loaded nothing itself
+    assert _preloaded(logs) == [["bulk", "query"]]
+    # as when setup loads it: the bulk worker thread and the pool thread its 2-thread
+    # model started (on the prewarm's niced thread, gone since) run niced, no other
+    assert niced == 2
+
+
+async def test_a_prewarm_under_other_settings_is_not_used_and_not_kept(
+    nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loaded = _counting_loads(monkeypatch)
+    settings = make_settings(nats_url, cache=False, threads=1, query_threads=1, bulk_nice=5)
+    Embedder.prewarm(settings)
+    assert len(loaded) == 2
+    changed = make_settings(nats_url, cache=False, threads=1, query_threads=1, bulk_nice=6)
+    with capture_logs() as logs:
+        async with running(Embedder(changed)) as (embedder,):
+            assert embedder.model is loaded[2]  # the bulk lane's nice changed: loaded afresh
+        assert len(loaded) == 3  # the query lane's key is the same: taken
+        # one replica per process: what the first setup did not take is dropped
+        async with running(Embedder(settings)):
+            pass
+    assert len(loaded) == 5
+    assert _preloaded(logs) == [["query"], []]

@@ -13,10 +13,12 @@ from typing import Any
 
 import anyio
 
-from ragbus.runtime import configure_logging, discover, wait_for_instances
-from ragbus.runtime.cli import main
+from ragbus.runtime import Client, configure_logging, discover, wait_for_instances
+from ragbus.runtime.cli import main, spare_state
 from ragbus.runtime.cli._replicas import _Replicas
+from ragbus.runtime.cli._spare import spare_argv
 from ragbus.runtime.connection import NATS
+from ragbus.subjects import Embed, Embedded, Subjects
 from tests.support.cli import RAGBUS, children, spares
 from tests.support.ports import free_port
 
@@ -132,6 +134,73 @@ async def test_one_actor_runs_in_a_child_that_is_restarted_after_kill_9_and_drai
     assert not _alive(restarted)
     assert not _alive(second_spare)
     assert not [s for s in await discover(nc, "PING", wait_s=0.3) if s.get("name") == "router"]
+
+
+async def test_an_embedders_spare_prewarms_its_models_and_its_successor_serves_with_them(
+    nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
+    env = {**os.environ, "RAGBUS_NATS__URL": nats_url, "RAGBUS_METRICS__ENABLED": "false",
+           "RAGBUS_EMBEDDER__CACHE": "false"}
+    stderr = tmp_path / "stderr.jsonl"
+    with stderr.open("w") as sink:
+        proc = await anyio.open_process(
+            [*RAGBUS, "--log-format", "json", "actor", "embedder"],
+            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=sink)
+    try:
+        first = await wait_for_instances(nc, "embedder", 1)
+        (child,) = children(proc.pid)
+        with anyio.fail_after(120):  # ready: imports done and models loaded
+            while not (ready := spares(proc.pid, ready=True)):  # noqa: ASYNC110 - polling another process
+                await anyio.sleep(0.1)
+        (spare,) = ready
+
+        os.kill(child, signal.SIGKILL)
+        with anyio.fail_after(60):
+            while (await wait_for_instances(nc, "embedder", 1)) == first:  # noqa: ASYNC110 - polling another process
+                await anyio.sleep(0.1)
+        assert children(proc.pid) == {spare}
+        reply = await Client(nc).request(
+            Subjects().embed, Embed(texts=["a text", "a question?"]), Embedded, timeout=60)
+        assert (len(reply.vectors), reply.dim) == (2 * 384 * 4, 384)
+
+        proc.send_signal(signal.SIGTERM)
+        with anyio.fail_after(60):
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    events = _log(stderr)
+    assert "spare.prewarm_failed" not in [e["event"] for e in events]
+    # the first replica loaded its models itself; the spare's successor found them loaded
+    assert [e["preloaded"] for e in events if e["event"] == "embedder.model"] == [
+        [], ["bulk", "query"]]
+
+
+async def test_a_spare_whose_prewarm_fails_logs_it_and_waits_ready(tmp_path: Path) -> None:
+    env = {**os.environ, "RAGBUS_LOGGING__FORMAT": "json",
+           "RAGBUS_EMBEDDER__MODEL": str(tmp_path / "no-such-model")}
+    stderr = tmp_path / "stderr.jsonl"
+    with stderr.open("w") as sink:
+        spare = await anyio.open_process(
+            spare_argv(["embedder"], ["actor", "embedder", "--no-supervise"]), cwd=tmp_path,
+            env=env, stdin=subprocess.PIPE, stdout=sink, stderr=sink)
+    try:
+        with anyio.fail_after(120):
+            while spare_state(spare.pid) != "ready":
+                assert spare.returncode is None, stderr.read_text()
+                await anyio.sleep(0.1)
+        assert spare.stdin is not None
+        await spare.stdin.aclose()  # the parent gone: it exits
+        with anyio.fail_after(30):
+            assert await spare.wait() == 0
+    finally:
+        if spare.returncode is None:
+            spare.kill()
+            await spare.wait()
+    (failed,) = [e for e in _log(stderr) if e["event"] == "spare.prewarm_failed"]
+    assert failed["actor"] == "embedder"
+    assert "no-such-model" in failed["error"]
 
 
 async def test_a_child_that_keeps_dying_at_start_backs_off_and_each_death_is_logged(
