@@ -24,7 +24,8 @@ and drains itself if it is not: a parent killed with ``-9`` leaves no orphans.
 With ``runtime.warm_spare`` (the default) the parent also keeps one spare child
 that has done a replica's imports (and its actor's prewarm, the embedder's model
 loads) and waits (``_spare``); a dead replica's successor is that spare, so it skips
-the second or more of importing and loading and serves sooner, and a new spare is started a few seconds later, off the recovery's path.
+the second or more of importing and loading and serves sooner, and a new spare is
+started a few seconds later, off the recovery's path.
 """
 
 from __future__ import annotations
